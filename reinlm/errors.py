@@ -1,0 +1,27 @@
+"""User-facing errors.
+
+Every problem a user can cause (a bad model name, a missing file, a malformed reward spec) raises
+:class:`ReinlmError` with one paragraph that names the bad value and what is allowed. The CLI prints
+that paragraph and exits with status 2, without a traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+
+class ReinlmError(Exception):
+    """A problem with the user's input or environment, explained in one paragraph."""
+
+    exit_code = 2
+
+
+class ConfigError(ReinlmError, ValueError):
+    """A configuration field holds a value that is not allowed."""
+
+
+def bad_value(field: str, value, allowed: str) -> ConfigError:
+    """Build the standard error for a field with a value that is not allowed.
+
+    >>> str(bad_value("algo", "ppo2", "one of reinforce, grpo, rloo, ppo"))
+    "algo: got 'ppo2'; allowed: one of reinforce, grpo, rloo, ppo."
+    """
+    return ConfigError(f"{field}: got {value!r}; allowed: {allowed}.")

@@ -1,0 +1,1 @@
+"""reinlm.evaluation"""
