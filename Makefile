@@ -7,6 +7,8 @@ TORCH  := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning threads slow torch ~10x
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install demo test test-fast clean
 

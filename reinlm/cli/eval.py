@@ -1,0 +1,38 @@
+"""``reinlm eval``: metrics of a model, run directory, latent model or generations file (flags = EvalConfig)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from reinlm.config import add_dataclass_args, build_config, load_yaml
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from reinlm.evaluation.evaluate import METRICS, EvalConfig
+
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model or generations: reward, quality-diversity, perplexity, distinct-n, ...",
+        description="Sample M completions per prompt (seeded) from a model, a run directory (RUN_DIR/final) or a "
+                    "latent-action model, or read existing ones with --generations, then compute metrics "
+                    f"({', '.join(METRICS)}). Prints a table and writes OUT/eval.json and OUT/samples.jsonl. "
+                    "Example: reinlm eval --model smollm2-135m --prompts builtin:neutral --samples-per-prompt 8 "
+                    "--reward sentiment. See docs/evaluation.md.",
+    )
+    p.add_argument("--config", help="YAML file of eval options (flags override it)")
+    p.add_argument("--json", action="store_true", help="print the result object (metrics + info) as JSON on stdout")
+    add_dataclass_args(p, EvalConfig, group="evaluation options")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from reinlm.evaluation.evaluate import EvalConfig, evaluate, format_table
+
+    cfg = build_config(EvalConfig, args, load_yaml(args.config))
+    result = evaluate(cfg)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, default=str))  # the same object as eval.json
+    else:
+        print(format_table(result.metrics, result.info))
+        print(f"wrote {result.out_dir / 'eval.json'} and {result.out_dir / 'samples.jsonl'}")
+    return 0

@@ -1,0 +1,54 @@
+"""``reinlm latent``: ``pretrain`` (hidden-state cache, IDM + world model, behaviour cloning) and ``qd``
+(the CoLA quality-diversity table). Flags are the fields of PretrainConfig / LatentConfig / QDConfig."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from reinlm.config import add_dataclass_args, build_config, load_yaml
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from reinlm.latent.config import LatentConfig
+    from reinlm.latent.pretrain import PretrainConfig
+    from reinlm.latent.qd import QDConfig
+
+    p = subparsers.add_parser("latent", help="latent-action model: pretrain, quality-diversity",
+                              description="Latent-action model (CoLA / BWArea) on a frozen backbone.")
+    sub = p.add_subparsers(dest="latent_command", metavar="ACTION")
+    pre = sub.add_parser("pretrain", help="build the hidden-state cache, train IDM + world model, then the BC policy",
+                         description="Example: reinlm latent pretrain --backbone smollm2-135m --corpus self:200000 "
+                                     "--out runs/latent. Stages already finished in --out are skipped (resume).")
+    pre.add_argument("--config", help="YAML file of these fields (flags override it)")
+    add_dataclass_args(pre, PretrainConfig, group="pretraining")
+    add_dataclass_args(pre, LatentConfig, group="head sizes")
+    qd = sub.add_parser("qd", help="quality-diversity: latent sampling vs token sampling vs random tokens",
+                        description="Example: reinlm latent qd --latent runs/latent --num-prefixes 16 --samples 8")
+    add_dataclass_args(qd, QDConfig)
+    qd.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(_latent_parser=p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.latent_command == "pretrain":
+        from reinlm.latent.config import LatentConfig
+        from reinlm.latent.pretrain import PretrainConfig, pretrain
+
+        values = load_yaml(args.config)
+        cfg = build_config(PretrainConfig, args, values)
+        latent = build_config(LatentConfig, args, values)
+        out = pretrain(cfg, latent)
+        summary = json.loads((out / "summary.json").read_text())
+        print(json.dumps(summary, indent=2))
+        print(f"latent model: {out}   (try: reinlm explore --latent {out} \"I like eating\")")
+        return 0
+    if args.latent_command == "qd":
+        from reinlm.latent.qd import QDConfig, format_table, run_qd
+
+        result = run_qd(build_config(QDConfig, args))
+        print(json.dumps(result, indent=2) if args.json else format_table(result))
+        return 0
+    args._latent_parser.print_help()
+    return 2

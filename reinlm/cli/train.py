@@ -1,0 +1,57 @@
+"""``reinlm train``: RL training in token or latent space (flags = the fields of TrainConfig)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from reinlm.config import add_dataclass_args, build_config, load_yaml
+from reinlm.errors import ReinlmError
+from reinlm.trainer.config import TrainConfig
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="train a policy with REINFORCE / GRPO / RLOO / PPO (token or latent space)",
+        description="Train a policy with RL. Example: reinlm train --algo grpo --model smollm2-135m "
+                    "--reward sentiment --prompts builtin:reviews --steps 30 --out runs/grpo. "
+                    "Flags override --config YAML; --resume RUN_DIR continues a run from its newest checkpoint.",
+    )
+    p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint "
+                   "(its config.yaml is the base; flags such as --steps override it)")
+    add_dataclass_args(p, TrainConfig, group="training options")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Resolve defaults < run's saved config (resume) < --config YAML < flags."""
+    values: dict = {}
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ReinlmError(f"resume: {args.resume!r} is not a run directory (no config.yaml); pass the --out "
+                              "directory of an earlier `reinlm train`.")
+        values.update(load_yaml(saved))
+        values["out"] = args.resume
+    values.update(load_yaml(args.config))
+    return build_config(TrainConfig, args, values, strict_yaml=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reinlm.trainer.loop import Trainer
+
+    cfg = config_from_args(args)
+    trainer = Trainer(cfg)
+    run_dir = trainer.train(resume=bool(args.resume))
+    summary_path = run_dir / "train_eval.json"
+    if summary_path.is_file() and trainer.is_main:
+        ev = json.loads(summary_path.read_text())
+        before, after = ev.get("before", {}), ev.get("after", {})
+        if before and after:
+            print(f"held-out reward: {before.get('reward_mean', float('nan')):.4f} -> {after.get('reward_mean', float('nan')):.4f}"
+                  f"   distinct-2: {before.get('distinct_2', float('nan')):.3f} -> {after.get('distinct_2', float('nan')):.3f}"
+                  f"   KL to reference: {after.get('kl_to_reference', float('nan')):.3f}")
+        print(f"run directory: {run_dir}   final model: {run_dir / 'final'}")
+    return 0

@@ -1,0 +1,92 @@
+"""A local Hugging Face causal LM as the critic: chat template, greedy, batched with left padding.
+
+Letters: N = conversations in a batch, P = padded prompt length, A = answer tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from reinlm.critic.align import FUZZY_THRESHOLD
+from reinlm.critic.base import Completion, CriticBackend
+from reinlm.utils import chunked
+
+log = logging.getLogger(__name__)
+
+
+def render_chat(tokenizer, messages: list[dict]) -> str:
+    """The prompt string of a chat: the tokenizer's chat template, or a plain fallback without one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join(parts) + "\n\nAssistant:"
+
+
+@torch.no_grad()
+def chat_generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 64,
+                  batch_size: int = 8) -> list[str]:
+    """Greedy answers to chat conversations, batched with left padding; stops at EOS / end-of-turn."""
+    device = next(model.parameters()).device
+    pad_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+            if isinstance(t, int) and t >= 0 and t != tokenizer.unk_token_id]
+    answers: list[str] = []
+    try:
+        for chunk in chunked(conversations, batch_size):
+            prompts = [render_chat(tokenizer, conv) for conv in chunk]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop or None,
+                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+            new = out[:, enc["input_ids"].shape[1]:]  # (N, A)
+            answers += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = pad_side
+    return [a.strip() for a in answers]
+
+
+class LocalCritic(CriticBackend):
+    """Critic backed by a local causal LM (an embedded alias, a local path or a Hugging Face id).
+
+    Args:
+        model: a name for :func:`reinlm.hub.load_causal_lm`, or an already loaded model (then pass
+            ``tokenizer`` too). Loaded lazily on the first critique.
+        max_answer_tokens: token limit of each answer (the answer is cut there; a cut answer that still
+            holds its label lines parses fine).
+        batch_size: conversations generated together.
+        device, dtype: where and how to load a named model.
+        fuzzy_threshold: see :mod:`reinlm.critic.align`.
+    """
+
+    def __init__(self, model="smollm2-135m", tokenizer=None, max_answer_tokens: int = 48, batch_size: int = 8,
+                 device: str = "auto", dtype: str = "float32", fuzzy_threshold: float = FUZZY_THRESHOLD):
+        self._model, self._tokenizer = (model, tokenizer) if not isinstance(model, str) else (None, None)
+        self.name = model if isinstance(model, str) else type(model).__name__
+        self.max_answer_tokens = int(max_answer_tokens)
+        self.batch_size = int(batch_size)
+        self.device, self.dtype = device, dtype
+        self.fuzzy_threshold = fuzzy_threshold
+
+    def load(self):
+        """``(model, tokenizer)``, loading them on first use."""
+        if self._model is None:
+            from reinlm.hub import load_causal_lm
+
+            self._model, self._tokenizer = load_causal_lm(self.name, device=self.device, dtype=self.dtype)
+        return self._model, self._tokenizer
+
+    @property
+    def tokenizer(self):
+        return self.load()[1]
+
+    def complete(self, conversations: list[list[dict]]) -> list[Completion]:
+        model, tok = self.load()
+        try:
+            texts = chat_generate(model, tok, conversations, self.max_answer_tokens, self.batch_size)
+        except (RuntimeError, ValueError) as e:  # e.g. out of memory: a failed critique, not a failed step
+            log.debug("local critic failed: %s", e)
+            return [Completion(None, "error", f"{type(e).__name__}: {e}") for _ in conversations]
+        return [Completion(t) for t in texts]

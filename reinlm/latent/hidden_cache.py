@@ -1,0 +1,257 @@
+"""Backbone hidden states computed once and kept on disk as memory-mapped NumPy arrays.
+
+The backbone is frozen, so every pretraining stage (and every re-run) reads the same states h. A cache
+directory holds
+
+- ``tokens.npy`` (N,) int32: the token ids of all sequences, concatenated;
+- ``hidden.npy`` (N, H) float16: the backbone's final normalised hidden state at each token;
+- ``offsets.npy`` (S+1,) int64: sequence s is ``[offsets[s], offsets[s+1])``;
+- ``meta.json``: backbone, corpus spec, sizes, tokens/s of the pass. Written last, so a directory without
+  it is an interrupted build and is rebuilt.
+
+For ``self:N`` the backbone samples continuations of the built-in prompts with a KV cache in large batches,
+and the states come from the same forward passes (no second pass). Legend: B = batch, T = positions,
+H = hidden size, N = cached tokens, S = sequences, L = window length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from reinlm.errors import ReinlmError
+from reinlm.latent.corpus import builtin_prompts, load_texts, parse_corpus_spec
+from reinlm.latent.modules import sample_categorical
+from reinlm.utils import write_json
+
+META = "meta.json"
+
+
+@dataclass
+class HiddenCache:
+    """An opened cache: memory-mapped ``tokens`` (N,), ``hidden`` (N, H), ``offsets`` (S+1,)."""
+
+    path: Path
+    tokens: np.ndarray
+    hidden: np.ndarray
+    offsets: np.ndarray
+    meta: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "HiddenCache":
+        path = Path(path)
+        meta = json.loads((path / META).read_text())
+        n = meta["n_tokens"]
+        return cls(path, np.load(path / "tokens.npy", mmap_mode="r")[:n], np.load(path / "hidden.npy", mmap_mode="r")[:n],
+                   np.load(path / "offsets.npy"), meta)
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.offsets) - 1
+
+    def split(self, held_out_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Sequence indices (train, held_out): a seeded shuffle of whole sequences (no window straddles)."""
+        order = np.random.default_rng(seed).permutation(self.n_sequences)
+        n_held = max(1, int(round(held_out_fraction * self.n_sequences))) if self.n_sequences > 1 else 0
+        return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+    def windows(self, seqs: np.ndarray, length: int) -> np.ndarray:
+        """Non-overlapping windows (W, 2) = (start, end) of at most ``length`` tokens (at least 2) in ``seqs``."""
+        out = []
+        for s in seqs:
+            a, b = int(self.offsets[s]), int(self.offsets[s + 1])
+            for start in range(a, b - 1, length):
+                out.append((start, min(start + length, b)))
+        return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+    def batch(self, windows: np.ndarray, device="cpu"):
+        """Windows -> h (B, L, H) float32, ids (B, L) long, mask (B, L) long (right-padded)."""
+        L = int((windows[:, 1] - windows[:, 0]).max())
+        B, H = len(windows), self.hidden.shape[1]
+        h = np.zeros((B, L, H), dtype=np.float32)
+        ids = np.zeros((B, L), dtype=np.int64)
+        mask = np.zeros((B, L), dtype=np.int64)
+        for i, (a, b) in enumerate(windows):
+            h[i, : b - a] = self.hidden[a:b]
+            ids[i, : b - a] = self.tokens[a:b]
+            mask[i, : b - a] = 1
+        return (torch.from_numpy(h).to(device), torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+
+
+def cache_matches(path: Path, backbone: str, corpus: str) -> bool:
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return meta.get("backbone") == backbone and meta.get("corpus") == corpus
+
+
+class _Writer:
+    """Appends sequences to preallocated memory-mapped arrays."""
+
+    def __init__(self, path: Path, capacity: int, hidden_size: int):
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.tokens = np.lib.format.open_memmap(path / "tokens.npy", mode="w+", dtype=np.int32, shape=(capacity,))
+        self.hidden = np.lib.format.open_memmap(path / "hidden.npy", mode="w+", dtype=np.float16,
+                                                shape=(capacity, hidden_size))
+        self.offsets = [0]
+
+    @property
+    def n(self) -> int:
+        return self.offsets[-1]
+
+    def add(self, ids: torch.Tensor, h: torch.Tensor) -> None:
+        """One sequence: ids (T,), h (T, H)."""
+        a, T = self.n, len(ids)
+        T = min(T, len(self.tokens) - a)
+        if T < 2:
+            return
+        self.tokens[a:a + T] = ids[:T].cpu().numpy()
+        self.hidden[a:a + T] = h[:T].float().cpu().numpy().astype(np.float16)
+        self.offsets.append(a + T)
+
+    def finish(self, meta: dict) -> None:
+        self.tokens.flush()
+        self.hidden.flush()
+        np.save(self.path / "offsets.npy", np.asarray(self.offsets, dtype=np.int64))
+        write_json(self.path / META, {**meta, "n_tokens": self.n, "n_sequences": len(self.offsets) - 1,
+                                      "hidden_size": int(self.hidden.shape[1])})
+
+
+def _base_forward(model, ids, mask, pos, cache=None):
+    from reinlm.latent.model import _cache_kwarg
+
+    base = model.base_model
+    kw = _cache_kwarg(base)
+    out = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
+    return out.last_hidden_state, getattr(out, kw)
+
+
+@torch.no_grad()
+def build_text_cache(model, tokenizer, texts: list[str], out: Path, meta: dict, max_len: int = 256,
+                     batch_size: int = 8, max_tokens: int | None = None) -> HiddenCache:
+    """Tokenise ``texts`` into chunks of ``max_len`` tokens and cache the backbone states of each chunk."""
+    chunks = []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        chunks += [ids[i:i + max_len] for i in range(0, len(ids), max_len) if len(ids[i:i + max_len]) >= 2]
+    total = sum(len(c) for c in chunks)
+    if max_tokens:
+        total = min(total, max_tokens)
+    if not chunks:
+        raise ReinlmError(f"corpus: {meta['corpus']!r} yields no chunk of 2 or more tokens.")
+    writer = _Writer(out, total, model.config.hidden_size)
+    pad = tokenizer.pad_token_id or 0
+    start = time.time()
+    with tqdm(total=total, desc="hidden states", unit="tok", unit_scale=True) as bar:
+        for i in range(0, len(chunks), batch_size):
+            if writer.n >= total:
+                break
+            group = chunks[i:i + batch_size]
+            L = max(len(c) for c in group)
+            ids = torch.full((len(group), L), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, c in enumerate(group):  # left padding, like every prompt batch in reinlm
+                ids[j, L - len(c):] = torch.tensor(c)
+                mask[j, L - len(c):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            dev = next(model.parameters()).device
+            h, _ = _base_forward(model, ids.to(dev), mask.to(dev), pos.to(dev))
+            before = writer.n
+            for j, c in enumerate(group):
+                writer.add(ids[j, L - len(c):], h[j, L - len(c):])
+            bar.update(writer.n - before)
+    writer.finish({**meta, "tokens_per_s": writer.n / max(time.time() - start, 1e-9),
+                   "seconds": time.time() - start})
+    return HiddenCache.open(out)
+
+
+@torch.no_grad()
+def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: Path, meta: dict,
+                     batch_size: int = 32, new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+                     seed: int = 0) -> HiddenCache:
+    """Sample ``n_tokens`` new tokens from the backbone on ``prompts`` and cache tokens + states.
+
+    One KV-cached sampling loop per batch of ``batch_size`` prompts (drawn with replacement, seeded): the
+    forward pass that feeds token t also yields h_t, so no second pass is needed. Each stored sequence is
+    prompt + continuation up to and including EOS; the last sampled token (never fed back) is dropped.
+    """
+    dev = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    enc_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    rounds = math.ceil(n_tokens / (batch_size * new_tokens))
+    cap = n_tokens + rounds * batch_size * (max(len(p) for p in enc_prompts) + new_tokens)
+    writer = _Writer(out, cap, model.config.hidden_size)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id or 0
+    lm_head = model.get_output_embeddings()
+    generated, start = 0, time.time()
+    with tqdm(total=n_tokens, desc="self-sampling + hidden states", unit="tok", unit_scale=True) as bar:
+        while generated < n_tokens:
+            pick = torch.randint(0, len(enc_prompts), (batch_size,), generator=g).tolist()
+            group = [enc_prompts[i] for i in pick]
+            P = max(len(c) for c in group)
+            ids = torch.full((batch_size, P), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, c in enumerate(group):
+                ids[j, P - len(c):] = torch.tensor(c)
+                mask[j, P - len(c):] = 1
+            ids, mask = ids.to(dev), mask.to(dev)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            h, cache = _base_forward(model, ids, mask, pos)
+            hs, toks = [h], [ids]
+            live = torch.ones(batch_size, dtype=torch.bool, device=dev)
+            lengths = torch.zeros(batch_size, dtype=torch.long, device=dev)  # new tokens kept per row
+            steps = min(new_tokens, n_tokens - generated + 1)
+            for step in range(steps):
+                logits = lm_head(hs[-1][:, -1]).float()  # (B, V)
+                nxt, _, _ = sample_categorical(logits, False, temperature, 0, top_p, g)
+                nxt = torch.where(live, nxt, torch.full_like(nxt, pad))
+                lengths += live.long()
+                toks.append(nxt[:, None])
+                live = live & (nxt != eos)
+                if step == steps - 1 or not bool(live.any()):
+                    break
+                mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], dim=1)
+                pos = pos[:, -1:] + 1
+                h_new, cache = _base_forward(model, nxt[:, None], mask, pos, cache)
+                hs.append(h_new)
+                bar.set_postfix(tok_s=f"{(generated + int(lengths.sum())) / (time.time() - start):.0f}")
+            H_all, T_all = torch.cat(hs, 1), torch.cat(toks, 1)  # (B, P+R-1, H), (B, P+R)
+            before = generated
+            for j, c in enumerate(group):
+                n_new = int(lengths[j])
+                keep = slice(P - len(c), P + n_new - 1)  # drop the last sampled (never fed) token
+                writer.add(T_all[j, keep], H_all[j, keep])
+                generated += max(n_new - 1, 0)
+            bar.update(min(generated, n_tokens) - min(before, n_tokens))
+    elapsed = time.time() - start
+    writer.finish({**meta, "tokens_per_s": generated / max(elapsed, 1e-9), "seconds": elapsed,
+                   "generated_tokens": generated})
+    return HiddenCache.open(out)
+
+
+def build_cache(model, tokenizer, backbone: str, corpus: str, out: str | Path, *, text_column: str = "text",
+                max_len: int = 256, batch_size: int = 32, new_tokens: int = 128, temperature: float = 1.0,
+                prompts: str = "builtin:neutral", seed: int = 0, force: bool = False) -> HiddenCache:
+    """Open the cache at ``out`` when it was built for the same backbone and corpus, else (re)build it."""
+    out = Path(out)
+    if not force and cache_matches(out, backbone, corpus):
+        return HiddenCache.open(out)
+    if out.exists():
+        shutil.rmtree(out)
+    spec = parse_corpus_spec(corpus)
+    meta = {"backbone": backbone, "corpus": corpus}
+    if spec.kind == "self":
+        return build_self_cache(model, tokenizer, builtin_prompts(prompts), spec.n_tokens, out, meta,
+                                batch_size=batch_size, new_tokens=new_tokens, temperature=temperature, seed=seed)
+    return build_text_cache(model, tokenizer, load_texts(corpus, text_column), out, meta, max_len=max_len,
+                            batch_size=max(1, batch_size // 4))

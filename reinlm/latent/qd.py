@@ -1,0 +1,176 @@
+"""Quality-diversity protocol of the CoLA card (../shared/seeds/000, DESIGN.md section 4).
+
+N prefixes from held-out text, M samples each (one group per prefix); the continuations are embedded with a
+sentence encoder (``minilm`` by default, any sentence-transformers id); similarity = mean pairwise cosine
+inside groups averaged over groups, QD = 1 / similarity (:func:`reinlm.textstats.quality_diversity`).
+Similarity alone rewards gibberish, so each row also gives the perplexity of its samples under the backbone
+(and distinct-2). Rows:
+
+- ``latent_policy``: actions sampled from the BC policy (tau 1), world-model tokens greedy;
+- ``latent_random``: uniformly random actions, world-model tokens greedy (the CoLA card's row);
+- ``token_sampling``: the backbone sampling tokens at temperature 1;
+- ``random_tokens``: uniformly random token ids.
+
+Only the continuation is embedded (the prefix is shared by a group and would inflate its similarity).
+Legend: N = prefixes, M = samples per prefix, P = prefix length, R = new tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reinlm.config import check_range, opt
+from reinlm.latent.model import LatentActionModel
+from reinlm.textstats import distinct_n, quality_diversity
+
+ROWS = ("latent_policy", "latent_random", "token_sampling", "random_tokens")
+
+
+@dataclass
+class QDConfig:
+    """Flags of ``reinlm latent qd``."""
+
+    latent: str = opt("runs/latent", help="latent model directory (from `reinlm latent pretrain`)")
+    num_prefixes: int = opt(16, help="N: prefixes, one group each")
+    samples: int = opt(8, help="M: samples per prefix")
+    prefix_tokens: int = opt(16, help="prefix length P in tokens (cut from held-out sequences)")
+    new_tokens: int = opt(24, help="R: tokens generated per sample")
+    prefixes: str = opt("", help="prompt SPEC to use as prefixes instead of the held-out cache (e.g. builtin:neutral)")
+    encoder: str = opt("minilm", help="sentence encoder: minilm or any sentence-transformers id / path")
+    action_tau: float = opt(1.0, help="temperature of the policy's actions in the latent_policy row")
+    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
+    seed: int = opt(0, help="random seed")
+
+    def __post_init__(self):
+        check_range("num_prefixes", self.num_prefixes, 1)
+        check_range("samples", self.samples, 2)
+        check_range("new_tokens", self.new_tokens, 1)
+
+
+def held_out_prefixes(latent_dir: Path, n: int, prefix_tokens: int) -> list[list[int]]:
+    """Token-id prefixes from the held-out split of the latent model's pretraining cache."""
+    from reinlm.latent.hidden_cache import HiddenCache
+
+    cfg = json.loads((latent_dir / "pretrain_config.json").read_text())
+    cache = HiddenCache.open(Path(cfg.get("cache_dir") or latent_dir / "cache"))
+    _, held = cache.split(cfg["held_out_fraction"], cfg["seed"])
+    out = []
+    for s in held:
+        a, b = int(cache.offsets[s]), int(cache.offsets[s + 1])
+        if b - a >= prefix_tokens:
+            out.append([int(t) for t in cache.tokens[a:a + prefix_tokens]])
+        if len(out) == n:
+            break
+    return out
+
+
+def _left_pad(prefixes: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    P = max(len(p) for p in prefixes)
+    ids = torch.full((len(prefixes), P), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prefixes):
+        ids[i, P - len(p):] = torch.tensor(p)
+        mask[i, P - len(p):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample_row(model: LatentActionModel, row: str, ids: torch.Tensor, mask: torch.Tensor, R: int,
+               g: torch.Generator) -> torch.Tensor:
+    """(B, P) prompts -> (B, R) continuation ids (EOS / padding included) for one QD row."""
+    tok = model.tokenizer
+    if row == "latent_policy":
+        return model.generate(ids, mask, max_new_tokens=R, generator=g)[:, ids.shape[1]:]
+    if row == "latent_random":
+        return model.generate(ids, mask, max_new_tokens=R, action_mode="random", generator=g)[:, ids.shape[1]:]
+    if row == "token_sampling":
+        from reinlm.latent.hidden_cache import _base_forward
+        from reinlm.latent.modules import sample_categorical
+
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        h, cache = _base_forward(model.backbone, ids, mask, pos)
+        out = []
+        for step in range(R):
+            nxt, _, _ = sample_categorical(model.token_logits(h[:, -1]), False, 1.0, 0, 1.0, g)
+            out.append(nxt)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+            if step < R - 1:
+                h, cache = _base_forward(model.backbone, nxt[:, None], mask, pos, cache)
+        return torch.stack(out, 1)
+    if row == "random_tokens":
+        special = set(tok.all_special_ids)
+        allowed = torch.tensor([i for i in range(model.config.vocab_size) if i not in special])
+        return allowed[torch.randint(0, len(allowed), (ids.shape[0], R), generator=g)]
+    raise ValueError(row)
+
+
+@torch.no_grad()
+def backbone_nll(model: LatentActionModel, ids: torch.Tensor, mask: torch.Tensor, cont: torch.Tensor) -> tuple[float, int]:
+    """Summed NLL of continuations (B, R) given prompts (B, P) under the backbone, cut at the first EOS."""
+    eos = model.tokenizer.eos_token_id
+    B, R = cont.shape
+    cmask = torch.ones_like(cont)
+    is_eos = (cont == eos).long()
+    after = (is_eos.cumsum(1) - is_eos) > 0  # strictly after the first EOS
+    cmask[after] = 0
+    full, fmask = torch.cat([ids, cont], 1), torch.cat([mask, cmask], 1)
+    h, _ = model.backbone_hidden(full, fmask)
+    logits = model.token_logits(h[:, ids.shape[1] - 1:-1])  # (B, R, V) predicts each continuation token
+    nll = F.cross_entropy(logits.flatten(0, 1), cont.flatten(), reduction="none").view(B, R)
+    return float((nll * cmask).sum()), int(cmask.sum())
+
+
+def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) -> dict:
+    """Run the protocol; returns ``{"rows": {row: {similarity, qd, perplexity, distinct_2}}, "config": ...}``."""
+    from reinlm.hub import load_sentence_encoder
+    from reinlm.utils import seed_everything
+
+    seed_everything(cfg.seed)
+    latent_dir = Path(cfg.latent)
+    model = model or LatentActionModel.from_pretrained(latent_dir, device=cfg.device)
+    model.set_action_sampling(greedy=False, tau=cfg.action_tau, top_k=0, top_p=1.0)
+    tok = model.tokenizer
+    if cfg.prefixes:
+        from reinlm.data import load_prompts
+
+        texts = load_prompts(cfg.prefixes, limit=cfg.num_prefixes).prompts
+        prefixes = [tok(t, add_special_tokens=False)["input_ids"][: cfg.prefix_tokens] for t in texts]
+    else:
+        prefixes = held_out_prefixes(latent_dir, cfg.num_prefixes, cfg.prefix_tokens)
+    encoder = encoder or load_sentence_encoder(cfg.encoder, device="cpu")
+    rows = {}
+    for r_i, row in enumerate(ROWS):
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + r_i)
+        groups, nll, n = [], 0.0, 0
+        all_texts = []
+        for p in prefixes:
+            ids, mask = _left_pad([p] * cfg.samples, tok.pad_token_id or 0)
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            cont = sample_row(model, row, ids, mask, cfg.new_tokens, g)
+            s, c = backbone_nll(model, ids, mask, cont.to(model.device))
+            nll, n = nll + s, n + c
+            texts = tok.batch_decode(cont, skip_special_tokens=True)
+            all_texts += texts
+            groups.append(np.asarray(encoder.encode(texts)))
+        qd = quality_diversity(groups)
+        rows[row] = {"similarity": qd["similarity"], "qd": qd["qd"], "perplexity": math.exp(nll / max(n, 1)),
+                     "distinct_2": distinct_n(all_texts, 2), "example": all_texts[0]}
+    return {"rows": rows, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "num_prefixes": len(prefixes)}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'row':<16}{'QD':>8}{'similarity':>12}{'perplexity':>12}{'distinct-2':>12}  example"]
+    for row, r in result["rows"].items():
+        ex = " ".join(r["example"].split())[:60]
+        lines.append(f"{row:<16}{r['qd']:>8.3f}{r['similarity']:>12.3f}{r['perplexity']:>12.1f}"
+                     f"{r['distinct_2']:>12.3f}  {ex}")
+    return "\n".join(lines)

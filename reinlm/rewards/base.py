@@ -1,0 +1,120 @@
+"""The reward protocol, the ``@reward_function`` decorator and the registry of built-in reward factories.
+
+Protocol (TRL's reward-function signature, so TRL rewards work unchanged):
+
+- a **sequence reward** is a callable ``fn(prompts: list[str], completions: list[str], **columns) ->
+  list[float | None]``, one value per completion (``None``: the reward cannot score that sample);
+- a **token-level reward** has ``fn.is_token_level = True`` and is called as ``fn(prompts, completions,
+  completion_token_spans=spans, **columns) -> list[list[float]]``: one value per completion token, where
+  ``spans[i][j] = (start, end)`` are the character offsets of token ``j`` in ``completions[i]``.
+
+Every reward carries a ``name`` (used for metric names, ``reward/<name>/mean``). Parameterised rewards are
+built by *factories* (``contains_words(["red"])`` returns a reward); :func:`register_reward` maps the CLI
+name used in a reward SPEC to its factory (see :mod:`reinlm.rewards.spec`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from reinlm.errors import ConfigError
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    """A sequence reward: ``fn(prompts, completions, **columns) -> list[float | None]``."""
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]: ...
+
+
+def reward_function(name: str | None = None, *, token_level: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator marking ``fn`` as a reward: sets ``fn.name``/``fn.__name__`` and ``fn.is_token_level``.
+
+    >>> @reward_function("shout")
+    ... def f(prompts, completions, **columns):
+    ...     return [float(c.isupper()) for c in completions]
+    >>> f.name, f.is_token_level, f([""], ["HI"])
+    ('shout', False, [1.0])
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        label = name or getattr(fn, "__name__", None) or type(fn).__name__
+        try:
+            fn.name, fn.is_token_level = label, token_level
+        except AttributeError:  # e.g. a bound method: wrap it in a function that can carry attributes
+            inner = fn
+
+            def fn(*args, **kwargs):
+                return inner(*args, **kwargs)
+
+            fn.name, fn.is_token_level = label, token_level
+        try:
+            fn.__name__ = label
+        except (AttributeError, TypeError):  # callable objects without a settable __name__
+            pass
+        return fn
+
+    return wrap
+
+
+def reward_name(fn: Callable) -> str:
+    """The display name of a reward: its ``name``, else ``__name__``, else its class name."""
+    return str(getattr(fn, "name", None) or getattr(fn, "__name__", None) or type(fn).__name__)
+
+
+def is_token_level(fn: Callable) -> bool:
+    """Whether ``fn`` is a token-level reward (``fn.is_token_level`` is true)."""
+    return bool(getattr(fn, "is_token_level", False))
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class RewardEntry:
+    """A registered reward factory: the CLI ``name``, the ``factory`` and how SPEC arguments bind to it."""
+
+    name: str  # name used in a reward SPEC, e.g. "contains_words"
+    factory: Callable[..., Callable]  # builds the reward from its arguments
+    variadic: str | None = None  # parameter that collects every positional SPEC argument as a list
+    summary: str = ""  # one line for `reinlm reward --help` and error messages
+
+    def parameters(self) -> list[str]:
+        """Names of the factory's parameters, in order."""
+        return list(inspect.signature(self.factory).parameters)
+
+
+REWARDS: dict[str, RewardEntry] = {}
+
+
+def register_reward(name: str, *, variadic: str | None = None, summary: str = "") -> Callable[[Callable], Callable]:
+    """Decorator registering a reward factory under the SPEC name ``name`` (the factory is returned unchanged).
+
+    ``variadic`` names a list parameter that collects all positional SPEC arguments, so that
+    ``contains_words:red,blue`` calls ``contains_words(words=["red", "blue"])``.
+    """
+
+    def wrap(factory: Callable) -> Callable:
+        doc = summary or (inspect.getdoc(factory) or "").split("\n")[0]
+        REWARDS[name] = RewardEntry(name, factory, variadic, doc)
+        return factory
+
+    return wrap
+
+
+def available_rewards() -> list[str]:
+    """Sorted SPEC names of every registered reward factory (built-ins are registered on import)."""
+    import reinlm.rewards.builtins  # noqa: F401  (registers the built-ins)
+
+    return sorted(REWARDS)
+
+
+def get_reward_entry(name: str) -> RewardEntry:
+    """The registry entry for ``name``; :class:`ConfigError` listing the registered names otherwise."""
+    names = available_rewards()
+    if name not in REWARDS:
+        raise ConfigError(f"reward: unknown reward {name!r}; allowed: one of {', '.join(names)}, or a Python "
+                          f"function given as path/to/file.py:function.")
+    return REWARDS[name]

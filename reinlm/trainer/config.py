@@ -1,0 +1,142 @@
+"""`TrainConfig`: every `reinlm train` flag, documented once, validated in `__post_init__`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from reinlm.config import check_choice, check_range, opt
+from reinlm.errors import ConfigError
+
+ALGOS = ("reinforce", "grpo", "rloo", "ppo", "remax")
+TOKEN_ALGOS = ("reinforce", "grpo", "rloo", "ppo")
+LATENT_ALGOS = ("reinforce", "grpo", "rloo", "ppo", "remax")
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train ---
+    model: str = opt("smollm2-135m", "policy model: embedded alias, HF id, local dir or .gguf (token space)")
+    space: Literal["token", "latent"] = opt("token", "action space: token (the LM itself) or latent (a policy over latent actions)")
+    latent: str | None = opt(None, "latent-action model directory (required with --space latent)")
+    algo: Literal["reinforce", "grpo", "rloo", "ppo", "remax"] = opt("grpo", "RL algorithm (remax: latent space only)")
+    reward: str = opt("sentiment", "reward SPEC, e.g. sentiment, contains_words:red,blue, 0.5*sentiment+target_length:80")
+    reward_on_error: Literal["fail", "skip"] = opt("fail", "a reward returning NaN/None/wrong length: fail the run, or skip those samples")
+    # --- data ---
+    prompts: str = opt("builtin:reviews", "prompt SPEC: builtin:neutral|reviews|summaries, a .txt/.jsonl/.csv/.parquet file, a saved dataset dir, or hf:NAME[:SPLIT]")
+    prompt_column: str = opt("prompt", "column holding the prompt in tabular prompt files")
+    held_out_fraction: float = opt(0.2, "share of prompts kept out of training for evaluation")
+    chat_template: bool = opt(False, "wrap prompts in the model's chat template")
+    # --- rollouts ---
+    steps: int = opt(30, "number of RL steps (one rollout batch each)")
+    batch_prompts: int = opt(2, "prompts per step (global, across processes)")
+    samples_per_prompt: int = opt(8, "completions sampled per prompt (the group size G)")
+    max_new_tokens: int = opt(20, "maximum completion length in tokens")
+    temperature: float = opt(1.0, "sampling temperature (training log-probs use the same temperature)")
+    top_k: int = opt(0, "top-k filtering at sampling (0: off)")
+    top_p: float = opt(1.0, "nucleus filtering at sampling (1.0: off)")
+    # --- algorithm ---
+    baseline: Literal["none", "batch_mean", "group_mean", "leave_one_out"] = opt("group_mean", "REINFORCE baseline (rloo forces leave_one_out)")
+    scale_std: bool = opt(True, "GRPO: divide group-centred rewards by the group std")
+    update_epochs: int = opt(1, "passes over each rollout batch (GRPO/PPO); >1 uses the clipped ratio")
+    minibatch_size: int = opt(0, "sequences per optimiser step (0: the whole local batch)")
+    grad_accum: int = opt(1, "micro-batches per minibatch (gradient accumulation)")
+    clip_eps: float = opt(0.2, "PPO/GRPO ratio clip epsilon")
+    value_clip: float = opt(0.2, "PPO value clip")
+    vf_coef: float = opt(0.1, "PPO value-loss coefficient")
+    gamma: float = opt(1.0, "PPO discount")
+    lam: float = opt(0.95, "PPO GAE lambda")
+    whiten_advantages: bool = opt(True, "PPO: whiten advantages over the batch")
+    value_model: Literal["shared", "separate"] = opt("shared", "PPO value head on the policy trunk (shared) or on a separate copy of the model")
+    score_clip: float | None = opt(None, "clip sequence scores to [-x, x] before use (None: off)")
+    score_scaling: Literal["none", "running"] = opt("none", "scale scores by a running std (PPO)")
+    entropy_coef: float = opt(0.0, "entropy bonus coefficient")
+    loss_aggregation: Literal["seq_mean", "token_mean"] = opt("seq_mean", "average the loss per sequence then over sequences, or over all tokens")
+    # --- KL anchor ---
+    kl_coef: float = opt(0.05, "KL coefficient beta (0 disables the reference model)")
+    kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator (DESIGN.md section 3)")
+    kl_in: Literal["reward", "loss"] = opt("reward", "KL as a per-token reward penalty (TRL/torchrl semantics) or as a loss term")
+    kl_target: float | None = opt(None, "adaptive KL control target (Ziegler et al. 2019); None: constant beta")
+    kl_horizon: int = opt(10000, "adaptive KL control horizon")
+    # --- optimisation ---
+    lr: float = opt(1e-5, "AdamW learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(0, "linear learning-rate warm-up steps")
+    lr_schedule: Literal["constant", "linear", "cosine"] = opt("constant", "learning-rate decay after warm-up")
+    max_grad_norm: float = opt(1.0, "gradient-norm clip (0: off)")
+    lora_r: int = opt(0, "LoRA rank (0: full fine-tuning)")
+    lora_alpha: int = opt(16, "LoRA alpha")
+    lora_targets: str = opt("q_proj,v_proj", "comma-separated module names LoRA adapts")
+    # --- runtime ---
+    device: str = opt("auto", "cpu, cuda or auto")
+    dtype: Literal["float32", "bfloat16"] = opt("float32", "parameter dtype")
+    seed: int = opt(0, "seed for prompts, sampling and initialisation")
+    out: str | None = opt(None, "run directory (default: runs/<algo>-<space>-<seed>)")
+    save_every: int = opt(10, "write a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = opt(2, "checkpoints kept on disk (the newest)")
+    sample_every: int = opt(5, "log sample completions every N steps")
+    log: Literal["tensorboard", "wandb", "none"] = opt("tensorboard", "extra logger besides metrics.jsonl (TensorBoard always unless none)")
+    eval_prompts: int = opt(8, "held-out prompts for the before/after evaluation (0: skip)")
+    eval_samples: int = opt(4, "samples per held-out prompt in the evaluation")
+    stop_on_degeneration: bool = opt(False, "stop when the degeneration alarm fires, keeping the last healthy checkpoint")
+    progress: bool = opt(True, "show a progress bar")
+    # --- LLM critic (dense token rewards) ---
+    critic: str | None = opt(None, "critic model for dense span rewards (alias/HF id/path), e.g. smollm2-135m")
+    critic_url: str | None = opt(None, "OpenAI-compatible chat-completions endpoint for the critic")
+    critic_model: str | None = opt(None, "model name sent to --critic-url")
+    critic_task: str = opt("sentiment", "critic task template: sentiment, toxicity, summarization, or a template file")
+    critic_values: str = opt("0.5,-0.5", "reward for tokens in positive,negative spans")
+    critic_default: float = opt(0.0, "reward for tokens outside every span")
+    critic_threshold: float | None = opt(None, "only samples with extrinsic reward <= this are sent to the critic (None: all)")
+
+    def __post_init__(self) -> None:
+        check_choice("algo", self.algo, ALGOS)
+        check_choice("space", self.space, ("token", "latent"))
+        if self.space == "token" and self.algo not in TOKEN_ALGOS:
+            raise ConfigError(f"algo: got {self.algo!r} with --space token; allowed: {', '.join(TOKEN_ALGOS)} "
+                              "(remax runs in latent space only).")
+        if self.space == "latent" and not self.latent:
+            raise ConfigError("latent: --space latent needs --latent DIR, a latent-action model directory "
+                              "made by `reinlm latent pretrain`.")
+        if self.space == "latent":
+            token_only = {"lora_r": 0, "value_model": "shared", "chat_template": False}
+            for name, neutral in token_only.items():
+                if getattr(self, name) != neutral:
+                    raise ConfigError(f"{name}: got {getattr(self, name)!r}, a token-space option; it cannot be "
+                                      f"used with --space latent (leave it at {neutral!r}).")
+        for name in ("steps", "batch_prompts", "samples_per_prompt", "max_new_tokens", "update_epochs", "grad_accum"):
+            check_range(name, getattr(self, name), 1)
+        check_range("temperature", self.temperature, 0, lo_open=True)
+        check_range("top_p", self.top_p, 0, 1, lo_open=True)
+        check_range("top_k", self.top_k, 0)
+        check_range("kl_coef", self.kl_coef, 0)
+        check_range("lr", self.lr, 0, lo_open=True)
+        check_range("held_out_fraction", self.held_out_fraction, 0, 0.9)
+        check_range("clip_eps", self.clip_eps, 0, lo_open=True)
+        check_range("save_every", self.save_every, 1)
+        check_range("minibatch_size", self.minibatch_size, 0)
+        if self.kl_target is not None:
+            check_range("kl_target", self.kl_target, 0, lo_open=True)
+            check_range("kl_horizon", self.kl_horizon, 1)
+            if self.kl_coef == 0:
+                raise ConfigError("kl_coef: got 0 with --kl-target set; the adaptive controller scales beta, "
+                                  "so it needs a starting --kl-coef > 0.")
+        if self.algo in ("grpo", "rloo") and self.samples_per_prompt < 2:
+            raise ConfigError(f"samples_per_prompt: got {self.samples_per_prompt} with algo {self.algo}; allowed: "
+                              ">= 2 (group baselines need at least two samples per prompt).")
+        if self.algo == "rloo":
+            self.baseline = "leave_one_out"
+        if self.baseline in ("group_mean", "leave_one_out") and self.algo == "reinforce" and self.samples_per_prompt < 2:
+            raise ConfigError(f"baseline: {self.baseline} needs --samples-per-prompt >= 2, got "
+                              f"{self.samples_per_prompt}; use --baseline batch_mean or none.")
+        if self.critic and self.critic_url:
+            raise ConfigError("critic: give either --critic (a local model) or --critic-url (an endpoint), not both.")
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per step across all processes."""
+        return self.batch_prompts * self.samples_per_prompt
+
+    @property
+    def default_out(self) -> str:
+        return f"runs/{self.algo}-{self.space}-seed{self.seed}"

@@ -1,0 +1,211 @@
+"""The latent-space policy: RL trains only the small policy over K latent actions.
+
+The backbone and the world model stay frozen (they never receive gradients). A rollout keeps the
+backbone's hidden states, so the update re-runs only the policy's few causal blocks, never the
+backbone. The KL to the frozen behaviour-cloned policy is exact over the K categories:
+KL_t = sum_a pi(a | x_<=t) (log pi(a | x_<=t) - log pi_BC(a | x_<=t)).
+
+Dimension legend: B = sequences, P = prompt length, R = response steps (one action and one token each),
+T = P + R - 1 positions whose hidden states were computed, H = backbone hidden size, K = actions,
+D = policy width.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reinlm.algorithms.kl import categorical_kl
+from reinlm.algorithms.ppo import ValueHead
+from reinlm.errors import ReinlmError
+from reinlm.rollout.token import RolloutBatch, decode_completions
+from reinlm.trainer.config import TrainConfig
+
+
+@dataclass
+class LatentRolloutBatch(RolloutBatch):
+    """A :class:`RolloutBatch` whose ``logprobs`` are action log-probs, plus what the update needs."""
+
+    actions: torch.Tensor | None = None  # (B, R) chosen action per step (0 on padding)
+    hidden: torch.Tensor | None = None  # (B, T, H) backbone states of every fed position
+    hidden_mask: torch.Tensor | None = None  # (B, T)
+    old_logp_all: torch.Tensor | None = None  # (B, R, K) sampling distribution over actions
+
+
+class LatentPolicy:
+    """Wraps a :class:`~reinlm.latent.model.LatentActionModel`: trainable policy, frozen BC reference."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, latent_model=None):
+        from reinlm.latent.model import LatentActionModel
+
+        self.cfg = cfg
+        self.device = device
+        self.lam = latent_model or LatentActionModel.from_pretrained(cfg.latent, device=str(device), dtype=cfg.dtype)
+        self.lam.requires_grad_(False)
+        self.lam.policy.requires_grad_(True)
+        self.tokenizer = self.lam.tokenizer
+        if self.tokenizer is None:
+            raise ReinlmError(f"latent: the backbone of {cfg.latent!r} has no tokenizer; it cannot score text.")
+        self.ref_policy = copy.deepcopy(self.lam.policy).eval().requires_grad_(False)
+        self.value_head = None
+        if cfg.algo == "ppo":
+            self.value_head = ValueHead(self.lam.config.d_model).to(device)
+        self.num_actions = self.lam.config.num_actions
+
+    @property
+    def context_length(self) -> int:
+        conf = self.lam.backbone.config
+        return int(getattr(conf, "max_position_embeddings", None) or 2048)
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.lam.policy
+
+    # --- generation ---
+    def _generate(self, prompts: list[str], samples_per_prompt: int, seed: int, greedy: bool = False):
+        tok = self.tokenizer
+        rows = [p for p in prompts for _ in range(samples_per_prompt)]
+        enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        # the sampled distribution must be exactly the one the update differentiates: no top-k/top-p here
+        self.lam.set_action_sampling(greedy=greedy, tau=self.cfg.temperature, top_k=0, top_p=1.0)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = self.lam.policy.training
+        self.lam.policy.eval()
+        try:
+            out = self.lam.generate(ids, mask, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
+                                    generator=gen, return_dict=True)
+        finally:
+            self.lam.policy.train(was_training)
+        return out, ids, mask, rows
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int], greedy: bool = False):
+        """Sample G action sequences per prompt through policy + world model -> LatentRolloutBatch.
+
+        One generator (seeded by ``seeds[0]``) drives the whole batch.
+        """
+        out, ids, mask, rows = self._generate(prompts, samples_per_prompt, seeds[0], greedy=greedy)
+        P = ids.shape[1]
+        response_ids = out.response_ids
+        response_mask = out.response_mask.long()
+        actions = out.actions.clamp(min=0)  # (B, R); -1 after a row finished -> 0, masked anyway
+        hidden_mask = out.attention_mask[:, : out.hidden.shape[1]].long()  # (B, T)
+        logits = self.lam.policy(out.hidden, hidden_mask)[:, P - 1:]  # (B, R, K)
+        old_logp_all = torch.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
+        logprobs = old_logp_all.gather(-1, actions[..., None]).squeeze(-1) * response_mask
+        batch = LatentRolloutBatch(
+            prompt_ids=ids, prompt_mask=mask, response_ids=response_ids, response_mask=response_mask,
+            logprobs=logprobs, group_ids=torch.arange(len(prompts), device=self.device).repeat_interleave(samples_per_prompt),
+            prompts=rows, completions=decode_completions(self.tokenizer, response_ids, response_mask),
+            temperature=float(self.cfg.temperature), pad_token_id=int(self.tokenizer.pad_token_id or 0),
+            actions=actions, hidden=out.hidden, hidden_mask=hidden_mask, old_logp_all=old_logp_all,
+        )
+        return batch
+
+    def greedy_baseline(self, trainer, batch: LatentRolloutBatch, prompt_idx: list[int]) -> torch.Tensor:
+        """ReMax baseline (Li et al. 2023): the reward of the greedy-action rollout of each prompt, (B,)."""
+        G = self.cfg.samples_per_prompt
+        prompts = batch.prompts[::G]
+        greedy = self.rollout(prompts, 1, [0], greedy=True)
+        columns = {k: [v[i] for i in prompt_idx] for k, v in trainer.train_prompts.columns.items()}
+        scores = trainer.reward_set.score(greedy.prompts, greedy.completions, columns).total.to(self.device)
+        return scores.float().repeat_interleave(G)
+
+    # --- scoring ---
+    def _logp_all(self, policy: torch.nn.Module, batch: LatentRolloutBatch) -> torch.Tensor:
+        P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+        logits = policy(batch.hidden, batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, K)
+        return torch.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
+
+    def logprobs(self, batch: LatentRolloutBatch, need_values: bool = False):
+        """(logp (B,R), entropy (B,R), values (B,R) or None) of the taken actions, with gradients."""
+        logp_all = self._logp_all(self.lam.policy, batch)
+        logp = logp_all.gather(-1, batch.actions[..., None]).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        values = None
+        if need_values and self.value_head is not None:
+            P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+            feats = self.lam.policy.features(batch.hidden, batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, D)
+            values = self.value_head(feats)
+        return logp, entropy, values
+
+    @torch.no_grad()
+    def ref_logprobs(self, batch: LatentRolloutBatch) -> torch.Tensor | None:
+        """Full action distributions of the frozen BC policy, (B, R, K) (used for the exact KL).
+
+        Cheap (a few small blocks over cached states), so it is computed even when beta = 0, for the metric.
+        """
+        return self._logp_all(self.ref_policy, batch)
+
+    @torch.no_grad()
+    def eval_kl(self, batch: LatentRolloutBatch) -> torch.Tensor:
+        """Summed exact KL of each sample's action distributions to the BC policy, (B,)."""
+        kl = categorical_kl(batch.old_logp_all, self._logp_all(self.ref_policy, batch))
+        return (kl * batch.response_mask).sum(-1)
+
+    @torch.no_grad()
+    def frozen_logprobs(self, batch: LatentRolloutBatch) -> torch.Tensor:
+        """Log-probs (B, R) of the response tokens under the frozen backbone LM itself, temperature 1."""
+        from reinlm.rollout.token import token_logprobs
+
+        R = batch.response_ids.shape[1]
+        return token_logprobs(self.lam.backbone, batch.input_ids, batch.attention_mask, R, 1.0).logp
+
+    def rollout_kl(self, batch: LatentRolloutBatch, ref: torch.Tensor | None, estimator: str) -> torch.Tensor | None:
+        """Exact per-step KL(pi_old || pi_BC) over the K actions, (B, R); the estimator is not needed."""
+        if ref is None:
+            return None
+        return categorical_kl(batch.old_logp_all, ref)
+
+    def kl_loss(self, batch: LatentRolloutBatch, logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Exact per-step KL(pi_theta || pi_BC), (B, R), differentiable in the policy."""
+        return categorical_kl(self._logp_all(self.lam.policy, batch), ref)
+
+    def token_spans(self, batch) -> list[list[tuple[int, int]]]:
+        from reinlm.rollout.token import token_char_spans
+
+        return token_char_spans(self.tokenizer, batch.response_ids, batch.response_mask)
+
+    # --- parameters and persistence ---
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = list(self.lam.policy.parameters())
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        return params
+
+    def backward(self, accelerator, loss: torch.Tensor) -> None:
+        accelerator.backward(loss)
+
+    def wrap_for_ddp(self, accelerator) -> None:
+        self.lam.policy = accelerator.prepare_model(self.lam.policy)
+        if self.value_head is not None:
+            self.value_head = accelerator.prepare_model(self.value_head)
+
+    def _unwrap(self):
+        pol = self.lam.policy
+        return getattr(pol, "module", pol)
+
+    def save(self, out_dir: str | Path) -> None:
+        """A complete latent model directory (config + heads) holding the current policy."""
+        wrapped = self.lam.policy
+        self.lam.policy = self._unwrap()
+        try:
+            self.lam.save_pretrained(out_dir)
+        finally:
+            self.lam.policy = wrapped
+
+    save_final = save
+
+    def load(self, policy_dir: str | Path) -> None:
+        """Load the policy weights of a latent model directory written by :meth:`save`."""
+        from safetensors.torch import load_file
+
+        from reinlm.latent.model import HEADS_FILE
+
+        state = load_file(str(Path(policy_dir) / HEADS_FILE))
+        pol = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+        self._unwrap().load_state_dict(pol)

@@ -1,0 +1,88 @@
+"""Run logging: ``metrics.jsonl`` (always), TensorBoard (default), Weights & Biases (when asked).
+
+Metric names are grouped by prefix (``reward/``, ``kl/``, ``loss/``, ``policy/``, ``response/``,
+``perf/``); each is explained in docs/training.md, "Logged metrics".
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from reinlm.errors import ReinlmError
+from reinlm.utils import append_jsonl, read_jsonl
+
+log = logging.getLogger("reinlm")
+
+
+class RunLogger:
+    """Writes one JSON object per step to ``metrics.jsonl`` and mirrors scalars to TensorBoard / W&B."""
+
+    def __init__(self, run_dir: str | Path, backend: str = "tensorboard", config: dict | None = None,
+                 enabled: bool = True, resume_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.samples_path = self.run_dir / "samples.jsonl"
+        self._tb = None
+        self._wandb = None
+        if not enabled:
+            return
+        if resume_step is not None:
+            # drop lines logged after the checkpoint we resume from: they will be logged again
+            for path in (self.metrics_path, self.samples_path):
+                if path.is_file():
+                    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
+                    path.write_text("".join(_dumps(r) + "\n" for r in kept))
+        if backend in ("tensorboard", "wandb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            except ImportError:  # tensorboard is a dependency, but never fail a run for a logger
+                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+        if backend == "wandb":
+            try:
+                import wandb
+            except ImportError as e:
+                raise ReinlmError("log: got 'wandb' but the wandb package is not installed; "
+                                  "`pip install wandb`, or use --log tensorboard.") from e
+            self._wandb = wandb.init(project="reinlm", dir=str(self.run_dir), config=config or {},
+                                     name=self.run_dir.name, resume="allow")
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """Append ``{"step": step, **metrics}`` and mirror numeric values."""
+        if not self.enabled:
+            return
+        append_jsonl(self.metrics_path, {"step": step, **metrics})
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                if self._tb is not None:
+                    self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def log_samples(self, step: int, prompts: list[str], completions: list[str], rewards: list[float],
+                    limit: int = 4) -> None:
+        """Append up to ``limit`` sample completions of this step to ``samples.jsonl``."""
+        if not self.enabled:
+            return
+        for p, c, r in list(zip(prompts, completions, rewards))[:limit]:
+            append_jsonl(self.samples_path, {"step": step, "prompt": p, "completion": c, "reward": float(r)})
+        if self._tb is not None:
+            text = "\n\n".join(f"**{p}** {c}  (reward {r:.3f})" for p, c, r in list(zip(prompts, completions, rewards))[:limit])
+            self._tb.add_text("samples", text, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _dumps(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj)

@@ -1,0 +1,206 @@
+"""The token-space policy: the causal LM itself, its frozen reference, and an optional PPO value head.
+
+Dimension legend: B = sequences in the batch, P = prompt length (left-padded), R = response length,
+H = hidden size, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from reinlm.algorithms.kl import kl_estimate
+from reinlm.algorithms.ppo import ValueHead
+from reinlm.rollout.token import token_logprobs
+from reinlm.trainer.config import TrainConfig
+
+
+class TokenPolicy:
+    """Wraps the trainable LM, the frozen reference and (for PPO) the value head."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, model=None, tokenizer=None):
+        from reinlm.hub import load_causal_lm
+
+        self.cfg = cfg
+        self.device = device
+        if model is None:
+            model, tokenizer = load_causal_lm(cfg.model, device=str(device), dtype=cfg.dtype)
+        self.tokenizer = tokenizer
+        self.uses_lora = cfg.lora_r > 0
+        needs_ref = cfg.kl_coef > 0
+        if self.uses_lora:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                              target_modules=[t for t in cfg.lora_targets.split(",") if t], task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)
+            self.ref_model = None  # the reference is the same model with adapters disabled
+        else:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) if needs_ref else None
+        # frozen copy of the starting model for sample perplexity in evaluations (the reference when it exists)
+        self.frozen_lm = self.ref_model
+        if self.frozen_lm is None and not self.uses_lora and cfg.eval_prompts > 0:
+            self.frozen_lm = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model = model.to(device)
+        self.model.train()  # no dropout in the supported LMs; train mode keeps the semantics honest
+        self.value_model = None
+        self.value_head = None
+        if cfg.algo == "ppo":
+            hidden = model.config.hidden_size
+            if cfg.value_model == "separate":
+                base = self.ref_model if self.ref_model is not None else model
+                self.value_model = copy.deepcopy(base).train().requires_grad_(True)
+            self.value_head = ValueHead(hidden).to(device)
+
+    # --- generation ---
+    @property
+    def context_length(self) -> int:
+        """The model's maximum sequence length in tokens."""
+        conf = self._unwrapped.config
+        return int(getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", 2048))
+
+    @property
+    def _unwrapped(self):
+        return getattr(self.model, "module", self.model)
+
+    def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int]):
+        """Sample ``samples_per_prompt`` completions per prompt -> RolloutBatch.
+
+        ``seeds`` holds one seed per prompt: each prompt's group is drawn from its own generator, so the
+        samples do not depend on which other prompts share the batch (or the process, under accelerate).
+        """
+        from reinlm.rollout.token import SamplingConfig, generate_rollouts
+
+        sampling = SamplingConfig(temperature=self.cfg.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
+                                  max_new_tokens=self.cfg.max_new_tokens)
+        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        model = self._unwrapped
+        was_training = model.training
+        model.eval()
+        try:
+            batch = generate_rollouts(model, self.tokenizer, prompts, samples_per_prompt, sampling, generator=gens)
+        finally:
+            model.train(was_training)
+        return batch.to(self.device)
+
+    @torch.no_grad()
+    def frozen_logprobs(self, batch, temperature: float = 1.0) -> torch.Tensor:
+        """Log-probs (B, R) of the response tokens under the frozen starting model."""
+        R = batch.response_ids.shape[1]
+        if self.uses_lora:
+            with self._unwrapped.disable_adapter():
+                return token_logprobs(self.model, batch.input_ids, batch.attention_mask, R, temperature).logp
+        return token_logprobs(self.frozen_lm, batch.input_ids, batch.attention_mask, R, temperature).logp
+
+    @torch.no_grad()
+    def eval_kl(self, batch) -> torch.Tensor:
+        """Summed k1 KL of each sample to the starting model at the sampling temperature, (B,)."""
+        ref = self.frozen_logprobs(batch, self.cfg.temperature)
+        return (kl_estimate(batch.logprobs, ref, "k1") * batch.response_mask).sum(-1)
+
+    def rollout_kl(self, batch, ref_logp: torch.Tensor | None, estimator: str) -> torch.Tensor | None:
+        """Per-token KL estimate (B, R) between the sampling policy and the reference (None when KL is off)."""
+        if ref_logp is None:
+            return None
+        return kl_estimate(batch.logprobs, ref_logp, estimator)
+
+    def kl_loss(self, batch, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+        """Per-token k3 estimate of KL(pi_theta || pi_ref), (B, R), differentiable in the policy."""
+        return kl_estimate(logp, ref_logp, "k3")
+
+    def token_spans(self, batch) -> list[list[tuple[int, int]]]:
+        """Character (start, end) of each response token in its completion string."""
+        from reinlm.rollout.token import token_char_spans
+
+        return token_char_spans(self.tokenizer, batch.response_ids, batch.response_mask)
+
+    def backward(self, accelerator, loss: torch.Tensor) -> None:
+        accelerator.backward(loss)
+
+    def wrap_for_ddp(self, accelerator) -> None:
+        """Wrap the trainable modules for data-parallel gradient averaging."""
+        self.model = accelerator.prepare_model(self.model)
+        if self.value_model is not None:
+            self.value_model = accelerator.prepare_model(self.value_model)
+        if self.value_head is not None:
+            self.value_head = accelerator.prepare_model(self.value_head)
+
+    # --- scoring ---
+    def logprobs(self, batch, need_values: bool = False):
+        """Training forward: (logp (B,R), entropy (B,R), values (B,R) or None), with gradients."""
+        R = batch.response_ids.shape[1]
+        shared_values = need_values and self.value_head is not None and self.value_model is None
+        logp, entropy, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
+                                               self.cfg.temperature, return_entropy=True, return_hidden=shared_values)
+        values = None
+        if need_values and self.value_head is not None:
+            if self.value_model is not None:
+                hidden = token_logprobs(self.value_model, batch.input_ids, batch.attention_mask, R,
+                                        self.cfg.temperature, return_hidden=True).hidden
+            values = self.value_head(hidden)
+        return logp, entropy, values
+
+    @torch.no_grad()
+    def ref_logprobs(self, batch) -> torch.Tensor | None:
+        """Log-probs of the response under the frozen reference (B, R); ``None`` when KL is off."""
+        R = batch.response_ids.shape[1]
+        if self.uses_lora:
+            with self._unwrapped.disable_adapter():
+                return token_logprobs(self.model, batch.input_ids, batch.attention_mask, R, self.cfg.temperature).logp
+        if self.ref_model is None:
+            return None
+        return token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask, R, self.cfg.temperature).logp
+
+    # --- parameters and persistence ---
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_model is not None:
+            params += [p for p in self.value_model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        return params
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The modules that receive gradients (for accelerate.prepare)."""
+        return [m for m in (self.model, self.value_model, self.value_head) if m is not None]
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write the policy as a loadable model directory (merged LoRA weights are NOT applied: adapter only)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        unwrapped = getattr(self.model, "module", self.model)
+        unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out_dir))
+
+    def save_final(self, out_dir: str | Path) -> None:
+        """Write the final model loadable by ``reinlm generate --model`` (LoRA merged into the weights)."""
+        out_dir = Path(out_dir)
+        unwrapped = getattr(self.model, "module", self.model)
+        if self.uses_lora:
+            merged = copy.deepcopy(unwrapped).merge_and_unload()
+            merged.save_pretrained(str(out_dir), safe_serialization=True)
+        else:
+            unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out_dir))
+
+    def load(self, ckpt_policy_dir: str | Path) -> None:
+        """Load policy weights saved by :meth:`save` into the live model."""
+        ckpt_policy_dir = Path(ckpt_policy_dir)
+        unwrapped = getattr(self.model, "module", self.model)
+        if self.uses_lora:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(unwrapped, load_file(str(ckpt_policy_dir / "adapter_model.safetensors")))
+        else:
+            from safetensors.torch import load_file
+
+            state = {}
+            for f in sorted(ckpt_policy_dir.glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            missing, unexpected = unwrapped.load_state_dict(state, strict=False)
+            missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied embeddings are not saved
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -1,0 +1,87 @@
+"""`reinlm reward`: table and JSON output, columns from flags, and errors as exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reinlm.cli import main as cli_main
+from reinlm.cli.main import main
+
+
+@pytest.fixture(autouse=True)
+def only_reward_command(monkeypatch):
+    """Build the real `reinlm` parser with just this sub-command (others are tested in their own files)."""
+    monkeypatch.setattr(cli_main, "SUBCOMMANDS", ["reward"])
+
+
+def run(capsys, *argv):
+    code = main(["reward", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_sentiment_table_orders_the_pair(capsys):
+    code, out, _ = run(capsys, "--reward", "sentiment", "What a wonderful film", "A dull, painful mess")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["total", "text"]
+    first, second = (float(line.split()[0]) for line in lines[1:])
+    assert first == pytest.approx(0.78595, abs=1e-4) and second == pytest.approx(0.1018, abs=1e-4)
+
+
+def test_json_prints_one_number_per_text(capsys):
+    code, out, _ = run(capsys, "--reward", "0.5*sentiment+contains_words:red", "--json", "red and wonderful", "dull")
+    assert code == 0
+    values = json.loads(out)
+    assert len(values) == 2 and values[0] > 1.0 > values[1] > 0.0
+
+
+def test_several_components_get_their_own_columns(capsys):
+    code, out, _ = run(capsys, "--reward", "contains_words:red + -1*target_length:5", "red", "blue sky")
+    header, row1, row2 = out.strip().splitlines()
+    assert header.split() == ["total", "contains_words", "target_length", "text"]
+    assert [float(x) for x in row1.split()[:3]] == [1.0 + 2.0, 1.0, -2.0]
+    assert [float(x) for x in row2.split()[:3]] == [3.0, 0.0, -3.0]
+
+
+def test_prompt_and_reference_flags_become_reward_inputs(capsys):
+    code, out, _ = run(capsys, "--reward", "rouge:kind=rouge1", "--reference", "the cat sat on the mat", "--json",
+                       "a cat sat on a mat", "stocks fell")
+    assert json.loads(out) == pytest.approx([2 / 3, 0.0])
+
+
+def test_bad_spec_exits_2_with_one_paragraph(capsys):
+    code, out, err = run(capsys, "--reward", "sentimnt", "x")
+    assert code == 2 and out == ""
+    assert "'sentimnt' is not a registered reward" in err and "contains_words" in err and "Traceback" not in err
+
+
+NAN_FILE = '''
+def half_nan(prompts, completions, **columns):
+    return [float("nan") if "bad" in c else 1.0 for c in completions]
+'''
+
+
+def test_nan_reward_fails_by_default_and_is_skipped_on_request(capsys, tmp_path):
+    path = tmp_path / "nan_reward.py"
+    path.write_text(NAN_FILE)
+    code, _, err = run(capsys, "--reward", f"{path}:half_nan", "fine", "a bad one")
+    assert code == 2 and "'half_nan' returned nan on sample 1 (completion 'a bad one')" in err
+    code, out, _ = run(capsys, "--reward", f"{path}:half_nan", "--on-error", "skip", "--json", "fine", "a bad one")
+    assert code == 0 and json.loads(out) == [1.0, None]
+    code, out, _ = run(capsys, "--reward", f"{path}:half_nan", "--on-error", "skip", "fine", "a bad one")
+    assert "skipped" in out.splitlines()[2] and out.count("skipped: reward 'half_nan' returned nan") == 1
+
+
+def test_yaml_config_with_flag_override(capsys, tmp_path):
+    cfg = tmp_path / "reward.yaml"
+    cfg.write_text("reward: contains_words:red\nprompt: ignored\n")
+    assert json.loads(run(capsys, "--config", str(cfg), "--json", "red", "blue")[1]) == [1.0, 0.0]
+    assert json.loads(run(capsys, "--config", str(cfg), "--reward", "target_length:3", "--json", "red")[1]) == [0.0]
+
+
+def test_missing_reward_flag_is_a_clear_error(capsys):
+    code, _, err = run(capsys, "x")
+    assert code == 2 and "--reward SPEC" in err
