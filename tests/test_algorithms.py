@@ -148,9 +148,9 @@ def test_clipped_policy_loss_at_ratio_one_equals_policy_gradient_value():
 def test_clip_higher():
     # r = 1.25, A = +1: eps 0.2 clips at 1.2 (loss -1.2); eps_high 0.3 does not (loss -1.25)
     logp = torch.log(torch.tensor([[1.25]]))
-    assert clipped_policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1))[0].item() == pytest.approx(-1.2)
-    assert clipped_policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1),
-                               clip_eps_high=0.3)[0].item() == pytest.approx(-1.25)
+    old, adv, mask = torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1)
+    assert clipped_policy_loss(logp, old, adv, mask)[0].item() == pytest.approx(-1.2)
+    assert clipped_policy_loss(logp, old, adv, mask, clip_eps_high=0.3)[0].item() == pytest.approx(-1.25)
 
 
 def test_entropy_from_logits():

@@ -145,11 +145,11 @@ def test_missing_trl_names_the_extra(monkeypatch):
         token_rl.run_bench(TokenRLBenchConfig(sides=["reinlm", "trl"]))
 
 
-def test_cli_latent_vs_token_missing_is_a_clear_error(capsys):
-    if importlib.util.find_spec("reinlm.bench.latent_vs_token") is not None:
-        pytest.skip("latent-vs-token is built")
+def test_cli_missing_benchmark_is_a_clear_error(capsys, monkeypatch):
+    from reinlm.cli import bench as bench_cli
     from reinlm.cli.main import main
 
+    monkeypatch.setitem(bench_cli.BENCHES, "latent-vs-token", ("reinlm.bench.no_such_bench", "missing"))
     assert main(["bench", "latent-vs-token", "--steps", "2"]) == 2
     assert "not available in this build" in capsys.readouterr().err
 

@@ -128,7 +128,6 @@ def test_qd_with_minilm(tmp_path):
 
 
 def test_eval_latent_model(tmp_path, tiny_dirs):
-    from reinlm.latent.config import LatentConfig
     from reinlm.latent.model import LatentActionModel
 
     backbone, _ = tiny_dirs

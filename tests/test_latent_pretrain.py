@@ -61,9 +61,13 @@ def test_pretrain_text_folder_and_qd(backbone_dir, tmp_path, smol_tokenizer):
         (docs / f"{i}.txt").write_text(f"Story {i}. The old lighthouse on the hill was painted white and red, and "
                                        f"every morning the baker on the corner sold {i} loaves of bread. " * 3)
     out = tmp_path / "lat"
-    pretrain(PretrainConfig(backbone=backbone_dir, corpus=str(docs), out=str(out), max_len=40, **FAST),
-             LatentConfig(**SMALL))
+    from reinlm.cli.main import main
+
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**FAST, **SMALL}.items()]
+    assert main(["latent", "pretrain", "--backbone", backbone_dir, "--corpus", str(docs), "--out", str(out),
+                 "--max-len", "40", *flags]) == 0
     assert json.loads((out / "summary.json").read_text())["cached_tokens"] > 500
+    assert LatentActionModel.from_pretrained(out).config.num_actions == 8
 
     from reinlm.latent.qd import ROWS, QDConfig, format_table, run_qd
 

@@ -12,8 +12,9 @@ PROMPTS = ["The weather today is", "Hi", "Once upon a time, in a small village b
 
 @pytest.fixture
 def eos_prone_lm(tiny_lm):
-    """The tiny model with +9 added to the EOS logit (about 15% per step) (a hook, removed afterwards): many completions stop early,
-    at different lengths. The hook acts in generation and recompute alike, so log-probs must still agree."""
+    """The tiny model with +9 added to the EOS logit (about 15% per step; a hook, removed afterwards): many
+    completions stop early, at different lengths. The hook acts in generation and recompute alike, so the
+    log-probs must still agree."""
     model, tok = tiny_lm
     eos = tok.eos_token_id
 

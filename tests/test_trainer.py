@@ -106,8 +106,13 @@ def test_adaptive_kl_controller_moves_beta(tiny_model_dir, tmp_path):
     rows = read_jsonl(Trainer(cfg).train() / "metrics.jsonl")
     betas = [r["kl/beta"] for r in rows]
     assert betas[0] == pytest.approx(0.1)
-    # KL far above a tiny target: e is clipped at +0.2, beta *= 1 + 0.2 * 8 / 10 each step
-    assert betas[1] == pytest.approx(0.1 * 1.16, rel=1e-6)
+    # step 1: the policy is the reference, KL = 0 < target: e = clip(0/target - 1) = -0.2,
+    # beta *= 1 - 0.2 * n_steps / horizon = 1 - 0.2 * 8 / 10 = 0.84
+    assert rows[0]["kl/mean"] == pytest.approx(0.0, abs=1e-6)
+    assert betas[1] == pytest.approx(0.1 * 0.84, rel=1e-6)
+    # step 2: after an update KL >> 1e-6: e clipped at +0.2, beta *= 1.16
+    assert rows[1]["kl/mean"] > 1e-4
+    assert betas[2] == pytest.approx(0.1 * 0.84 * 1.16, rel=1e-6)
 
 
 def test_sigkill_mid_training_then_resume_finishes(tiny_model_dir, tmp_path):

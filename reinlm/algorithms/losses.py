@@ -67,7 +67,7 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, aggregation: Aggregation =
     return (per_seq * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
 
 
-def _per_token(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _per_token(advantages: torch.Tensor) -> torch.Tensor:
     """(B,) sequence advantages -> (B, 1) for broadcasting; (B, R) unchanged."""
     return advantages[:, None] if advantages.dim() == 1 else advantages
 
@@ -81,7 +81,7 @@ def policy_gradient_loss(logp: torch.Tensor, advantages: torch.Tensor, mask: tor
         advantages: (B,) or (B, R), no gradient.
         mask: (B, R).
     """
-    loss = -_per_token(advantages.detach(), logp) * logp  # (B, R)
+    loss = -_per_token(advantages.detach()) * logp  # (B, R)
     return aggregate(loss, mask, aggregation)
 
 
@@ -101,7 +101,7 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     CleanRL), ``ratio_mean``, ``ratio_max``.
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    adv = _per_token(advantages.detach(), logp)  # (B, 1) or (B, R)
+    adv = _per_token(advantages.detach())  # (B, 1) or (B, R)
     log_ratio = logp - old_logp.detach()  # (B, R)
     ratio = log_ratio.exp()
     unclipped = -adv * ratio

@@ -60,7 +60,8 @@ BASELINES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def reinforce_advantages(scores: torch.Tensor, group_ids: torch.Tensor, baseline: Baseline = "group_mean") -> torch.Tensor:
+def reinforce_advantages(scores: torch.Tensor, group_ids: torch.Tensor,
+                         baseline: Baseline = "group_mean") -> torch.Tensor:
     """Sequence advantages A (B,) for scores (B,) and group ids (B,) with the chosen ``baseline``."""
     check_choice("baseline", baseline, BASELINES)
     return BASELINES[baseline](scores.float(), group_ids)

@@ -188,18 +188,19 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     enc_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    rounds = math.ceil(n_tokens / (batch_size * new_tokens))
-    cap = n_tokens + rounds * batch_size * (max(len(p) for p in enc_prompts) + new_tokens)
+    per_round = batch_size * (max(len(p) for p in enc_prompts) + new_tokens)  # most tokens one round stores
+    cap = 4 * (n_tokens + per_round)  # prompts are stored too; the sparse file only grows as it is written
     writer = _Writer(out, cap, model.config.hidden_size)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id or 0
     lm_head = model.get_output_embeddings()
     generated, start = 0, time.time()
     with tqdm(total=n_tokens, desc="self-sampling + hidden states", unit="tok", unit_scale=True) as bar:
-        while generated < n_tokens:
-            pick = torch.randint(0, len(enc_prompts), (batch_size,), generator=g).tolist()
+        while generated < n_tokens and writer.n + per_round <= cap:
+            rows = min(batch_size, math.ceil((n_tokens - generated) / new_tokens) + 1)  # a short last round
+            pick = torch.randint(0, len(enc_prompts), (rows,), generator=g).tolist()
             group = [enc_prompts[i] for i in pick]
             P = max(len(c) for c in group)
-            ids = torch.full((batch_size, P), pad, dtype=torch.long)
+            ids = torch.full((rows, P), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for j, c in enumerate(group):
                 ids[j, P - len(c):] = torch.tensor(c)
@@ -208,8 +209,8 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             h, cache = _base_forward(model, ids, mask, pos)
             hs, toks = [h], [ids]
-            live = torch.ones(batch_size, dtype=torch.bool, device=dev)
-            lengths = torch.zeros(batch_size, dtype=torch.long, device=dev)  # new tokens kept per row
+            live = torch.ones(rows, dtype=torch.bool, device=dev)
+            lengths = torch.zeros(rows, dtype=torch.long, device=dev)  # new tokens kept per row
             steps = min(new_tokens, n_tokens - generated + 1)
             for step in range(steps):
                 logits = lm_head(hs[-1][:, -1]).float()  # (B, V)

@@ -19,6 +19,7 @@ class TrainConfig:
     model: str = opt("smollm2-135m", "policy model: embedded alias, HF id, local dir or .gguf (token space)")
     space: Literal["token", "latent"] = opt("token", "action space: token (the LM itself) or latent (a policy over latent actions)")
     latent: str | None = opt(None, "latent-action model directory (required with --space latent)")
+    num_actions: int | None = opt(None, "latent space: expected number of actions K (checked against the latent model)")
     algo: Literal["reinforce", "grpo", "rloo", "ppo", "remax"] = opt("grpo", "RL algorithm (remax: latent space only)")
     reward: str = opt("sentiment", "reward SPEC, e.g. sentiment, contains_words:red,blue, 0.5*sentiment+target_length:80")
     reward_on_error: Literal["fail", "skip"] = opt("fail", "a reward returning NaN/None/wrong length: fail the run, or skip those samples")
@@ -98,6 +99,8 @@ class TrainConfig:
         if self.space == "latent" and not self.latent:
             raise ConfigError("latent: --space latent needs --latent DIR, a latent-action model directory "
                               "made by `reinlm latent pretrain`.")
+        if self.space == "token" and self.num_actions is not None:
+            raise ConfigError(f"num_actions: got {self.num_actions}, a latent-space option; use it with --space latent.")
         if self.space == "latent":
             token_only = {"lora_r": 0, "value_model": "shared", "chat_template": False}
             for name, neutral in token_only.items():

@@ -48,6 +48,14 @@ def choose_prompts(n_prompts: int, batch_prompts: int, seed: int, step: int) -> 
     return rng.integers(0, n_prompts, size=batch_prompts).tolist()
 
 
+def group_distinct_2(completions: list[str], group_size: int) -> float:
+    """Mean over prompts of distinct-2 among that prompt's samples (consecutive groups of ``group_size``)."""
+    from reinlm.textstats import distinct_n
+
+    groups = [completions[i:i + group_size] for i in range(0, len(completions), group_size)]
+    return float(np.mean([distinct_n(g, 2) for g in groups])) if groups else 0.0
+
+
 def lr_lambda(cfg: TrainConfig):
     """Multiplier of the base learning rate at an optimiser step: linear warm-up, then the decay schedule."""
     def fn(step: int) -> float:
@@ -69,7 +77,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, model=None, tokenizer=None, reward_set=None, prompt_set=None,
-                 accelerator=None):
+                 accelerator=None, degeneration=None):
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -129,13 +137,9 @@ class Trainer:
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target is not None
                        else ConstantKLController(cfg.kl_coef))
         self.score_moments = RunningMoments() if cfg.score_scaling == "running" else None
-        self.monitor = None
-        try:
-            from reinlm.trainer.degeneration import DegenerationConfig, DegenerationMonitor
+        from reinlm.trainer.degeneration import DegenerationConfig, DegenerationMonitor
 
-            self.monitor = DegenerationMonitor(DegenerationConfig())
-        except ImportError:  # evaluation layer not installed in this build
-            self.monitor = None
+        self.monitor = DegenerationMonitor(degeneration or DegenerationConfig())
         self.start_step = 0
         self.last_healthy_ckpt: int | None = None
 
@@ -168,6 +172,8 @@ class Trainer:
         self.kl_ctl.load_state_dict(state["kl_controller"])
         if self.score_moments is not None and state.get("score_moments"):
             self.score_moments.load_state_dict(state["score_moments"])
+        if self.monitor is not None and state.get("degeneration"):
+            self.monitor.load_state_dict(state["degeneration"])
         set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
         self.start_step = step
         log.info("resumed %s from step %d", self.run_dir, step)
@@ -177,7 +183,8 @@ class Trainer:
         if not self.is_main:
             return
         state = {"kl_controller": self.kl_ctl.state_dict(),
-                 "score_moments": self.score_moments.state_dict() if self.score_moments else None}
+                 "score_moments": self.score_moments.state_dict() if self.score_moments else None,
+                 "degeneration": self.monitor.state_dict() if self.monitor is not None else None}
         save_checkpoint(self.run_dir, step, policy_saver=self.policy.save, optimizer=self.optimizer,
                         scheduler=self.scheduler, trainer_state=state, config=config_to_dict(self.cfg),
                         value_head=self.policy.value_head, keep=self.cfg.keep_checkpoints)
@@ -246,6 +253,10 @@ class Trainer:
         t_update = time.perf_counter()
 
         kl_stats = batch_kl_stats(kl, mask)
+        if ref_logp is not None and ref_logp.dim() == 2 and cfg.temperature == 1.0:
+            # the frozen reference's perplexity of the samples: a degeneration signal, free at temperature 1
+            tokens = batch.response_mask.float()
+            kl_stats["response/perplexity_ref"] = float(torch.exp(-(ref_logp * tokens).sum() / tokens.sum().clamp(min=1)))
         mean_kl = self._global_mean(kl_stats.get("kl/mean", 0.0))
         self.kl_ctl.update(mean_kl, cfg.batch_size)
         n = len(batch.completions) * self.world
@@ -259,7 +270,9 @@ class Trainer:
             "kl/beta": beta,
             "response/length_mean": float(lengths.mean()),
             "response/invalid": int((~valid.bool()).sum()),
+            "response/distinct_2": group_distinct_2(batch.completions, cfg.samples_per_prompt),
             **stats,
+            **{k: v for k, v in kl_stats.items() if k.startswith("response/")},
             "lr": self.scheduler.get_last_lr()[0],
             "perf/completions_per_s": n / (t_update - t0),
             "perf/tokens_per_s": float(lengths.sum()) * self.world / (t_update - t0),
@@ -357,12 +370,7 @@ class Trainer:
         columns = {k: [v[i] for i in idx for _ in range(G)] for k, v in self.held_out.columns.items()}
         result = self.reward_set.score(batch.prompts, batch.completions, columns)
         out = {"reward_mean": float(result.total.float().mean()), "n_samples": len(batch.completions)}
-        try:
-            from reinlm.textstats import distinct_n
-
-            out["distinct_2"] = float(np.mean([distinct_n(batch.completions[i * G:(i + 1) * G], 2) for i in range(len(idx))]))
-        except ImportError:
-            pass
+        out["distinct_2"] = group_distinct_2(batch.completions, G)
         out["kl_to_reference"] = float(self.policy.eval_kl(batch).mean())
         mask = batch.response_mask.float()
         nll = -(self.policy.frozen_logprobs(batch) * mask).sum() / mask.sum().clamp(min=1)
@@ -397,7 +405,8 @@ class Trainer:
                 out = self.train_step(step)
                 m = out["metrics"]
                 batch = out["batch"]
-                alarm = self.monitor.observe(step + 1, batch.completions) if self.monitor is not None else None
+                alarm = (self.monitor.observe(step + 1, batch.completions, perplexity=m.get("response/perplexity_ref"))
+                         if self.monitor is not None else None)
                 m["alarm/degeneration"] = int(alarm is not None)
                 logger.log_metrics(step + 1, m)
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step + 1 == cfg.steps):

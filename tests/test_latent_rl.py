@@ -1,0 +1,114 @@
+"""Latent-space RL on a tiny backbone: only the policy learns; backbone and world model stay bit-identical;
+bad latent input fails before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reinlm.errors import ConfigError, ReinlmError
+from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.loop import Trainer
+from reinlm.utils import read_jsonl
+
+ASSETS = Path(__file__).parent / "assets"
+SPACE_REWARD = f"{ASSETS / 'toy_rewards.py'}:space_share"
+
+
+@pytest.fixture(scope="module")
+def tiny_latent_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny backbone directory and an (untrained) latent model on it, K = 8."""
+    from reinlm.latent.config import LatentConfig
+    from reinlm.latent.model import LatentActionModel
+    from reinlm.testing import tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("latent")
+    backbone = tiny_causal_lm(smol_tokenizer, seed=3)
+    backbone.save_pretrained(root / "backbone")
+    smol_tokenizer.save_pretrained(root / "backbone")
+    torch.manual_seed(0)
+    cfg = LatentConfig(backbone=str(root / "backbone"), num_actions=8, preset="custom", d_model=32, n_heads=2,
+                       idm_layers=1, policy_layers=1, wm_layers=1, wm_ffn=64)
+    lam = LatentActionModel(cfg, backbone, smol_tokenizer)
+    with torch.no_grad():  # an untrained world model ignores actions (zero-initialised merge); make them matter
+        for p in lam.world_model.parameters():
+            if not p.abs().sum():
+                p.normal_(0.0, 0.5)
+    lam.save_pretrained(root / "lam")
+    return root / "lam"
+
+
+def latent_cfg(latent_dir, out, **kw) -> TrainConfig:
+    base = dict(space="latent", latent=str(latent_dir), reward=SPACE_REWARD, prompts="builtin:neutral", steps=2,
+                batch_prompts=2, samples_per_prompt=4, max_new_tokens=6, lr=1e-2, kl_coef=0.05, seed=0,
+                out=str(out), device="cpu", progress=False, eval_prompts=2, eval_samples=2, save_every=100,
+                log="none")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def heads(d):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(d) / "heads.safetensors"))
+
+
+@pytest.mark.parametrize("algo", ["grpo", "reinforce", "ppo", "remax"])
+def test_only_the_policy_moves(algo, tiny_latent_dir, tmp_path):
+    trainer = Trainer(latent_cfg(tiny_latent_dir, tmp_path / algo, algo=algo))
+    backbone_before = {k: v.clone() for k, v in trainer.policy.lam.backbone.state_dict().items()}
+    run_dir = trainer.train()
+    before, after = heads(tiny_latent_dir), heads(run_dir / "final")
+    policy_keys = [k for k in before if k.startswith("policy.")]
+    frozen_keys = [k for k in before if not k.startswith("policy.")]
+    assert sum(not torch.equal(before[k], after[k]) for k in policy_keys) >= len(policy_keys) // 2
+    for k in frozen_keys:  # IDM and world model: bit-identical
+        assert torch.equal(before[k], after[k]), k
+    for k, v in trainer.policy.lam.backbone.state_dict().items():
+        assert torch.equal(backbone_before[k], v), k
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert rows[-1]["step"] == 2 and "kl/mean" in rows[0]
+    ev = json.loads((run_dir / "train_eval.json").read_text())
+    assert ev["before"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)  # untrained policy == BC policy
+    assert ev["after"]["perplexity_frozen"] > 1.0
+
+
+def test_exact_kl_is_zero_at_start_and_positive_after_an_update(tiny_latent_dir, tmp_path):
+    trainer = Trainer(latent_cfg(tiny_latent_dir, tmp_path / "kl", steps=3, lr=5e-2))
+    trainer.train()
+    rows = read_jsonl(Path(trainer.run_dir) / "metrics.jsonl")
+    assert rows[0]["kl/mean"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[-1]["kl/mean"] > 1e-4
+
+
+def test_latent_run_resumes_to_the_same_policy(tiny_latent_dir, tmp_path):
+    a = Trainer(latent_cfg(tiny_latent_dir, tmp_path / "a", steps=4, save_every=2)).train()
+    Trainer(latent_cfg(tiny_latent_dir, tmp_path / "b", steps=2, save_every=2)).train()
+    b = Trainer(latent_cfg(tiny_latent_dir, tmp_path / "b", steps=4, save_every=2)).train(resume=True)
+    ha, hb = heads(a / "final"), heads(b / "final")
+    for k in ha:
+        torch.testing.assert_close(ha[k], hb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_final_latent_dir_generates(tiny_latent_dir, tmp_path):
+    from reinlm.latent.model import LatentActionModel
+
+    run_dir = Trainer(latent_cfg(tiny_latent_dir, tmp_path / "gen", steps=1)).train()
+    lam = LatentActionModel.from_pretrained(run_dir / "final")
+    enc = lam.tokenizer(["The old lighthouse"], return_tensors="pt")
+    out = lam.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=4)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_bad_latent_input(tiny_latent_dir, tmp_path):
+    with pytest.raises(ConfigError, match="lora_r"):
+        latent_cfg(tiny_latent_dir, tmp_path / "x", lora_r=8)
+    with pytest.raises(ReinlmError, match="latent"):
+        Trainer(latent_cfg(tmp_path / "missing", tmp_path / "y"))
+    assert not (tmp_path / "y").exists()
+    with pytest.raises(ReinlmError, match="num_actions|K ="):
+        Trainer(latent_cfg(tiny_latent_dir, tmp_path / "z", num_actions=64))
+    assert not (tmp_path / "z").exists()
