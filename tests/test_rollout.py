@@ -172,7 +172,10 @@ def test_token_char_spans_multibyte_and_eos(smol_tokenizer):
 
 
 def test_rollout_tensors_work_in_autograd(tiny_lm):
+    import copy
+
     model, tok = tiny_lm
+    model = copy.deepcopy(model).requires_grad_(True)  # the shared fixture may have been frozen by another test
     batch = generate_rollouts(model, tok, PROMPTS[:1], 2, SamplingConfig(max_new_tokens=3))
     scores = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1],
                             return_entropy=True)

@@ -1,8 +1,8 @@
 """``reinlm demo``: the flagship run on the embedded defaults (what ``make demo`` calls).
 
-It grows with the project: today it generates with SmolLM2-135M, scores the samples with several
-rewards, then runs a short GRPO run on the sentiment task and shows held-out reward before/after.
-When a latent-action model is available it also runs the latent-vs-token comparison.
+Generation with SmolLM2-135M and reward scoring; then a small latent-action model is pretrained (or
+reused from the cache), GRPO runs on the sentiment task in latent and in token space side by side
+(table + PNG), and ``reinlm explore`` shows what each latent action writes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="where the demo writes its runs (default: runs/demo)")
     p.add_argument("--steps", type=int, default=None, help="RL steps for each training run (default: the demo's own)")
     p.add_argument("--quick", action="store_true", help="generation and rewards only, no training")
+    p.add_argument("--token-only", action="store_true", help="skip the latent-action part (token-space GRPO only)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     return p
 
@@ -55,11 +56,10 @@ def generation_and_rewards(seed: int) -> None:
         print(f"{row} | {p}{c!s}".replace("\n", " ")[:200])
 
 
-def run(args: argparse.Namespace) -> int:
-    t_start = time.perf_counter()
-    generation_and_rewards(args.seed)
-    if args.quick:
-        return 0
+def token_grpo(args: argparse.Namespace) -> None:
+    """A short token-space GRPO run on the sentiment task, with held-out reward before/after."""
+    import json
+
     from reinlm.trainer.config import TrainConfig
     from reinlm.trainer.loop import Trainer
 
@@ -68,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
                       steps=args.steps or 8, batch_prompts=2, samples_per_prompt=4, max_new_tokens=20,
                       lr=2e-6, kl_coef=0.05, seed=args.seed, out=f"{args.out}/token-grpo", save_every=100,
                       eval_prompts=6, eval_samples=4, device="cpu")
-    trainer = Trainer(cfg)
-    run_dir = trainer.train()
-    import json
-
+    run_dir = Trainer(cfg).train()
     ev = json.loads((run_dir / "train_eval.json").read_text())
     b, a = ev["before"], ev["after"]
     print(f"held-out sentiment reward {b['reward_mean']:.3f} -> {a['reward_mean']:.3f}; "
@@ -79,14 +76,23 @@ def run(args: argparse.Namespace) -> int:
           f"KL to reference {a.get('kl_to_reference', float('nan')):.3f}")
     for s in a["samples"][:3]:
         print(f"  after: {s['prompt']}{s['completion']!s}".replace("\n", " ")[:160])
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    generation_and_rewards(args.seed)
+    if args.quick:
+        return 0
     try:
-        from reinlm.bench import latent_vs_token  # noqa: F401
+        import reinlm.latent.pretrain  # noqa: F401
         has_latent = True
     except ImportError:
         has_latent = False
-    if has_latent:
+    if has_latent and not args.token_only:
         from reinlm.cli.demo_latent import run_latent_demo
 
-        run_latent_demo(args)
+        run_latent_demo(args, _section)
+    else:
+        token_grpo(args)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; runs under {args.out}/")
     return 0

@@ -238,7 +238,7 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
     s1_dir = out / "stage1"
     if (s1_dir / "result.json").is_file():
         log.info("stage 1: found %s, skipping", s1_dir / "result.json")
-        model = LatentActionModel.from_pretrained(s1_dir, backbone=(backbone, tok))
+        model = LatentActionModel.from_pretrained(s1_dir / "model", backbone=(backbone, tok))
     else:
         t = time.time()
         s1_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
         res = evaluate(model, cache, held_w, cfg.eval_tokens, seed=cfg.seed)
         res["seconds"] = round(time.time() - t, 1)
         res["train_vocab"] = len(short) if short is not None else model.config.vocab_size
-        model.save_pretrained(s1_dir)
+        model.save_pretrained(s1_dir / "model")
         write_json(s1_dir / "result.json", res)
     s1 = json.loads((s1_dir / "result.json").read_text())
 

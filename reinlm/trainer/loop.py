@@ -56,6 +56,14 @@ def group_distinct_2(completions: list[str], group_size: int) -> float:
     return float(np.mean([distinct_n(g, 2) for g in groups])) if groups else 0.0
 
 
+def make_adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, with the fused kernel where this torch build has it for the parameters' device (same math)."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def lr_lambda(cfg: TrainConfig):
     """Multiplier of the base learning rate at an optimiser step: linear warm-up, then the decay schedule."""
     def fn(step: int) -> float:
@@ -130,7 +138,7 @@ class Trainer:
         params = self.policy.trainable_parameters()
         if not params:
             raise ReinlmError("the policy has no trainable parameters.")
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_adamw(params, cfg.lr, cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         if self.world > 1:
             self.policy.wrap_for_ddp(self.accelerator)
