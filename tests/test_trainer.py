@@ -191,3 +191,15 @@ def test_cli_train_then_generate_from_final(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse rejects an unknown algo with exit status 2
         main(["train", "--algo", "nope", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
+
+
+def test_ppo_with_a_critic_runs_and_counts_critic_metrics(tiny_model_dir, tmp_path):
+    # the tiny random critic answers gibberish: every critique is unparseable or finds no span, which must
+    # give zero intrinsic reward and be counted, never stop training
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "critic", algo="ppo", steps=2, critic=str(tiny_model_dir),
+                   critic_task="sentiment", critic_values="0.5,-0.5")
+    run_dir = Trainer(cfg).train()
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert rows[0]["critic/queried"] == 8
+    assert rows[0]["critic/failures"] + rows[0]["critic/spans_found"] >= 1
+    assert "reward/dense_mean" in rows[0]

@@ -30,13 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `reinlm train` (the same work on both sides), plus the benchmark's own."""
     parser.add_argument("--sides", default="latent,token", help="which sides to run (default: latent,token)")
     parser.add_argument("--plot", default=None, help="PNG path of reward vs seconds (default: OUT/reward_vs_time.png)")
+    parser.add_argument("--latent-lr", type=float, default=None,
+                        help="learning rate of the latent side (default: --lr); the small policy head usually "
+                             "wants a far larger one than full fine-tuning of the LM")
     add_dataclass_args(parser, TrainConfig, group="training options (shared by both sides)")
 
 
-def _side_config(cfg: TrainConfig, side: str, out_root: Path) -> TrainConfig:
+def _side_config(cfg: TrainConfig, side: str, out_root: Path, latent_lr: float | None = None) -> TrainConfig:
     values = config_to_dict(cfg)
     values.update(space=side, out=str(out_root / side), progress=False, log="none",
                   save_every=max(cfg.steps, 1) + 1)
+    if side == "latent" and latent_lr is not None:
+        values["lr"] = latent_lr
     if side == "token":
         values["model"] = backbone_of(cfg.latent)
         if values["algo"] == "remax":
@@ -67,9 +72,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     backbone_of(cfg.latent)  # fail fast on a bad latent directory
     report: dict[str, Any] = {"settings": {k: getattr(cfg, k) for k in (
         "algo", "reward", "prompts", "steps", "batch_prompts", "samples_per_prompt", "max_new_tokens", "lr",
-        "kl_coef", "seed", "latent")}}
+        "kl_coef", "seed", "latent")}, "latent_lr": getattr(args, "latent_lr", None) or cfg.lr}
     for side in sides:
-        side_cfg = _side_config(cfg, side, out_root)
+        side_cfg = _side_config(cfg, side, out_root, getattr(args, "latent_lr", None))
         print(f"bench: running the {side} side ({cfg.steps} steps)...", file=sys.stderr, flush=True)
         report[side] = run_child("reinlm.bench.latent_vs_token", ["--child", json.dumps(config_to_dict(side_cfg))],
                                  label=side)

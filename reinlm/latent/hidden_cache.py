@@ -127,6 +127,17 @@ class _Writer:
                                       "hidden_size": int(self.hidden.shape[1])})
 
 
+def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> left-padded ids (B, T) and attention mask (B, T), T = longest."""
+    T = max(len(c) for c in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, c in enumerate(seqs):
+        ids[j, T - len(c):] = torch.as_tensor(c)
+        mask[j, T - len(c):] = 1
+    return ids, mask
+
+
 def _base_forward(model, ids, mask, pos, cache=None):
     from reinlm.latent.model import _cache_kwarg
 
@@ -157,12 +168,8 @@ def build_text_cache(model, tokenizer, texts: list[str], out: Path, meta: dict, 
             if writer.n >= total:
                 break
             group = chunks[i:i + batch_size]
-            L = max(len(c) for c in group)
-            ids = torch.full((len(group), L), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, c in enumerate(group):  # left padding, like every prompt batch in reinlm
-                ids[j, L - len(c):] = torch.tensor(c)
-                mask[j, L - len(c):] = 1
+            ids, mask = left_pad(group, pad)  # left padding, like every prompt batch in reinlm
+            L = ids.shape[1]
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             dev = next(model.parameters()).device
             h, _ = _base_forward(model, ids.to(dev), mask.to(dev), pos.to(dev))
@@ -199,12 +206,8 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
             rows = min(batch_size, math.ceil((n_tokens - generated) / new_tokens) + 1)  # a short last round
             pick = torch.randint(0, len(enc_prompts), (rows,), generator=g).tolist()
             group = [enc_prompts[i] for i in pick]
-            P = max(len(c) for c in group)
-            ids = torch.full((rows, P), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, c in enumerate(group):
-                ids[j, P - len(c):] = torch.tensor(c)
-                mask[j, P - len(c):] = 1
+            ids, mask = left_pad(group, pad)
+            P = ids.shape[1]
             ids, mask = ids.to(dev), mask.to(dev)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             h, cache = _base_forward(model, ids, mask, pos)

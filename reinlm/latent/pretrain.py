@@ -57,7 +57,7 @@ class PretrainConfig:
     sample_temperature: float = opt(1.0, help="sampling temperature of the backbone for self:N")
     max_len: int = opt(256, help="chunk length (tokens) of text corpora")
     window: int = opt(64, help="training window length L (tokens)")
-    batch_windows: int = opt(32, help="windows per optimisation step")
+    batch_windows: int = opt(16, help="windows per optimisation step")
     lr: float = opt(1e-3, help="AdamW learning rate of the heads (cosine decay, 3%% warm-up)")
     weight_decay: float = opt(0.01, help="AdamW weight decay")
     stage1_epochs: float = opt(2.0, help="passes over the training windows in stage 1 (IDM + world model)")

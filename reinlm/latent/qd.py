@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from reinlm.config import check_range, opt
+from reinlm.latent.hidden_cache import left_pad
 from reinlm.latent.model import LatentActionModel
 from reinlm.textstats import distinct_n, quality_diversity
 
@@ -69,16 +70,6 @@ def held_out_prefixes(latent_dir: Path, n: int, prefix_tokens: int) -> list[list
         if len(out) == n:
             break
     return out
-
-
-def _left_pad(prefixes: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    P = max(len(p) for p in prefixes)
-    ids = torch.full((len(prefixes), P), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prefixes):
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -146,23 +137,19 @@ def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) 
     else:
         prefixes = held_out_prefixes(latent_dir, cfg.num_prefixes, cfg.prefix_tokens)
     encoder = encoder or load_sentence_encoder(cfg.encoder, device="cpu")
+    M = cfg.samples
+    ids, mask = left_pad([p for p in prefixes for _ in range(M)], tok.pad_token_id or 0)  # (N*M, P)
+    ids, mask = ids.to(model.device), mask.to(model.device)
     rows = {}
-    for r_i, row in enumerate(ROWS):
+    for r_i, row in enumerate(ROWS):  # all N*M samples of a row in one batch
         g = torch.Generator().manual_seed(cfg.seed * 1000 + r_i)
-        groups, nll, n = [], 0.0, 0
-        all_texts = []
-        for p in prefixes:
-            ids, mask = _left_pad([p] * cfg.samples, tok.pad_token_id or 0)
-            ids, mask = ids.to(model.device), mask.to(model.device)
-            cont = sample_row(model, row, ids, mask, cfg.new_tokens, g)
-            s, c = backbone_nll(model, ids, mask, cont.to(model.device))
-            nll, n = nll + s, n + c
-            texts = tok.batch_decode(cont, skip_special_tokens=True)
-            all_texts += texts
-            groups.append(np.asarray(encoder.encode(texts)))
-        qd = quality_diversity(groups)
+        cont = sample_row(model, row, ids, mask, cfg.new_tokens, g)  # (N*M, R)
+        nll, n = backbone_nll(model, ids, mask, cont.to(model.device))
+        texts = tok.batch_decode(cont, skip_special_tokens=True)
+        emb = np.asarray(encoder.encode(texts))  # (N*M, D)
+        qd = quality_diversity([emb[i * M:(i + 1) * M] for i in range(len(prefixes))])
         rows[row] = {"similarity": qd["similarity"], "qd": qd["qd"], "perplexity": math.exp(nll / max(n, 1)),
-                     "distinct_2": distinct_n(all_texts, 2), "example": all_texts[0]}
+                     "distinct_2": distinct_n(texts, 2), "example": texts[0]}
     return {"rows": rows, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "num_prefixes": len(prefixes)}
 
