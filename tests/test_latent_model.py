@@ -196,3 +196,59 @@ def test_categorical_kl_exact():
     # 0.5 ln(0.5/0.9) + 0.5 ln(0.5/0.1) = 0.5108256
     assert categorical_kl(p, q).item() == pytest.approx(0.5108256, abs=1e-6)
     assert categorical_kl(q, q).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def _check_generation_consistent(model, out):
+    """Recorded action log-probs = the policy recomputed from the kept states; kept states = a fresh pass."""
+    P, m = out.prompt_length, out.attention_mask[:, :-1].bool()
+    assert out.hidden.shape[:2] == (out.sequences.shape[0], out.sequences.shape[1] - 1)
+    pol = model.policy_logits_from_hidden(out.hidden, out.attention_mask[:, :-1])[:, P - 1:].log_softmax(-1)
+    rm = out.response_mask.bool()
+    rec = pol.gather(-1, out.actions.clamp(min=0)[..., None])[..., 0]
+    assert torch.allclose(rec[rm], out.action_logprobs[rm], atol=1e-5)
+    assert (out.actions[~rm] == -1).all() and (out.action_logprobs[~rm] == 0).all()
+    h, _ = model.backbone_hidden(out.sequences[:, :-1], out.attention_mask[:, :-1])
+    assert torch.allclose(h[m], out.hidden[m], atol=1e-4)
+
+
+def test_generate_num_return_sequences_equals_repeated_prompts(model):
+    tok = model.tokenizer
+    prompts = ["I like eating", "The train pulled into the station and"]
+    G = 3
+    one = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    rep = tok([p for p in prompts for _ in range(G)], return_tensors="pt", padding=True, add_special_tokens=False)
+    model.set_action_sampling(greedy=False, tau=1.0)
+    a = model.generate(**one, max_new_tokens=7, num_return_sequences=G, eos_token_id=[], return_dict=True,
+                       generator=torch.Generator().manual_seed(11))
+    b = model.generate(**rep, max_new_tokens=7, eos_token_id=[], return_dict=True,
+                       generator=torch.Generator().manual_seed(11))
+    assert a.sequences.shape == (2 * G, rep["input_ids"].shape[1] + 7)
+    for f in ("sequences", "attention_mask", "actions"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert torch.allclose(a.action_logprobs, b.action_logprobs, atol=1e-6)
+    assert torch.allclose(a.hidden, b.hidden, atol=1e-5)
+    _check_generation_consistent(model, a)
+
+
+def test_generate_incremental_policy_exact_when_rows_stop_early(model):
+    """Rows that stop are dropped from the caches; what is kept must still match a full recompute."""
+    tok = model.tokenizer
+    enc = tok(["I like eating", "The train pulled into the station and"], return_tensors="pt", padding=True,
+              add_special_tokens=False)
+    model.set_action_sampling(greedy=False, tau=1.0)
+    kw = dict(max_new_tokens=8, num_return_sequences=4, return_dict=True, do_sample=True)
+    free = model.generate(**enc, eos_token_id=[], generator=torch.Generator().manual_seed(5), **kw)
+    stop_tok = int(free.response_ids[0, 2])  # row 0 stops by step 2: the later steps run on fewer rows
+    out = model.generate(**enc, eos_token_id=stop_tok, generator=torch.Generator().manual_seed(5), **kw)
+    lengths = out.response_mask.sum(-1)
+    assert int(lengths[0]) <= 3 and int(lengths.min()) < out.response_ids.shape[1]
+    _check_generation_consistent(model, out)
+    # determinism under a seed
+    again = model.generate(**enc, eos_token_id=stop_tok, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(out.sequences, again.sequences) and torch.equal(out.actions, again.actions)
+    # the other action modes take the same path
+    rnd = model.generate(**enc, eos_token_id=stop_tok, action_mode="random", generator=torch.Generator().manual_seed(5),
+                         **kw)
+    assert ((rnd.actions[rnd.response_mask.bool()] >= 0)).all()
+    fx = model.generate(**enc, eos_token_id=stop_tok, fixed_action=torch.arange(8) % 16, **kw)
+    assert (fx.actions[:, 0] == torch.arange(8)).all()

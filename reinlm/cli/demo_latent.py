@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-DEMO_CORPUS_TOKENS = 40000  # self-sampled tokens for the demo's latent model (the full recipe uses 200000)
+DEMO_CORPUS_TOKENS = 12000  # self-sampled tokens for the demo's latent model (the full recipe uses 200000)
 
 
 def pretrain_demo_latent(out: Path, seed: int) -> Path:

@@ -13,15 +13,18 @@ backbone) and ``heads.safetensors`` (IDM, policy, world model; never the backbon
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import ActionSampling, LatentConfig
-from reinlm.latent.modules import CausalStack, WorldModel, idm_step_logits, sample_categorical
+from reinlm.latent.modules import (CausalStack, WorldModel, attention_mask_4d, idm_step_logits,
+                                   sample_categorical)
 from reinlm.utils import atomic_dir, write_json
 
 HEADS_FILE = "heads.safetensors"
@@ -287,7 +290,8 @@ class LatentActionModel(nn.Module):
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                  action_mode: str = "policy", fixed_action: int | torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, return_dict: bool = False, **hf_kwargs):
+                 generator: torch.Generator | None = None, return_dict: bool = False, num_return_sequences: int = 1,
+                 **hf_kwargs):
         """Generate through policy + world model, recording the actions (``get_action_info``).
 
         At each step the action comes from the policy (``action_mode="policy"``, drawn per
@@ -297,72 +301,167 @@ class LatentActionModel(nn.Module):
         left-padded; the backbone keeps a KV cache; a row stops at its EOS (kept, mask 1), later positions
         are padding (mask 0, action -1). Returns the sequences (B, P+R) or, with ``return_dict``, a
         :class:`LatentGeneration`. HF-only options (``use_cache``, ``num_beams=1``, ...) are accepted.
+
+        ``num_return_sequences`` = G: ``input_ids`` holds N distinct prompts, the output B = N * G rows
+        (rows ``i * G .. i * G + G - 1`` continue prompt ``i``); each prompt is prefilled once and its caches
+        repeated, which is the same as (but cheaper than) passing every prompt G times.
+
+        Cost per step: one single-token backbone forward, one single-position step of the policy's blocks
+        (their keys/values are cached, so the policy is not re-run over the history), the world model and the
+        LM head on the rows still going (a row that finished is dropped from every cache one step later,
+        once its EOS state is kept). States of positions after a row finished are zeros in ``hidden``
+        (padding, mask 0).
         """
         if hf_kwargs.get("num_beams", 1) != 1:
             raise ReinlmError("generate: num_beams must be 1 for latent generation (beam search over actions is "
                               "not supported).")
+        G = int(num_return_sequences)
+        if G < 1:
+            raise ReinlmError(f"num_return_sequences: got {num_return_sequences!r}; allowed: an integer >= 1.")
         tok = self.tokenizer
+        dev = input_ids.device
         if eos_token_id is None and tok is not None:
             eos_token_id = tok.eos_token_id
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),
-                           device=input_ids.device)
+                           dtype=torch.long, device=dev)
         if pad_token_id is None:
             pad_token_id = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else (
                 int(eos[0]) if len(eos) else 0)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        B, P = input_ids.shape
+        N, P = input_ids.shape
+        B, R_max = N * G, max(int(max_new_tokens), 0)
         K = self.config.num_actions
         fixed = None
         if fixed_action is not None:
-            fixed = torch.as_tensor(fixed_action, dtype=torch.long, device=input_ids.device).expand(B)
+            fixed = torch.as_tensor(fixed_action, dtype=torch.long, device=dev).expand(B)
             self._check_actions(fixed)
         elif action_mode not in ("policy", "random"):
             raise ReinlmError(f"action_mode: got {action_mode!r}; allowed: policy, random.")
+        use_policy = fixed is None and action_mode == "policy"
 
-        mask = attention_mask.long()
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-        h, past = self.backbone_hidden(input_ids, mask, position_ids=pos, use_cache=True)  # (B, P, H)
-        hist, seq = [h], [input_ids]
-        next_pos = pos[:, -1:] + 1  # (B, 1)
-        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        acts, logps, probs = [], [], []
+        # ---- prefill the N distinct prompts once, then repeat every cache G times
+        mask0 = attention_mask.long()
+        pos0 = (mask0.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+        h0, past = self.backbone_hidden(input_ids, mask0, position_ids=pos0, use_cache=True)  # (N, P, H)
+        pol_cache = pol_logits = None
+        if use_policy and R_max:
+            pol_cache, pol_logits = self._policy_prefill(h0, mask0, P + R_max)  # caches, (N, K)
+        if G > 1:
+            past.batch_repeat_interleave(G)
+            h0 = h0.repeat_interleave(G, 0)
+            input_ids, mask0, pos0 = (t.repeat_interleave(G, 0) for t in (input_ids, mask0, pos0))
+            if pol_cache is not None:
+                pol_cache = [(k.repeat_interleave(G, 0), v.repeat_interleave(G, 0)) for k, v in pol_cache]
+                pol_logits = pol_logits.repeat_interleave(G, 0)
+        Hd = h0.shape[-1]
+        hidden = h0.new_zeros(B, P + max(R_max - 1, 0), Hd)  # (B, P+R_max-1, H); sliced to P+R-1 at the end
+        hidden[:, :P] = h0
+        sequences = torch.full((B, P + R_max), pad_token_id, dtype=torch.long, device=dev)
+        sequences[:, :P] = input_ids
+        out_mask = torch.zeros(B, P + R_max, dtype=torch.long, device=dev)
+        out_mask[:, :P] = mask0
+        actions = torch.full((B, R_max), -1, dtype=torch.long, device=dev)
+        logps = torch.zeros(B, R_max, device=dev)
+        probs = torch.zeros(B, R_max, device=dev)
+
+        active = torch.arange(B, device=dev)  # rows still going, in cache order
+        attn = torch.cat([mask0, mask0.new_ones(B, R_max)], dim=1)  # (b, P+R_max) backbone mask of live rows
+        next_pos = pos0[:, -1:] + 1  # (b, 1)
+        h_last = h0[:, -1:]  # (b, 1, H)
+        log_k = -math.log(K)
+        R = 0
         self.reset_action_info()
-        for step in range(max_new_tokens):
+        for step in range(R_max):
+            b = active.numel()
             if fixed is not None:
-                a = fixed
-                lp = torch.zeros(B, device=a.device)
+                a = fixed[active]
+                lp = torch.zeros(b, device=dev)
             elif action_mode == "random":
-                a = torch.randint(0, K, (B,), device=input_ids.device, generator=generator)
-                lp = torch.full((B,), -float(torch.log(torch.tensor(float(K)))), device=a.device)
+                a = torch.randint(0, K, (b,), device=dev, generator=generator)
+                lp = torch.full((b,), log_k, device=dev)
             else:
-                H_all = torch.cat(hist, dim=1)  # (B, P+step, H)
-                pol = self.policy_logits_from_hidden(H_all, mask)[:, -1]  # (B, K)
-                a, lp, _ = self._sample_actions(pol, generator)
-            logits = self.token_logits(self.world_model(hist[-1][:, -1:], a[:, None]))[:, 0]  # (B, V)
-            nxt, _, _ = sample_categorical(logits, not do_sample, temperature, top_k, top_p, generator)  # (B,)
-            live = ~finished
-            nxt = torch.where(live, nxt, torch.full_like(nxt, pad_token_id))
-            acts.append(torch.where(live, a, torch.full_like(a, -1)))
-            logps.append(torch.where(live, lp, torch.zeros_like(lp)))
-            probs.append(torch.where(live, lp.exp(), torch.zeros_like(lp)))
-            seq.append(nxt[:, None])
-            mask = torch.cat([mask, live.long()[:, None]], dim=1)
-            if len(eos):
-                finished = finished | torch.isin(nxt, eos)
-            if bool(finished.all()) or step == max_new_tokens - 1:
+                a, lp, _ = self._sample_actions(pol_logits, generator)
+            logits = self.token_logits(self.world_model(h_last, a[:, None]))[:, 0]  # (b, V)
+            nxt, _, _ = sample_categorical(logits, not do_sample, temperature, top_k, top_p, generator)  # (b,)
+            actions[active, step] = a
+            logps[active, step] = lp
+            probs[active, step] = lp.exp()
+            sequences[active, P + step] = nxt
+            out_mask[active, P + step] = 1
+            R = step + 1
+            stop = torch.isin(nxt, eos) if len(eos) else None
+            n_stop = int(stop.sum()) if stop is not None else 0
+            if n_stop == b or step == R_max - 1:
                 break
-            h_new, past = self.backbone_hidden(nxt[:, None], mask, past_key_values=past, position_ids=next_pos,
-                                               use_cache=True)
-            hist.append(h_new)
+            # feed every row of this step (a row that just stopped: its EOS state is kept, mask 1)
+            h_new, past = self.backbone_hidden(nxt[:, None], attn[:, : P + step + 1], past_key_values=past,
+                                               position_ids=next_pos, use_cache=True)  # (b, 1, H)
+            hidden[active, P + step] = h_new[:, 0]
+            if n_stop:  # then drop the rows that stopped from every cache
+                keep = (~stop).nonzero().squeeze(1)
+                past.batch_select_indices(keep)
+                active, attn, next_pos, h_new = active[keep], attn[keep], next_pos[keep], h_new[keep]
+                if pol_cache is not None:
+                    pol_cache = [(k[keep], v[keep]) for k, v in pol_cache]
+            if pol_cache is not None:
+                pol_logits = self._policy_step(h_new, attn[:, : P + step + 1], pol_cache, P + step)
+            h_last = h_new
             next_pos = next_pos + 1
-        R = len(acts)
-        actions = torch.stack(acts, 1) if R else torch.zeros(B, 0, dtype=torch.long)
-        action_probs = torch.stack(probs, 1) if R else torch.zeros(B, 0)
-        self._action_info = {"action_idx": [actions.cpu()], "action_prob": [action_probs.cpu()]}
-        sequences = torch.cat(seq, dim=1)
+        actions, logps, probs = actions[:, :R], logps[:, :R], probs[:, :R]
+        sequences, out_mask = sequences[:, : P + R], out_mask[:, : P + R]
+        self._action_info = {"action_idx": [actions.cpu()], "action_prob": [probs.cpu()]}
         if not return_dict:
             return sequences
-        return LatentGeneration(sequences=sequences, attention_mask=mask, prompt_length=P, actions=actions,
-                                action_logprobs=torch.stack(logps, 1) if R else torch.zeros(B, 0),
-                                action_probs=action_probs, hidden=torch.cat(hist, dim=1))
+        return LatentGeneration(sequences=sequences, attention_mask=out_mask, prompt_length=P, actions=actions,
+                                action_logprobs=logps, action_probs=probs,
+                                hidden=hidden[:, : P + max(R - 1, 0)])
+
+    # ------------------------------------------------------------------ incremental policy (generation only)
+
+    def _policy_module(self) -> CausalStack:
+        pol = self.policy
+        return getattr(pol, "module", pol)  # unwrap DDP
+
+    def _policy_prefill(self, h: torch.Tensor, mask: torch.Tensor, capacity: int):
+        """Run the policy over the prompt states h (N, P, H), keeping each block's keys/values in buffers of
+        ``capacity`` positions: -> ([(k, v) (N, nh, capacity, hs)] per block, logits of the last position (N, K)).
+        Same arithmetic as ``CausalStack.forward`` (which the RL update uses to recompute the log-probs)."""
+        pol = self._policy_module()
+        N, P, _ = h.shape
+        attn = attention_mask_4d(mask, N, P, h.device)  # (N, 1, P, P)
+        x = pol.inp(h)  # (N, P, D)
+        D = x.shape[-1]
+        caches = []
+        for blk in pol.blocks:
+            nh = blk.n_heads
+            q, k, v = blk.qkv(blk.norm1(x)).split(D, dim=-1)
+            q, k, v = (t.view(N, P, nh, D // nh).transpose(1, 2) for t in (q, k, v))  # (N, nh, P, hs)
+            kb = k.new_zeros(N, nh, capacity, D // nh)
+            vb = torch.zeros_like(kb)
+            kb[:, :, :P], vb[:, :, :P] = k, v
+            caches.append((kb, vb))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn)
+            x = x + blk.proj(y.transpose(1, 2).reshape(N, P, D))
+            x = x + blk.mlp(blk.norm2(x))
+        return caches, pol.out(pol.norm(x[:, -1]))  # (N, K)
+
+    def _policy_step(self, h: torch.Tensor, key_mask: torch.Tensor, caches, t: int) -> torch.Tensor:
+        """One new position t per row: h (b, 1, H), key_mask (b, t+1) -> logits (b, K); writes position t
+        of the block caches. The query sees the unmasked keys <= t and itself (as ``attention_mask_4d``)."""
+        pol = self._policy_module()
+        b = h.shape[0]
+        attn = key_mask.bool().clone()
+        attn[:, t] = True
+        attn = attn[:, None, None, :]  # (b, 1, 1, t+1)
+        x = pol.inp(h)  # (b, 1, D)
+        D = x.shape[-1]
+        for blk, (kb, vb) in zip(pol.blocks, caches):
+            nh = blk.n_heads
+            q, k, v = blk.qkv(blk.norm1(x)).split(D, dim=-1)
+            q, k, v = (z.view(b, 1, nh, D // nh).transpose(1, 2) for z in (q, k, v))  # (b, nh, 1, hs)
+            kb[:, :, t: t + 1], vb[:, :, t: t + 1] = k, v
+            y = F.scaled_dot_product_attention(q, kb[:, :, : t + 1], vb[:, :, : t + 1], attn_mask=attn)
+            x = x + blk.proj(y.transpose(1, 2).reshape(b, 1, D))
+            x = x + blk.mlp(blk.norm2(x))
+        return pol.out(pol.norm(x[:, 0]))  # (b, K)

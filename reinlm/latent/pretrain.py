@@ -63,7 +63,9 @@ class PretrainConfig:
     stage1_epochs: float = opt(2.0, help="passes over the training windows in stage 1 (IDM + world model)")
     stage2_epochs: float = opt(3.0, help="passes over the training windows in stage 2 (behaviour cloning)")
     gumbel_tau: float = opt(2.0, help="Gumbel-softmax temperature of the IDM in stage 1")
-    entropy_coef: float = opt(0.001, help="bonus on the per-step IDM entropy (CoLA: 0.001)")
+    entropy_coef: float = opt(-0.05, help="weight of the per-step IDM entropy in the bonus; negative = a penalty that "
+                              "makes each step's action confident (with the marginal bonus below this maximises "
+                              "the mutual information between actions and text); CoLA's card uses +0.001")
     marginal_entropy_coef: float = opt(0.1, help="bonus on the entropy of the batch-mean IDM distribution "
                                                  "(keeps codes alive)")
     train_vocab: str = opt("corpus", help="stage-1 softmax over: corpus (tokens seen in training, faster) or full")

@@ -68,9 +68,11 @@ class LatentPolicy:
     # --- generation ---
     def _generate(self, prompts: list[str], samples_per_prompt: int, seed: int, greedy: bool = False):
         tok = self.tokenizer
-        rows = [p for p in prompts for _ in range(samples_per_prompt)]
-        enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False)
-        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        G = samples_per_prompt
+        rows = [p for p in prompts for _ in range(G)]
+        # the N distinct prompts are prefilled once; generate repeats their caches G times
+        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)  # (N, P)
         # the sampled distribution must be exactly the one the update differentiates: no top-k/top-p here
         self.lam.set_action_sampling(greedy=greedy, tau=self.cfg.temperature, top_k=0, top_p=1.0)
         gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -78,10 +80,10 @@ class LatentPolicy:
         self.lam.policy.eval()
         try:
             out = self.lam.generate(ids, mask, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
-                                    generator=gen, return_dict=True)
+                                    generator=gen, return_dict=True, num_return_sequences=G)
         finally:
             self.lam.policy.train(was_training)
-        return out, ids, mask, rows
+        return out, ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0), rows  # (B, P)
 
     @torch.no_grad()
     def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int], greedy: bool = False):
