@@ -123,7 +123,9 @@ def format_report(report: dict[str, Any]) -> str:
     cols = {s: report[s] for s in ("latent", "token") if s in report}
     extra = None
     if len(cols) == 2:
-        extra = {"latent/token": {k: ratio(cols["latent"].get(k), cols["token"].get(k)) for _, k in ROWS}}
+        # a ratio of signed quantities (KL estimates near 0) means nothing: only positive pairs get one
+        extra = {"latent/token": {k: ratio(cols["latent"].get(k), cols["token"].get(k)) for _, k in ROWS
+                                  if (cols["latent"].get(k) or 0) > 0 and (cols["token"].get(k) or 0) > 0}}
     lines = [format_table(cols, ROWS, extra)]
     if "speedup" in report:
         lines.append(f"\nspeedup (latent completions/s over token's): {report['speedup']:.2f}x; "

@@ -42,7 +42,7 @@ def run_latent_demo(args: argparse.Namespace, section) -> None:
     latent_dir = pretrain_demo_latent(out, args.seed)
 
     section("4. GRPO on the sentiment task: latent space vs token space (same work, one process each)")
-    steps = args.steps or 10
+    steps = args.steps or 8
     bench_args = argparse.Namespace(
         sides="latent,token", plot=str(out / "latent_vs_token.png"), latent=str(latent_dir), algo="grpo",
         reward="sentiment", prompts="builtin:reviews", steps=steps, batch_prompts=2, samples_per_prompt=8,
