@@ -203,3 +203,14 @@ def test_ppo_with_a_critic_runs_and_counts_critic_metrics(tiny_model_dir, tmp_pa
     assert rows[0]["critic/queried"] == 8
     assert rows[0]["critic/failures"] + rows[0]["critic/spans_found"] >= 1
     assert "reward/dense_mean" in rows[0]
+
+
+def test_ppo_with_a_separate_value_model_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
+    kw = dict(algo="ppo", value_model="separate", save_every=1, update_epochs=2)
+    straight = Trainer(tiny_cfg(tiny_model_dir, tmp_path / "a", steps=2, **kw)).train()
+    Trainer(tiny_cfg(tiny_model_dir, tmp_path / "b", steps=1, **kw)).train()
+    resumed = Trainer(tiny_cfg(tiny_model_dir, tmp_path / "b", steps=2, **kw)).train(resume=True)
+    assert (resumed / "checkpoints" / "step-2" / "policy" / "value_model").is_dir()
+    wa, wb = weights(straight / "final"), weights(resumed / "final")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)

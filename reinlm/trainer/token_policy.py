@@ -173,6 +173,9 @@ class TokenPolicy:
         unwrapped = getattr(self.model, "module", self.model)
         unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
         self.tokenizer.save_pretrained(str(out_dir))
+        if self.value_model is not None:  # PPO with a separate value model: it is trained state too
+            vm = getattr(self.value_model, "module", self.value_model)
+            vm.save_pretrained(str(out_dir / "value_model"), safe_serialization=True)
 
     def save_final(self, out_dir: str | Path) -> None:
         """Write the final model loadable by ``reinlm generate --model`` (LoRA merged into the weights)."""
@@ -200,7 +203,20 @@ class TokenPolicy:
             state = {}
             for f in sorted(ckpt_policy_dir.glob("*.safetensors")):
                 state.update(load_file(str(f)))
-            missing, unexpected = unwrapped.load_state_dict(state, strict=False)
-            missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied embeddings are not saved
-            if missing or unexpected:
-                raise RuntimeError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            _load_safetensors_into(unwrapped, state)
+        value_dir = ckpt_policy_dir / "value_model"
+        if self.value_model is not None and value_dir.is_dir():
+            from safetensors.torch import load_file
+
+            state = {}
+            for f in sorted(value_dir.glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            _load_safetensors_into(getattr(self.value_model, "module", self.value_model), state)
+
+
+def _load_safetensors_into(model: torch.nn.Module, state: dict) -> None:
+    """Load a saved state dict into ``model`` (tied LM-head weights may be absent from the file)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
