@@ -121,6 +121,31 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def read_jsonl_objects(path: str | os.PathLike, what: str, allowed: str) -> list[tuple[int, dict]]:
+    """User-supplied JSONL -> [(line number, object)], blank lines skipped.
+
+    A line that is not JSON, or not a JSON object, raises a ReinlmError naming ``what`` (e.g. "prompts"),
+    the file, the line and ``allowed`` (the expected format).
+    """
+    from reinlm.errors import ReinlmError
+
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ReinlmError(f"{what}: {str(path)!r} line {lineno} is not valid JSON ({e.msg}); "
+                                  f"allowed: {allowed}.") from e
+            if not isinstance(obj, dict):
+                raise ReinlmError(f"{what}: {str(path)!r} line {lineno} is a {type(obj).__name__}; "
+                                  f"allowed: {allowed}.")
+            rows.append((lineno, obj))
+    return rows
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.floating, np.integer)):
         return o.item()

@@ -14,7 +14,6 @@ string raises :class:`~reinlm.errors.ReinlmError` naming the problem.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from reinlm.utils import read_jsonl_objects
 from reinlm.errors import ReinlmError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -136,19 +136,8 @@ def _load_path(path: Path, column: str) -> PromptSet:
 
 
 def _read_jsonl_table(path: Path) -> dict[str, list]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ReinlmError(f"prompts: {str(path)!r} line {lineno} is not valid JSON ({e.msg}); allowed: "
-                              f"one JSON object per line.") from e
-        if not isinstance(obj, dict):
-            raise ReinlmError(f"prompts: {str(path)!r} line {lineno} is a {type(obj).__name__}; allowed: "
-                              f"one JSON object per line, e.g. {{\"prompt\": \"...\"}}.")
-        rows.append(obj)
+    rows = [obj for _, obj in read_jsonl_objects(path, "prompts",
+                                                  'one JSON object per line, e.g. {"prompt": "..."}')]
     names = list(dict.fromkeys(k for r in rows for k in r))
     return {k: [r.get(k) for r in rows] for k in names}
 

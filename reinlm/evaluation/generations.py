@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from reinlm.utils import read_jsonl_objects
 from reinlm.errors import ReinlmError
 
 GENERATIONS_FORMAT = ('a JSONL file with one object per line holding "prompt" and "completion" (strings) and '
@@ -43,19 +44,11 @@ def read_generations(path: str | Path) -> Generations:
     if not path.is_file():
         raise ReinlmError(f"generations: {str(path)!r} does not exist; allowed: {GENERATIONS_FORMAT}.")
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ReinlmError(f"generations: line {lineno} of {str(path)!r} is not JSON ({e.msg}); "
-                                  f"allowed: {GENERATIONS_FORMAT}.") from e
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
-                raise ReinlmError(f"generations: line {lineno} of {str(path)!r} lacks a string \"prompt\" or "
-                                  f"\"completion\"; allowed: {GENERATIONS_FORMAT}.")
-            rows.append(row)
+    for lineno, row in read_jsonl_objects(path, "generations", GENERATIONS_FORMAT):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+            raise ReinlmError(f"generations: line {lineno} of {str(path)!r} lacks a string \"prompt\" or "
+                              f"\"completion\"; allowed: {GENERATIONS_FORMAT}.")
+        rows.append(row)
     if not rows:
         raise ReinlmError(f"generations: {str(path)!r} is empty (no JSON lines); allowed: {GENERATIONS_FORMAT}.")
     index: dict[str, int] = {}
