@@ -26,7 +26,7 @@ def pretrain_demo_latent(out: Path, seed: int) -> Path:
         print(f"reusing the latent model in {latent_dir} (delete it to pretrain again)")
     else:
         pretrain(PretrainConfig(backbone="smollm2-135m", corpus=f"self:{DEMO_CORPUS_TOKENS}", out=str(latent_dir),
-                                seed=seed))
+                                seed=seed, stage1_epochs=4.0))  # a small corpus needs more passes
     s = json.loads(summary.read_text())
     print(f"latent model: {s['codes_used']}/{s['num_actions']} codes used on held-out text; NLL per token: "
           f"world model with IDM actions {s['nll_world_model_idm']:.3f} vs backbone {s['nll_backbone']:.3f}; "
@@ -65,7 +65,7 @@ def run_bench_with_lrs(bench_args: argparse.Namespace, run_bench):
     """Run the comparison; each space uses the learning rate that suits what it trains.
 
     Token space fine-tunes all 135M parameters (lr 2e-6); latent space trains a policy of about 2M
-    parameters from behaviour-cloned weights (lr 1e-3). Everything else is the same on both sides.
+    parameters from behaviour-cloned weights (lr 1e-4). Everything else is the same on both sides.
     """
     import copy
 
@@ -74,7 +74,7 @@ def run_bench_with_lrs(bench_args: argparse.Namespace, run_bench):
     token_args.lr = 2e-6
     latent_args = copy.copy(bench_args)
     latent_args.sides = "latent"
-    latent_args.lr = 1e-3  # the small policy head over latent actions
+    latent_args.lr = 1e-4  # the small policy head over latent actions (1e-3 collapsed its diversity)
     rep_latent = run_bench(latent_args)
     rep_token = run_bench(token_args)
     from reinlm.bench.common import ratio
