@@ -18,12 +18,9 @@ REWARD = f"{ASSETS / 'toy_rewards.py'}:space_share"
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, smol_tokenizer):
-    from reinlm.testing import tiny_causal_lm
+    from reinlm.testing import save_tiny_model
 
-    d = tmp_path_factory.mktemp("tiny-ddp")
-    tiny_causal_lm(smol_tokenizer, seed=1).save_pretrained(d)
-    smol_tokenizer.save_pretrained(d)
-    return d
+    return Path(save_tiny_model(smol_tokenizer, tmp_path_factory.mktemp("tiny-ddp"), seed=1))
 
 
 def _weights(d):

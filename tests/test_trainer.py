@@ -26,12 +26,9 @@ SPACE_REWARD = f"{ASSETS / 'toy_rewards.py'}:space_share"
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, smol_tokenizer):
     """A tiny random Llama saved as an ordinary model directory (loadable by --model DIR)."""
-    from reinlm.testing import tiny_causal_lm
+    from reinlm.testing import save_tiny_model
 
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_causal_lm(smol_tokenizer, seed=0).save_pretrained(d)
-    smol_tokenizer.save_pretrained(d)
-    return d
+    return Path(save_tiny_model(smol_tokenizer, tmp_path_factory.mktemp("tiny-model"), seed=0))
 
 
 def tiny_cfg(model_dir, out, **kw) -> TrainConfig:
