@@ -81,3 +81,42 @@ def test_pretrain_text_folder_and_qd(backbone_dir, tmp_path, smol_tokenizer):
     for r in res["rows"].values():
         assert r["qd"] == pytest.approx(1 / r["similarity"]) and r["perplexity"] > 1
     assert "latent_policy" in format_table(res)
+
+
+def test_self_cache_states_match_a_fresh_forward_and_eos_rows_leave(backbone_dir, tmp_path, smol_tokenizer,
+                                                                    monkeypatch):
+    """Every cached state equals the backbone's state at that position in one full forward pass, also for
+    the rows that stay after another row hit EOS and was dropped from the KV cache."""
+    import torch
+
+    from reinlm.hub import load_causal_lm
+    from reinlm.latent import hidden_cache
+
+    model, tok = load_causal_lm(backbone_dir, device="cpu")
+    eos = tok.eos_token_id
+    calls = []
+    real = hidden_cache.sample_categorical
+
+    def sample_with_eos(logits, *a, **k):  # the first live row samples EOS at the third step
+        nxt, lp, p = real(logits, *a, **k)
+        calls.append(len(nxt))
+        if len(calls) == 3:
+            nxt = nxt.clone()
+            nxt[0] = eos
+        return nxt, lp, p
+
+    monkeypatch.setattr(hidden_cache, "sample_categorical", sample_with_eos)
+    prompts = ["The river was", "She opened the", "Numbers like"]
+    cache = hidden_cache.build_self_cache(model, tok, prompts, n_tokens=30, out=tmp_path / "c",
+                                          meta={"backbone": "tiny", "corpus": "self:30"}, batch_size=3,
+                                          new_tokens=8, seed=0)
+    assert calls[:4] == [3, 3, 3, 2]  # the EOS row is fed once more, then leaves the batch
+    ends = [int(cache.tokens[cache.offsets[s + 1] - 1]) for s in range(cache.n_sequences)]
+    assert ends.count(eos) == 1
+    for s in range(cache.n_sequences):
+        a, b = int(cache.offsets[s]), int(cache.offsets[s + 1])
+        ids = torch.as_tensor(np.array(cache.tokens[a:b]), dtype=torch.long)[None]
+        with torch.no_grad():
+            ref = model.base_model(input_ids=ids).last_hidden_state[0]
+        got = torch.from_numpy(np.asarray(cache.hidden[a:b], dtype=np.float32))
+        assert torch.allclose(got, ref, atol=2e-2, rtol=1e-2), (s, (got - ref).abs().max())

@@ -184,13 +184,15 @@ def build_text_cache(model, tokenizer, texts: list[str], out: Path, meta: dict, 
 
 @torch.no_grad()
 def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: Path, meta: dict,
-                     batch_size: int = 32, new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+                     batch_size: int = 128, new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                      seed: int = 0) -> HiddenCache:
     """Sample ``n_tokens`` new tokens from the backbone on ``prompts`` and cache tokens + states.
 
     One KV-cached sampling loop per batch of ``batch_size`` prompts (drawn with replacement, seeded): the
-    forward pass that feeds token t also yields h_t, so no second pass is needed. Each stored sequence is
-    prompt + continuation up to and including EOS; the last sampled token (never fed back) is dropped.
+    forward pass that feeds token t also yields h_t, so no second pass is needed. A row that samples EOS is
+    fed once more (its EOS state is what the IDM needs to explain the EOS) and then dropped from the KV cache,
+    so the batch shrinks instead of computing padding. Each stored sequence is prompt + continuation up to
+    and including EOS; a row that hits ``new_tokens`` drops its last sampled token (never fed, no state).
     """
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
@@ -210,36 +212,43 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
             P = ids.shape[1]
             ids, mask = ids.to(dev), mask.to(dev)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            h, cache = _base_forward(model, ids, mask, pos)
-            hs, toks = [h], [ids]
-            live = torch.ones(rows, dtype=torch.bool, device=dev)
-            lengths = torch.zeros(rows, dtype=torch.long, device=dev)  # new tokens kept per row
-            steps = min(new_tokens, n_tokens - generated + 1)
-            for step in range(steps):
-                logits = lm_head(hs[-1][:, -1]).float()  # (B, V)
-                nxt, _, _ = sample_categorical(logits, False, temperature, 0, top_p, g)
-                nxt = torch.where(live, nxt, torch.full_like(nxt, pad))
-                lengths += live.long()
-                toks.append(nxt[:, None])
-                live = live & (nxt != eos)
-                if step == steps - 1 or not bool(live.any()):
+            h0, cache = _base_forward(model, ids, mask, pos)
+            R = min(new_tokens, n_tokens - generated + 1)
+            toks = torch.cat([ids, ids.new_full((rows, R), pad)], 1)  # (B, P+R)
+            hidden = h0.new_zeros(rows, P + R, h0.shape[-1])  # (B, P+R, H)
+            hidden[:, :P] = h0
+            fed = torch.zeros(rows, dtype=torch.long, device=dev)  # new tokens whose state is stored, per row
+            active = torch.arange(rows, device=dev)  # rows still going, in cache order
+            attn = torch.cat([mask, mask.new_ones(rows, R)], 1)  # (b, P+R)
+            next_pos, h_last = pos[:, -1:] + 1, h0[:, -1]  # (b, 1), (b, H)
+            for step in range(R):
+                logits = lm_head(h_last).float()  # (b, V)
+                nxt, _, _ = sample_categorical(logits, False, temperature, 0, top_p, g)  # (b,)
+                toks[active, P + step] = nxt
+                if step == R - 1:
                     break
-                mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], dim=1)
-                pos = pos[:, -1:] + 1
-                h_new, cache = _base_forward(model, nxt[:, None], mask, pos, cache)
-                hs.append(h_new)
-                bar.set_postfix(tok_s=f"{(generated + int(lengths.sum())) / (time.time() - start):.0f}")
-            H_all, T_all = torch.cat(hs, 1), torch.cat(toks, 1)  # (B, P+R-1, H), (B, P+R)
+                h_new, cache = _base_forward(model, nxt[:, None], attn[:, : P + step + 1], next_pos, cache)
+                hidden[active, P + step] = h_new[:, 0]
+                fed[active] += 1
+                stop = nxt == eos if eos is not None else torch.zeros_like(nxt, dtype=torch.bool)
+                if bool(stop.all()):
+                    break
+                if bool(stop.any()):  # drop the rows that ended from every cache
+                    keep = (~stop).nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    active, attn, next_pos, h_new = active[keep], attn[keep], next_pos[keep], h_new[keep]
+                h_last, next_pos = h_new[:, 0], next_pos + 1
+                bar.set_postfix(tok_s=f"{(generated + int(fed.sum())) / (time.time() - start):.0f}",
+                                rows=active.numel())
             before = generated
             for j, c in enumerate(group):
-                n_new = int(lengths[j])
-                keep = slice(P - len(c), P + n_new - 1)  # drop the last sampled (never fed) token
-                writer.add(T_all[j, keep], H_all[j, keep])
-                generated += max(n_new - 1, 0)
+                keep = slice(P - len(c), P + int(fed[j]))
+                writer.add(toks[j, keep], hidden[j, keep])
+                generated += int(fed[j])
             bar.update(min(generated, n_tokens) - min(before, n_tokens))
     elapsed = time.time() - start
     writer.finish({**meta, "tokens_per_s": generated / max(elapsed, 1e-9), "seconds": elapsed,
-                   "generated_tokens": generated})
+                   "generated_tokens": generated, "sample_batch": batch_size, "sample_new_tokens": new_tokens})
     return HiddenCache.open(out)
 
 

@@ -52,7 +52,8 @@ class PretrainConfig:
     dtype: str = opt("float32", help="backbone dtype: float32, bfloat16, float16")
     seed: int = opt(0, help="random seed")
     held_out_fraction: float = opt(0.05, help="share of cached sequences held out for evaluation")
-    sample_batch: int = opt(64, help="sequences per batch when sampling self:N / computing hidden states")
+    sample_batch: int = opt(128, help="sequences per batch when sampling self:N (rows that reach EOS leave the "
+                                      "batch) / computing hidden states")
     sample_new_tokens: int = opt(128, help="new tokens per sampled sequence for self:N")
     sample_temperature: float = opt(1.0, help="sampling temperature of the backbone for self:N")
     max_len: int = opt(256, help="chunk length (tokens) of text corpora")
@@ -60,8 +61,8 @@ class PretrainConfig:
     batch_windows: int = opt(16, help="windows per optimisation step")
     lr: float = opt(1e-3, help="AdamW learning rate of the heads (cosine decay, 3%% warm-up)")
     weight_decay: float = opt(0.01, help="AdamW weight decay")
-    stage1_epochs: float = opt(2.0, help="passes over the training windows in stage 1 (IDM + world model)")
-    stage2_epochs: float = opt(3.0, help="passes over the training windows in stage 2 (behaviour cloning)")
+    stage1_epochs: float = opt(1.0, help="passes over the training windows in stage 1 (IDM + world model)")
+    stage2_epochs: float = opt(2.0, help="passes over the training windows in stage 2 (behaviour cloning)")
     gumbel_tau: float = opt(2.0, help="Gumbel-softmax temperature of the IDM in stage 1")
     entropy_coef: float = opt(-0.05, help="weight of the per-step IDM entropy in the bonus; negative = a penalty that "
                               "makes each step's action confident (with the marginal bonus below this maximises "
