@@ -13,12 +13,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="two or more run directories")
     p.add_argument("--out", default=None, help="output directory (default: a 'compare' directory beside RUN_A)")
+    p.add_argument("--group-seeds", action="store_true",
+                   help="average runs whose config differs only in seed; report mean curves with min-max bands and "
+                        "the first step each group reaches the first group's final reward (compare.json too)")
+    p.add_argument("--smooth", type=int, default=5,
+                   help="trailing moving-average window in steps for --group-seeds curves (default 5; 1 = raw)")
+    p.add_argument("--target", default="reward/mean",
+                   help="metric for the steps-to-reach table of --group-seeds (default reward/mean)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from reinlm.evaluation.report import write_comparison
 
-    path = write_comparison(args.run_dirs, args.out)
+    from reinlm.errors import bad_value
+
+    if args.smooth < 1:
+        raise bad_value("--smooth", args.smooth, "a whole number of steps >= 1")
+    path = write_comparison(args.run_dirs, args.out, group_seeds=args.group_seeds, smooth=args.smooth,
+                            target_key=args.target)
     print(f"wrote {path} (plots in {path.parent / 'plots'})")
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import atomic_write_text, read_jsonl
+from reinlm.utils import atomic_write_text, read_jsonl, write_json
 
 # Curves a report draws, in order; ``reward/<component>/mean`` keys are inserted after ``reward/mean``.
 CURVE_KEYS = ("reward/mean", "kl/mean", "kl/beta", "policy/entropy", "response/length_mean", "perf/completions_per_s")
@@ -250,8 +250,14 @@ def evaluation_metrics(run: RunData) -> dict[str, Any]:
     return out
 
 
-def write_comparison(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
-    """Overlay the runs' curves (one PNG per metric) and tabulate their evaluations in ``OUT/compare.md``."""
+def write_comparison(run_dirs: list[str | Path], out_dir: str | Path | None = None, group_seeds: bool = False,
+                     smooth: int = 5, target_key: str = "reward/mean") -> Path:
+    """Overlay the runs' curves (one PNG per metric) and tabulate their evaluations in ``OUT/compare.md``.
+
+    With ``group_seeds``, runs that differ only in ``seed`` are averaged first (see
+    :mod:`reinlm.evaluation.seed_groups`) and the report adds, per group, the first step at which its
+    smoothed ``target_key`` reaches the first group's final value.
+    """
     if len(run_dirs) < 2:
         raise ReinlmError(f"compare: got {len(run_dirs)} run directory; allowed: two or more.")
     runs = [load_run(d) for d in run_dirs]
@@ -261,6 +267,8 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path | None = No
             r.run_dir = Path(d)
         names = [str(d) for d in run_dirs]
     out = Path(out_dir) if out_dir else Path(run_dirs[0]).resolve().parent / "compare"
+    if group_seeds:
+        return _write_group_comparison(runs, out, smooth, target_key)
     parts = [f"# Comparison: {', '.join(names)}", "", "## Curves", ""]
     for key in curve_keys(runs):
         p = plot_curves(runs, key, out / "plots" / plot_file_name(key))
@@ -271,4 +279,49 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path | None = No
     parts += [markdown_table(["metric", *names], [[k, *[c.get(k) for c in cols]] for k in keys]), ""]
     path = out / "compare.md"
     atomic_write_text(path, "\n".join(parts))
+    return path
+
+
+def _held_out(run: RunData, tag: str, key: str = "reward_mean") -> float | None:
+    v = ((run.train_eval or {}).get(tag) or {}).get(key)
+    return float(v) if _is_number(v) else None
+
+
+def _write_group_comparison(runs: list[RunData], out: Path, smooth: int, target_key: str) -> Path:
+    from statistics import mean, stdev
+
+    from reinlm.evaluation.seed_groups import group_runs, plot_groups, steps_to_reach
+
+    groups = group_runs(runs)
+    names = [g.name for g in groups]
+    parts = [f"# Comparison of seed groups: {', '.join(names)}", "",
+             "Runs whose config.yaml differs only in `seed` / `out` form a group. Curves: mean over the group's "
+             f"runs of a trailing {smooth}-step moving average; the band is the min-max over runs.", ""]
+    if target_key not in curve_keys(runs):
+        raise ReinlmError(f"compare: the runs do not log {target_key!r}; allowed: one of "
+                          f"{', '.join(curve_keys(runs)) or '(none logged)'}.")
+    rows = []
+    for r, g in zip(steps_to_reach(groups, target_key, smooth), groups):
+        before = [v for v in (_held_out(x, "before") for x in g.runs) if v is not None]
+        after = [v for v in (_held_out(x, "after") for x in g.runs) if v is not None]
+        spread = f" ± {stdev(after):.4f}" if len(after) > 1 else ""
+        rows.append([g.name, ", ".join(str(s) for s in r["seeds"]), r["final"],
+                     r["first_step_reaching_target"] if r["first_step_reaching_target"] is not None else "never",
+                     f"{mean(before):.4f}" if before else "-", f"{mean(after):.4f}{spread}" if after else "-"])
+    target = steps_to_reach(groups, target_key, smooth)[0]["target"]
+    parts += ["## Steps to reach the baseline", "",
+              f"Baseline = the first group ({names[0]}); its final smoothed `{target_key}` is {_num(target)}. "
+              "Held-out columns: `reward_mean` of train_eval.json, mean over seeds (± sample sd).", "",
+              markdown_table(["group", "seeds", f"final smoothed {target_key}", "first step reaching baseline final",
+                              "held-out reward before", "held-out reward after"], rows), ""]
+    parts += ["## Curves", ""]
+    for key in curve_keys(runs):
+        m = _COMPONENT.match(key)
+        title = f"reward component: {m.group(1)}" if m else CURVE_TITLES.get(key, key)
+        p = plot_groups(groups, key, out / "plots" / plot_file_name(key), smooth, title)
+        parts += [f"![{key}](plots/{p.name})", ""]
+    path = out / "compare.md"
+    atomic_write_text(path, "\n".join(parts))
+    write_json(out / "compare.json", {"smooth": smooth, "target_key": target_key,
+                                      "groups": steps_to_reach(groups, target_key, smooth)})
     return path

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reinlm.rollout.token import inverse_cdf_sample
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain (as in Llama)."""
@@ -185,7 +187,9 @@ def sample_categorical(logits: torch.Tensor, greedy: bool = False, temperature: 
     if greedy:
         idx = scaled.argmax(-1)
     else:
-        idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        # inverse-CDF draw from one uniform per row: torch.multinomial costs ~20x more on a 49k vocabulary on CPU
+        u = torch.rand(probs.shape[0], generator=generator, device=probs.device)
+        idx = inverse_cdf_sample(probs, u)
     logp = scaled.log_softmax(-1).gather(-1, idx[:, None]).squeeze(-1)
     return idx, logp, probs
 

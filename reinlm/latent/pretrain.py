@@ -174,9 +174,10 @@ def _train(model, params, cache, windows, cfg: PretrainConfig, epochs: float, st
 
 @torch.no_grad()
 def evaluate(model: LatentActionModel, cache: HiddenCache, windows: np.ndarray, max_tokens: int,
-             policy: bool = False, chunk: int = 16, seed: int = 0) -> dict:
+             policy: bool = False, chunk: int = 16, seed: int = 0, lm_nll: bool = True) -> dict:
     """Held-out figures (full vocabulary): backbone NLL, world-model NLL with IDM actions, codes used;
-    with ``policy`` also BC top-1/top-5 accuracy and NLL under policy-sampled actions (tau 1)."""
+    with ``policy`` also BC top-1/top-5 accuracy and NLL under policy-sampled actions (tau 1). ``lm_nll=False``
+    skips the two NLLs that do not depend on the policy (each is a full-vocabulary LM-head pass)."""
     g = torch.Generator().manual_seed(seed)
     sums = {"nll_backbone": 0.0, "nll_world_model_idm": 0.0, "nll_world_model_policy": 0.0, "top1": 0.0, "top5": 0.0}
     counts = np.zeros(model.config.num_actions, dtype=np.int64)
@@ -189,9 +190,10 @@ def evaluate(model: LatentActionModel, cache: HiddenCache, windows: np.ndarray, 
         target = ids[:, 1:][valid]
         hv = h[:, :-1][valid]  # (N, H)
         idm = model.idm_logits_from_hidden(h, mask).argmax(-1)  # (B, L-1)
-        sums["nll_backbone"] += F.cross_entropy(model.token_logits(hv), target, reduction="sum").item()
-        wm = model.world_model_logits_from_hidden(h[:, :-1], idm)[valid]
-        sums["nll_world_model_idm"] += F.cross_entropy(wm, target, reduction="sum").item()
+        if lm_nll:
+            sums["nll_backbone"] += F.cross_entropy(model.token_logits(hv), target, reduction="sum").item()
+            wm = model.world_model_logits_from_hidden(h[:, :-1], idm)[valid]
+            sums["nll_world_model_idm"] += F.cross_entropy(wm, target, reduction="sum").item()
         counts += np.bincount(idm[valid].cpu().numpy(), minlength=len(counts))
         if policy:
             pl = model.policy_logits_from_hidden(h, mask)[:, :-1]  # (B, L-1, K)
@@ -203,8 +205,9 @@ def evaluate(model: LatentActionModel, cache: HiddenCache, windows: np.ndarray, 
         n += int(valid.sum())
     p = counts / max(counts.sum(), 1)
     out = {"eval_tokens": n, "codes_used": int((counts > 0).sum()),
-           "code_perplexity": float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())),
-           "nll_backbone": sums["nll_backbone"] / n, "nll_world_model_idm": sums["nll_world_model_idm"] / n}
+           "code_perplexity": float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))}
+    if lm_nll:
+        out.update(nll_backbone=sums["nll_backbone"] / n, nll_world_model_idm=sums["nll_world_model_idm"] / n)
     if policy:
         out.update(bc_top1_accuracy=sums["top1"] / n, bc_top5_accuracy=sums["top5"] / n,
                    nll_world_model_policy=sums["nll_world_model_policy"] / n)
@@ -271,7 +274,7 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
         _train(model, list(model.policy.parameters()), cache, train_w, cfg, cfg.stage2_epochs,
                lambda h, i, m: stage2_step(model, h, i, m), s2_dir, "stage 2: behaviour cloning")
         model.eval()
-        res = evaluate(model, cache, held_w, cfg.eval_tokens, policy=True, seed=cfg.seed)
+        res = evaluate(model, cache, held_w, cfg.eval_tokens, policy=True, seed=cfg.seed, lm_nll=False)
         res["seconds"] = round(time.time() - t, 1)
         _save_model_files(model, out)
         write_json(s2_dir / "result.json", res)

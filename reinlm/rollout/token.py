@@ -214,7 +214,7 @@ def _draw_uniforms(generator, n_prompts: int, G: int, steps: int) -> torch.Tenso
     return torch.cat([torch.rand(G, steps, generator=g, device=g.device).cpu() for g in gens], dim=0)
 
 
-def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Index i with cdf_{i-1} <= u * total < cdf_i: a draw from (unnormalised) ``probs``. (B, K), (B,) -> (B,)."""
     cdf = probs.cumsum(-1)  # (B, K)
     total = cdf[:, -1:]
@@ -236,11 +236,11 @@ def _sample_tokens(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tens
         probs = torch.softmax(vals, dim=-1)
         before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
         probs = probs.masked_fill(before > top_p, 0.0)
-        return idx.gather(-1, _inverse_cdf(probs, u)[:, None]).squeeze(-1)
+        return idx.gather(-1, inverse_cdf_sample(probs, u)[:, None]).squeeze(-1)
     if 0 < top_k < V:
         vals, idx = scaled.topk(top_k, dim=-1)  # (B, k)
-        return idx.gather(-1, _inverse_cdf(torch.softmax(vals, dim=-1), u)[:, None]).squeeze(-1)
-    return _inverse_cdf(torch.softmax(scaled, dim=-1), u)
+        return idx.gather(-1, inverse_cdf_sample(torch.softmax(vals, dim=-1), u)[:, None]).squeeze(-1)
+    return inverse_cdf_sample(torch.softmax(scaled, dim=-1), u)
 
 
 def _choose(logits: torch.Tensor, sampling: SamplingConfig, u: torch.Tensor | None):
