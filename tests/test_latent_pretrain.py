@@ -78,6 +78,12 @@ def test_pretrain_text_folder_and_qd(backbone_dir, tmp_path, smol_tokenizer):
     res = run_qd(QDConfig(latent=str(out), num_prefixes=2, samples=3, prefix_tokens=6, new_tokens=5),
                  encoder=Encoder())
     assert set(res["rows"]) == set(ROWS)
+    sampled = run_qd(QDConfig(latent=str(out), num_prefixes=2, samples=3, prefix_tokens=6, new_tokens=5,
+                              wm_tokens="sample"), encoder=Encoder())
+    assert sampled["rows"]["token_sampling"] == res["rows"]["token_sampling"]  # only the latent rows change
+    assert sampled["rows"]["latent_random"]["example"] != res["rows"]["latent_random"]["example"]
+    with pytest.raises(ReinlmError, match="wm_tokens"):
+        QDConfig(latent=str(out), wm_tokens="beam")
     for r in res["rows"].values():
         assert r["qd"] == pytest.approx(1 / r["similarity"]) and r["perplexity"] > 1
     assert "latent_policy" in format_table(res)

@@ -6,8 +6,9 @@ inside groups averaged over groups, QD = 1 / similarity (:func:`reinlm.textstats
 Similarity alone rewards gibberish, so each row also gives the perplexity of its samples under the backbone
 (and distinct-2). Rows:
 
-- ``latent_policy``: actions sampled from the BC policy (tau 1), world-model tokens greedy;
-- ``latent_random``: uniformly random actions, world-model tokens greedy (the CoLA card's row);
+- ``latent_policy``: actions sampled from the BC policy (tau 1), world-model tokens greedy (``--wm-tokens
+  sample``: sampled at temperature 1);
+- ``latent_random``: uniformly random actions, world-model tokens as above (the CoLA card's row);
 - ``token_sampling``: the backbone sampling tokens at temperature 1;
 - ``random_tokens``: uniformly random token ids.
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reinlm.config import check_range, opt
+from reinlm.config import check_choice, check_range, opt
 from reinlm.latent.hidden_cache import left_pad
 from reinlm.latent.model import LatentActionModel
 from reinlm.textstats import distinct_n, quality_diversity
@@ -46,6 +47,8 @@ class QDConfig:
     prefixes: str = opt("", help="prompt SPEC to use as prefixes instead of the held-out cache (e.g. builtin:neutral)")
     encoder: str = opt("minilm", help="sentence encoder: minilm or any sentence-transformers id / path")
     action_tau: float = opt(1.0, help="temperature of the policy's actions in the latent_policy row")
+    wm_tokens: str = opt("greedy", help="token under the chosen action in the latent rows: greedy (the CoLA "
+                                        "protocol: all randomness is in the actions) or sample (temperature 1)")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
     seed: int = opt(0, help="random seed")
 
@@ -53,6 +56,7 @@ class QDConfig:
         check_range("num_prefixes", self.num_prefixes, 1)
         check_range("samples", self.samples, 2)
         check_range("new_tokens", self.new_tokens, 1)
+        check_choice("wm_tokens", self.wm_tokens, ("greedy", "sample"))
 
 
 def held_out_prefixes(latent_dir: Path, n: int, prefix_tokens: int) -> list[list[int]]:
@@ -74,13 +78,15 @@ def held_out_prefixes(latent_dir: Path, n: int, prefix_tokens: int) -> list[list
 
 @torch.no_grad()
 def sample_row(model: LatentActionModel, row: str, ids: torch.Tensor, mask: torch.Tensor, R: int,
-               g: torch.Generator) -> torch.Tensor:
-    """(B, P) prompts -> (B, R) continuation ids (EOS / padding included) for one QD row."""
+               g: torch.Generator, wm_sample: bool = False) -> torch.Tensor:
+    """(B, P) prompts -> (B, R) continuation ids (EOS / padding included) for one QD row; ``wm_sample`` samples
+    the world model's token (temperature 1) in the latent rows instead of taking its argmax."""
     tok = model.tokenizer
     if row == "latent_policy":
-        return model.generate(ids, mask, max_new_tokens=R, generator=g)[:, ids.shape[1]:]
+        return model.generate(ids, mask, max_new_tokens=R, do_sample=wm_sample, generator=g)[:, ids.shape[1]:]
     if row == "latent_random":
-        return model.generate(ids, mask, max_new_tokens=R, action_mode="random", generator=g)[:, ids.shape[1]:]
+        return model.generate(ids, mask, max_new_tokens=R, action_mode="random", do_sample=wm_sample,
+                              generator=g)[:, ids.shape[1]:]
     if row == "token_sampling":
         from reinlm.latent.hidden_cache import _base_forward
         from reinlm.latent.modules import sample_categorical
@@ -143,7 +149,7 @@ def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) 
     rows = {}
     for r_i, row in enumerate(ROWS):  # all N*M samples of a row in one batch
         g = torch.Generator().manual_seed(cfg.seed * 1000 + r_i)
-        cont = sample_row(model, row, ids, mask, cfg.new_tokens, g)  # (N*M, R)
+        cont = sample_row(model, row, ids, mask, cfg.new_tokens, g, cfg.wm_tokens == "sample")  # (N*M, R)
         nll, n = backbone_nll(model, ids, mask, cont.to(model.device))
         texts = tok.batch_decode(cont, skip_special_tokens=True)
         emb = np.asarray(encoder.encode(texts))  # (N*M, D)
