@@ -26,7 +26,7 @@ def pretrain_demo_latent(out: Path, seed: int) -> Path:
         print(f"reusing the latent model in {latent_dir} (delete it to pretrain again)")
     else:
         pretrain(PretrainConfig(backbone="smollm2-135m", corpus=f"self:{DEMO_CORPUS_TOKENS}", out=str(latent_dir),
-                                seed=seed, stage1_epochs=4.0))  # a small corpus needs more passes
+                                seed=seed, stage1_epochs=4.0, stage2_epochs=3.0))  # a small corpus needs more passes
     s = json.loads(summary.read_text())
     print(f"latent model: {s['codes_used']}/{s['num_actions']} codes used on held-out text; NLL per token: "
           f"world model with IDM actions {s['nll_world_model_idm']:.3f} vs backbone {s['nll_backbone']:.3f}; "
