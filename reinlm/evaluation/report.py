@@ -129,10 +129,17 @@ def plot_curves(runs: list[RunData], key: str, path: Path) -> Path:
     m = _COMPONENT.match(key)
     title = f"reward component: {m.group(1)}" if m else CURVE_TITLES.get(key, key)
     ax.set_title(f"{title}  ({key})", fontsize=10)
+    return save_step_plot(fig, ax, key, path, legend=len(runs) > 1)
+
+
+def save_step_plot(fig, ax, key: str, path: Path, legend: bool) -> Path:
+    """Label a curve-against-step plot (x: step, y: ``key``, grid, optional legend) and save it as ``path``."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("step")
     ax.set_ylabel(key)
     ax.grid(True, alpha=0.3)
-    if len(runs) > 1:
+    if legend:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

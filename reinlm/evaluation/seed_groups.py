@@ -124,12 +124,6 @@ def plot_groups(groups: list[SeedGroup], key: str, path: Path, smooth: int, titl
             line = ax.plot(steps, mean, linewidth=1.8, label=f"{g.name} (n={len(g.runs)})")[0]
             ax.fill_between(steps, lo, hi, alpha=0.15, color=line.get_color())
     ax.set_title(f"{title}  ({key}; mean of seeds, {smooth}-step moving average, band = min-max)", fontsize=9)
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from reinlm.evaluation.report import save_step_plot
+
+    return save_step_plot(fig, ax, key, path, legend=True)
