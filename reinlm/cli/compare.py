@@ -24,9 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reinlm.evaluation.report import write_comparison
-
     from reinlm.errors import bad_value
+    from reinlm.evaluation.report import write_comparison
 
     if args.smooth < 1:
         raise bad_value("--smooth", args.smooth, "a whole number of steps >= 1")

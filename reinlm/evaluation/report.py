@@ -126,10 +126,14 @@ def plot_curves(runs: list[RunData], key: str, path: Path) -> Path:
         xs, ys = r.series(key)
         if xs:
             ax.plot(xs, ys, marker="o" if len(xs) <= 40 else None, markersize=3, linewidth=1.5, label=r.name)
-    m = _COMPONENT.match(key)
-    title = f"reward component: {m.group(1)}" if m else CURVE_TITLES.get(key, key)
-    ax.set_title(f"{title}  ({key})", fontsize=10)
+    ax.set_title(f"{curve_title(key)}  ({key})", fontsize=10)
     return save_step_plot(fig, ax, key, path, legend=len(runs) > 1)
+
+
+def curve_title(key: str) -> str:
+    """Human title of a curve key: ``reward/sentiment/mean`` -> ``reward component: sentiment``."""
+    m = _COMPONENT.match(key)
+    return f"reward component: {m.group(1)}" if m else CURVE_TITLES.get(key, key)
 
 
 def save_step_plot(fig, ax, key: str, path: Path, legend: bool) -> Path:
@@ -307,28 +311,25 @@ def _write_group_comparison(runs: list[RunData], out: Path, smooth: int, target_
     if target_key not in curve_keys(runs):
         raise ReinlmError(f"compare: the runs do not log {target_key!r}; allowed: one of "
                           f"{', '.join(curve_keys(runs)) or '(none logged)'}.")
+    reach = steps_to_reach(groups, target_key, smooth)
     rows = []
-    for r, g in zip(steps_to_reach(groups, target_key, smooth), groups):
+    for r, g in zip(reach, groups):
         before = [v for v in (_held_out(x, "before") for x in g.runs) if v is not None]
         after = [v for v in (_held_out(x, "after") for x in g.runs) if v is not None]
         spread = f" ± {stdev(after):.4f}" if len(after) > 1 else ""
         rows.append([g.name, ", ".join(str(s) for s in r["seeds"]), r["final"],
                      r["first_step_reaching_target"] if r["first_step_reaching_target"] is not None else "never",
                      f"{mean(before):.4f}" if before else "-", f"{mean(after):.4f}{spread}" if after else "-"])
-    target = steps_to_reach(groups, target_key, smooth)[0]["target"]
     parts += ["## Steps to reach the baseline", "",
-              f"Baseline = the first group ({names[0]}); its final smoothed `{target_key}` is {_num(target)}. "
+              f"Baseline = the first group ({names[0]}); its final smoothed `{target_key}` is {_num(reach[0]['target'])}. "
               "Held-out columns: `reward_mean` of train_eval.json, mean over seeds (± sample sd).", "",
               markdown_table(["group", "seeds", f"final smoothed {target_key}", "first step reaching baseline final",
                               "held-out reward before", "held-out reward after"], rows), ""]
     parts += ["## Curves", ""]
     for key in curve_keys(runs):
-        m = _COMPONENT.match(key)
-        title = f"reward component: {m.group(1)}" if m else CURVE_TITLES.get(key, key)
-        p = plot_groups(groups, key, out / "plots" / plot_file_name(key), smooth, title)
+        p = plot_groups(groups, key, out / "plots" / plot_file_name(key), smooth, curve_title(key))
         parts += [f"![{key}](plots/{p.name})", ""]
     path = out / "compare.md"
     atomic_write_text(path, "\n".join(parts))
-    write_json(out / "compare.json", {"smooth": smooth, "target_key": target_key,
-                                      "groups": steps_to_reach(groups, target_key, smooth)})
+    write_json(out / "compare.json", {"smooth": smooth, "target_key": target_key, "groups": reach})
     return path

@@ -31,11 +31,8 @@ class SeedGroup:
     seeds: list
 
 
-def config_key(config_text: str) -> str:
-    """The config minus ``seed`` and ``out``, as a canonical string (runs with equal keys form a group)."""
-    cfg = yaml.safe_load(config_text) or {}
-    if not isinstance(cfg, dict):
-        return config_text
+def config_key(cfg: dict) -> str:
+    """The parsed config minus ``seed`` and ``out``, as a canonical string (runs with equal keys form a group)."""
     return repr(sorted((k, repr(v)) for k, v in cfg.items() if k not in IGNORED_KEYS))
 
 
@@ -53,11 +50,13 @@ def group_runs(runs: list) -> list[SeedGroup]:
                           "directories written by `reinlm train`.")
     groups: dict[str, list] = {}
     for r in runs:
-        groups.setdefault(config_key(r.config_text), []).append(r)
+        cfg = yaml.safe_load(r.config_text)
+        cfg = cfg if isinstance(cfg, dict) else {"config": r.config_text}
+        groups.setdefault(config_key(cfg), []).append((r, cfg.get("seed")))
     out = []
     for members in groups.values():
-        seeds = [(yaml.safe_load(r.config_text) or {}).get("seed") for r in members]
-        out.append(SeedGroup(group_name([r.name for r in members]), members, seeds))
+        out.append(SeedGroup(group_name([r.name for r, _ in members]), [r for r, _ in members],
+                             [seed for _, seed in members]))
     names = [g.name for g in out]
     for i, g in enumerate(out):
         if names.count(g.name) > 1:
