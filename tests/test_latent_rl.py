@@ -112,3 +112,16 @@ def test_bad_latent_input(tiny_latent_dir, tmp_path):
     with pytest.raises(ReinlmError, match="num_actions|K ="):
         Trainer(latent_cfg(tiny_latent_dir, tmp_path / "z", num_actions=64))
     assert not (tmp_path / "z").exists()
+
+
+def test_frozen_dtype_bfloat16_puts_the_backbone_in_bf16_and_keeps_the_policy_float32(tiny_latent_dir, tmp_path):
+    trainer = Trainer(latent_cfg(tiny_latent_dir, tmp_path / "bf16", frozen_dtype="bfloat16", steps=2, lr=5e-2))
+    lam = trainer.policy.lam
+    assert {p.dtype for p in lam.backbone.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in (lam.policy, lam.world_model, trainer.policy.ref_policy) for p in m.parameters()} == {
+        torch.float32}
+    run_dir = trainer.train()
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    # the BC reference sees the same bf16 states as the policy: the exact KL still starts at 0
+    assert rows[0]["kl/mean"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[-1]["kl/mean"] > 1e-4

@@ -211,3 +211,37 @@ def test_ppo_with_a_separate_value_model_resumes_to_the_same_weights(tiny_model_
     wa, wb = weights(straight / "final"), weights(resumed / "final")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_dtype_bfloat16_casts_only_the_frozen_copies(tiny_model_dir, tmp_path):
+    from reinlm.trainer.token_policy import TokenPolicy
+
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "bf16", algo="ppo", value_model="separate", frozen_dtype="bfloat16")
+    assert cfg.frozen_dtype_name == "bfloat16"
+    pol = TokenPolicy(cfg, torch.device("cpu"))
+    dtypes = lambda m: {p.dtype for p in m.parameters()}  # noqa: E731
+    assert dtypes(pol.ref_model) == {torch.bfloat16} and pol.frozen_lm is pol.ref_model
+    assert dtypes(pol.model) == dtypes(pol.value_model) == {torch.float32}  # trained weights stay float32
+    inv_freq = dict(pol.ref_model.named_buffers())["model.rotary_emb.inv_freq"]
+    assert inv_freq.dtype == torch.float32  # buffers are not rounded (rotary positions keep their precision)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    from reinlm.rollout.token import token_logprobs
+
+    with torch.no_grad():
+        lp32 = token_logprobs(pol.model, ids, torch.ones_like(ids), 3).logp
+        lp16 = token_logprobs(pol.ref_model, ids, torch.ones_like(ids), 3).logp
+    assert not torch.equal(lp32, lp16)  # really computed in bf16 ...
+    torch.testing.assert_close(lp16, lp32, atol=0.05, rtol=0)  # ... and close to the float32 log-probs
+    assert TrainConfig(model="m", frozen_dtype="same", dtype="bfloat16").frozen_dtype_name == "bfloat16"
+
+
+def test_frozen_dtype_auto_resolves_by_hardware(monkeypatch):
+    import reinlm.utils as utils
+
+    monkeypatch.setattr(utils, "native_bfloat16", lambda device="auto": True)
+    assert TrainConfig(model="m", frozen_dtype="auto", device="cpu").frozen_dtype == "bfloat16"
+    monkeypatch.setattr(utils, "native_bfloat16", lambda device="auto": False)
+    cfg = TrainConfig(model="m", frozen_dtype="auto", device="cpu")
+    assert (cfg.frozen_dtype, cfg.frozen_dtype_name) == ("same", "float32")
+    with pytest.raises(ConfigError, match="frozen_dtype.*float16"):
+        TrainConfig(model="m", frozen_dtype="float16")

@@ -72,7 +72,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     backbone_of(cfg.latent)  # fail fast on a bad latent directory
     report: dict[str, Any] = {"settings": {k: getattr(cfg, k) for k in (
         "algo", "reward", "prompts", "steps", "batch_prompts", "samples_per_prompt", "max_new_tokens", "lr",
-        "kl_coef", "seed", "latent")}, "latent_lr": getattr(args, "latent_lr", None) or cfg.lr}
+        "kl_coef", "seed", "latent", "dtype")}, "latent_lr": getattr(args, "latent_lr", None) or cfg.lr}
+    report["settings"]["frozen_dtype"] = cfg.frozen_dtype_name  # 'same' resolved
     for side in sides:
         side_cfg = _side_config(cfg, side, out_root, getattr(args, "latent_lr", None))
         print(f"bench: running the {side} side ({cfg.steps} steps)...", file=sys.stderr, flush=True)
@@ -130,6 +131,10 @@ def format_report(report: dict[str, Any]) -> str:
     if "speedup" in report:
         lines.append(f"\nspeedup (latent completions/s over token's): {report['speedup']:.2f}x; "
                      f"memory ratio: {report['memory_ratio']:.2f}")
+    st = report.get("settings", {})
+    if "dtype" in st:
+        lines.append(f"dtypes: trained weights {st['dtype']}, frozen networks {st['frozen_dtype']} "
+                     "(token reference, latent backbone)")
     lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)
 

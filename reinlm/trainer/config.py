@@ -71,6 +71,11 @@ class TrainConfig:
     # --- runtime ---
     device: str = opt("auto", "cpu, cuda or auto")
     dtype: Literal["float32", "bfloat16"] = opt("float32", "parameter dtype")
+    frozen_dtype: Literal["same", "auto", "float32", "bfloat16"] = opt(
+        "same", "dtype of the frozen networks: the token-space reference (and evaluation copy), the latent "
+        "backbone with its LM head. same: --dtype; auto: bfloat16 where the device computes it natively, else "
+        "--dtype. Frozen weights never take an optimizer step, so bfloat16 halves their memory traffic "
+        "without rounding any update")
     seed: int = opt(0, "seed for prompts, sampling and initialisation")
     out: str | None = opt(None, "run directory (default: runs/<algo>-<space>-<seed>)")
     save_every: int = opt(10, "write a checkpoint every N steps (and at the end)")
@@ -93,6 +98,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("algo", self.algo, ALGOS)
         check_choice("space", self.space, ("token", "latent"))
+        check_choice("frozen_dtype", self.frozen_dtype, ("same", "auto", "float32", "bfloat16"))
+        if self.frozen_dtype == "auto":  # resolved here, so config.yaml records what ran
+            from reinlm.utils import native_bfloat16
+
+            self.frozen_dtype = "bfloat16" if native_bfloat16(self.device) else "same"
         if self.space == "token" and self.algo not in TOKEN_ALGOS:
             raise ConfigError(f"algo: got {self.algo!r} with --space token; allowed: {', '.join(TOKEN_ALGOS)} "
                               "(remax runs in latent space only).")
@@ -139,6 +149,11 @@ class TrainConfig:
     def batch_size(self) -> int:
         """Completions per step across all processes."""
         return self.batch_prompts * self.samples_per_prompt
+
+    @property
+    def frozen_dtype_name(self) -> str:
+        """The dtype of the frozen networks: ``--frozen-dtype`` with ``same`` resolved to ``--dtype``."""
+        return self.dtype if self.frozen_dtype == "same" else self.frozen_dtype
 
     @property
     def default_out(self) -> str:

@@ -43,7 +43,8 @@ class LatentPolicy:
 
         self.cfg = cfg
         self.device = device
-        self.lam = latent_model or LatentActionModel.from_pretrained(cfg.latent, device=str(device), dtype=cfg.dtype,
+        self.lam = latent_model or LatentActionModel.from_pretrained(cfg.latent, device=str(device),
+                                                                         dtype=cfg.frozen_dtype_name,
                                                                          num_actions=cfg.num_actions)
         self.lam.requires_grad_(False)
         self.lam.policy.requires_grad_(True)

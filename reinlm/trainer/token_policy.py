@@ -38,21 +38,29 @@ class TokenPolicy:
             model = get_peft_model(model, lora)
             self.ref_model = None  # the reference is the same model with adapters disabled
         else:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) if needs_ref else None
+            self.ref_model = self._frozen_copy(model) if needs_ref else None
         # frozen copy of the starting model for sample perplexity in evaluations (the reference when it exists)
         self.frozen_lm = self.ref_model
         if self.frozen_lm is None and not self.uses_lora and cfg.eval_prompts > 0:
-            self.frozen_lm = copy.deepcopy(model).eval().requires_grad_(False)
+            self.frozen_lm = self._frozen_copy(model)
         self.model = model.to(device)
         self.model.train()  # no dropout in the supported LMs; train mode keeps the semantics honest
         self.value_model = None
         self.value_head = None
         if cfg.algo == "ppo":
             hidden = model.config.hidden_size
-            if cfg.value_model == "separate":
-                base = self.ref_model if self.ref_model is not None else model
-                self.value_model = copy.deepcopy(base).train().requires_grad_(True)
+            if cfg.value_model == "separate":  # a trainable copy of the starting model, in the training dtype
+                self.value_model = copy.deepcopy(model).train().requires_grad_(True)
             self.value_head = ValueHead(hidden).to(device)
+
+    def _frozen_copy(self, model):
+        """A frozen deep copy of the starting model in ``--frozen-dtype`` (the reference, the evaluation copy).
+
+        With LoRA there is no copy: the reference is the model with its adapters disabled, in its own dtype.
+        """
+        from reinlm.utils import cast_parameters
+
+        return cast_parameters(copy.deepcopy(model), self.cfg.frozen_dtype_name).eval().requires_grad_(False)
 
     # --- generation ---
     @property
