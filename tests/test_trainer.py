@@ -245,3 +245,14 @@ def test_frozen_dtype_auto_resolves_by_hardware(monkeypatch):
     assert (cfg.frozen_dtype, cfg.frozen_dtype_name) == ("same", "float32")
     with pytest.raises(ConfigError, match="frozen_dtype.*float16"):
         TrainConfig(model="m", frozen_dtype="float16")
+
+
+def test_fresh_run_refuses_a_used_out_dir_unless_overwrite(tiny_model_dir, tmp_path):
+    out = tmp_path / "used"
+    Trainer(tiny_cfg(tiny_model_dir, out, steps=2, eval_prompts=0)).train()
+    with pytest.raises(ReinlmError, match=r"already holds a run \(metrics.jsonl.*--resume.*--overwrite"):
+        Trainer(tiny_cfg(tiny_model_dir, out, steps=1, eval_prompts=0)).train()
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]  # nothing of the old run lost
+    Trainer(tiny_cfg(tiny_model_dir, out, steps=1, eval_prompts=0, overwrite=True)).train()
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1]  # replaced, not appended to
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _side_config(cfg: TrainConfig, side: str, out_root: Path, latent_lr: float | None = None) -> TrainConfig:
     values = config_to_dict(cfg)
     values.update(space=side, out=str(out_root / side), progress=False, log="none",
-                  save_every=max(cfg.steps, 1) + 1)
+                  save_every=max(cfg.steps, 1) + 1, overwrite=True)  # a bench run replaces the previous one
     if side == "latent" and latent_lr is not None:
         values["lr"] = latent_lr
     if side == "token":

@@ -118,7 +118,7 @@ def run_reinlm_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
         kl_estimator="k3", update_epochs=1, clip_eps=0.2, scale_std=True, loss_aggregation="seq_mean",
         lr=cfg.lr, weight_decay=0.0, warmup_steps=0, lr_schedule="constant", max_grad_norm=1.0,
         device="cpu", dtype="float32", seed=cfg.seed, out=str(run_dir), save_every=cfg.steps,
-        keep_checkpoints=1, sample_every=0, log="none", eval_prompts=0, progress=False,
+        keep_checkpoints=1, sample_every=0, log="none", eval_prompts=0, progress=False, overwrite=True,
     )
     t0 = time.perf_counter()
     trainer = Trainer(train_cfg)

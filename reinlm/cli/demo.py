@@ -66,7 +66,7 @@ def token_grpo(args: argparse.Namespace) -> None:
     _section("3. token-space GRPO on the sentiment task (SmolLM2-135M, full fine-tuning)")
     cfg = TrainConfig(model="smollm2-135m", algo="grpo", reward="sentiment", prompts="builtin:reviews",
                       steps=args.steps or 8, batch_prompts=2, samples_per_prompt=4, max_new_tokens=20,
-                      lr=2e-6, kl_coef=0.05, seed=args.seed, out=f"{args.out}/token-grpo", save_every=100,
+                      lr=2e-6, kl_coef=0.05, seed=args.seed, out=f"{args.out}/token-grpo", save_every=100, overwrite=True,
                       eval_prompts=6, eval_samples=4, device="cpu")
     run_dir = Trainer(cfg).train()
     ev = json.loads((run_dir / "train_eval.json").read_text())

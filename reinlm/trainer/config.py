@@ -78,6 +78,8 @@ class TrainConfig:
         "without rounding any update")
     seed: int = opt(0, "seed for prompts, sampling and initialisation")
     out: str | None = opt(None, "run directory (default: runs/<algo>-<space>-<seed>)")
+    overwrite: bool = opt(False, "replace an earlier run in --out (its metrics, samples, checkpoints and final model); "
+                                 "without it a fresh run refuses a directory that holds one")
     save_every: int = opt(10, "write a checkpoint every N steps (and at the end)")
     keep_checkpoints: int = opt(2, "checkpoints kept on disk (the newest)")
     sample_every: int = opt(5, "log sample completions every N steps")

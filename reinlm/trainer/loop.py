@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -394,7 +395,7 @@ class Trainer:
         if resume:
             self.resume()
         elif self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            prepare_fresh_run_dir(self.run_dir, cfg.overwrite)
         if self.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         logger = RunLogger(self.run_dir, cfg.log, config_to_dict(cfg), enabled=self.is_main,
@@ -456,6 +457,31 @@ class Trainer:
         logger.close()
         self.accelerator.wait_for_everyone()
         return self.run_dir
+
+
+RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "train_eval.json", "tb")
+
+
+def previous_run_outputs(run_dir: str | Path) -> list[str]:
+    """The outputs of an earlier run found in ``run_dir`` (names from ``RUN_OUTPUTS``)."""
+    return [n for n in RUN_OUTPUTS if (Path(run_dir) / n).exists()]
+
+
+def prepare_fresh_run_dir(run_dir: str | Path, overwrite: bool) -> None:
+    """Create ``run_dir`` for a fresh run; an earlier run there is an error unless ``overwrite`` removes it.
+
+    Without this check a fresh run would append its metrics to the old run's ``metrics.jsonl`` and leave the
+    old checkpoints beside the new ones.
+    """
+    run_dir = Path(run_dir)
+    found = previous_run_outputs(run_dir)
+    if found and not overwrite:
+        raise ReinlmError(f"out: {str(run_dir)!r} already holds a run ({', '.join(found)}); continue it with "
+                          f"--resume {run_dir}, replace it with --overwrite, or choose another --out.")
+    for name in found:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def train(cfg: TrainConfig, resume: bool = False, **inject) -> Path:
