@@ -87,8 +87,8 @@ def cast_parameters(model: torch.nn.Module, dtype: str | torch.dtype) -> torch.n
     """Cast the parameters of ``model`` (in place) to ``dtype``, leaving its buffers alone.
 
     ``model.to(torch.bfloat16)`` would also round the rotary ``inv_freq`` buffer, which ``from_pretrained``
-    keeps in float32: positions lose precision and, on CPU, the forward pass runs about 2.5x slower. Tied
-    weights stay tied (each shared Parameter is cast once).
+    keeps in float32, and rotary positions would lose precision. Tied weights stay tied (each shared
+    Parameter is cast once).
     """
     dt = resolve_dtype(dtype)
     for p in model.parameters():
