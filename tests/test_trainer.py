@@ -256,3 +256,13 @@ def test_fresh_run_refuses_a_used_out_dir_unless_overwrite(tiny_model_dir, tmp_p
     Trainer(tiny_cfg(tiny_model_dir, out, steps=1, eval_prompts=0, overwrite=True)).train()
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1]  # replaced, not appended to
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]
+
+
+def test_cli_train_refuses_a_used_out_before_loading_a_model(tmp_path, capsys):
+    from reinlm.cli.main import main
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    # the model does not exist: the error comes from the run-directory check, before any loading
+    assert main(["train", "--model", "no-such-model", "--reward", "sentiment", "--out", str(tmp_path)]) != 0
+    assert "already holds a run (metrics.jsonl)" in " ".join(capsys.readouterr().err.split())  # wrapped text
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'

@@ -46,10 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:  # refuse a used --out before loading any model
         from reinlm.trainer.loop import previous_run_outputs
 
-        found = previous_run_outputs(cfg.out or cfg.default_out)
-        if found and not cfg.overwrite:
-            raise ReinlmError(f"out: {cfg.out or cfg.default_out!r} already holds a run ({', '.join(found)}); "
-                              "continue it with --resume DIR, replace it with --overwrite, or choose another --out.")
+        previous_run_outputs(cfg.out or cfg.default_out, cfg.overwrite)
     trainer = Trainer(cfg)
     run_dir = trainer.train(resume=bool(args.resume))
     summary_path = run_dir / "train_eval.json"

@@ -462,9 +462,16 @@ class Trainer:
 RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "train_eval.json", "tb")
 
 
-def previous_run_outputs(run_dir: str | Path) -> list[str]:
-    """The outputs of an earlier run found in ``run_dir`` (names from ``RUN_OUTPUTS``)."""
-    return [n for n in RUN_OUTPUTS if (Path(run_dir) / n).exists()]
+def previous_run_outputs(run_dir: str | Path, overwrite: bool = False) -> list[str]:
+    """The outputs of an earlier run found in ``run_dir`` (names from ``RUN_OUTPUTS``).
+
+    Raises :class:`ReinlmError` when there are some and ``overwrite`` is false.
+    """
+    found = [n for n in RUN_OUTPUTS if (Path(run_dir) / n).exists()]
+    if found and not overwrite:
+        raise ReinlmError(f"out: {str(run_dir)!r} already holds a run ({', '.join(found)}); continue it with "
+                          f"--resume {run_dir}, replace it with --overwrite, or choose another --out.")
+    return found
 
 
 def prepare_fresh_run_dir(run_dir: str | Path, overwrite: bool) -> None:
@@ -474,10 +481,7 @@ def prepare_fresh_run_dir(run_dir: str | Path, overwrite: bool) -> None:
     old checkpoints beside the new ones.
     """
     run_dir = Path(run_dir)
-    found = previous_run_outputs(run_dir)
-    if found and not overwrite:
-        raise ReinlmError(f"out: {str(run_dir)!r} already holds a run ({', '.join(found)}); continue it with "
-                          f"--resume {run_dir}, replace it with --overwrite, or choose another --out.")
+    found = previous_run_outputs(run_dir, overwrite)
     for name in found:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
