@@ -430,7 +430,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     T = input_ids.shape[1]
     # positions as an index tensor, not the int R + 1: the gathered states are contiguous, while a slice is
     # not, and a non-contiguous 3-D input sends a frozen LM head (weights without requires_grad) down a
-    # batched-matmul path that copies its weight once per row: 2.6x slower in bfloat16, 1.2x in float32
+    # batched-matmul path that copies its weight once per row (bfloat16, 16 x 27 tokens on CPU: 1.38 s vs 0.51 s)
     keep = torch.arange(T - R - 1, T, device=input_ids.device)
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), use_cache=False, logits_to_keep=keep,

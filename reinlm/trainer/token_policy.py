@@ -206,24 +206,19 @@ class TokenPolicy:
 
             set_peft_model_state_dict(unwrapped, load_file(str(ckpt_policy_dir / "adapter_model.safetensors")))
         else:
-            from safetensors.torch import load_file
-
-            state = {}
-            for f in sorted(ckpt_policy_dir.glob("*.safetensors")):
-                state.update(load_file(str(f)))
-            _load_safetensors_into(unwrapped, state)
+            _load_safetensors_dir_into(unwrapped, ckpt_policy_dir)
         value_dir = ckpt_policy_dir / "value_model"
         if self.value_model is not None and value_dir.is_dir():
-            from safetensors.torch import load_file
-
-            state = {}
-            for f in sorted(value_dir.glob("*.safetensors")):
-                state.update(load_file(str(f)))
-            _load_safetensors_into(getattr(self.value_model, "module", self.value_model), state)
+            _load_safetensors_dir_into(getattr(self.value_model, "module", self.value_model), value_dir)
 
 
-def _load_safetensors_into(model: torch.nn.Module, state: dict) -> None:
-    """Load a saved state dict into ``model`` (tied LM-head weights may be absent from the file)."""
+def _load_safetensors_dir_into(model: torch.nn.Module, model_dir: Path) -> None:
+    """Load every ``*.safetensors`` file of ``model_dir`` into ``model`` (tied LM-head weights may be absent)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(str(f)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("lm_head.weight")]
     if missing or unexpected:
