@@ -55,12 +55,17 @@ def _list_parser(inner):
     return parse
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None) -> None:
-    """Add one ``--flag`` per field of the dataclass ``cls``; defaults stay ``None`` (= not given)."""
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None,
+                       exclude: type | None = None) -> None:
+    """Add one ``--flag`` per field of the dataclass ``cls``; defaults stay ``None`` (= not given).
+
+    ``exclude``: a dataclass whose fields are left out (a base class whose flags go in a group of their own).
+    """
     target = parser.add_argument_group(group) if group else parser
     hints = typing.get_type_hints(cls)
+    skip = {f.name for f in dataclasses.fields(exclude)} if exclude is not None else set()
     for f in dataclasses.fields(cls):
-        if not f.metadata.get("flag", True):
+        if f.name in skip or not f.metadata.get("flag", True):
             continue
         tp = _unwrap_optional(hints[f.name])
         name = "--" + f.name.replace("_", "-")

@@ -118,3 +118,22 @@ def test_config_and_critic_from_args():
     assert r.backend.url == "http://127.0.0.1:9/v1/chat/completions"
     local = critic_from_args(critic="smollm2-135m")  # nothing loaded until the first critique
     assert local.backend._model is None and local.template.task == "sentiment"
+
+
+def test_train_config_carries_every_critic_setting():
+    # reinlm train used to copy 7 of the 17 critic fields: --critic-scale, timeouts etc. could not be set
+    from reinlm.trainer.config import TrainConfig, add_train_args
+    import argparse
+
+    cfg = TrainConfig(critic_url="http://127.0.0.1:9/v1", critic_scale="running", critic_timeout=2.5,
+                      critic_concurrency=1, critic_values="0.2,-0.4")
+    reward = cfg.critic_config.build()
+    assert (reward.scale, reward.backend.timeout, reward.values) == ("running", 2.5,
+                                                                      {"positive": 0.2, "negative": -0.4})
+    assert cfg.critic_model == "default"  # CriticConfig's own defaulting ran
+    with pytest.raises(ConfigError, match="critic_scale: got 'log'"):
+        TrainConfig(critic_scale="log")
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    args = parser.parse_args(["--critic-scale", "running", "--critic-fuzzy-threshold", "0.9", "--steps", "3"])
+    assert (args.critic_scale, args.critic_fuzzy_threshold, args.steps) == ("running", 0.9, 3)

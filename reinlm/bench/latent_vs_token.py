@@ -19,9 +19,9 @@ from typing import Any
 
 from reinlm.bench.common import (emit_result, format_table, mean_over, ratio, run_child, steady_state,
                                  throughput)
-from reinlm.config import add_dataclass_args, build_config, config_to_dict
+from reinlm.config import build_config, config_to_dict
 from reinlm.errors import ReinlmError
-from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.config import TrainConfig, add_train_args
 
 TIMING_KEYS = ("perf/generate_s", "perf/reward_s", "perf/ref_and_values_s", "perf/update_s")
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latent-lr", type=float, default=None,
                         help="learning rate of the latent side (default: --lr); the small policy head usually "
                              "wants a far larger one than full fine-tuning of the LM")
-    add_dataclass_args(parser, TrainConfig, group="training options (shared by both sides)")
+    add_train_args(parser, group="training options (shared by both sides)")
 
 
 def _side_config(cfg: TrainConfig, side: str, out_root: Path, latent_lr: float | None = None) -> TrainConfig:

@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from reinlm.config import add_dataclass_args, build_config, load_yaml
+from reinlm.config import build_config, load_yaml
 from reinlm.errors import ReinlmError
-from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.config import TrainConfig, add_train_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint "
                    "(its config.yaml is the base; flags such as --steps override it)")
-    add_dataclass_args(p, TrainConfig, group="training options")
+    add_train_args(p)
     return p
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
-from reinlm.config import check_choice, check_range, opt
+from reinlm.config import add_dataclass_args, check_choice, check_range, opt
+from reinlm.critic.config import CriticConfig
 from reinlm.errors import ConfigError
 
 ALGOS = ("reinforce", "grpo", "rloo", "ppo", "remax")
@@ -14,7 +15,10 @@ LATENT_ALGOS = ("reinforce", "grpo", "rloo", "ppo", "remax")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(CriticConfig):
+    """Every ``reinlm train`` flag. The ``--critic-*`` fields (dense span rewards from an LLM critic) are
+    inherited from :class:`CriticConfig`, so training takes every critic setting ``reinlm critique`` takes."""
+
     # --- what to train ---
     model: str = opt("smollm2-135m", "policy model: embedded alias, HF id, local dir or .gguf (token space)")
     space: Literal["token", "latent"] = opt("token", "action space: token (the LM itself) or latent (a policy over latent actions)")
@@ -88,16 +92,9 @@ class TrainConfig:
     eval_samples: int = opt(4, "samples per held-out prompt in the evaluation")
     stop_on_degeneration: bool = opt(False, "stop when the degeneration alarm fires, keeping the last healthy checkpoint")
     progress: bool = opt(True, "show a progress bar")
-    # --- LLM critic (dense token rewards) ---
-    critic: str | None = opt(None, "critic model for dense span rewards (alias/HF id/path), e.g. smollm2-135m")
-    critic_url: str | None = opt(None, "OpenAI-compatible chat-completions endpoint for the critic")
-    critic_model: str | None = opt(None, "model name sent to --critic-url")
-    critic_task: str = opt("sentiment", "critic task template: sentiment, toxicity, summarization, or a template file")
-    critic_values: str = opt("0.5,-0.5", "reward for tokens in positive,negative spans")
-    critic_default: float = opt(0.0, "reward for tokens outside every span")
-    critic_threshold: float | None = opt(None, "only samples with extrinsic reward <= this are sent to the critic (None: all)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the critic fields
         check_choice("algo", self.algo, ALGOS)
         check_choice("space", self.space, ("token", "latent"))
         check_choice("frozen_dtype", self.frozen_dtype, ("same", "auto", "float32", "bfloat16"))
@@ -144,8 +141,11 @@ class TrainConfig:
         if self.baseline in ("group_mean", "leave_one_out") and self.algo == "reinforce" and self.samples_per_prompt < 2:
             raise ConfigError(f"baseline: {self.baseline} needs --samples-per-prompt >= 2, got "
                               f"{self.samples_per_prompt}; use --baseline batch_mean or none.")
-        if self.critic and self.critic_url:
-            raise ConfigError("critic: give either --critic (a local model) or --critic-url (an endpoint), not both.")
+
+    @property
+    def critic_config(self) -> CriticConfig:
+        """The critic settings alone (used when ``--critic`` or ``--critic-url`` is given)."""
+        return CriticConfig(**{f.name: getattr(self, f.name) for f in fields(CriticConfig)})
 
     @property
     def batch_size(self) -> int:
@@ -160,3 +160,10 @@ class TrainConfig:
     @property
     def default_out(self) -> str:
         return f"runs/{self.algo}-{self.space}-seed{self.seed}"
+
+
+def add_train_args(parser, group: str = "training options") -> None:
+    """Add every TrainConfig flag to an argparse parser: the training options, then the critic's in a group
+    of their own (``reinlm train`` and ``reinlm bench latent-vs-token`` share this)."""
+    add_dataclass_args(parser, TrainConfig, group=group, exclude=CriticConfig)
+    add_dataclass_args(parser, CriticConfig, group="LLM critic (dense span rewards; see docs/critic.md)")

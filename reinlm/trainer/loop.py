@@ -119,11 +119,7 @@ class Trainer:
         self.reward_set = reward_set if reward_set is not None else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
         self.critic = None
         if cfg.critic or cfg.critic_url:
-            from reinlm.critic import critic_from_args
-
-            self.critic = critic_from_args(critic=cfg.critic, critic_url=cfg.critic_url, critic_model=cfg.critic_model,
-                                           critic_task=cfg.critic_task, critic_values=cfg.critic_values,
-                                           critic_threshold=cfg.critic_threshold, critic_default=cfg.critic_default)
+            self.critic = cfg.critic_config.build()
 
         # --- policy ---
         if cfg.space == "token":
