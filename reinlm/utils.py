@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,11 +48,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """Map ``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` to a torch device (auto: CUDA when available)."""
+def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
+    """Map ``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` (or a torch device) to a torch device.
+
+    auto: CUDA when available. ``cpu:N`` is accepted too: it is what Accelerate reports as the device of a
+    process in multi-process CPU training (torchrun + gloo).
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu" or device.startswith("cuda"):
+    if re.fullmatch(r"cpu(:\d+)?", device) or re.fullmatch(r"cuda(:\d+)?", device):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise bad_value("device", device, "cpu or auto: no CUDA device is visible on this machine")
         return torch.device(device)

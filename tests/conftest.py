@@ -3,6 +3,7 @@
 - ``smol_tokenizer``: the real SmolLM2 tokenizer (left padding, pad = EOS), session-scoped.
 - ``tiny_lm``: ``(model, tokenizer)``, a tiny random Llama with SmolLM2's vocabulary, for fast unit tests.
 - ``smol_lm``: ``(model, tokenizer)``, the real embedded SmolLM2-135M; use only in integration tests.
+- ``tiny_latent_dir``: a tiny backbone and an untrained latent model on it (K = 8), session-scoped.
 """
 
 from __future__ import annotations
@@ -45,3 +46,26 @@ def smol_lm():
     from reinlm.hub import load_causal_lm
 
     return load_causal_lm("smollm2-135m", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny backbone directory and an (untrained) latent model on it, K = 8."""
+    from reinlm.latent.config import LatentConfig
+    from reinlm.latent.model import LatentActionModel
+    from reinlm.testing import tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("latent")
+    backbone = tiny_causal_lm(smol_tokenizer, seed=3)
+    backbone.save_pretrained(root / "backbone")
+    smol_tokenizer.save_pretrained(root / "backbone")
+    torch.manual_seed(0)
+    cfg = LatentConfig(backbone=str(root / "backbone"), num_actions=8, preset="custom", d_model=32, n_heads=2,
+                       idm_layers=1, policy_layers=1, wm_layers=1, wm_ffn=64)
+    lam = LatentActionModel(cfg, backbone, smol_tokenizer)
+    with torch.no_grad():  # an untrained world model ignores actions (zero-initialised merge); make them matter
+        for p in lam.world_model.parameters():
+            if not p.abs().sum():
+                p.normal_(0.0, 0.5)
+    lam.save_pretrained(root / "lam")
+    return root / "lam"

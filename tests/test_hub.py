@@ -114,6 +114,16 @@ def test_bad_device_and_dtype(tiny_dir):
         hub.load_causal_lm(tiny_dir, device="cpu", dtype="float64")
 
 
+def test_resolve_device_takes_what_accelerate_reports():
+    from reinlm.utils import resolve_device
+
+    # a process of multi-process CPU training (torchrun + gloo) has device cpu:N; it used to be refused
+    assert resolve_device("cpu:0") == torch.device("cpu:0") and resolve_device(torch.device("cpu")).type == "cpu"
+    for bad in ("cpux", "cuda0", "gpu"):
+        with pytest.raises(ConfigError, match=f"device: got '{bad}'"):
+            resolve_device(bad)
+
+
 def test_encoder_alias_for_causal_lm_is_refused():
     with pytest.raises(ReinlmError, match="minilm"):
         hub.load_sentence_encoder("smollm2-135m")

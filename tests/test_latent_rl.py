@@ -18,29 +18,6 @@ ASSETS = Path(__file__).parent / "assets"
 SPACE_REWARD = f"{ASSETS / 'toy_rewards.py'}:space_share"
 
 
-@pytest.fixture(scope="module")
-def tiny_latent_dir(tmp_path_factory, smol_tokenizer):
-    """A tiny backbone directory and an (untrained) latent model on it, K = 8."""
-    from reinlm.latent.config import LatentConfig
-    from reinlm.latent.model import LatentActionModel
-    from reinlm.testing import tiny_causal_lm
-
-    root = tmp_path_factory.mktemp("latent")
-    backbone = tiny_causal_lm(smol_tokenizer, seed=3)
-    backbone.save_pretrained(root / "backbone")
-    smol_tokenizer.save_pretrained(root / "backbone")
-    torch.manual_seed(0)
-    cfg = LatentConfig(backbone=str(root / "backbone"), num_actions=8, preset="custom", d_model=32, n_heads=2,
-                       idm_layers=1, policy_layers=1, wm_layers=1, wm_ffn=64)
-    lam = LatentActionModel(cfg, backbone, smol_tokenizer)
-    with torch.no_grad():  # an untrained world model ignores actions (zero-initialised merge); make them matter
-        for p in lam.world_model.parameters():
-            if not p.abs().sum():
-                p.normal_(0.0, 0.5)
-    lam.save_pretrained(root / "lam")
-    return root / "lam"
-
-
 def latent_cfg(latent_dir, out, **kw) -> TrainConfig:
     base = dict(space="latent", latent=str(latent_dir), reward=SPACE_REWARD, prompts="builtin:neutral", steps=2,
                 batch_prompts=2, samples_per_prompt=4, max_new_tokens=6, lr=1e-2, kl_coef=0.05, seed=0,

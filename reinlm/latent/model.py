@@ -25,6 +25,7 @@ from reinlm.errors import ReinlmError
 from reinlm.latent.config import ActionSampling, LatentConfig
 from reinlm.latent.modules import (CausalStack, WorldModel, attention_mask_4d, idm_step_logits,
                                    sample_categorical)
+from reinlm.rollout.token import draw_uniforms
 from reinlm.utils import atomic_dir, write_json
 
 HEADS_FILE = "heads.safetensors"
@@ -238,9 +239,9 @@ class LatentActionModel(nn.Module):
             greedy=s.greedy if greedy is None else greedy, tau=s.tau if tau is None else tau,
             top_k=s.top_k if top_k is None else top_k, top_p=s.top_p if top_p is None else top_p)
 
-    def _sample_actions(self, logits: torch.Tensor, generator=None):
+    def _sample_actions(self, logits: torch.Tensor, generator=None, u: torch.Tensor | None = None):
         s = self.action_sampling
-        return sample_categorical(logits, s.greedy, s.tau, s.top_k, s.top_p, generator)
+        return sample_categorical(logits, s.greedy, s.tau, s.top_k, s.top_p, generator, u)
 
     def forward_world_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                             action_idx: int | torch.Tensor = 0) -> torch.Tensor:
@@ -290,8 +291,8 @@ class LatentActionModel(nn.Module):
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                  action_mode: str = "policy", fixed_action: int | torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, return_dict: bool = False, num_return_sequences: int = 1,
-                 **hf_kwargs):
+                 generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = False,
+                 num_return_sequences: int = 1, **hf_kwargs):
         """Generate through policy + world model, recording the actions (``get_action_info``).
 
         At each step the action comes from the policy (``action_mode="policy"``, drawn per
@@ -311,6 +312,10 @@ class LatentActionModel(nn.Module):
         LM head on the rows still going (a row that finished is dropped from every cache one step later,
         once its EOS state is kept). States of positions after a row finished are zeros in ``hidden``
         (padding, mask 0).
+
+        ``generator``: ``None`` (global RNG), one ``torch.Generator`` for the batch, or a list of N generators,
+        one per prompt: a prompt's samples then do not depend on the rest of the batch (so data-parallel
+        processes that split the prompts draw what one process would).
         """
         if hf_kwargs.get("num_beams", 1) != 1:
             raise ReinlmError("generate: num_beams must be 1 for latent generation (beam search over actions is "
@@ -370,6 +375,10 @@ class LatentActionModel(nn.Module):
         next_pos = pos0[:, -1:] + 1  # (b, 1)
         h_last = h0[:, -1:]  # (b, 1, H)
         log_k = -math.log(K)
+        u_act = u_tok = None  # (B, R_max) uniforms of the action and token draws, when one generator per prompt
+        if isinstance(generator, (list, tuple)):
+            u = draw_uniforms(generator, N, G, 2 * R_max).to(dev)  # (B, 2 R_max)
+            u_act, u_tok, generator = u[:, :R_max], u[:, R_max:], None
         R = 0
         self.reset_action_info()
         for step in range(R_max):
@@ -378,13 +387,17 @@ class LatentActionModel(nn.Module):
                 a = fixed[active]
                 lp = torch.zeros(b, device=dev)
             elif action_mode == "random":
-                a = torch.randint(0, K, (b,), device=dev, generator=generator)
+                if u_act is None:
+                    a = torch.randint(0, K, (b,), device=dev, generator=generator)
+                else:
+                    a = (u_act[active, step] * K).long().clamp(max=K - 1)
                 lp = torch.full((b,), log_k, device=dev)
             else:
-                a, lp, _ = self._sample_actions(pol_logits, generator)
+                a, lp, _ = self._sample_actions(pol_logits, generator, None if u_act is None else u_act[active, step])
             logits = self.token_logits(self.world_model(h_last, a[:, None]))[:, 0]  # (b, V)
             if do_sample:
-                nxt, _, _ = sample_categorical(logits, False, temperature, top_k, top_p, generator)  # (b,)
+                nxt, _, _ = sample_categorical(logits, False, temperature, top_k, top_p, generator,
+                                               None if u_tok is None else u_tok[active, step])  # (b,)
             else:  # greedy: no softmax over the vocabulary (two of them cost ~9% of a step on CPU)
                 nxt = logits.argmax(-1)
             actions[active, step] = a

@@ -176,11 +176,12 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def sample_categorical(logits: torch.Tensor, greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, generator: torch.Generator | None = None):
+                       top_p: float = 1.0, generator: torch.Generator | None = None, u: torch.Tensor | None = None):
     """Draw one index per row from ``logits`` (N, C) -> (index (N,), log-prob (N,), probs (N, C)).
 
     The log-prob and probabilities are those of the temperature-scaled, filtered distribution that was
-    sampled (greedy: the temperature-scaled distribution, index = argmax).
+    sampled (greedy: the temperature-scaled distribution, index = argmax). ``u`` (N,): the uniform draws to
+    use (drawn from ``generator`` when None).
     """
     scaled = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = scaled.softmax(-1)  # (N, C)
@@ -188,8 +189,9 @@ def sample_categorical(logits: torch.Tensor, greedy: bool = False, temperature: 
         idx = scaled.argmax(-1)
     else:
         # inverse-CDF draw from one uniform per row: torch.multinomial costs ~20x more on a 49k vocabulary on CPU
-        u = torch.rand(probs.shape[0], generator=generator, device=probs.device)
-        idx = inverse_cdf_sample(probs, u)
+        if u is None:
+            u = torch.rand(probs.shape[0], generator=generator, device=probs.device)
+        idx = inverse_cdf_sample(probs, u.to(probs.device))
     logp = scaled.log_softmax(-1).gather(-1, idx[:, None]).squeeze(-1)
     return idx, logp, probs
 

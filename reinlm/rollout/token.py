@@ -196,7 +196,7 @@ def _context_length(model) -> int | None:
     return None
 
 
-def _draw_uniforms(generator, n_prompts: int, G: int, steps: int) -> torch.Tensor:
+def draw_uniforms(generator, n_prompts: int, G: int, steps: int) -> torch.Tensor:
     """Uniform draws in [0, 1) for inverse-CDF sampling, all taken up front: -> (B, steps) on the CPU/gen device.
 
     ``generator`` may be ``None`` (global RNG), one ``torch.Generator`` for the batch, or a list with one
@@ -287,7 +287,7 @@ def generate_rollouts(model, tokenizer, prompts: Sequence[str], samples_per_prom
                           f"{prompt_ids.shape[1]} tokens and the model's context is {ctx}, so allowed: "
                           f"<= {ctx - prompt_ids.shape[1]}.")
     G, T = samples_per_prompt, sampling.max_new_tokens
-    u = None if sampling.greedy else _draw_uniforms(generator, len(prompts), G, T).to(device)  # (B, T)
+    u = None if sampling.greedy else draw_uniforms(generator, len(prompts), G, T).to(device)  # (B, T)
     stop_ids = None if sampling.ignore_eos or not eos else torch.tensor(eos, device=device)
     with torch.inference_mode():
         response, logprobs, lengths = _sample_loop(model, tokenizer, prompt_ids.to(device), prompt_mask.to(device),

@@ -67,7 +67,7 @@ class LatentPolicy:
         return self.lam.policy
 
     # --- generation ---
-    def _generate(self, prompts: list[str], samples_per_prompt: int, seed: int, greedy: bool = False):
+    def _generate(self, prompts: list[str], samples_per_prompt: int, seeds: list[int], greedy: bool = False):
         tok = self.tokenizer
         G = samples_per_prompt
         rows = [p for p in prompts for _ in range(G)]
@@ -76,12 +76,12 @@ class LatentPolicy:
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)  # (N, P)
         # the sampled distribution must be exactly the one the update differentiates: no top-k/top-p here
         self.lam.set_action_sampling(greedy=greedy, tau=self.cfg.temperature, top_k=0, top_p=1.0)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
+        gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]  # one per prompt
         was_training = self.lam.policy.training
         self.lam.policy.eval()
         try:
             out = self.lam.generate(ids, mask, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
-                                    generator=gen, return_dict=True, num_return_sequences=G)
+                                    generator=gens, return_dict=True, num_return_sequences=G)
         finally:
             self.lam.policy.train(was_training)
         return out, ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0), rows  # (B, P)
@@ -90,9 +90,12 @@ class LatentPolicy:
     def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int], greedy: bool = False):
         """Sample G action sequences per prompt through policy + world model -> LatentRolloutBatch.
 
-        One generator (seeded by ``seeds[0]``) drives the whole batch.
+        ``seeds``: one per prompt; a prompt's G samples come from its own generator, so they do not depend on
+        the rest of the batch (data-parallel processes that split the prompts draw what one process would).
         """
-        out, ids, mask, rows = self._generate(prompts, samples_per_prompt, seeds[0], greedy=greedy)
+        if len(seeds) != len(prompts):
+            raise ReinlmError(f"seeds: got {len(seeds)} for {len(prompts)} prompts; allowed: one seed per prompt.")
+        out, ids, mask, rows = self._generate(prompts, samples_per_prompt, seeds, greedy=greedy)
         P = ids.shape[1]
         response_ids = out.response_ids
         response_mask = out.response_mask.long()
@@ -114,7 +117,7 @@ class LatentPolicy:
         """ReMax baseline (Li et al. 2023): the reward of the greedy-action rollout of each prompt, (B,)."""
         G = self.cfg.samples_per_prompt
         prompts = batch.prompts[::G]
-        greedy = self.rollout(prompts, 1, [0], greedy=True)
+        greedy = self.rollout(prompts, 1, [0] * len(prompts), greedy=True)
         columns = {k: [v[i] for i in prompt_idx] for k, v in trainer.train_prompts.columns.items()}
         scores = trainer.reward_set.score(greedy.prompts, greedy.completions, columns).total.to(self.device)
         return scores.float().repeat_interleave(G)

@@ -2,8 +2,9 @@
 
 One step: choose prompts -> roll out G samples per prompt -> score (sequence and token rewards) ->
 reference log-probs and per-token KL -> advantages -> ``update_epochs`` passes of minibatch updates ->
-KL controller update -> metrics, samples, checkpoint. The same code runs as one process or under
-``accelerate launch`` (each process takes a slice of the step's prompts; gradients are averaged).
+KL controller update -> metrics, samples, checkpoint. The same code runs as one process or as several
+(torchrun on the CPU, ``accelerate launch`` on GPUs): each process takes a slice of the step's prompts,
+gradients are averaged.
 
 Dimension legend: B = sequences on this process, R = response length (tokens, or latent actions).
 """
