@@ -29,15 +29,16 @@ def _weights(d):
     return load_file(str(Path(d) / "final" / "model.safetensors"))
 
 
-def _run(*argv, processes: int):
+def _run(*argv, processes: int, steps: int = 3, resume: bool = False):
     """Run the script in one process, or under torchrun in ``processes`` (gloo on the CPU)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # `accelerate launch --cpu --num_processes 2` starts ONE process (its CPU path is the simple launcher);
     # torchrun starts the processes and Accelerator picks up RANK / WORLD_SIZE.
     launch = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    done = subprocess.run([*launch, str(SCRIPT), *map(str, argv), str(processes)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    extra = [str(steps)] + (["resume"] if resume else [])
+    done = subprocess.run([*launch, str(SCRIPT), *map(str, argv), str(processes), *extra], env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
 
@@ -56,6 +57,12 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
     base = _weights_from_model(tiny_model_dir)
     assert sum(not torch.equal(base[k], w1[k]) for k in w1 if k in base) > 0
     assert _rewards(tmp_path / "one") == pytest.approx(_rewards(tmp_path / "two"), abs=1e-5)
+    # two processes, stopped after step 2 and resumed: the same weights as the straight two-process run
+    _run("token", tiny_model_dir, tmp_path / "resumed", REWARD, processes=2, steps=2)
+    _run("token", tiny_model_dir, tmp_path / "resumed", REWARD, processes=2, steps=3, resume=True)
+    w3 = _weights(tmp_path / "resumed")
+    assert all(torch.equal(w2[k], w3[k]) for k in w2)
+    assert _rewards(tmp_path / "resumed") == _rewards(tmp_path / "two")
 
 
 def _weights_from_model(d):

@@ -182,7 +182,8 @@ class Trainer:
             self.monitor.load_state_dict(state["degeneration"])
         set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
         self.start_step = step
-        log.info("resumed %s from step %d", self.run_dir, step)
+        if self.is_main:
+            log.info("resumed %s from step %d", self.run_dir, step)
         return step
 
     def _save(self, step: int) -> None:

@@ -1,7 +1,8 @@
 """Train a tiny model for a few steps; run directly (1 process) or under torchrun (N processes).
 
-argv: SPACE (token|latent) MODEL_OR_LATENT_DIR OUT REWARD EXPECTED_PROCESSES. The script fails unless the
-trainer sees EXPECTED_PROCESSES processes, so a launcher that silently starts one process cannot pass.
+argv: SPACE (token|latent) MODEL_OR_LATENT_DIR OUT REWARD EXPECTED_PROCESSES [STEPS [resume]]. The script
+fails unless the trainer sees EXPECTED_PROCESSES processes, so a launcher that silently starts one process
+cannot pass. STEPS defaults to 3; "resume" continues OUT from its newest checkpoint (one is saved every step).
 """
 
 import sys
@@ -10,12 +11,14 @@ from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import Trainer
 
 space, path, out, reward, expected = sys.argv[1:6]
+steps = int(sys.argv[6]) if len(sys.argv) > 6 else 3
+resume = len(sys.argv) > 7 and sys.argv[7] == "resume"
 where = {"model": path} if space == "token" else {"latent": path}
-cfg = TrainConfig(space=space, **where, reward=reward, prompts="builtin:neutral", steps=3, batch_prompts=2,
+cfg = TrainConfig(space=space, **where, reward=reward, prompts="builtin:neutral", steps=steps, batch_prompts=2,
                   samples_per_prompt=4, max_new_tokens=6, lr=3e-3 if space == "token" else 1e-2, kl_coef=0.01,
-                  seed=0, out=out, device="cpu", progress=False, eval_prompts=0, save_every=100, log="none",
+                  seed=0, out=out, device="cpu", progress=False, eval_prompts=0, save_every=1, log="none",
                   algo="grpo")
 trainer = Trainer(cfg)
 if trainer.world != int(expected):
     sys.exit(f"expected {expected} processes, the trainer sees {trainer.world}")
-trainer.train()
+trainer.train(resume=resume)
