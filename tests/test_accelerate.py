@@ -23,10 +23,11 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer):
     return Path(save_tiny_model(smol_tokenizer, tmp_path_factory.mktemp("tiny-ddp"), seed=1))
 
 
-def _weights(d):
+def _tensors(path) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file."""
     from safetensors.torch import load_file
 
-    return load_file(str(Path(d) / "final" / "model.safetensors"))
+    return load_file(str(path))
 
 
 def _run(*argv, processes: int, steps: int = 3, resume: bool = False):
@@ -51,30 +52,18 @@ def _rewards(run_dir):
 def test_two_processes_match_one(tiny_model_dir, tmp_path):
     _run("token", tiny_model_dir, tmp_path / "one", REWARD, processes=1)
     _run("token", tiny_model_dir, tmp_path / "two", REWARD, processes=2)
-    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    w1, w2 = (_tensors(tmp_path / run / "final" / "model.safetensors") for run in ("one", "two"))
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
-    base = _weights_from_model(tiny_model_dir)
+    base = _tensors(Path(tiny_model_dir) / "model.safetensors")
     assert sum(not torch.equal(base[k], w1[k]) for k in w1 if k in base) > 0
     assert _rewards(tmp_path / "one") == pytest.approx(_rewards(tmp_path / "two"), abs=1e-5)
     # two processes, stopped after step 2 and resumed: the same weights as the straight two-process run
     _run("token", tiny_model_dir, tmp_path / "resumed", REWARD, processes=2, steps=2)
     _run("token", tiny_model_dir, tmp_path / "resumed", REWARD, processes=2, steps=3, resume=True)
-    w3 = _weights(tmp_path / "resumed")
+    w3 = _tensors(tmp_path / "resumed" / "final" / "model.safetensors")
     assert all(torch.equal(w2[k], w3[k]) for k in w2)
     assert _rewards(tmp_path / "resumed") == _rewards(tmp_path / "two")
-
-
-def _weights_from_model(d):
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(d) / "model.safetensors"))
-
-
-def _heads(latent_dir):
-    from safetensors.torch import load_file
-
-    return load_file(str(latent_dir / "heads.safetensors"))
 
 
 @pytest.mark.slow
@@ -82,8 +71,8 @@ def test_latent_two_processes_match_one(tiny_latent_dir, tmp_path):
     # one generator per prompt: the process that takes a prompt draws the actions one process would draw
     _run("latent", tiny_latent_dir, tmp_path / "one", REWARD, processes=1)
     _run("latent", tiny_latent_dir, tmp_path / "two", REWARD, processes=2)
-    h1, h2 = _heads(tmp_path / "one" / "final"), _heads(tmp_path / "two" / "final")
-    base = _heads(Path(tiny_latent_dir))
+    h1, h2 = (_tensors(tmp_path / run / "final" / "heads.safetensors") for run in ("one", "two"))
+    base = _tensors(Path(tiny_latent_dir) / "heads.safetensors")
     policy = [k for k in h1 if k.startswith("policy.")]
     for k in h1:
         torch.testing.assert_close(h1[k], h2[k], rtol=1e-4, atol=1e-5)
