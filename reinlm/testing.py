@@ -10,7 +10,7 @@ import torch
 
 
 def tiny_causal_lm(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0,
-                   max_positions: int = 512):
+                   max_positions: int = 512, kv_heads: int | None = None):
     """A randomly initialised ``LlamaForCausalLM`` whose vocabulary matches ``tokenizer``.
 
     Args:
@@ -18,7 +18,8 @@ def tiny_causal_lm(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4,
             BOS/EOS/pad ids are copied into the config.
         hidden: hidden size H (must be divisible by ``heads``); intermediate size is 2H.
         layers: number of decoder blocks.
-        heads: attention heads (and key/value heads).
+        heads: attention heads.
+        kv_heads: key/value heads (grouped-query attention; default: ``heads``).
         seed: torch seed for the weight initialisation (same seed, same weights).
         max_positions: context length of the model.
 
@@ -31,7 +32,7 @@ def tiny_causal_lm(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
+        num_attention_heads=heads, num_key_value_heads=kv_heads or heads, max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
         tie_word_embeddings=False,
     )

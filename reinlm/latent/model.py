@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reinlm.errors import ReinlmError
-from reinlm.latent.config import ActionSampling, LatentConfig
-from reinlm.latent.modules import (CausalStack, WorldModel, attention_mask_4d, idm_step_logits,
+from reinlm.latent.config import ActionSampling, LatentConfig, resolve_for_backbone
+from reinlm.latent.modules import (CausalStack, RotaryEmbedding, StackCache, WorldModel, idm_step_logits,
                                    sample_categorical)
 from reinlm.rollout.token import draw_uniforms
 from reinlm.utils import atomic_dir, write_json
@@ -79,6 +78,32 @@ def _cache_kwarg(base) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def backbone_rotary(backbone, head_dim: int) -> RotaryEmbedding:
+    """The backbone's rotary embedding (inverse frequencies and scaling, e.g. Llama 3.1's ``llama3`` scaling)
+    for heads of size ``head_dim``; the plain RoPE formula with the backbone's theta when the sizes differ."""
+    rot = getattr(backbone.base_model, "rotary_emb", None)
+    inv = getattr(rot, "original_inv_freq", None)
+    inv = inv if inv is not None else getattr(rot, "inv_freq", None)
+    if inv is not None and 2 * inv.numel() == head_dim:
+        return RotaryEmbedding(inv, getattr(rot, "attention_scaling", 1.0))
+    cfg = getattr(backbone.config, "text_config", None) or backbone.config
+    params = getattr(cfg, "rope_parameters", None) or {}
+    theta = float(params.get("rope_theta") or getattr(cfg, "rope_theta", None) or 10000.0)
+    return RotaryEmbedding(1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+
+
+def backbone_final_norm(backbone) -> nn.Module:
+    """The backbone's final norm ``ln_f`` (what its LM head reads after), for the cola world-model read-out."""
+    base = backbone.base_model
+    for name in ("norm", "final_layernorm", "ln_f", "final_layer_norm"):
+        mod = getattr(base, name, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise ReinlmError(f"latent: wm_output 'cola' needs the backbone's final norm, but {type(base).__name__} has "
+                      f"none of the attributes norm, final_layernorm, ln_f, final_layer_norm; allowed: "
+                      f"--wm-output state.")
+
+
 class LatentActionModel(nn.Module):
     """Heads over a frozen backbone. Only ``idm``, ``policy`` and ``world_model`` hold trainable weights."""
 
@@ -92,14 +117,20 @@ class LatentActionModel(nn.Module):
                 f"latent model: its heads were built for a backbone with hidden size {config.hidden_size} and "
                 f"vocabulary {config.vocab_size}, but the backbone {config.backbone!r} has hidden size {H} and "
                 f"vocabulary {V}; load it with the backbone it was pretrained on (config.json 'backbone').")
+        resolve_for_backbone(config, backbone.config)
         self.config = config
         self.backbone = backbone.eval()
         self.backbone.requires_grad_(False)
         self.tokenizer = tokenizer
         c = config
-        self.idm = CausalStack(H, c.d_model, c.n_heads, c.idm_layers, c.num_actions)
-        self.policy = CausalStack(H, c.d_model, c.n_heads, c.policy_layers, c.num_actions)
-        self.world_model = WorldModel(H, c.num_actions, c.wm_layers, c.wm_ffn)
+        rotary = backbone_rotary(backbone, c.head_dim or c.d_model // c.n_heads) if c.rope else None
+        stack = dict(n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, ffn=c.mlp_ffn, eps=c.norm_eps,
+                     input_proj=c.input_proj, bias=c.head_bias, rotary=rotary)
+        self.idm = CausalStack(H, c.d_model, c.n_heads, c.idm_layers, c.num_actions, **stack)
+        self.policy = CausalStack(H, c.d_model, c.n_heads, c.policy_layers, c.num_actions, **stack)
+        self.world_model = WorldModel(H, c.num_actions, c.wm_layers, c.wm_ffn, norm=c.wm_norm, eps=c.norm_eps,
+                                      readout=c.wm_output,
+                                      final_norm=backbone_final_norm(backbone) if c.wm_output == "cola" else None)
         self.heads_to(next(backbone.parameters()).device)
         self.action_sampling = ActionSampling()
         self.reset_action_info()
@@ -117,9 +148,16 @@ class LatentActionModel(nn.Module):
             torch.manual_seed(seed)
             return cls(LatentConfig(backbone=str(backbone), **config_fields), model, tok)
 
-    def heads_to(self, device) -> "LatentActionModel":
+    def heads_to(self, device, dtype: str | torch.dtype | None = None) -> "LatentActionModel":
+        """Move the heads to ``device`` and cast their weights to ``dtype`` (default: ``config.heads_dtype``).
+
+        Only parameters are cast: the rotary inverse frequencies stay float32."""
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        dtype = dtype or getattr(torch, self.config.heads_dtype)
         for m in (self.idm, self.policy, self.world_model):
-            m.to(device=device, dtype=torch.float32)
+            m.to(device=device)
+            for p in m.parameters():
+                p.data = p.data.to(dtype)
         return self
 
     @property
@@ -149,9 +187,11 @@ class LatentActionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str = "cpu", dtype: str = "float32",
-                        backbone=None, num_actions: int | None = None) -> "LatentActionModel":
+                        backbone=None, num_actions: int | None = None,
+                        heads_dtype: str | None = None) -> "LatentActionModel":
         """Load a latent model directory; ``backbone`` = ``(model, tokenizer)`` to reuse a loaded backbone.
 
+        ``dtype``: the backbone's; ``heads_dtype``: the heads' (default: ``config.json``'s ``heads_dtype``).
         ``num_actions``, when given, must equal the checkpoint's K. Raises :class:`ReinlmError` on a missing
         directory, a backbone of another hidden size or vocabulary, or a K mismatch.
         """
@@ -166,9 +206,10 @@ class LatentActionModel(nn.Module):
         if raw.get("model_type") != "reinlm-latent":
             raise ReinlmError(f"latent: {str(cfg_path)!r} has model_type {raw.get('model_type')!r}; allowed: "
                               f"'reinlm-latent' (a directory written by `reinlm latent pretrain`).")
-        preset = raw.get("preset", "custom")
-        config = LatentConfig.from_dict({**raw, "preset": "custom"})
-        config.preset = preset
+        config = LatentConfig.from_dict(raw)  # saved fields are explicit; older directories lack the new
+        # architecture fields, which then take their preset's (cpu / large) values: the architecture they had
+        if heads_dtype is not None:
+            config.heads_dtype = heads_dtype
         state = load_file(str(heads_path))
         k_ckpt = state["world_model.codebook.weight"].shape[1]
         if config.num_actions != k_ckpt or (num_actions is not None and num_actions != k_ckpt):
@@ -180,6 +221,7 @@ class LatentActionModel(nn.Module):
 
             backbone = load_causal_lm(config.backbone, device=device, dtype=dtype)
         model = cls(config, backbone[0], backbone[1])
+        state = {k: v.to(getattr(torch, config.heads_dtype)) for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
@@ -351,13 +393,13 @@ class LatentActionModel(nn.Module):
         h0, past = self.backbone_hidden(input_ids, mask0, position_ids=pos0, use_cache=True)  # (N, P, H)
         pol_cache = pol_logits = None
         if use_policy and R_max:
-            pol_cache, pol_logits = self._policy_prefill(h0, mask0, P + R_max)  # caches, (N, K)
+            pol_cache, pol_logits = self.policy_prefill(h0, mask0, P + R_max)  # cache, (N, K)
         if G > 1:
             past.batch_repeat_interleave(G)
             h0 = h0.repeat_interleave(G, 0)
             input_ids, mask0, pos0 = (t.repeat_interleave(G, 0) for t in (input_ids, mask0, pos0))
             if pol_cache is not None:
-                pol_cache = [(k.repeat_interleave(G, 0), v.repeat_interleave(G, 0)) for k, v in pol_cache]
+                pol_cache = pol_cache.repeat(G)
                 pol_logits = pol_logits.repeat_interleave(G, 0)
         Hd = h0.shape[-1]
         hidden = h0.new_zeros(B, P + max(R_max - 1, 0), Hd)  # (B, P+R_max-1, H); sliced to P+R-1 at the end
@@ -419,9 +461,9 @@ class LatentActionModel(nn.Module):
                 past.batch_select_indices(keep)
                 active, attn, next_pos, h_new = active[keep], attn[keep], next_pos[keep], h_new[keep]
                 if pol_cache is not None:
-                    pol_cache = [(k[keep], v[keep]) for k, v in pol_cache]
+                    pol_cache = pol_cache.select(keep)
             if pol_cache is not None:
-                pol_logits = self._policy_step(h_new, attn[:, : P + step + 1], pol_cache, P + step)
+                pol_logits = self.policy_step(h_new, attn[:, : P + step + 1], pol_cache, P + step)
             h_last = h_new
             next_pos = next_pos + 1
         actions, logps, probs = actions[:, :R], logps[:, :R], probs[:, :R]
@@ -439,45 +481,13 @@ class LatentActionModel(nn.Module):
         pol = self.policy
         return getattr(pol, "module", pol)  # unwrap DDP
 
-    def _policy_prefill(self, h: torch.Tensor, mask: torch.Tensor, capacity: int):
-        """Run the policy over the prompt states h (N, P, H), keeping each block's keys/values in buffers of
-        ``capacity`` positions: -> ([(k, v) (N, nh, capacity, hs)] per block, logits of the last position (N, K)).
-        Same arithmetic as ``CausalStack.forward`` (which the RL update uses to recompute the log-probs)."""
-        pol = self._policy_module()
-        N, P, _ = h.shape
-        attn = attention_mask_4d(mask, N, P, h.device)  # (N, 1, P, P)
-        x = pol.inp(h)  # (N, P, D)
-        D = x.shape[-1]
-        caches = []
-        for blk in pol.blocks:
-            nh = blk.n_heads
-            q, k, v = blk.qkv(blk.norm1(x)).split(D, dim=-1)
-            q, k, v = (t.view(N, P, nh, D // nh).transpose(1, 2) for t in (q, k, v))  # (N, nh, P, hs)
-            kb = k.new_zeros(N, nh, capacity, D // nh)
-            vb = torch.zeros_like(kb)
-            kb[:, :, :P], vb[:, :, :P] = k, v
-            caches.append((kb, vb))
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn)
-            x = x + blk.proj(y.transpose(1, 2).reshape(N, P, D))
-            x = x + blk.mlp(blk.norm2(x))
-        return caches, pol.out(pol.norm(x[:, -1]))  # (N, K)
+    def policy_prefill(self, h: torch.Tensor, mask: torch.Tensor | None, capacity: int
+                       ) -> tuple[StackCache, torch.Tensor]:
+        """Policy over the prompt states h (N, P, H) keeping its keys/values for ``capacity`` positions:
+        -> (cache, logits of the last position (N, K)). See :meth:`CausalStack.prefill`."""
+        return self._policy_module().prefill(h, mask, capacity)
 
-    def _policy_step(self, h: torch.Tensor, key_mask: torch.Tensor, caches, t: int) -> torch.Tensor:
-        """One new position t per row: h (b, 1, H), key_mask (b, t+1) -> logits (b, K); writes position t
-        of the block caches. The query sees the unmasked keys <= t and itself (as ``attention_mask_4d``)."""
-        pol = self._policy_module()
-        b = h.shape[0]
-        attn = key_mask.bool().clone()
-        attn[:, t] = True
-        attn = attn[:, None, None, :]  # (b, 1, 1, t+1)
-        x = pol.inp(h)  # (b, 1, D)
-        D = x.shape[-1]
-        for blk, (kb, vb) in zip(pol.blocks, caches):
-            nh = blk.n_heads
-            q, k, v = blk.qkv(blk.norm1(x)).split(D, dim=-1)
-            q, k, v = (z.view(b, 1, nh, D // nh).transpose(1, 2) for z in (q, k, v))  # (b, nh, 1, hs)
-            kb[:, :, t: t + 1], vb[:, :, t: t + 1] = k, v
-            y = F.scaled_dot_product_attention(q, kb[:, :, : t + 1], vb[:, :, : t + 1], attn_mask=attn)
-            x = x + blk.proj(y.transpose(1, 2).reshape(b, 1, D))
-            x = x + blk.mlp(blk.norm2(x))
-        return pol.out(pol.norm(x[:, 0]))  # (b, K)
+    def policy_step(self, h: torch.Tensor, key_mask: torch.Tensor, cache: StackCache, t: int) -> torch.Tensor:
+        """One new position t per row: h (b, 1, H), key_mask (b, t+1) -> logits (b, K); writes position t of
+        ``cache``. See :meth:`CausalStack.step`."""
+        return self._policy_module().step(h, key_mask, cache, t)
