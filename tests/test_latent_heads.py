@@ -159,3 +159,16 @@ def test_directory_written_before_the_architecture_fields_loads_unchanged(smol_t
         torch.testing.assert_close(lam.policy_logits_from_hidden(h, mask), exp["policy_logits"], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(lam.idm_logits_from_hidden(h, mask), exp["idm_logits"], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(lam.world_model_state_from_hidden(h, a), exp["wm_state"], atol=1e-6, rtol=1e-6)
+
+
+def test_backbone_kept_inside_the_directory_loads_by_a_relative_path(gqa_lm, tmp_path, monkeypatch):
+    lam = _cola(gqa_lm)
+    lam.config.backbone = "./backbone"
+    lam.save_pretrained(tmp_path / "lam")
+    gqa_lm[0].save_pretrained(tmp_path / "lam" / "backbone")
+    gqa_lm[1].save_pretrained(tmp_path / "lam" / "backbone")
+    shutil.move(tmp_path / "lam", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    back = LatentActionModel.from_pretrained(tmp_path / "moved")
+    h = torch.randn(1, 4, 64)
+    torch.testing.assert_close(back.policy_logits_from_hidden(h), lam.policy_logits_from_hidden(h))

@@ -219,7 +219,9 @@ class LatentActionModel(nn.Module):
         if backbone is None:
             from reinlm.hub import load_causal_lm
 
-            backbone = load_causal_lm(config.backbone, device=device, dtype=dtype)
+            local = model_dir / config.backbone  # a backbone kept inside the directory ("./backbone")
+            where = str(local) if config.backbone.startswith(".") and local.is_dir() else config.backbone
+            backbone = load_causal_lm(where, device=device, dtype=dtype)
         model = cls(config, backbone[0], backbone[1])
         state = {k: v.to(getattr(torch, config.heads_dtype)) for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)

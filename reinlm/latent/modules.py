@@ -168,6 +168,8 @@ class StackCache:
         """Row i -> rows i*G .. i*G+G-1."""
         return StackCache([t.repeat_interleave(G, 0) for t in self.k], [t.repeat_interleave(G, 0) for t in self.v])
 
+    repeat_interleave = repeat  # the name transformers' caches use (``batch_repeat_interleave``)
+
     @property
     def batch_size(self) -> int:
         return self.k[0].shape[0] if self.k else 0
