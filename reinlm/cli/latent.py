@@ -27,6 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         description="Example: reinlm latent qd --latent runs/latent --num-prefixes 16 --samples 8")
     add_dataclass_args(qd, QDConfig)
     qd.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    from reinlm.cli.latent_post import add_post_parsers
+
+    add_post_parsers(sub)
     p.set_defaults(_latent_parser=p)
     return p
 
@@ -50,5 +53,9 @@ def run(args: argparse.Namespace) -> int:
         result = run_qd(build_config(QDConfig, args))
         print(json.dumps(result, indent=2) if args.json else format_table(result))
         return 0
+    from reinlm.cli.latent_post import run_post
+
+    if args.latent_command in ("finetune", "train-q"):
+        return run_post(args)
     args._latent_parser.print_help()
     return 2

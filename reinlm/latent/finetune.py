@@ -1,0 +1,423 @@
+"""Action-guided fine-tuning of a latent-action model on a task corpus (CoLA, "FTA").
+
+The CoLA paper adapts a pretrained latent-action model to a task corpus in two ways
+(LAMDA-RL/CoLA, ``postrain/``; docs/latent.md "Action-guided fine-tuning"):
+
+- **FTA-I**: each step's action is the frozen inverse dynamics model's argmax (the action that "explains"
+  the next token of the task text); the language model is trained to predict the task text under those
+  actions;
+- **FTA-P**: each step's action is sampled from the frozen (pre-fine-tuning) policy instead.
+
+Then the policy is re-cloned: behaviour cloning of the IDM's argmax actions on the same task text.
+
+Which weights stage 1 trains is chosen by ``train`` (the IDM is never trained: it labels the actions):
+
+=============  ==============================================  ===========================================
+``train``      stage 1 trains                                  output directory
+=============  ==============================================  ===========================================
+world_model    the world model (codebook + merge blocks)       shares the backbone named in config.json
+backbone       every backbone weight (CoLA's choice)           carries its own backbone in ``OUT/backbone``
+both           both of the above                               carries its own backbone
+=============  ==============================================  ===========================================
+
+Stage 2 trains only the policy. With ``world_model`` the backbone's states never change, so they are
+computed once and kept in memory. Loss of stage 1 (per task token, full vocabulary):
+``-log p_WM(x_{t+1} | h_t, a_t)``; stage 2: ``-log pi(a*_t | x_<=t)`` with ``a*_t`` the IDM's argmax on the
+current states. Legend: B = documents per batch, L = document length (tokens), H = hidden size,
+K = actions, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from reinlm.config import check_choice, check_range, config_to_dict, opt
+from reinlm.errors import ReinlmError
+from reinlm.utils import append_jsonl, atomic_dir, seed_everything, write_json
+
+log = logging.getLogger(__name__)
+
+MODES = ("fta-i", "fta-p")
+PARTS = ("world_model", "backbone", "both")
+
+
+@dataclass
+class FinetuneConfig:
+    """Every ``reinlm latent finetune`` flag."""
+
+    latent: str = opt("", help="latent model directory to fine-tune (from `reinlm latent pretrain`)")
+    data: str = opt("", help="task corpus: a .jsonl file (one document per line, column --text-column) or a "
+                             "text file with one document per non-empty line")
+    out: str = opt("runs/latent-fta", help="output latent model directory (+ finetune.json, metrics.jsonl)")
+    mode: Literal["fta-i", "fta-p"] = opt("fta-i", help="actions of stage 1: fta-i = the frozen IDM's argmax, "
+                                                         "fta-p = sampled from the frozen policy")
+    train: Literal["world_model", "backbone", "both"] = opt(
+        "world_model", help="what stage 1 trains: world_model (frozen backbone, the output shares it), backbone "
+                            "(CoLA's choice; the output carries its own backbone) or both")
+    text_column: str = opt("text", help="text column of a .jsonl corpus")
+    held_out_fraction: float = opt(0.1, help="share of the documents held out for the before/after figures")
+    max_len: int = opt(128, help="documents are cut to this many tokens")
+    epochs: float = opt(3.0, help="passes over the training documents in stage 1 (the language model)")
+    bc_epochs: float = opt(3.0, help="passes in stage 2 (re-cloning the policy to the IDM's actions; 0 = skip)")
+    batch_size: int = opt(16, help="documents per optimisation step")
+    lr: float = opt(1e-4, help="AdamW learning rate of the world model and the policy (cosine decay)")
+    backbone_lr: float = opt(1e-5, help="AdamW learning rate of the backbone (train backbone / both)")
+    weight_decay: float = opt(0.0, help="AdamW weight decay")
+    policy_tau: float = opt(1.0, help="fta-p: temperature of the frozen policy's action samples")
+    seed: int = opt(0, help="random seed (held-out split, batch order, fta-p action samples)")
+    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
+    threads: int = opt(0, help="torch CPU threads (0 = leave as is)")
+    progress: bool = opt(True, help="show progress bars")
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, MODES)
+        check_choice("train", self.train, PARTS)
+        check_range("held_out_fraction", self.held_out_fraction, 0.0, 0.5, lo_open=True)
+        check_range("max_len", self.max_len, 2)
+        check_range("epochs", self.epochs, 0.0)
+        check_range("bc_epochs", self.bc_epochs, 0.0)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("lr", self.lr, 0.0, lo_open=True)
+        check_range("backbone_lr", self.backbone_lr, 0.0, lo_open=True)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        check_range("policy_tau", self.policy_tau, 0.0, lo_open=True)
+        check_range("threads", self.threads, 0)
+
+    @property
+    def trains_backbone(self) -> bool:
+        return self.train in ("backbone", "both")
+
+    @property
+    def trains_world_model(self) -> bool:
+        return self.train in ("world_model", "both")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def read_documents(path: str, text_column: str = "text") -> list[str]:
+    """The documents of a task corpus: a .jsonl file (column ``text_column``) or one per non-empty line."""
+    from reinlm.utils import read_jsonl_objects
+
+    p = Path(path)
+    if not p.is_file():
+        raise ReinlmError(f"data: {path!r} is not a file; allowed: a .jsonl file with a {text_column!r} column, or a "
+                          "text file with one document per line.")
+    if p.suffix == ".jsonl":
+        docs = []
+        for lineno, row in read_jsonl_objects(p, "data", f"one JSON object per line with a {text_column!r} field"):
+            if not isinstance(row.get(text_column), str):
+                raise ReinlmError(f"data: {path!r} line {lineno} has no text field {text_column!r} (fields: "
+                                  f"{', '.join(row) or 'none'}); pass --text-column.")
+            docs.append(row[text_column])
+    else:
+        try:
+            docs = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ReinlmError(f"data: {path!r} is not UTF-8 text (byte {e.start}); allowed: a UTF-8 text or "
+                              ".jsonl file.") from e
+    docs = [d for d in docs if d.strip()]
+    if len(docs) < 2:
+        raise ReinlmError(f"data: {path!r} holds {len(docs)} document(s); allowed: at least 2 (some are held out).")
+    return docs
+
+
+@dataclass
+class TaskTokens:
+    """Tokenised documents, right-padded: ids (N, L) long, mask (N, L) long."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def rows(self, idx) -> "TaskTokens":
+        return TaskTokens(self.ids[idx], self.mask[idx])
+
+
+def tokenize_documents(tokenizer, docs: list[str], max_len: int) -> TaskTokens:
+    """Documents -> :class:`TaskTokens` (cut to ``max_len`` tokens; documents under 2 tokens are dropped)."""
+    enc = [tokenizer(d, add_special_tokens=False)["input_ids"][:max_len] for d in docs]
+    enc = [e for e in enc if len(e) >= 2]
+    if len(enc) < 2:
+        raise ReinlmError("data: fewer than 2 documents have at least 2 tokens; give longer documents.")
+    L = max(len(e) for e in enc)
+    ids = torch.zeros(len(enc), L, dtype=torch.long)
+    mask = torch.zeros(len(enc), L, dtype=torch.long)
+    for i, e in enumerate(enc):
+        ids[i, : len(e)] = torch.tensor(e)
+        mask[i, : len(e)] = 1
+    return TaskTokens(ids, mask)
+
+
+def split_documents(n: int, held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, held-out) document indices; at least one of each."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = min(n - 1, max(1, int(round(held_out_fraction * n))))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+def hidden_states(lam, ids: torch.Tensor, mask: torch.Tensor, grad: bool) -> torch.Tensor:
+    """The backbone's final normalised states h (B, L, H) float32; with ``grad`` the graph is kept."""
+    if not grad:
+        return lam.backbone_hidden(ids, mask)[0]
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = lam.backbone.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    return out.last_hidden_state.float()
+
+
+def step_actions(lam, h: torch.Tensor, mask: torch.Tensor, mode: str, frozen_policy=None, tau: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The action of each step t = 0..L-2 (B, L-1): the IDM's argmax (fta-i) or a sample of ``frozen_policy``
+    at temperature ``tau`` (fta-p). No gradient flows into the actions."""
+    with torch.no_grad():
+        h = h.detach()
+        if mode == "fta-i":
+            return lam.idm_logits_from_hidden(h, mask).argmax(-1)  # (B, L-1)
+        logits = frozen_policy(h, mask)[:, :-1].float() / tau  # (B, L-1, K) step t from x_<=t
+        B, T, K = logits.shape
+        u = torch.rand(B * T, 1, generator=generator, device=logits.device)
+        cdf = logits.softmax(-1).reshape(B * T, K).cumsum(-1)
+        return torch.searchsorted(cdf, u).clamp(max=K - 1).view(B, T)
+
+
+def lm_loss(lam, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of the world model under ``actions`` (B, L-1): full vocabulary."""
+    valid = (mask[:, :-1] * mask[:, 1:]).bool()  # (B, L-1)
+    logits = lam.world_model_logits_from_hidden(h[:, :-1], actions)  # (B, L-1, V)
+    return F.cross_entropy(logits[valid], ids[:, 1:][valid])
+
+
+def bc_loss(lam, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Behaviour cloning: policy cross-entropy against the IDM's argmax of each step; (loss, top-1 accuracy)."""
+    valid = (mask[:, :-1] * mask[:, 1:]).bool()
+    with torch.no_grad():
+        target = lam.idm_logits_from_hidden(h, mask).argmax(-1)[valid]
+    logits = lam.policy_logits_from_hidden(h, mask)[:, :-1][valid]  # (N, K)
+    return F.cross_entropy(logits, target), float((logits.argmax(-1) == target).float().mean())
+
+
+@torch.no_grad()
+def evaluate_task(lam, data: TaskTokens, batch_size: int = 16, seed: int = 0, tau: float = 1.0) -> dict[str, float]:
+    """Task figures on ``data`` (full vocabulary, per token): backbone NLL, world-model NLL under the IDM's argmax
+    actions and under actions sampled from the policy (temperature ``tau``), BC top-1/top-5 accuracy of the
+    policy against the IDM's argmax, codes used."""
+    g = torch.Generator().manual_seed(seed)
+    s = {"nll_backbone": 0.0, "nll_world_model_idm": 0.0, "nll_world_model_policy": 0.0, "top1": 0.0, "top5": 0.0}
+    codes: set[int] = set()
+    n = 0
+    dev = lam.device
+    for i in range(0, len(data), batch_size):
+        ids, mask = data.ids[i:i + batch_size].to(dev), data.mask[i:i + batch_size].to(dev)
+        h = hidden_states(lam, ids, mask, grad=False)
+        valid = (mask[:, :-1] * mask[:, 1:]).bool()
+        target = ids[:, 1:][valid]
+        idm = lam.idm_logits_from_hidden(h, mask).argmax(-1)  # (B, L-1)
+        s["nll_backbone"] += F.cross_entropy(lam.token_logits(h[:, :-1][valid]), target, reduction="sum").item()
+        wm = lam.world_model_logits_from_hidden(h[:, :-1], idm)[valid]
+        s["nll_world_model_idm"] += F.cross_entropy(wm, target, reduction="sum").item()
+        pl = lam.policy_logits_from_hidden(h, mask)[:, :-1]  # (B, L-1, K)
+        tgt = idm[valid]
+        s["top1"] += (pl[valid].argmax(-1) == tgt).sum().item()
+        s["top5"] += (pl[valid].topk(min(5, pl.shape[-1]), -1).indices == tgt[:, None]).any(-1).sum().item()
+        a = torch.multinomial((pl.float() / tau).softmax(-1).flatten(0, 1), 1, generator=g).view(pl.shape[:2])
+        wp = lam.world_model_logits_from_hidden(h[:, :-1], a)[valid]
+        s["nll_world_model_policy"] += F.cross_entropy(wp, target, reduction="sum").item()
+        codes.update(tgt.unique().tolist())
+        n += int(valid.sum())
+    return {"tokens": n, "nll_backbone": s["nll_backbone"] / n, "nll_world_model_idm": s["nll_world_model_idm"] / n,
+            "nll_world_model_policy": s["nll_world_model_policy"] / n, "bc_top1_accuracy": s["top1"] / n,
+            "bc_top5_accuracy": s["top5"] / n, "codes_used": len(codes)}
+
+
+def _cosine(total: int):
+    return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / max(total, 1)))
+
+
+def _run_stage(name: str, params: list[torch.nn.Parameter] | list[dict], n_docs: int, epochs: float,
+               cfg: FinetuneConfig, step_fn, metrics_path: Path, lr: float, salt: int) -> int:
+    """``epochs`` passes of AdamW over shuffled document batches; ``step_fn(idx) -> (loss, stats)``."""
+    total = int(math.ceil(epochs * n_docs / cfg.batch_size))
+    if total == 0:
+        return 0
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    opt_ = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_, _cosine(total))
+    rng = np.random.default_rng([cfg.seed, salt])
+    order = np.concatenate([rng.permutation(n_docs) for _ in range(int(math.ceil(epochs)) + 1)])
+    all_params = [p for g in groups for p in g["params"]]
+    bar = tqdm(total=total, desc=name, unit="step", disable=not cfg.progress)
+    for s in range(total):
+        idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        loss, stats = step_fn(idx)
+        opt_.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(all_params, 1.0)
+        opt_.step()
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        append_jsonl(metrics_path, {"stage": name, "step": s, **stats})
+    bar.close()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+def finetune(cfg: FinetuneConfig, lam=None) -> Path:
+    """Fine-tune ``cfg.latent`` on ``cfg.data`` (stage 1 per ``cfg.mode`` / ``cfg.train``, then re-clone the policy)
+    and write a latent model directory to ``cfg.out``; returns it. ``lam``: an already loaded model to use."""
+    from reinlm.latent.model import LatentActionModel
+
+    if not cfg.latent:
+        raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
+    if not cfg.data:
+        raise ReinlmError("data: got no file; pass --data FILE (a .jsonl or one-document-per-line text file).")
+    docs = read_documents(cfg.data, cfg.text_column)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    lam = lam or LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
+    if lam.tokenizer is None:
+        raise ReinlmError(f"latent: the backbone of {cfg.latent!r} has no tokenizer.")
+    data = tokenize_documents(lam.tokenizer, docs, cfg.max_len)
+    train_idx, held_idx = split_documents(len(data), cfg.held_out_fraction, cfg.seed)
+    train, held = data.rows(train_idx), data.rows(held_idx)
+    out = Path(cfg.out)
+    work = out.with_name(f".{out.name}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    metrics_path = work / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    t0 = time.time()
+    lam.eval()
+    before = {"held_out": evaluate_task(lam, held, seed=cfg.seed), "train": evaluate_task(lam, train, seed=cfg.seed)}
+    log.info("before: held-out NLL(WM, IDM actions) %.3f, BC top-1 %.3f",
+             before["held_out"]["nll_world_model_idm"], before["held_out"]["bc_top1_accuracy"])
+
+    frozen_policy = lam.frozen_policy_copy() if cfg.mode == "fta-p" else None
+    gen = torch.Generator(device=lam.device).manual_seed(cfg.seed)
+    dev = lam.device
+    # ---- stage 1: the language model under the mode's actions
+    lam.requires_grad_(False)
+    groups = []
+    if cfg.trains_world_model:
+        lam.world_model.requires_grad_(True)
+        groups.append({"params": list(lam.world_model.parameters()), "lr": cfg.lr})
+    if cfg.trains_backbone:
+        lam.backbone.requires_grad_(True)
+        groups.append({"params": list(lam.backbone.parameters()), "lr": cfg.backbone_lr})
+    cached_h = None
+    if not cfg.trains_backbone:  # the states never change: compute them once
+        cached_h = torch.cat([hidden_states(lam, train.ids[i:i + cfg.batch_size].to(dev),
+                                            train.mask[i:i + cfg.batch_size].to(dev), grad=False)
+                              for i in range(0, len(train), cfg.batch_size)])  # (N, L, H)
+
+    def states(idx, grad: bool):
+        ids, mask = train.ids[idx].to(dev), train.mask[idx].to(dev)
+        if cached_h is not None:
+            h = cached_h[idx]
+            L = int(mask.sum(-1).max())
+            return h[:, :L], ids[:, :L], mask[:, :L]
+        L = int(mask.sum(-1).max())
+        ids, mask = ids[:, :L], mask[:, :L]
+        return hidden_states(lam, ids, mask, grad=grad), ids, mask
+
+    def stage1_step(idx):
+        h, ids, mask = states(idx, grad=cfg.trains_backbone)
+        a = step_actions(lam, h, mask, cfg.mode, frozen_policy, cfg.policy_tau, gen)
+        loss = lm_loss(lam, h, ids, mask, a)
+        return loss, {"loss/lm": loss.item()}
+
+    s1 = _run_stage("stage 1: language model", groups, len(train), cfg.epochs, cfg, stage1_step, metrics_path,
+                    cfg.lr, salt=1)
+    lam.requires_grad_(False)
+    lam.eval()
+    # ---- stage 2: re-clone the policy to the IDM's actions on the (possibly new) states
+    lam.policy.requires_grad_(True)
+    lam.policy.train()
+    if cfg.trains_backbone:
+        cached_h = None
+
+    def stage2_step(idx):
+        h, _, mask = states(idx, grad=False)
+        loss, acc = bc_loss(lam, h, mask)
+        return loss, {"loss/bc": loss.item(), "bc/top1_batch": acc}
+
+    s2 = _run_stage("stage 2: re-clone the policy", list(lam.policy.parameters()), len(train), cfg.bc_epochs, cfg,
+                    stage2_step, metrics_path, cfg.lr, salt=2)
+    lam.policy.requires_grad_(False)
+    lam.eval()
+    after = {"held_out": evaluate_task(lam, held, seed=cfg.seed), "train": evaluate_task(lam, train, seed=cfg.seed)}
+    result = {
+        "mode": cfg.mode, "train": cfg.train, "documents": {"train": len(train), "held_out": len(held)},
+        "steps": {"stage1": s1, "stage2": s2}, "before": before, "after": after,
+        "trained": trained_parts(cfg), "seconds": round(time.time() - t0, 1),
+    }
+    save_finetuned(lam, cfg, out, result, metrics_path)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def trained_parts(cfg: FinetuneConfig) -> list[str]:
+    """Names of the parts the run trains (prefixes of ``LatentActionModel.named_parameters``)."""
+    parts = []
+    if cfg.epochs > 0:
+        parts += ["world_model"] if cfg.train == "world_model" else (["backbone"] if cfg.train == "backbone"
+                                                                      else ["world_model", "backbone"])
+    if cfg.bc_epochs > 0:
+        parts.append("policy")
+    return parts
+
+
+def save_finetuned(lam, cfg: FinetuneConfig, out: Path, result: dict, metrics_path: Path) -> None:
+    """Write the latent model directory atomically: config.json, heads.safetensors, finetune.json, metrics.jsonl,
+    finetune_config.json, and ``backbone/`` (model + tokenizer) when the backbone was trained."""
+    from reinlm.latent.model import CONFIG_FILE, HEADS_FILE
+
+    with atomic_dir(out) as tmp:
+        if cfg.trains_backbone and cfg.epochs > 0:
+            lam.backbone.save_pretrained(tmp / "backbone")
+            lam.tokenizer.save_pretrained(tmp / "backbone")
+            # absolute until from_pretrained resolves relative paths against the model directory
+            lam.config.backbone = str((out / "backbone").resolve())
+        heads = tmp / ".heads"
+        lam.save_pretrained(heads)
+        for name in (CONFIG_FILE, HEADS_FILE):
+            (heads / name).replace(tmp / name)
+        shutil.rmtree(heads, ignore_errors=True)
+        write_json(tmp / "finetune.json", result)
+        write_json(tmp / "finetune_config.json", config_to_dict(cfg))
+        if metrics_path.is_file():
+            shutil.move(str(metrics_path), tmp / "metrics.jsonl")
+
+
+def format_result(result: dict) -> str:
+    """The before/after table of ``finetune.json``."""
+    rows = [("NLL world model, IDM actions", "nll_world_model_idm"), ("NLL world model, policy actions",
+            "nll_world_model_policy"), ("NLL backbone", "nll_backbone"), ("BC top-1 accuracy", "bc_top1_accuracy"),
+            ("BC top-5 accuracy", "bc_top5_accuracy")]
+    lines = [f"mode {result['mode']}, trained: {', '.join(result['trained']) or 'nothing'}; documents: "
+             f"{result['documents']['train']} train, {result['documents']['held_out']} held out",
+             f"{'held-out figure':34s} {'before':>8s} {'after':>8s}"]
+    b, a = result["before"]["held_out"], result["after"]["held_out"]
+    for label, key in rows:
+        lines.append(f"{label:34s} {b[key]:8.3f} {a[key]:8.3f}")
+    return "\n".join(lines)
+
+
+def load_result(out: str | Path) -> dict:
+    return json.loads((Path(out) / "finetune.json").read_text())

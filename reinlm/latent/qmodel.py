@@ -1,0 +1,467 @@
+"""A Q-model over latent actions, trained offline by double DQN on scored rollouts (CoLA's search critic).
+
+CoLA (LAMDA-RL/CoLA, ``postrain/``) trains a Q-network that reads the text so far and outputs one value per
+latent action; its Monte-Carlo tree search (:mod:`reinlm.latent.search`) extends a node greedily while the
+Q-model's temporal-difference error stays small. Here the Q-network is a small causal stack over the frozen
+backbone's states h (the same shape as the policy, and by default initialised from it), so it costs a few
+small blocks per step and never re-runs the backbone.
+
+A rollout of R steps: state s_t = the text up to response token t-1 (backbone state at position P-1+t),
+action a_t, reward r_t = 0 except r_{R-1} = the sequence reward. Double DQN (van Hasselt et al. 2016):
+
+    y_t = r_t + gamma * m_{t+1} * Q_target(s_{t+1}, argmax_a Q(s_{t+1}, a)),     m_R = 0
+    loss = sum_t m_t (Q(s_t, a_t) - y_t)^2 / sum_t m_t
+
+with ``m_t`` = 1 on real steps; the target network is copied from Q every ``target_every`` optimiser steps.
+Legend: N = rollouts, B = rollouts per batch, T = positions, R = response steps, H = hidden, K = actions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from reinlm.config import check_range, config_to_dict, opt
+from reinlm.errors import ReinlmError
+from reinlm.utils import append_jsonl, atomic_dir, seed_everything, write_json
+
+log = logging.getLogger(__name__)
+
+Q_CONFIG = "q_config.json"
+Q_WEIGHTS = "q.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------- the math
+
+def double_dqn_targets(q_next_online: torch.Tensor, q_next_target: torch.Tensor, rewards: torch.Tensor,
+                       mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """y_t = r_t + gamma * m_{t+1} * Q_target(s_{t+1}, argmax_a Q(s_{t+1}, a)); (B, R) (no gradient).
+
+    ``q_next_online`` / ``q_next_target`` (B, R, K): Q(s_{t+1}, .) of the online and target networks, where
+    row t holds the values of the state *after* step t (its content at the last real step is ignored);
+    ``rewards`` / ``mask`` (B, R).
+    """
+    with torch.no_grad():
+        best = q_next_online.argmax(-1, keepdim=True)  # (B, R, 1) action chosen by the online network
+        boot = q_next_target.gather(-1, best).squeeze(-1)  # (B, R) evaluated by the target network
+        next_mask = torch.zeros_like(mask, dtype=boot.dtype)
+        next_mask[:, :-1] = mask[:, 1:].to(boot.dtype)  # m_{t+1}; m_R = 0 (the episode ends)
+        return rewards.to(boot.dtype) + gamma * next_mask * boot
+
+
+def double_dqn_loss(q: torch.Tensor, q_target: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                    mask: torch.Tensor, gamma: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean squared TD error of the taken actions over real steps.
+
+    ``q`` (B, R+1, K): the online Q-values of states s_0..s_R (gradient flows through rows 0..R-1);
+    ``q_target`` (B, R+1, K): the target network's, same states; ``actions`` / ``rewards`` / ``mask`` (B, R).
+    """
+    q_sa = q[:, :-1].gather(-1, actions[..., None].clamp(min=0)).squeeze(-1)  # (B, R) Q(s_t, a_t)
+    y = double_dqn_targets(q[:, 1:].detach(), q_target[:, 1:], rewards, mask, gamma)  # (B, R)
+    m = mask.to(q_sa.dtype)
+    td = (q_sa - y) * m
+    loss = td.pow(2).sum() / m.sum().clamp(min=1)
+    return loss, {"loss/td": float(loss.detach()), "q/mean": float((q_sa.detach() * m).sum() / m.sum().clamp(min=1))}
+
+
+def terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sequence scores (B,) placed at each row's last real step: (B, R) zeros elsewhere."""
+    r = torch.zeros(mask.shape, dtype=torch.float32, device=scores.device)
+    last = (mask.long().cumsum(-1).argmax(-1))  # (B,) index of the last real step
+    r[torch.arange(len(scores), device=scores.device), last] = scores.float()
+    return r * mask.float()
+
+
+# ---------------------------------------------------------------------------------------------- the network
+
+class QModel(nn.Module):
+    """Q(s, .) over the K actions from the backbone states: (B, T, H) -> (B, T, K)."""
+
+    def __init__(self, hidden: int, num_actions: int, d_model: int = 256, n_heads: int = 4, layers: int = 2,
+                 gamma: float = 0.99, latent: str = ""):
+        super().__init__()
+        from reinlm.latent.modules import CausalStack
+
+        self.config = {"model_type": "reinlm-latent-q", "hidden_size": hidden, "num_actions": num_actions,
+                       "d_model": d_model, "n_heads": n_heads, "layers": layers, "gamma": gamma, "latent": latent}
+        self.net = CausalStack(hidden, d_model, n_heads, layers, num_actions)
+
+    @classmethod
+    def from_policy(cls, lam, gamma: float = 0.99, latent: str = "") -> "QModel":
+        """A Q-model shaped like ``lam``'s policy, its blocks copied from the policy, its output layer zero
+        (so every Q-value starts at 0)."""
+        c = lam.config
+        q = cls(c.hidden_size, c.num_actions, c.d_model, c.n_heads, c.policy_layers, gamma, latent)
+        q.net.load_state_dict(copy.deepcopy(lam._policy_module().state_dict()))
+        nn.init.zeros_(q.net.out.weight)
+        nn.init.zeros_(q.net.out.bias)
+        return q.to(lam.device)
+
+    @property
+    def gamma(self) -> float:
+        return float(self.config["gamma"])
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(h, mask)  # (B, T, K)
+
+    def save_pretrained(self, out_dir: str | Path, extra: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        with atomic_dir(out_dir) as tmp:
+            write_json(tmp / Q_CONFIG, self.config)
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}, str(tmp / Q_WEIGHTS))
+            for name, obj in (extra or {}).items():
+                write_json(tmp / name, obj)
+        return Path(out_dir)
+
+    @classmethod
+    def from_pretrained(cls, q_dir: str | Path, lam=None, device: str = "cpu") -> "QModel":
+        """Load a Q-model directory; with ``lam``, check it was built for that latent model's states and K."""
+        from safetensors.torch import load_file
+
+        q_dir = Path(q_dir)
+        if not (q_dir / Q_CONFIG).is_file() or not (q_dir / Q_WEIGHTS).is_file():
+            raise ReinlmError(f"q: {str(q_dir)!r} is not a Q-model directory (it needs {Q_CONFIG} and {Q_WEIGHTS}); "
+                              "create one with `reinlm latent train-q --out DIR`.")
+        c = json.loads((q_dir / Q_CONFIG).read_text())
+        if c.get("model_type") != "reinlm-latent-q":
+            raise ReinlmError(f"q: {str(q_dir / Q_CONFIG)!r} has model_type {c.get('model_type')!r}; allowed: "
+                              "'reinlm-latent-q'.")
+        if lam is not None and (c["hidden_size"], c["num_actions"]) != (lam.config.hidden_size, lam.config.num_actions):
+            raise ReinlmError(f"q: {str(q_dir)!r} was trained for hidden size {c['hidden_size']} and K = "
+                              f"{c['num_actions']} actions, but the latent model has hidden size "
+                              f"{lam.config.hidden_size} and K = {lam.config.num_actions}; train a Q-model for it.")
+        q = cls(c["hidden_size"], c["num_actions"], c["d_model"], c["n_heads"], c["layers"], c["gamma"], c["latent"])
+        q.net.load_state_dict(load_file(str(q_dir / Q_WEIGHTS)))
+        return q.to(lam.device if lam is not None else device).eval()
+
+
+# ---------------------------------------------------------------------------------------------- rollouts
+
+@dataclass
+class Rollout:
+    """One scored rollout: ``h`` (T, H) the states of its real positions (prompt + response, last token
+    excluded), ``prompt_len`` p (s_t is at position p-1+t), ``actions`` (R,), ``reward``."""
+
+    h: torch.Tensor
+    prompt_len: int
+    actions: torch.Tensor
+    reward: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+
+def collate(rollouts: list[Rollout], device="cpu"):
+    """Right-padded batch: h (B, T, H), hmask (B, T), state index (B, R+1), actions (B, R), rewards (B, R),
+    mask (B, R). Row b's state s_t is at position ``index[b, t]`` (s_R, past the end, repeats the last state
+    and is masked out)."""
+    B = len(rollouts)
+    T = max(r.h.shape[0] for r in rollouts)
+    R = max(r.steps for r in rollouts)
+    H = rollouts[0].h.shape[1]
+    h = torch.zeros(B, T, H)
+    hmask = torch.zeros(B, T, dtype=torch.long)
+    index = torch.zeros(B, R + 1, dtype=torch.long)
+    actions = torch.zeros(B, R, dtype=torch.long)
+    mask = torch.zeros(B, R, dtype=torch.long)
+    scores = torch.zeros(B)
+    for b, r in enumerate(rollouts):
+        t = r.h.shape[0]
+        h[b, :t], hmask[b, :t] = r.h.float(), 1
+        index[b] = (r.prompt_len - 1 + torch.arange(R + 1)).clamp(max=t - 1)
+        actions[b, : r.steps], mask[b, : r.steps] = r.actions, 1
+        scores[b] = r.reward
+    rewards = terminal_rewards(scores, mask)
+    return tuple(x.to(device) for x in (h, hmask, index, actions, rewards, mask))
+
+
+def q_at_states(qnet: nn.Module, h: torch.Tensor, hmask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Q-values of the states s_0..s_R: (B, T, H) -> (B, R+1, K)."""
+    q_all = qnet(h, hmask)  # (B, T, K)
+    return q_all.gather(1, index[..., None].expand(-1, -1, q_all.shape[-1]))
+
+
+@torch.no_grad()
+def sample_rollouts(lam, prompts: list[str], samples_per_prompt: int, max_new_tokens: int, temperature: float,
+                    seed: int, batch_prompts: int = 8, progress: bool = True) -> tuple[list[Rollout], list[dict]]:
+    """Sample G rollouts per prompt with the policy (actions at ``temperature``, greedy world-model tokens).
+
+    Returns the rollouts (reward 0 until scored) and one JSON row per rollout (prompt, completion, response_ids,
+    actions) for ``rollouts.jsonl``.
+    """
+    from reinlm.rollout.token import decode_completions
+
+    tok = lam.tokenizer
+    lam.set_action_sampling(greedy=False, tau=temperature, top_k=0, top_p=1.0)
+    out_r, out_rows = [], []
+    bar = tqdm(total=len(prompts) * samples_per_prompt, desc="rollouts", unit="rollout", disable=not progress)
+    for i in range(0, len(prompts), batch_prompts):
+        chunk = prompts[i:i + batch_prompts]
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        gens = [torch.Generator(device=lam.device).manual_seed(seed * 100003 + i + j) for j in range(len(chunk))]
+        g = lam.generate(enc["input_ids"].to(lam.device), enc["attention_mask"].to(lam.device),
+                         max_new_tokens=max_new_tokens, generator=gens, return_dict=True,
+                         num_return_sequences=samples_per_prompt)
+        P = g.prompt_length
+        completions = decode_completions(tok, g.response_ids, g.response_mask)
+        for b in range(g.sequences.shape[0]):
+            p_len = int(g.attention_mask[b, :P].sum())
+            R = int(g.response_mask[b].sum())
+            if R == 0:
+                continue
+            h = g.hidden[b, P - p_len: P - 1 + R].cpu()  # (p + R - 1, H)
+            acts = g.actions[b, :R].cpu()
+            out_r.append(Rollout(h, p_len, acts, 0.0))
+            out_rows.append({"prompt": chunk[b // samples_per_prompt], "completion": completions[b],
+                             "response_ids": g.response_ids[b, :R].tolist(), "actions": acts.tolist()})
+        bar.update(g.sequences.shape[0])
+    bar.close()
+    return out_r, out_rows
+
+
+@torch.no_grad()
+def rollouts_from_rows(lam, rows: list[tuple[int, dict]], path: str) -> list[Rollout]:
+    """Rollouts from JSONL rows ``{"prompt", "response_ids" or "completion", "reward", "actions"?}``; missing
+    actions are labelled by the IDM's argmax (so token-space samples can train a Q-model too)."""
+    tok = lam.tokenizer
+    out = []
+    for lineno, row in rows:
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("reward"), (int, float)) or \
+                isinstance(row.get("reward"), bool) or not math.isfinite(float(row["reward"])):
+            raise ReinlmError(f"rollouts: {path!r} line {lineno} needs a string 'prompt' and a finite number 'reward' "
+                              "(plus 'response_ids' or 'completion', and optionally 'actions').")
+        p_ids = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+        if isinstance(row.get("response_ids"), list):
+            r_ids = [int(x) for x in row["response_ids"]]
+        elif isinstance(row.get("completion"), str):
+            r_ids = tok(row["completion"], add_special_tokens=False)["input_ids"]
+        else:
+            raise ReinlmError(f"rollouts: {path!r} line {lineno} has neither 'response_ids' nor 'completion'.")
+        if not p_ids or not r_ids:
+            raise ReinlmError(f"rollouts: {path!r} line {lineno} has an empty prompt or response.")
+        ids = torch.tensor([p_ids + r_ids], device=lam.device)
+        h, _ = lam.backbone_hidden(ids)  # (1, p + R, H)
+        p, R = len(p_ids), len(r_ids)
+        if row.get("actions") is not None:
+            acts = torch.tensor([int(a) for a in row["actions"]])
+            K = lam.config.num_actions
+            if len(acts) != R or (len(acts) and (int(acts.min()) < 0 or int(acts.max()) >= K)):
+                raise ReinlmError(f"rollouts: {path!r} line {lineno} has {len(acts)} actions for {R} response tokens "
+                                  f"(values must be in 0..{K - 1}); allowed: one action per response token.")
+        else:
+            acts = lam.idm_logits_from_hidden(h)[0, p - 1: p - 1 + R].argmax(-1).cpu()  # step p-1+t explains token p+t
+        out.append(Rollout(h[0, : p + R - 1].cpu(), p, acts, float(row["reward"])))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+@dataclass
+class QTrainConfig:
+    """Every ``reinlm latent train-q`` flag."""
+
+    latent: str = opt("", help="latent model directory (its policy samples the rollouts; its states feed the Q-model)")
+    out: str = opt("runs/latent-q", help="output Q-model directory (+ rollouts.jsonl, q_result.json, metrics.jsonl)")
+    reward: str = opt("", help="reward SPEC scoring sampled rollouts (e.g. sentiment, contains_words:good,great)")
+    prompts: str = opt("builtin:neutral", help="prompt SPEC to sample rollouts from")
+    prompt_column: str = opt("prompt", help="prompt column of a .jsonl / dataset prompt file")
+    prompts_held_out_fraction: float = opt(0.0, help="hold out this share of the prompts (seeded as `reinlm train`: "
+                                                     "the same split) and sample only from the rest")
+    rollouts: str = opt("", help="JSONL of scored rollouts to train on instead of sampling: prompt, reward, "
+                                 "response_ids or completion, and optionally actions (else the IDM labels them)")
+    num_prompts: int = opt(64, help="prompts to sample rollouts from (the first N of the training prompts)")
+    samples_per_prompt: int = opt(8, help="rollouts per prompt")
+    max_new_tokens: int = opt(24, help="tokens per rollout")
+    temperature: float = opt(1.0, help="temperature of the policy's actions while sampling rollouts")
+    gamma: float = opt(0.99, help="discount of the double-DQN target")
+    epochs: float = opt(20.0, help="passes over the rollouts")
+    batch_size: int = opt(32, help="rollouts per optimisation step")
+    lr: float = opt(1e-4, help="AdamW learning rate")
+    target_every: int = opt(50, help="copy the online network into the target network every N steps (CoLA: 50)")
+    held_out_fraction: float = opt(0.1, help="share of the rollouts held out for the TD loss / correlation figures")
+    init_from_policy: bool = opt(True, help="start from the policy's blocks (zero output layer); false = random init")
+    seed: int = opt(0, help="random seed")
+    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
+    threads: int = opt(0, help="torch CPU threads (0 = leave as is)")
+    progress: bool = opt(True, help="show progress bars")
+
+    def __post_init__(self):
+        check_range("prompts_held_out_fraction", self.prompts_held_out_fraction, 0.0, 0.9)
+        check_range("num_prompts", self.num_prompts, 1)
+        check_range("samples_per_prompt", self.samples_per_prompt, 1)
+        check_range("max_new_tokens", self.max_new_tokens, 1)
+        check_range("temperature", self.temperature, 0.0, lo_open=True)
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("epochs", self.epochs, 0.0, lo_open=True)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("lr", self.lr, 0.0, lo_open=True)
+        check_range("target_every", self.target_every, 1)
+        check_range("held_out_fraction", self.held_out_fraction, 0.0, 0.5)
+        check_range("threads", self.threads, 0)
+
+
+@torch.no_grad()
+def evaluate_q(qnet: QModel, target: nn.Module, rollouts: list[Rollout], gamma: float, batch_size: int = 64) -> dict:
+    """TD loss of ``rollouts`` and the Pearson correlation of Q(s_t, a_t) with the final reward at the first and
+    last step (how well the Q-model predicts the outcome early and late)."""
+    if not rollouts:
+        return {}
+    tot, n, first, last, rew = 0.0, 0, [], [], []
+    dev = next(qnet.parameters()).device
+    for i in range(0, len(rollouts), batch_size):
+        chunk = rollouts[i:i + batch_size]
+        h, hmask, index, actions, rewards, mask = collate(chunk, dev)
+        q, qt = q_at_states(qnet, h, hmask, index), q_at_states(target, h, hmask, index)
+        loss, _ = double_dqn_loss(q, qt, actions, rewards, mask, gamma)
+        m = int(mask.sum())
+        tot, n = tot + float(loss) * m, n + m
+        q_sa = q[:, :-1].gather(-1, actions[..., None]).squeeze(-1)  # (B, R)
+        lasts = mask.long().cumsum(-1).argmax(-1)
+        first += q_sa[:, 0].tolist()
+        last += q_sa[torch.arange(len(chunk)), lasts].tolist()
+        rew += [r.reward for r in chunk]
+
+    def corr(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        return float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else float("nan")
+
+    return {"td_loss": tot / max(n, 1), "corr_first_step": corr(first, rew), "corr_last_step": corr(last, rew),
+            "rollouts": len(rollouts), "reward_mean": float(np.mean(rew))}
+
+
+def fit_q(qnet: QModel, rollouts: list[Rollout], cfg: QTrainConfig, metrics_path: Path | None = None) -> nn.Module:
+    """Double-DQN over ``rollouts``; returns the final target network."""
+    dev = next(qnet.parameters()).device
+    target = copy.deepcopy(qnet).eval().requires_grad_(False)
+    opt_ = torch.optim.AdamW(qnet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    total = int(math.ceil(cfg.epochs * len(rollouts) / cfg.batch_size))
+    rng = np.random.default_rng(cfg.seed)
+    order = np.concatenate([rng.permutation(len(rollouts)) for _ in range(int(math.ceil(cfg.epochs)) + 1)])
+    bar = tqdm(total=total, desc="double DQN", unit="step", disable=not cfg.progress)
+    qnet.train()
+    for s in range(total):
+        chunk = [rollouts[i] for i in order[s * cfg.batch_size:(s + 1) * cfg.batch_size]]
+        h, hmask, index, actions, rewards, mask = collate(chunk, dev)
+        q = q_at_states(qnet, h, hmask, index)
+        with torch.no_grad():
+            qt = q_at_states(target, h, hmask, index)
+        loss, stats = double_dqn_loss(q, qt, actions, rewards, mask, cfg.gamma)
+        opt_.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(qnet.parameters(), 1.0)
+        opt_.step()
+        if (s + 1) % cfg.target_every == 0:
+            target.load_state_dict(qnet.state_dict())
+        bar.update(1)
+        bar.set_postfix(td=f"{stats['loss/td']:.4f}")
+        if metrics_path is not None and (s % 10 == 0 or s == total - 1):
+            append_jsonl(metrics_path, {"step": s, **stats})
+    bar.close()
+    qnet.eval()
+    return target
+
+
+def train_q(cfg: QTrainConfig, lam=None) -> dict:
+    """Sample and score rollouts (or read ``cfg.rollouts``), fit the Q-model, write ``cfg.out``; returns the
+    result dict (also ``OUT/q_result.json``)."""
+    from reinlm.latent.model import LatentActionModel
+    from reinlm.utils import read_jsonl_objects
+
+    if not cfg.latent:
+        raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
+    if not cfg.rollouts and not cfg.reward:
+        raise ReinlmError("reward: got none; pass --reward SPEC to score sampled rollouts, or --rollouts FILE.jsonl "
+                          "of scored rollouts.")
+    reward_set = None
+    if not cfg.rollouts:
+        from reinlm.rewards import parse_reward_spec
+
+        reward_set = parse_reward_spec(cfg.reward)
+    rows = None
+    if cfg.rollouts:
+        if not Path(cfg.rollouts).is_file():
+            raise ReinlmError(f"rollouts: {cfg.rollouts!r} is not a file; allowed: a JSONL of scored rollouts.")
+        rows = read_jsonl_objects(cfg.rollouts, "rollouts", "one JSON object per line with prompt, reward and "
+                                  "response_ids or completion")
+        if not rows:
+            raise ReinlmError(f"rollouts: {cfg.rollouts!r} holds no rollout.")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    t0 = time.time()
+    lam = lam or LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
+    lam.eval()
+    out = Path(cfg.out)
+    work = out.with_name(f".{out.name}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    if rows is not None:
+        rollouts = rollouts_from_rows(lam, rows, cfg.rollouts)
+        jsonl_rows = None
+    else:
+        from reinlm.data import load_prompts
+
+        prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column)
+        if cfg.prompts_held_out_fraction > 0 and len(prompt_set) >= 2:
+            prompt_set, _ = prompt_set.split(cfg.prompts_held_out_fraction, cfg.seed)
+        n = min(cfg.num_prompts, len(prompt_set))
+        prompts = list(prompt_set.prompts[:n])
+        rollouts, jsonl_rows = sample_rollouts(lam, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
+                                               cfg.temperature, cfg.seed, progress=cfg.progress)
+        cols = prompt_set.rows(list(range(n)))
+        by_prompt = {p: i for i, p in enumerate(prompts)}
+        columns = {k: [v[by_prompt[r["prompt"]]] for r in jsonl_rows] for k, v in cols.items()}
+        scores = reward_set.score([r["prompt"] for r in jsonl_rows], [r["completion"] for r in jsonl_rows], columns)
+        for r, row, s in zip(rollouts, jsonl_rows, scores.total.tolist()):
+            r.reward = float(s)
+            row["reward"] = float(s)
+    order = np.random.default_rng(cfg.seed).permutation(len(rollouts))
+    n_held = int(round(cfg.held_out_fraction * len(rollouts))) if len(rollouts) > 1 else 0
+    held = [rollouts[i] for i in order[:n_held]]
+    train = [rollouts[i] for i in order[n_held:]]
+    qnet = QModel.from_policy(lam, cfg.gamma, str(cfg.latent)) if cfg.init_from_policy else QModel(
+        lam.config.hidden_size, lam.config.num_actions, lam.config.d_model, lam.config.n_heads,
+        lam.config.policy_layers, cfg.gamma, str(cfg.latent)).to(lam.device)
+    before = evaluate_q(qnet, qnet, held, cfg.gamma)
+    metrics = work / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    target = fit_q(qnet, train, cfg, metrics)
+    result = {"rollouts": {"train": len(train), "held_out": len(held)}, "gamma": cfg.gamma,
+              "held_out_before": before, "held_out_after": evaluate_q(qnet, target, held, cfg.gamma),
+              "train_after": evaluate_q(qnet, target, train[:256], cfg.gamma), "seconds": round(time.time() - t0, 1)}
+    extra = {"q_result.json": result, "q_train_config.json": config_to_dict(cfg)}
+    qnet.save_pretrained(out, extra)
+    import shutil
+
+    if metrics.is_file():
+        shutil.move(str(metrics), out / "metrics.jsonl")
+    if jsonl_rows is not None:
+        with open(out / "rollouts.jsonl", "w", encoding="utf-8") as f:
+            for row in jsonl_rows:
+                f.write(json.dumps(row) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    result["out"] = str(out)
+    return result
+
+
+def format_q_result(result: dict) -> str:
+    """A few lines: rollouts, held-out TD loss and reward correlations before/after."""
+    b, a = result["held_out_before"], result["held_out_after"]
+    lines = [f"Q-model: {result['out']}  ({result['rollouts']['train']} training rollouts, "
+             f"{result['rollouts']['held_out']} held out, gamma {result['gamma']})"]
+    if a:
+        lines.append(f"held-out TD loss {b['td_loss']:.4f} -> {a['td_loss']:.4f}; corr(Q(s_0,a_0), reward) "
+                     f"{a['corr_first_step']:.3f}; corr(Q(s_last,a_last), reward) {a['corr_last_step']:.3f}; "
+                     f"mean reward {a['reward_mean']:.3f}")
+    return "\n".join(lines)

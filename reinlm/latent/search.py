@@ -1,0 +1,503 @@
+"""Monte-Carlo tree search over latent actions, guided by the policy and a Q-model (CoLA's search).
+
+CoLA (LAMDA-RL/CoLA, ``postrain/``; docs/latent.md "Search over latent actions") searches the space of
+latent actions instead of tokens: a node is a piece of text, its children start with the policy's most
+likely actions not yet tried there, and a node's text is extended greedily as long as the Q-model is sure
+of the next step (its temporal-difference error stays small), so the tree branches where the outcome is
+uncertain. Each round:
+
+1. **select** a node that still has untried actions, by ``V + c_puct * pi * sqrt(N_parent) / (N + 1)``
+   (V = mean backed-up reward, pi = the node's prior: the mean policy probability of its actions,
+   N = visits). ``frontier`` (CoLA's code) scores every such node of the tree and takes the best;
+   ``descent`` walks down from the root through the best-scoring children (AlphaZero's PUCT walk);
+2. **expand** it: its missing children (``branching_root`` at the root, ``branching`` below) take the
+   top untried actions; each child's text then grows with the policy's greedy action while
+   ``(Q(s, a) - gamma * max_a' Q(s', a'))^2 < td_threshold`` (without a Q-model: ``segment_tokens`` tokens);
+3. **evaluate** each new child: a rollout (actions sampled from the policy, or greedy) completes its text to
+   EOS or ``max_depth`` tokens, and the reward scores the completed text;
+4. **back up** that reward: every node on the path gains a visit and the reward (V = mean).
+
+The answer is the best-scoring completed text found (a terminal node or the end of a leaf's rollout), with
+its actions. The **budget** counts world-model token forwards (one per token generated for one text,
+rollouts included): an expansion starts only when its worst case fits in what is left, so the search never
+spends more. Best-of-N sampling with the policy at the same spend is the baseline (:func:`best_of_n`).
+
+Decoding: the expansion loop below runs the frozen backbone with its KV cache, one batch row per new child
+(a small local loop over the heads-only API, to be replaced by the shared decode engine); best-of-N uses
+``LatentActionModel.generate``. Legend: b = rows (children being grown), T = positions, H = hidden,
+K = actions, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from reinlm.config import check_choice, check_range, opt
+from reinlm.errors import ReinlmError
+
+
+@dataclass
+class SearchConfig:
+    """Every ``reinlm search`` flag (defaults: CoLA's, except ``max_depth`` / ``budget`` sized for a CPU)."""
+
+    latent: str = opt("", help="latent model directory")
+    reward: str = opt("", help="reward SPEC that scores completed texts (e.g. sentiment, contains_words:good)")
+    q: str = opt("", help="Q-model directory from `reinlm latent train-q` (without one, nodes are segment_tokens long)")
+    prompt: str = opt("", help="the prompt (also the positional argument)", flag=False)
+    prompts: str = opt("", help="prompt SPEC: search each of these prompts instead of one (e.g. builtin:reviews)")
+    prompt_column: str = opt("prompt", help="prompt column of a .jsonl / dataset prompt file")
+    held_out_fraction: float = opt(0.0, help="with --prompts: search only the held-out split (seeded like "
+                                             "`reinlm train` and `reinlm latent train-q`: the same split)")
+    num_prompts: int = opt(0, help="with --prompts: search at most this many (0 = all)")
+    budget: int = opt(2048, help="most world-model token forwards per prompt (0 = no limit)")
+    c_puct: float = opt(0.7, help="exploration weight of the selection score (CoLA: 0.7)")
+    branching_root: int = opt(5, help="children of the root (CoLA: 5)")
+    branching: int = opt(4, help="children of every other node (CoLA: 4)")
+    rounds: int = opt(32, help="selection/expansion rounds (CoLA: 32)")
+    max_depth: int = opt(32, help="most response tokens of any text (CoLA: 64)")
+    td_threshold: float = opt(0.01, help="extend a node greedily while the squared TD error stays below this "
+                                         "(CoLA: 0.01)")
+    max_segment: int = opt(16, help="most tokens a node's greedy extension adds")
+    segment_tokens: int = opt(4, help="tokens per node when there is no Q-model")
+    selection: Literal["frontier", "descent"] = opt("frontier", help="frontier: the best-scoring expandable node "
+                                                                     "of the whole tree (CoLA's code); descent: "
+                                                                     "walk down through the best children")
+    rollout_actions: Literal["sample", "greedy"] = opt("sample", help="actions of the leaf rollouts: sampled from "
+                                                                      "the policy at --temperature, or greedy")
+    temperature: float = opt(1.0, help="temperature of the policy's sampled actions (rollouts and best-of-N)")
+    compare: Literal["none", "best-of-n"] = opt("none", help="best-of-n: also run best-of-N sampling with the "
+                                                             "policy at the same world-model token forwards")
+    seed: int = opt(0, help="random seed")
+    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
+    threads: int = opt(0, help="torch CPU threads (0 = leave as is)")
+
+    def __post_init__(self):
+        check_range("held_out_fraction", self.held_out_fraction, 0.0, 0.9)
+        check_range("num_prompts", self.num_prompts, 0)
+        check_range("budget", self.budget, 0)
+        check_range("c_puct", self.c_puct, 0.0)
+        check_range("branching_root", self.branching_root, 1)
+        check_range("branching", self.branching, 1)
+        check_range("rounds", self.rounds, 1)
+        check_range("max_depth", self.max_depth, 1)
+        check_range("td_threshold", self.td_threshold, 0.0)
+        check_range("max_segment", self.max_segment, 1)
+        check_range("segment_tokens", self.segment_tokens, 1)
+        check_choice("selection", self.selection, ("frontier", "descent"))
+        check_choice("rollout_actions", self.rollout_actions, ("sample", "greedy"))
+        check_range("temperature", self.temperature, 0.0, lo_open=True)
+        check_choice("compare", self.compare, ("none", "best-of-n"))
+        check_range("threads", self.threads, 0)
+
+
+# ---------------------------------------------------------------------------------------------- the tree
+
+@dataclass(eq=False)
+class Node:
+    """A node: the response ``tokens`` / ``actions`` from the root to its end, its prior ``prior`` (mean policy
+    probability of the actions it added), visit count and summed backed-up reward."""
+
+    tokens: list[int]
+    actions: list[int]
+    prior: float
+    width: int  # how many children it gets
+    parent: "Node | None" = None
+    terminal: bool = False  # its text ended (EOS) or reached max_depth
+    children: list["Node"] = field(default_factory=list)
+    tried: set[int] = field(default_factory=set)  # first actions of its children
+    visits: int = 0
+    value_sum: float = 0.0
+
+    @property
+    def value(self) -> float:
+        """V: mean backed-up reward (0 before any visit)."""
+        return self.value_sum / self.visits if self.visits else 0.0
+
+    @property
+    def depth(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def expandable(self) -> bool:
+        return not self.terminal and len(self.children) < self.width
+
+
+def puct_score(value: float, prior: float, parent_visits: int, visits: int, c_puct: float) -> float:
+    """CoLA's selection score V + c_puct * pi * sqrt(N_parent) / (N + 1)."""
+    return value + c_puct * prior * math.sqrt(parent_visits) / (visits + 1)
+
+
+def _score(node: Node, c_puct: float) -> float:
+    parent_visits = node.parent.visits if node.parent is not None else node.visits
+    return puct_score(node.value, node.prior, parent_visits, node.visits, c_puct)
+
+
+def select_frontier(root: Node, c_puct: float) -> Node | None:
+    """CoLA's selection: every expandable node of the tree (breadth-first order) scored with its parent's
+    visits; the best one (the first on ties), or None when nothing is left to expand."""
+    best, best_s = None, -math.inf
+    queue = deque([root])
+    while queue:
+        node = queue.popleft()
+        if node.expandable:
+            s = _score(node, c_puct)
+            if s > best_s:
+                best, best_s = node, s
+        queue.extend(node.children)
+    return best
+
+
+def _open(node: Node) -> bool:
+    """Whether the subtree under ``node`` still has an expandable node."""
+    return node.expandable or (not node.terminal and any(_open(c) for c in node.children))
+
+
+def select_descent(root: Node, c_puct: float) -> Node | None:
+    """PUCT walk: from the root, while the node is fully expanded, go to the best-scoring child whose subtree
+    can still grow; return the first node with untried actions (None when the tree is exhausted)."""
+    if not _open(root):
+        return None
+    node = root
+    while not node.expandable:
+        node = max((c for c in node.children if _open(c)), key=lambda c: _score(c, c_puct))
+    return node
+
+
+SELECTORS = {"frontier": select_frontier, "descent": select_descent}
+
+
+def backup(leaf: Node, reward: float) -> None:
+    """Add one visit and ``reward`` to ``leaf`` and every ancestor (V becomes the mean reward below)."""
+    node = leaf
+    while node is not None:
+        node.visits += 1
+        node.value_sum += reward
+        node = node.parent
+
+
+def tree_nodes(root: Node) -> list[Node]:
+    out, queue = [], deque([root])
+    while queue:
+        n = queue.popleft()
+        out.append(n)
+        queue.extend(n.children)
+    return out
+
+
+@dataclass
+class Budget:
+    """World-model token forwards allowed (``limit`` 0 = no limit) and spent."""
+
+    limit: int
+    spent: int = 0
+
+    @property
+    def remaining(self) -> float:
+        return math.inf if self.limit == 0 else self.limit - self.spent
+
+    def charge(self, n: int) -> None:
+        if self.limit and self.spent + n > self.limit:
+            raise AssertionError(f"search budget overrun: {self.spent} + {n} > {self.limit}")  # a bug, never user input
+        self.spent += n
+
+
+@dataclass
+class SearchResult:
+    """What :meth:`LatentSearch.search` returns."""
+
+    prompt: str
+    text: str  # the best completed text (response only)
+    actions: list[int]
+    reward: float
+    stats: dict  # tree statistics
+    candidates: list[dict]  # every completed text: reward, text, node depth
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "text": self.text, "actions": self.actions, "reward": self.reward,
+                "stats": self.stats}
+
+
+# ---------------------------------------------------------------------------------------------- the search
+
+class LatentSearch:
+    """MCTS over a latent model's actions; ``search(prompt)`` -> :class:`SearchResult`."""
+
+    def __init__(self, lam, reward_set, cfg: SearchConfig, qmodel=None):
+        self.lam, self.reward_set, self.cfg, self.q = lam, reward_set, cfg, qmodel
+        self.gamma = qmodel.gamma if qmodel is not None else 1.0
+        tok = lam.tokenizer
+        self.eos = tok.eos_token_id if tok is not None else None
+
+    # ---- decoding helpers (the local loop; see the module docstring)
+    def _feed(self, tokens: torch.Tensor, past, T: int):
+        """Feed one token per row at position T: tokens (b,) -> h (b, 1, H); ``past`` is extended in place."""
+        b = tokens.shape[0]
+        mask = torch.ones(b, T + 1, dtype=torch.long, device=tokens.device)
+        pos = torch.full((b, 1), T, dtype=torch.long, device=tokens.device)
+        h, past = self.lam.backbone_hidden(tokens[:, None], mask, past_key_values=past, position_ids=pos,
+                                           use_cache=True)
+        return h, past
+
+    @torch.no_grad()
+    def _expand(self, node: Node, prompt_ids: list[int], k: int, budget: Budget, gen: torch.Generator):
+        """Grow ``k`` new children of ``node`` (one batch row each) and roll each out to the end.
+
+        Returns ``[(child, rollout_tokens, rollout_actions)]`` (the rollout continues the child's text)."""
+        lam, cfg = self.lam, self.cfg
+        dev = lam.device
+        ids = torch.tensor([prompt_ids + node.tokens], device=dev)
+        h, past = lam.backbone_hidden(ids, use_cache=True)  # (1, T, H)
+        probs0 = lam.policy_logits_from_hidden(h)[0, -1].float().softmax(-1)  # (K,)
+        order = [a for a in probs0.argsort(descending=True).tolist() if a not in node.tried][:k]
+        k = len(order)
+        if k == 0:
+            return []
+        past.batch_repeat_interleave(k)
+        h = h.expand(k, -1, -1).contiguous()  # (k, T, H) states so far, per row
+        q_prev = self.q(h)[:, -1] if self.q is not None else None  # (k, K) Q(s, .)
+        rows = [{"tokens": [], "actions": [], "probs": [], "extend": True, "boundary": None} for _ in range(k)]
+        active = torch.arange(k, device=dev)
+        first = torch.tensor(order, device=dev)
+        step = 0
+        while active.numel():
+            b = active.numel()
+            T = h.shape[1]
+            probs = lam.policy_logits_from_hidden(h)[:, -1].float().softmax(-1)  # (b, K)
+            extend = torch.tensor([rows[i]["extend"] for i in active.tolist()], device=dev)
+            if step == 0:
+                a = first[active]
+            else:
+                greedy = probs.argmax(-1)
+                if cfg.rollout_actions == "greedy":
+                    sampled = greedy
+                else:
+                    p = (probs.clamp_min(1e-12).log() / cfg.temperature).softmax(-1)
+                    sampled = torch.multinomial(p, 1, generator=gen).squeeze(-1)
+                a = torch.where(extend, greedy, sampled)
+            p_a = probs.gather(-1, a[:, None]).squeeze(-1)
+            budget.charge(b)
+            nxt = lam.world_model_logits_from_hidden(h[:, -1:], a[:, None])[:, 0].argmax(-1)  # (b,)
+            done = torch.zeros(b, dtype=torch.bool, device=dev)
+            for j, i in enumerate(active.tolist()):
+                r = rows[i]
+                r["tokens"].append(int(nxt[j]))
+                r["actions"].append(int(a[j]))
+                r["probs"].append(float(p_a[j]))
+                if int(nxt[j]) == self.eos or node.depth + len(r["tokens"]) >= cfg.max_depth:
+                    done[j] = True
+                    if r["extend"]:
+                        r["extend"], r["boundary"] = False, len(r["tokens"])
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            if keep.numel() < b:
+                past.batch_select_indices(keep)
+                h, nxt, a, active = h[keep], nxt[keep], a[keep], active[keep]
+                q_prev = q_prev[keep] if q_prev is not None else None
+            h_new, past = self._feed(nxt, past, T)
+            h = torch.cat([h, h_new], dim=1)  # (b', T+1, H)
+            q_new = self.q(h)[:, -1] if self.q is not None else None  # (b', K) Q(s', .)
+            for j, i in enumerate(active.tolist()):
+                r = rows[i]
+                if not r["extend"]:
+                    continue
+                seg = len(r["tokens"])
+                if q_new is not None:
+                    td = (float(q_prev[j, a[j]]) - self.gamma * float(q_new[j].max())) ** 2
+                    go_on = td < cfg.td_threshold and seg < cfg.max_segment
+                else:
+                    go_on = seg < cfg.segment_tokens
+                if not go_on:
+                    r["extend"], r["boundary"] = False, seg
+            q_prev = q_new
+            step += 1
+        out = []
+        for r in rows:
+            n = r["boundary"] if r["boundary"] is not None else len(r["tokens"])
+            ended = len(r["tokens"]) == n  # the child's own text ended (EOS or max_depth)
+            child = Node(tokens=node.tokens + r["tokens"][:n], actions=node.actions + r["actions"][:n],
+                         prior=sum(r["probs"][:n]) / n, width=cfg.branching, parent=node, terminal=ended)
+            node.children.append(child)
+            node.tried.add(r["actions"][0])
+            out.append((child, node.tokens + r["tokens"], node.actions + r["actions"]))
+        return out
+
+    def _completion(self, tokens: list[int]) -> str:
+        return self.lam.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def search(self, prompt: str, columns: dict | None = None) -> SearchResult:
+        """Run the search on one prompt (``columns``: the prompt's extra dataset columns for the reward)."""
+        cfg, lam = self.cfg, self.lam
+        t0 = time.time()
+        prompt_ids = lam.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not prompt_ids:
+            raise ReinlmError("prompt: got an empty prompt; allowed: a prompt of at least one token.")
+        gen = torch.Generator(device=lam.device).manual_seed(cfg.seed)
+        budget = Budget(cfg.budget)
+        root = Node(tokens=[], actions=[], prior=1.0, width=cfg.branching_root)
+        select = SELECTORS[cfg.selection]
+        candidates: list[dict] = []
+        rounds = 0
+        stop = "rounds"
+        for _ in range(cfg.rounds):
+            node = select(root, cfg.c_puct)
+            if node is None:
+                stop = "tree exhausted"
+                break
+            k = node.width - len(node.children)
+            worst = cfg.max_depth - node.depth  # forwards one child can cost, rollout included
+            k = int(min(k, budget.remaining // worst))
+            if k == 0:
+                stop = "budget"
+                break
+            grown = self._expand(node, prompt_ids, k, budget, gen)
+            rounds += 1
+            if not grown:
+                continue
+            texts = [self._completion(toks) for _, toks, _ in grown]
+            cols = {c: [v[0]] * len(grown) for c, v in (columns or {}).items()}
+            scores = self.reward_set.score([prompt] * len(grown), texts, cols).total.tolist()
+            for (child, toks, acts), text, s in zip(grown, texts, scores):
+                backup(child, float(s))
+                candidates.append({"reward": float(s), "text": text, "actions": acts, "node_depth": child.depth,
+                                   "tokens": len(toks)})
+        nodes = tree_nodes(root)
+        best = max(candidates, key=lambda c: c["reward"]) if candidates else {"reward": float("nan"), "text": "",
+                                                                               "actions": []}
+        depths = [n.depth for n in nodes[1:]]
+        segs = [n.depth - n.parent.depth for n in nodes[1:]]
+        stats = {"rounds": rounds, "stopped_by": stop, "nodes": len(nodes), "rollouts": len(candidates),
+                 "wm_forwards": budget.spent, "budget": cfg.budget, "max_node_depth": max(depths, default=0),
+                 "mean_segment_tokens": sum(segs) / len(segs) if segs else 0.0,
+                 "terminal_nodes": sum(n.terminal for n in nodes),
+                 "mean_rollout_reward": sum(c["reward"] for c in candidates) / max(len(candidates), 1),
+                 "root_value": root.value, "q_model": self.q is not None, "seconds": round(time.time() - t0, 2)}
+        return SearchResult(prompt, best["text"], list(best["actions"]), float(best["reward"]), stats, candidates)
+
+
+# ---------------------------------------------------------------------------------------------- the baseline
+
+@torch.no_grad()
+def best_of_n(lam, reward_set, prompt: str, forwards: int, max_new_tokens: int, temperature: float = 1.0,
+              seed: int = 0, columns: dict | None = None, chunk: int = 32) -> dict:
+    """Best-of-N with the policy (actions sampled at ``temperature``, greedy world-model tokens) spending at most
+    ``forwards`` world-model token forwards: samples are drawn in chunks while a chunk's worst case
+    (rows x ``max_new_tokens``) still fits, so the spend is within one sample's length of ``forwards``."""
+    tok = lam.tokenizer
+    enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
+    ids, mask = enc["input_ids"].to(lam.device), enc["attention_mask"].to(lam.device)
+    lam.set_action_sampling(greedy=False, tau=temperature, top_k=0, top_p=1.0)
+    spent, texts, actions, c = 0, [], [], 0
+    while True:
+        n = min(chunk, (forwards - spent) // max_new_tokens)
+        if n <= 0:
+            break
+        gens = [torch.Generator(device=lam.device).manual_seed(seed * 7919 + c)]
+        g = lam.generate(ids, mask, max_new_tokens=max_new_tokens, generator=gens, return_dict=True,
+                         num_return_sequences=n)
+        rmask = g.response_mask
+        spent += int(rmask.sum())  # one world-model forward per generated token
+        for b in range(n):
+            R = int(rmask[b].sum())
+            texts.append(tok.decode(g.response_ids[b, :R].tolist(), skip_special_tokens=True))
+            actions.append(g.actions[b, :R].tolist())
+        c += 1
+    if not texts:
+        return {"n": 0, "wm_forwards": 0, "reward": float("nan"), "text": "", "actions": [], "mean_reward": float("nan")}
+    cols = {k: [v[0]] * len(texts) for k, v in (columns or {}).items()}
+    scores = reward_set.score([prompt] * len(texts), texts, cols).total.tolist()
+    i = max(range(len(scores)), key=lambda j: scores[j])
+    return {"n": len(texts), "wm_forwards": spent, "reward": float(scores[i]), "text": texts[i], "actions": actions[i],
+            "mean_reward": sum(scores) / len(scores)}
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+def run_search(cfg: SearchConfig, lam=None) -> dict:
+    """Search every prompt (and run best-of-N beside it with ``compare``); returns the report dict."""
+    from reinlm.latent.model import LatentActionModel
+    from reinlm.latent.qmodel import QModel
+    from reinlm.rewards import parse_reward_spec
+
+    if not cfg.latent:
+        raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
+    if not cfg.reward:
+        raise ReinlmError("reward: got none; pass --reward SPEC (e.g. sentiment or contains_words:good,great).")
+    if bool(cfg.prompt) == bool(cfg.prompts):
+        raise ReinlmError("prompt: give exactly one of a prompt (positional) or --prompts SPEC.")
+    reward_set = parse_reward_spec(cfg.reward)
+    if cfg.prompts:
+        from reinlm.data import load_prompts
+
+        ps = load_prompts(cfg.prompts, column=cfg.prompt_column)
+        if cfg.held_out_fraction > 0 and len(ps) >= 2:
+            _, ps = ps.split(cfg.held_out_fraction, cfg.seed)
+        n = len(ps) if cfg.num_prompts == 0 else min(cfg.num_prompts, len(ps))
+        prompts = list(ps.prompts[:n])
+        cols = [ps.rows([i]) for i in range(n)]  # {column: [value]} per prompt
+    else:
+        prompts, cols = [cfg.prompt], [{}]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    lam = lam or LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
+    lam.eval()
+    qmodel = QModel.from_pretrained(cfg.q, lam) if cfg.q else None
+    searcher = LatentSearch(lam, reward_set, cfg, qmodel)
+    rows = []
+    for i, (p, c) in enumerate(zip(prompts, cols)):
+        res = searcher.search(p, c)
+        row = {"search": res.to_dict()}
+        if cfg.compare == "best-of-n":
+            t = time.time()
+            row["best_of_n"] = best_of_n(lam, reward_set, p, res.stats["wm_forwards"], cfg.max_depth,
+                                         cfg.temperature, cfg.seed + i, c)
+            row["best_of_n"]["seconds"] = round(time.time() - t, 2)
+        rows.append(row)
+    report = {"settings": {k: getattr(cfg, k) for k in ("latent", "q", "reward", "budget", "c_puct", "branching_root",
+                                                          "branching", "rounds", "max_depth", "td_threshold",
+                                                          "selection", "rollout_actions", "temperature", "seed")},
+              "prompts": rows}
+    if cfg.compare == "best-of-n":
+        s = [r["search"]["reward"] for r in rows]
+        b = [r["best_of_n"]["reward"] for r in rows]
+        report["summary"] = {
+            "prompts": len(rows), "search_mean_best_reward": sum(s) / len(s), "best_of_n_mean_best_reward": sum(b) / len(b),
+            "search_wins": sum(x > y for x, y in zip(s, b)), "ties": sum(x == y for x, y in zip(s, b)),
+            "best_of_n_wins": sum(x < y for x, y in zip(s, b)),
+            "search_wm_forwards_mean": sum(r["search"]["stats"]["wm_forwards"] for r in rows) / len(rows),
+            "best_of_n_wm_forwards_mean": sum(r["best_of_n"]["wm_forwards"] for r in rows) / len(rows),
+            "search_seconds_mean": sum(r["search"]["stats"]["seconds"] for r in rows) / len(rows),
+            "best_of_n_seconds_mean": sum(r["best_of_n"]["seconds"] for r in rows) / len(rows),
+        }
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Plain text: per prompt the best text and reward (and best-of-N's), then the summary."""
+    lines = []
+    for r in report["prompts"]:
+        s = r["search"]
+        st = s["stats"]
+        lines.append(f"prompt: {s['prompt']!r}")
+        lines.append(f"  search      reward {s['reward']:.3f}  ({st['rounds']} rounds, {st['nodes']} nodes, "
+                     f"{st['rollouts']} rollouts, {st['wm_forwards']} world-model forwards, stopped by "
+                     f"{st['stopped_by']}): {s['text']!r}")
+        if "best_of_n" in r:
+            b = r["best_of_n"]
+            lines.append(f"  best-of-{b['n']:<3d} reward {b['reward']:.3f}  ({b['wm_forwards']} world-model forwards, "
+                         f"mean sample reward {b['mean_reward']:.3f}): {b['text']!r}")
+    if "summary" in report:
+        m = report["summary"]
+        lines.append(f"\n{m['prompts']} prompts: mean best reward search {m['search_mean_best_reward']:.3f} vs "
+                     f"best-of-N {m['best_of_n_mean_best_reward']:.3f}; search wins {m['search_wins']}, ties "
+                     f"{m['ties']}, best-of-N wins {m['best_of_n_wins']}; world-model forwards "
+                     f"{m['search_wm_forwards_mean']:.0f} vs {m['best_of_n_wm_forwards_mean']:.0f}; seconds "
+                     f"{m['search_seconds_mean']:.1f} vs {m['best_of_n_seconds_mean']:.1f}")
+    return "\n".join(lines)

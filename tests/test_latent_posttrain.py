@@ -1,0 +1,240 @@
+"""CoLA's post-training (issue 17): action-guided fine-tuning, the double-DQN Q-model, MCTS over latent actions.
+
+Tiny models only (a 2-layer random Llama backbone, K = 8 actions): every test here runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from reinlm.latent.finetune import FinetuneConfig, finetune
+from reinlm.latent.model import LatentActionModel
+from reinlm.latent.qmodel import (QModel, QTrainConfig, double_dqn_loss, double_dqn_targets, terminal_rewards,
+                                  train_q)
+from reinlm.latent.search import (Budget, LatentSearch, Node, SearchConfig, backup, best_of_n, puct_score,
+                                  select_descent, select_frontier)
+
+DOCS = [
+    "I watched this film last night and it was a delight from start to finish.",
+    "The director's latest film is a slow, beautiful story about two brothers.",
+    "This movie tells the story of a small town and the people who never left it.",
+    "I went into this movie expecting very little and came out smiling.",
+    "The acting is wooden and the plot makes no sense at all.",
+    "A warm and funny film with a great cast and a sharp script.",
+    "I saw this film at a festival and the audience loved every minute.",
+    "The music is lovely but the second half drags on for far too long.",
+    "An honest, moving portrait of a family in trouble.",
+    "The special effects are cheap and the dialogue is painful.",
+]
+
+
+@pytest.fixture()
+def lam(tiny_latent_dir):
+    return LatentActionModel.from_pretrained(tiny_latent_dir)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fta") / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    return path
+
+
+def _parts(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in state.items():
+        out.setdefault(k.split(".")[0], {})[k] = v.detach().clone()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning
+
+@pytest.mark.parametrize("mode,train,changed", [
+    ("fta-i", "world_model", {"world_model", "policy"}),
+    ("fta-p", "world_model", {"world_model", "policy"}),
+    ("fta-i", "backbone", {"backbone", "policy"}),
+    ("fta-p", "both", {"backbone", "world_model", "policy"}),
+])
+def test_finetune_changes_exactly_the_parts_it_claims(tiny_latent_dir, corpus, tmp_path, mode, train, changed):
+    model = LatentActionModel.from_pretrained(tiny_latent_dir)
+    before = _parts(model.state_dict())
+    out = tmp_path / "fta"
+    cfg = FinetuneConfig(latent=str(tiny_latent_dir), data=str(corpus), out=str(out), mode=mode, train=train,
+                         epochs=1, bc_epochs=1, batch_size=4, lr=1e-3, backbone_lr=1e-3, max_len=24, progress=False)
+    finetune(cfg, lam=model)
+    after = _parts(model.state_dict())
+    assert set(before) == {"backbone", "idm", "policy", "world_model"}
+    for part in before:
+        same = [k for k in before[part] if torch.equal(before[part][k], after[part][k])]
+        if part in changed:
+            assert not same, f"{part}: these tensors did not move: {same[:5]}"
+        else:
+            assert len(same) == len(before[part]), f"{part} changed but {mode}/{train} does not train it"
+    result = json.loads((out / "finetune.json").read_text())
+    assert set(result["trained"]) == changed
+    assert {"nll_world_model_idm", "bc_top1_accuracy"} <= set(result["after"]["held_out"])
+    # the output is a latent model directory; a trained backbone travels with it
+    reloaded = LatentActionModel.from_pretrained(out)
+    assert (out / "backbone").is_dir() == ("backbone" in changed)
+    for k, v in reloaded.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_finetune_bad_input_is_clear(tiny_latent_dir, tmp_path):
+    from reinlm.errors import ReinlmError
+
+    with pytest.raises(ReinlmError, match="mode"):
+        FinetuneConfig(latent=str(tiny_latent_dir), data="x", mode="fta-x")
+    one = tmp_path / "one.txt"
+    one.write_text("only one document\n")
+    with pytest.raises(ReinlmError, match="at least 2"):
+        finetune(FinetuneConfig(latent=str(tiny_latent_dir), data=str(one), out=str(tmp_path / "o"), progress=False))
+
+
+# ---------------------------------------------------------------------------------------------- double DQN
+
+def test_double_dqn_loss_matches_a_hand_computed_three_step_example():
+    # row 0: 3 steps, reward 1 at the end; row 1: 2 steps (padded), reward 0.5 at its last step. gamma = 0.5.
+    q = torch.tensor([[[1.0, 2.0], [0.5, 0.3], [0.2, 0.9], [7.0, 7.0]],
+                      [[0.1, 0.0], [0.3, 0.2], [5.0, 5.0], [5.0, 5.0]]], requires_grad=True)  # (2, R+1=4, K=2)
+    q_tgt = torch.tensor([[[0.0, 0.0], [0.4, 0.6], [0.6, 0.8], [9.0, 9.0]],
+                          [[0.0, 0.0], [0.2, 0.9], [1.0, 1.0], [1.0, 1.0]]])
+    actions = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    rewards = terminal_rewards(torch.tensor([1.0, 0.5]), mask)
+    assert rewards.tolist() == [[0.0, 0.0, 1.0], [0.0, 0.5, 0.0]]
+    # by hand: row 0, t=0: argmax_a Q(s1) = 0 (0.5 > 0.3), so y = 0.5 * Q_tgt(s1, 0) = 0.2 (plain DQN would take
+    # max Q_tgt(s1) = 0.6); error 2.0 - 0.2 = 1.8. t=1: argmax Q(s2) = 1 -> y = 0.5 * 0.8 = 0.4; error 0.1.
+    # t=2: last step, y = 1.0; error -0.1. Row 1, t=0: argmax Q(s1) = 0 -> y = 0.5 * 0.2 = 0.1; error 0.
+    # t=1: last real step, y = 0.5; error 0.2 - 0.5 = -0.3. Mean over 5 real steps.
+    y = double_dqn_targets(q[:, 1:].detach(), q_tgt[:, 1:], rewards, mask, 0.5)
+    assert torch.allclose(y[0], torch.tensor([0.2, 0.4, 1.0]))
+    assert torch.allclose(y[1, :2], torch.tensor([0.1, 0.5]))
+    loss, stats = double_dqn_loss(q, q_tgt, actions, rewards, mask, 0.5)
+    assert loss.item() == pytest.approx((1.8 ** 2 + 0.1 ** 2 + 0.1 ** 2 + 0.0 + 0.3 ** 2) / 5, abs=1e-6)
+    loss.backward()
+    # the gradient reaches only the taken actions' Q(s_t, a_t) on real steps (targets are constants)
+    g = q.grad
+    assert g[0, 0, 1].item() == pytest.approx(2 * 1.8 / 5, abs=1e-6) and g[0, 0, 0].item() == 0.0
+    assert g[1, 2].abs().sum().item() == 0.0 and g[:, 3].abs().sum().item() == 0.0
+
+
+def test_train_q_from_sampled_and_from_jsonl_rollouts(tiny_latent_dir, tmp_path, lam):
+    cfg = QTrainConfig(latent=str(tiny_latent_dir), out=str(tmp_path / "q"), reward="contains_words:the",
+                       prompts="builtin:reviews", num_prompts=4, samples_per_prompt=4, max_new_tokens=6, epochs=30,
+                       batch_size=8, lr=1e-3, target_every=5, held_out_fraction=0.25, progress=False)
+    result = train_q(cfg, lam=lam)
+    q = QModel.from_pretrained(tmp_path / "q", lam)
+    assert q.gamma == 0.99
+    rows = [json.loads(x) for x in (tmp_path / "q" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(len(r["actions"]) == len(r["response_ids"]) for r in rows)
+    assert result["train_after"]["td_loss"] < result["held_out_before"]["td_loss"] or \
+        result["held_out_before"]["td_loss"] == 0
+    # the same rollouts as a JSONL, actions dropped (the IDM labels them)
+    path = tmp_path / "scored.jsonl"
+    path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "completion", "reward")}) + "\n" for r in rows))
+    res2 = train_q(QTrainConfig(latent=str(tiny_latent_dir), out=str(tmp_path / "q2"), rollouts=str(path), epochs=2,
+                                progress=False), lam=lam)
+    assert res2["rollouts"]["train"] + res2["rollouts"]["held_out"] == 16
+
+
+# ---------------------------------------------------------------------------------------------- the tree
+
+def _two_level_tree():
+    """root -> A (prior .6, reward .2), B (prior .4, reward .5); then A -> A1 (prior .5, reward 1), A2 (.5, 0)."""
+    root = Node([], [], 1.0, width=2)
+    A = Node([1], [1], 0.6, width=2, parent=root)
+    B = Node([2], [2], 0.4, width=2, parent=root)
+    root.children = [A, B]
+    backup(A, 0.2)
+    backup(B, 0.5)
+    A1 = Node([1, 3], [1, 3], 0.5, width=2, parent=A)
+    A2 = Node([1, 4], [1, 4], 0.5, width=2, parent=A)
+    A.children = [A1, A2]
+    backup(A1, 1.0)
+    backup(A2, 0.0)
+    return root, A, B, A1, A2
+
+
+def test_backup_and_selection_match_a_hand_worked_two_level_tree():
+    root, A, B, A1, A2 = _two_level_tree()
+    # backup by hand: root saw 4 rewards (0.2 + 0.5 + 1 + 0 = 1.7), A three (0.2 + 1 + 0 = 1.2)
+    assert (root.visits, root.value) == (4, pytest.approx(0.425))
+    assert (A.visits, A.value) == (3, pytest.approx(0.4))
+    assert (B.visits, B.value, A1.value, A2.value) == (1, 0.5, 1.0, 0.0)
+    c = 0.7
+    # scores by hand: B = 0.5 + 0.7 * 0.4 * sqrt(4) / 2 = 0.78; A1 = 1 + 0.7 * 0.5 * sqrt(3) / 2 = 1.3031;
+    # A2 = 0.3031; A (fully expanded) = 0.4 + 0.7 * 0.6 * 2 / 4 = 0.61
+    assert puct_score(B.value, B.prior, root.visits, B.visits, c) == pytest.approx(0.78)
+    assert puct_score(A1.value, A1.prior, A.visits, A1.visits, c) == pytest.approx(1.0 + 0.35 * math.sqrt(3) / 2)
+    # frontier (CoLA): the best expandable node anywhere -> A1; descent: root's best child is B (0.78 > 0.61)
+    assert select_frontier(root, c) is A1
+    assert select_descent(root, c) is B
+    # with B closed, descent goes through A and picks A1 over A2
+    B.terminal = True
+    assert select_descent(root, c) is A1
+    # a very large c_puct: frontier still prefers A1 (3.17 vs B's 2.5)
+    B.terminal = False
+    assert select_frontier(root, 5.0) is A1
+    for n in (B, A1, A2):
+        n.terminal = True
+    assert select_frontier(root, c) is None and select_descent(root, c) is None
+
+
+def _count_world_model_forwards(lam):
+    counter = {"n": 0}
+    inner = lam.world_model.forward
+
+    def counted(h, action):
+        counter["n"] += h.shape[0] * h.shape[1]
+        return inner(h, action)
+
+    lam.world_model.forward = counted
+    return counter
+
+
+@pytest.mark.parametrize("budget,use_q", [(7, False), (40, False), (100, True), (333, True)])
+def test_search_never_spends_more_than_its_budget(lam, tmp_path, budget, use_q):
+    from reinlm.rewards import parse_reward_spec
+
+    q = QModel.from_policy(lam) if use_q else None
+    if q is not None:  # a Q-model whose TD errors are sometimes small: nodes of several tokens
+        torch.nn.init.normal_(q.net.out.weight, std=0.01)
+    counter = _count_world_model_forwards(lam)
+    cfg = SearchConfig(latent="x", reward="contains_words:the", budget=budget, max_depth=8, rounds=32,
+                       branching_root=3, branching=2, segment_tokens=2, td_threshold=1e-3)
+    res = LatentSearch(lam, parse_reward_spec("contains_words:the"), cfg, q).search("The old house")
+    assert res.stats["wm_forwards"] == counter["n"] <= budget
+    if budget < cfg.max_depth:
+        assert res.stats["stopped_by"] == "budget" and res.stats["rollouts"] == 0
+    else:
+        assert res.stats["rollouts"] >= 3 and len(res.actions) >= 1
+        assert res.reward == max(c["reward"] for c in res.candidates)
+    counter["n"] = 0
+    bon = best_of_n(lam, parse_reward_spec("contains_words:the"), "The old house", res.stats["wm_forwards"], 8)
+    assert bon["wm_forwards"] == counter["n"] <= res.stats["wm_forwards"]
+
+
+def test_budget_refuses_an_overrun():
+    b = Budget(10)
+    b.charge(10)
+    with pytest.raises(AssertionError):
+        b.charge(1)
+
+
+def test_search_cli_compare_best_of_n(tiny_latent_dir, capsys):
+    from reinlm.cli.main import main
+
+    rc = main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the", "--budget", "64",
+               "--max-depth", "6", "--compare", "best-of-n", "--json", "A quiet street"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    s = report["summary"]
+    assert s["prompts"] == 1 and s["best_of_n_wm_forwards_mean"] <= s["search_wm_forwards_mean"] <= 64
+    assert main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the", "--c-puct", "-1",
+                 "x"]) == 2
+    assert main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the"]) == 2
