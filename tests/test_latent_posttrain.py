@@ -238,3 +238,25 @@ def test_search_cli_compare_best_of_n(tiny_latent_dir, capsys):
     assert main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the", "--c-puct", "-1",
                  "x"]) == 2
     assert main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- the stress test
+
+def test_reward_hacking_bench_runs_both_spaces_without_kl(tiny_latent_dir, tmp_path, capsys):
+    from reinlm.cli.main import main
+
+    out = tmp_path / "stress"
+    argv = ["bench", "reward-hacking", "--latent", str(tiny_latent_dir), "--seeds", "3", "--reward",
+            "contains_words:the", "--steps", "2", "--batch-prompts", "1", "--samples-per-prompt", "2",
+            "--max-new-tokens", "4", "--eval-prompts", "1", "--eval-samples", "2", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["space"], r["seed"]) for r in report["runs"]] == [("latent", 3), ("token", 3)]
+    for r in report["runs"]:
+        assert [s["step"] for s in r["steps"]] == [1, 2]
+        assert all(s["perplexity"] and s["perplexity"] > 1 and 0 <= s["distinct_2"] <= 1 for s in r["steps"])
+        assert r["ppl_before"] > 1 and "alarm_first_step" in r
+        cfg = (out / f"{r['space']}-seed3" / "config.yaml").read_text()
+        assert "kl_coef: 0.0" in cfg
+    assert set(report["summary"]) == {"latent", "token"} and (out / "reward_hacking.png").is_file()
+    assert main(argv[:-1] + ["--kl-coef", "0.1"]) == 2

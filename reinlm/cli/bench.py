@@ -11,6 +11,8 @@ from reinlm.errors import ReinlmError
 BENCHES = {
     "token-rl": ("reinlm.bench.token_rl", "reinlm GRPO vs TRL GRPOTrainer at equal settings (speed, memory, reward)"),
     "latent-vs-token": ("reinlm.bench.latent_vs_token", "latent-action RL vs token-space RL"),
+    "reward-hacking": ("reinlm.bench.reward_hacking", "CoLA's stress test: both spaces with no KL on several seeds "
+                                                      "(reward, perplexity, distinct-2 per step, degeneration alarm)"),
 }
 
 
