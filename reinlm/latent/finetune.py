@@ -392,8 +392,7 @@ def save_finetuned(lam, cfg: FinetuneConfig, out: Path, result: dict, metrics_pa
         if cfg.trains_backbone and cfg.epochs > 0:
             lam.backbone.save_pretrained(tmp / "backbone")
             lam.tokenizer.save_pretrained(tmp / "backbone")
-            # absolute until from_pretrained resolves relative paths against the model directory
-            lam.config.backbone = str((out / "backbone").resolve())
+            lam.config.backbone = "./backbone"  # resolved against the model directory when loaded
         heads = tmp / ".heads"
         lam.save_pretrained(heads)
         for name in (CONFIG_FILE, HEADS_FILE):

@@ -85,34 +85,39 @@ def terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- the network
 
 class QModel(nn.Module):
-    """Q(s, .) over the K actions from the backbone states: (B, T, H) -> (B, T, K)."""
+    """Q(s, .) over the K actions from the backbone states: (B, T, H) -> (B, T, K).
 
-    def __init__(self, hidden: int, num_actions: int, d_model: int = 256, n_heads: int = 4, layers: int = 2,
-                 gamma: float = 0.99, latent: str = ""):
+    The network has the policy's architecture (whatever the latent model's preset): it is built as a copy of
+    the policy module, so a Q-model always belongs to a latent model (``from_pretrained(dir, lam)``)."""
+
+    def __init__(self, net: nn.Module, config: dict):
         super().__init__()
-        from reinlm.latent.modules import CausalStack
-
-        self.config = {"model_type": "reinlm-latent-q", "hidden_size": hidden, "num_actions": num_actions,
-                       "d_model": d_model, "n_heads": n_heads, "layers": layers, "gamma": gamma, "latent": latent}
-        self.net = CausalStack(hidden, d_model, n_heads, layers, num_actions)
+        self.net = net
+        self.config = config
 
     @classmethod
-    def from_policy(cls, lam, gamma: float = 0.99, latent: str = "") -> "QModel":
-        """A Q-model shaped like ``lam``'s policy, its blocks copied from the policy, its output layer zero
-        (so every Q-value starts at 0)."""
+    def from_policy(cls, lam, gamma: float = 0.99, latent: str = "", init_from_policy: bool = True) -> "QModel":
+        """A policy-shaped Q-model: the policy's blocks copied (or re-initialised with ``init_from_policy=False``),
+        the output layer zero (so every Q-value starts at 0)."""
+        net = copy.deepcopy(lam._policy_module()).float().train().requires_grad_(True)
+        if not init_from_policy:
+            for m in net.modules():
+                if m is not net and hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        nn.init.zeros_(net.out.weight)
+        if net.out.bias is not None:
+            nn.init.zeros_(net.out.bias)
         c = lam.config
-        q = cls(c.hidden_size, c.num_actions, c.d_model, c.n_heads, c.policy_layers, gamma, latent)
-        q.net.load_state_dict(copy.deepcopy(lam._policy_module().state_dict()))
-        nn.init.zeros_(q.net.out.weight)
-        nn.init.zeros_(q.net.out.bias)
-        return q.to(lam.device)
+        config = {"model_type": "reinlm-latent-q", "hidden_size": c.hidden_size, "num_actions": c.num_actions,
+                  "gamma": gamma, "latent": latent}
+        return cls(net, config).to(lam.device)
 
     @property
     def gamma(self) -> float:
         return float(self.config["gamma"])
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(h, mask)  # (B, T, K)
+        return self.net(h, mask).float()  # (B, T, K)
 
     def save_pretrained(self, out_dir: str | Path, extra: dict | None = None) -> Path:
         from safetensors.torch import save_file
@@ -125,8 +130,8 @@ class QModel(nn.Module):
         return Path(out_dir)
 
     @classmethod
-    def from_pretrained(cls, q_dir: str | Path, lam=None, device: str = "cpu") -> "QModel":
-        """Load a Q-model directory; with ``lam``, check it was built for that latent model's states and K."""
+    def from_pretrained(cls, q_dir: str | Path, lam) -> "QModel":
+        """Load a Q-model directory for the latent model ``lam`` (checked: same hidden size, K and architecture)."""
         from safetensors.torch import load_file
 
         q_dir = Path(q_dir)
@@ -137,13 +142,17 @@ class QModel(nn.Module):
         if c.get("model_type") != "reinlm-latent-q":
             raise ReinlmError(f"q: {str(q_dir / Q_CONFIG)!r} has model_type {c.get('model_type')!r}; allowed: "
                               "'reinlm-latent-q'.")
-        if lam is not None and (c["hidden_size"], c["num_actions"]) != (lam.config.hidden_size, lam.config.num_actions):
+        if (c["hidden_size"], c["num_actions"]) != (lam.config.hidden_size, lam.config.num_actions):
             raise ReinlmError(f"q: {str(q_dir)!r} was trained for hidden size {c['hidden_size']} and K = "
                               f"{c['num_actions']} actions, but the latent model has hidden size "
                               f"{lam.config.hidden_size} and K = {lam.config.num_actions}; train a Q-model for it.")
-        q = cls(c["hidden_size"], c["num_actions"], c["d_model"], c["n_heads"], c["layers"], c["gamma"], c["latent"])
-        q.net.load_state_dict(load_file(str(q_dir / Q_WEIGHTS)))
-        return q.to(lam.device if lam is not None else device).eval()
+        q = cls.from_policy(lam, c["gamma"], c.get("latent", ""))
+        try:
+            q.net.load_state_dict(load_file(str(q_dir / Q_WEIGHTS)))
+        except RuntimeError as e:
+            raise ReinlmError(f"q: {str(q_dir)!r} does not match the policy architecture of this latent model "
+                              f"({str(e).splitlines()[0]}); train a Q-model for it.") from e
+        return q.eval()
 
 
 # ---------------------------------------------------------------------------------------------- rollouts
@@ -430,9 +439,7 @@ def train_q(cfg: QTrainConfig, lam=None) -> dict:
     n_held = int(round(cfg.held_out_fraction * len(rollouts))) if len(rollouts) > 1 else 0
     held = [rollouts[i] for i in order[:n_held]]
     train = [rollouts[i] for i in order[n_held:]]
-    qnet = QModel.from_policy(lam, cfg.gamma, str(cfg.latent)) if cfg.init_from_policy else QModel(
-        lam.config.hidden_size, lam.config.num_actions, lam.config.d_model, lam.config.n_heads,
-        lam.config.policy_layers, cfg.gamma, str(cfg.latent)).to(lam.device)
+    qnet = QModel.from_policy(lam, cfg.gamma, str(cfg.latent), cfg.init_from_policy)
     before = evaluate_q(qnet, qnet, held, cfg.gamma)
     metrics = work / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
