@@ -260,3 +260,13 @@ def test_reward_hacking_bench_runs_both_spaces_without_kl(tiny_latent_dir, tmp_p
         assert "kl_coef: 0.0" in cfg
     assert set(report["summary"]) == {"latent", "token"} and (out / "reward_hacking.png").is_file()
     assert main(argv[:-1] + ["--kl-coef", "0.1"]) == 2
+
+
+def test_finetune_separate_held_out_corpus(tiny_latent_dir, corpus, tmp_path, lam):
+    held = tmp_path / "held.txt"
+    held.write_text("A film about a dog and a boy.\nThe ending made the whole theatre cry.\n")
+    cfg = FinetuneConfig(latent=str(tiny_latent_dir), data=str(corpus), held_out_data=str(held), out=str(tmp_path / "o"),
+                         epochs=0.5, bc_epochs=0.5, batch_size=5, max_len=16, progress=False)
+    finetune(cfg, lam=lam)
+    result = json.loads((tmp_path / "o" / "finetune.json").read_text())
+    assert result["documents"] == {"train": 10, "held_out": 2}

@@ -68,6 +68,8 @@ class FinetuneConfig:
                             "(CoLA's choice; the output carries its own backbone) or both")
     text_column: str = opt("text", help="text column of a .jsonl corpus")
     held_out_fraction: float = opt(0.1, help="share of the documents held out for the before/after figures")
+    held_out_data: str = opt("", help="a separate held-out corpus (same formats) instead of holding out a share of "
+                                      "--data (e.g. documents from other prompts, so nothing leaks across)")
     max_len: int = opt(128, help="documents are cut to this many tokens")
     epochs: float = opt(3.0, help="passes over the training documents in stage 1 (the language model)")
     bc_epochs: float = opt(3.0, help="passes in stage 2 (re-cloning the policy to the IDM's actions; 0 = skip)")
@@ -288,6 +290,7 @@ def finetune(cfg: FinetuneConfig, lam=None) -> Path:
     if not cfg.data:
         raise ReinlmError("data: got no file; pass --data FILE (a .jsonl or one-document-per-line text file).")
     docs = read_documents(cfg.data, cfg.text_column)
+    held_docs = read_documents(cfg.held_out_data, cfg.text_column) if cfg.held_out_data else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -295,8 +298,11 @@ def finetune(cfg: FinetuneConfig, lam=None) -> Path:
     if lam.tokenizer is None:
         raise ReinlmError(f"latent: the backbone of {cfg.latent!r} has no tokenizer.")
     data = tokenize_documents(lam.tokenizer, docs, cfg.max_len)
-    train_idx, held_idx = split_documents(len(data), cfg.held_out_fraction, cfg.seed)
-    train, held = data.rows(train_idx), data.rows(held_idx)
+    if held_docs is not None:
+        train, held = data, tokenize_documents(lam.tokenizer, held_docs, cfg.max_len)
+    else:
+        train_idx, held_idx = split_documents(len(data), cfg.held_out_fraction, cfg.seed)
+        train, held = data.rows(train_idx), data.rows(held_idx)
     out = Path(cfg.out)
     work = out.with_name(f".{out.name}.work")
     work.mkdir(parents=True, exist_ok=True)
