@@ -1,5 +1,6 @@
-"""``reinlm latent``: ``pretrain`` (hidden-state cache, IDM + world model, behaviour cloning) and ``qd``
-(the CoLA quality-diversity table). Flags are the fields of PretrainConfig / LatentConfig / QDConfig."""
+"""``reinlm latent``: ``pretrain`` (IDM + world model, behaviour cloning), ``import-cola`` (a CoLA checkpoint
+as a latent model directory) and ``qd`` (the CoLA quality-diversity table). Flags are the fields of
+PretrainConfig / LatentConfig / ImportColaConfig / QDConfig."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from reinlm.latent.pretrain import PretrainConfig
     from reinlm.latent.qd import QDConfig
 
-    p = subparsers.add_parser("latent", help="latent-action model: pretrain, quality-diversity",
+    p = subparsers.add_parser("latent", help="latent-action model: pretrain, import-cola, quality-diversity",
                               description="Latent-action model (CoLA / BWArea) on a frozen backbone.")
     sub = p.add_subparsers(dest="latent_command", metavar="ACTION")
     pre = sub.add_parser("pretrain", help="build the hidden-state cache, train IDM + world model, then the BC policy",
@@ -23,6 +24,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     pre.add_argument("--config", help="YAML file of these fields (flags override it)")
     add_dataclass_args(pre, PretrainConfig, group="pretraining")
     add_dataclass_args(pre, LatentConfig, group="head sizes")
+    from reinlm.latent.import_cola import ImportColaConfig
+
+    imp = sub.add_parser("import-cola", help="convert a CoLA checkpoint (e.g. Llama-3.1-CoLA-10B) into a latent "
+                                             "model directory",
+                         description="Example: reinlm latent import-cola ./Llama-3.1-CoLA-10B runs/cola10b "
+                                     "--backbone meta-llama/Llama-3.1-8B. Without --backbone the checkpoint's "
+                                     "own backbone is exported to OUT/backbone.")
+    imp.add_argument("src", metavar="SRC", help="CoLA checkpoint directory (Hugging Face format)")
+    imp.add_argument("out", metavar="OUT", help="latent model directory to write")
+    add_dataclass_args(imp, ImportColaConfig)
     qd = sub.add_parser("qd", help="quality-diversity: latent sampling vs token sampling vs random tokens",
                         description="Example: reinlm latent qd --latent runs/latent --num-prefixes 16 --samples 8")
     add_dataclass_args(qd, QDConfig)
@@ -46,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
         summary = json.loads((out / "summary.json").read_text())
         print(json.dumps(summary, indent=2))
         print(f"latent model: {out}   (try: reinlm explore --latent {out} \"I like eating\")")
+        return 0
+    if args.latent_command == "import-cola":
+        from reinlm.latent.import_cola import ImportColaConfig, import_cola
+
+        summary = import_cola(build_config(ImportColaConfig, args))
+        print(json.dumps(summary, indent=2))
+        print(f"latent model: {summary['out']}   (try: reinlm explore --latent {summary['out']} \"I like eating\")")
         return 0
     if args.latent_command == "qd":
         from reinlm.latent.qd import QDConfig, format_table, run_qd

@@ -186,12 +186,13 @@ class LatentActionModel(nn.Module):
         return Path(out_dir)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str = "cpu", dtype: str = "float32",
+    def from_pretrained(cls, model_dir: str | Path, device: str = "cpu", dtype: str | None = None,
                         backbone=None, num_actions: int | None = None,
                         heads_dtype: str | None = None) -> "LatentActionModel":
         """Load a latent model directory; ``backbone`` = ``(model, tokenizer)`` to reuse a loaded backbone.
 
-        ``dtype``: the backbone's; ``heads_dtype``: the heads' (default: ``config.json``'s ``heads_dtype``).
+        ``dtype``: the backbone's (default: bfloat16 when the heads are stored in bfloat16, as an imported
+        CoLA model, else float32); ``heads_dtype``: the heads' (default: ``config.json``'s ``heads_dtype``).
         ``num_actions``, when given, must equal the checkpoint's K. Raises :class:`ReinlmError` on a missing
         directory, a backbone of another hidden size or vocabulary, or a K mismatch.
         """
@@ -221,6 +222,7 @@ class LatentActionModel(nn.Module):
 
             local = model_dir / config.backbone  # a backbone kept inside the directory ("./backbone")
             where = str(local) if config.backbone.startswith(".") and local.is_dir() else config.backbone
+            dtype = dtype or ("bfloat16" if config.heads_dtype == "bfloat16" else "float32")
             backbone = load_causal_lm(where, device=device, dtype=dtype)
         model = cls(config, backbone[0], backbone[1])
         state = {k: v.to(getattr(torch, config.heads_dtype)) for k, v in state.items()}
