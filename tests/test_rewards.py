@@ -177,7 +177,8 @@ def test_weighted_total_and_unweighted_components():
     assert res.valid.tolist() == [True, True] and res.total.dtype == torch.float32
     maybe = make(lambda c: [None if "x" in t else 1.0 for t in c])
     trl_call = weighted(contains_words(["red"]), maybe, on_error="skip")
-    assert trl_call(["", ""], ["red", "x"], trainer_state=object()) == [2.0, None]
+    assert trl_call(["", ""], ["red", "x"], trainer_state=object()) == [2.0, 0.0]  # None skipped (nansum)
+    assert weighted(maybe)(["", ""], ["red", "x"]) == [1.0, None]  # no reward scored sample 1
     dup = weighted(contains_words(["a"]), contains_words(["b"]))
     assert dup.names == ["contains_words", "contains_words_2"]
 
@@ -193,7 +194,9 @@ def test_from_functions_accepts_trl_style_callables():
 
 
 @pytest.mark.parametrize("bad, problem", [(float("nan"), "returned nan"), (float("inf"), "returned inf"),
-                                          (None, "returned None"), ("high", "not a number")])
+                                          ("high", "not a number"), (1e39, "beyond the float32 range"),
+                                          (-(10**400), "an integer with 401 digits, beyond the float32 range"),
+                                          (torch.tensor([1.0, 2.0]), "a tensor of shape (2,)")])
 def test_bad_value_fails_naming_reward_and_sample_or_is_skipped(bad, problem):
     completions = ["first text", "the second completion, which is long enough to be truncated somewhere", "x"]
     fn = make([1.0, bad, 2.0])
@@ -208,10 +211,11 @@ def test_bad_value_fails_naming_reward_and_sample_or_is_skipped(bad, problem):
     assert len(res.problems) == 1 and "sample 1" in res.problems[0]
 
 
-@pytest.mark.parametrize("on_error", ["fail", "skip"])
-def test_none_for_every_sample_is_an_error_in_both_modes(on_error):
-    with pytest.raises(ReinlmError, match="None for every one of the 2 samples"):
-        RewardSet.from_functions([make([None, None])], on_error=on_error).score(["", ""], ["a", "b"])
+def test_none_for_every_sample_fails_the_batch_or_invalidates_it_with_skip():
+    with pytest.raises(ReinlmError, match="returned None for every one of the 2 samples"):
+        RewardSet.from_functions([make([None, None])]).score(["", ""], ["a", "b"])
+    res = RewardSet.from_functions([make([None, None])], on_error="skip").score(["", ""], ["a", "b"])
+    assert res.valid.tolist() == [False, False] and res.unscorable == 2 and res.problems == []
 
 
 def test_exception_is_traced_to_the_sample_that_raises():

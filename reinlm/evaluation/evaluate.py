@@ -172,7 +172,7 @@ def metric_reward(ctx: EvalContext) -> MetricOutput:
                        info={"reward": ctx.cfg.reward})
     if len(scores.components) > 1:
         for name, comp in scores.components.items():
-            vals = [float(t) if ok else None for t, ok in zip(comp.tolist(), valid)]
+            vals = [float(t) if ok and t == t else None for t, ok in zip(comp.tolist(), valid)]  # NaN: not scored
             stats = M.reward_stats(vals, g.group_ids, prefix=f"reward/{name}")
             out.values[f"reward/{name}/mean"] = stats[f"reward/{name}/mean"]
             out.per_sample[f"reward/{name}"] = vals

@@ -1,12 +1,17 @@
 """The reward protocol, the ``@reward_function`` decorator and the registry of built-in reward factories.
 
-Protocol (TRL's reward-function signature, so TRL rewards work unchanged):
+Protocol (TRL's reward-function convention, so TRL rewards work unchanged; see :mod:`reinlm.rewards.call`):
 
-- a **sequence reward** is a callable ``fn(prompts: list[str], completions: list[str], **columns) ->
-  list[float | None]``, one value per completion (``None``: the reward cannot score that sample);
-- a **token-level reward** has ``fn.is_token_level = True`` and is called as ``fn(prompts, completions,
-  completion_token_spans=spans, **columns) -> list[list[float]]``: one value per completion token, where
-  ``spans[i][j] = (start, end)`` are the character offsets of token ``j`` in ``completions[i]``.
+- a **sequence reward** is a callable called with keyword arguments ``prompts``, ``completions``,
+  ``completion_ids``, every dataset column, ``trainer_state``, ``log_extra`` and ``log_metric``, returning
+  ``list[float | None]``, one value per completion (``None``: the reward does not apply to that sample). It
+  may be ``async def``; a signature without ``**kwargs`` receives only the arguments it names;
+- a **token-level reward** has ``fn.is_token_level = True`` and also receives ``completion_token_spans``;
+  it returns ``list[list[float]]``: one value per completion token, where ``spans[i][j] = (start, end)``
+  are the character offsets of token ``j`` in ``completions[i]``.
+
+Rewards made with :func:`reward_function` (reinlm's built-ins) get ``prompts`` and ``completions`` as text
+even on conversational data (``text_inputs=True``); plain callables get TRL's forms (message lists).
 
 Every reward carries a ``name`` (used for metric names, ``reward/<name>/mean``). Parameterised rewards are
 built by *factories* (``contains_words(["red"])`` returns a reward); :func:`register_reward` maps the CLI
@@ -15,6 +20,7 @@ name used in a reward SPEC to its factory (see :mod:`reinlm.rewards.spec`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -29,8 +35,11 @@ class RewardFunction(Protocol):
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]: ...
 
 
-def reward_function(name: str | None = None, *, token_level: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator marking ``fn`` as a reward: sets ``fn.name``/``fn.__name__`` and ``fn.is_token_level``.
+def reward_function(name: str | None = None, *, token_level: bool = False,
+                    text_inputs: bool = True) -> Callable[[Callable], Callable]:
+    """Decorator marking ``fn`` as a reward: sets ``fn.name``/``fn.__name__``, ``fn.is_token_level`` and
+    ``fn.text_inputs`` (True: ``prompts`` and ``completions`` arrive as text even for conversational data;
+    False: TRL's message lists, as plain callables get them).
 
     >>> @reward_function("shout")
     ... def f(prompts, completions, **columns):
@@ -42,14 +51,15 @@ def reward_function(name: str | None = None, *, token_level: bool = False) -> Ca
     def wrap(fn: Callable) -> Callable:
         label = name or getattr(fn, "__name__", None) or type(fn).__name__
         try:
-            fn.name, fn.is_token_level = label, token_level
+            fn.name, fn.is_token_level, fn.text_inputs = label, token_level, text_inputs
         except AttributeError:  # e.g. a bound method: wrap it in a function that can carry attributes
             inner = fn
 
+            @functools.wraps(inner)
             def fn(*args, **kwargs):
                 return inner(*args, **kwargs)
 
-            fn.name, fn.is_token_level = label, token_level
+            fn.name, fn.is_token_level, fn.text_inputs = label, token_level, text_inputs
         try:
             fn.__name__ = label
         except (AttributeError, TypeError):  # callable objects without a settable __name__
@@ -60,8 +70,17 @@ def reward_function(name: str | None = None, *, token_level: bool = False) -> Ca
 
 
 def reward_name(fn: Callable) -> str:
-    """The display name of a reward: its ``name``, else ``__name__``, else its class name."""
-    return str(getattr(fn, "name", None) or getattr(fn, "__name__", None) or type(fn).__name__)
+    """The display name of a reward: its ``name``, else ``__name__`` (through ``functools.partial``, as TRL's
+    ``get_callable_name``), else its class name."""
+    inner = fn
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    return str(getattr(fn, "name", None) or getattr(inner, "__name__", None) or type(inner).__name__)
+
+
+def wants_text(fn: Callable) -> bool:
+    """Whether ``fn`` takes prompts and completions as text on conversational data (``fn.text_inputs``)."""
+    return bool(getattr(fn, "text_inputs", False))
 
 
 def is_token_level(fn: Callable) -> bool:
