@@ -165,7 +165,7 @@ def read_jsonl_objects(path: str | os.PathLike, what: str, allowed: str) -> list
     from reinlm.errors import ReinlmError
 
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a leading byte-order mark is not part of the first object
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -164,3 +164,131 @@ def test_check_prompt_lengths(smol_tokenizer, tiny_lm):
     with pytest.raises(ReinlmError, match="max_new_tokens"):
         check_prompt_lengths([short], smol_tokenizer, None, 100, context=100)
     assert context_length(tiny_lm[0]) == 512
+
+
+# ---------------------------------------------------------------------------------------------- issue 13: TRL data
+
+
+def _local_hub_dataset(root):
+    """A dataset directory with two configs declared in its README (loads with datasets.load_dataset, offline)."""
+    for cfg, split, rows in [("main", "train", [("q1", "1"), ("q2", "2")]), ("main", "test", [("t1", "9")]),
+                             ("socratic", "train", [("s1", "3")])]:
+        (root / cfg).mkdir(parents=True, exist_ok=True)
+        (root / cfg / f"{split}.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
+                                                           for q, a in rows))
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: main\n  data_files:\n  - split: train\n    path: main/train.jsonl\n"
+        "  - split: test\n    path: main/test.jsonl\n- config_name: socratic\n  data_files:\n  - split: train\n"
+        "    path: socratic/train.jsonl\n---\n")
+    return root
+
+
+def test_hf_spec_parses_config_and_split():
+    from reinlm.data.prompts import parse_hf_spec
+
+    assert parse_hf_spec("openai/gsm8k") == ("openai/gsm8k", None, "train")
+    assert parse_hf_spec("openai/gsm8k:main") == ("openai/gsm8k", "main", "train")
+    assert parse_hf_spec("stanfordnlp/imdb:test") == ("stanfordnlp/imdb", None, "test")
+    assert parse_hf_spec("imdb:train[:10%]") == ("imdb", None, "train[:10%]")
+    assert parse_hf_spec("openai/gsm8k:main:test") == ("openai/gsm8k", "main", "test")
+    assert parse_hf_spec("x::validation") == ("x", None, "validation")
+    with pytest.raises(ReinlmError, match="hf:NAME:CONFIG:SPLIT"):
+        parse_hf_spec("a:b:c:d")
+
+
+def test_hf_dataset_with_config_and_split_and_renamed_columns(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    root = _local_hub_dataset(tmp_path / "gsm")
+    ps = load_prompts(f"hf:{root}:main", column="question")
+    assert ps.prompts == ["q1", "q2"] and ps.columns == {"answer": ["1", "2"]}
+    assert load_prompts(f"hf:{root}:main:test", column="question").prompts == ["t1"]
+    renamed = load_prompts(f"hf:{root}:socratic", rename="question=prompt,answer=solution")
+    assert renamed.prompts == ["s1"] and renamed.columns == {"solution": ["3"]}
+    with pytest.raises(ReinlmError, match=r"config default.*'main', 'socratic'"):
+        load_prompts(f"hf:{root}:test", column="question")  # a split without a config: the configs are listed
+
+
+def test_conversational_jsonl_keeps_message_lists(tmp_path):
+    f = tmp_path / "chat.jsonl"
+    rows = [{"prompt": [{"role": "system", "content": "Answer with a number."}, {"role": "user", "content": "2+2?"}],
+             "answer": "4"},
+            {"prompt": [{"role": "user", "content": "3+3?"}], "answer": "6"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ps = load_prompts(f)
+    assert ps.conversational and ps.prompts[1] == [{"role": "user", "content": "3+3?"}]
+    assert ps.columns == {"answer": ["4", "6"]}
+    f.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "plain", "answer": "1"}) + "\n")
+    with pytest.raises(ReinlmError, match="mixes text prompts and message lists"):
+        load_prompts(f)
+    f.write_text(json.dumps({"prompt": [{"role": "user", "text": "no content key"}]}) + "\n")
+    with pytest.raises(ReinlmError, match="row 0 has a message list whose message 0"):
+        load_prompts(f)
+
+
+def test_python_objects_become_prompt_sets():
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"question": ["a", "b"], "answer": ["1", "2"]})
+    ps = load_prompts(ds, rename={"question": "prompt"})
+    assert ps.prompts == ["a", "b"] and ps.columns == {"answer": ["1", "2"]}
+    assert ps.source.startswith("datasets.Dataset(fingerprint=")
+    assert load_prompts(["x", "y"]).prompts == ["x", "y"]
+    dicts = load_prompts([{"prompt": "x", "ref": 1}, {"prompt": "y", "ref": 2}])
+    assert dicts.columns == {"ref": [1, 2]} and dicts.fingerprint() == load_prompts(
+        {"prompt": ["x", "y"], "ref": [1, 2]}).fingerprint()
+    assert dicts.fingerprint() != load_prompts([{"prompt": "x", "ref": 1}, {"prompt": "y", "ref": 3}]).fingerprint()
+    conv = load_prompts([[{"role": "user", "content": "hi"}]])
+    assert conv.conversational
+    with pytest.raises(ReinlmError, match="allowed: a list of strings"):
+        load_prompts([1, 2])
+    with pytest.raises(ReinlmError, match="got a int"):
+        load_prompts(3)
+
+
+def test_column_names_trl_reserves(tmp_path):
+    from reinlm.data.prompts import parse_column_map
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "completion": "c", "completions": "x"}) + "\n")
+    with pytest.raises(ReinlmError, match="column named 'completions'"):
+        load_prompts(f)
+    ps = load_prompts(f, rename="completions=other")
+    assert ps.columns == {"other": ["x"]}  # 'completion' is not a reward column (as in TRL)
+    with pytest.raises(ReinlmError, match="has no column 'nope'"):
+        load_prompts(f, rename="nope=x")
+    with pytest.raises(ReinlmError, match="OLD=NEW"):
+        parse_column_map("a:b")
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv"])
+def test_non_utf8_files_name_the_line_and_byte(tmp_path, suffix):
+    f = tmp_path / f"latin1{suffix}"
+    lines = {".txt": ["first", "caf\u00e9 au lait"], ".jsonl": ['{"prompt": "ok"}', '{"prompt": "caf\u00e9"}'],
+             ".csv": ["prompt", "caf\u00e9"]}[suffix]
+    f.write_bytes("\n".join(lines).encode("latin-1"))
+    with pytest.raises(ReinlmError, match=r"is not UTF-8 text: line 2, byte \d+ .* is 0xe9.*iconv"):
+        load_prompts(f)
+    f.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode("utf-8"))  # a byte-order mark is fine
+    assert len(load_prompts(f)) in (1, 2)
+
+
+def test_held_out_line_says_how_many_and_how_to_change_it():
+    from reinlm.data import held_out_line
+
+    line = held_out_line(102, 20, 0.2, 8)
+    assert "holding out 20 of 102" in line and "8 of them used" in line and "--held-out-fraction 0" in line
+    assert "training on all 12" in held_out_line(12, 0, 0.0, 8)
+
+
+def test_render_prompts_conversations_and_chat_template_flag(smol_tokenizer):
+    from reinlm.data import as_conversations, render_prompts
+
+    conv = [{"role": "user", "content": "2+2?"}]
+    assert render_prompts([conv], smol_tokenizer) == apply_chat_template(["2+2?"], smol_tokenizer)
+    assert render_prompts([conv], smol_tokenizer)[0].endswith("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+    assert render_prompts(["plain"], smol_tokenizer) == ["plain"]
+    assert render_prompts(["plain"], smol_tokenizer, chat_template=True) == apply_chat_template(["plain"], smol_tokenizer)
+    assert as_conversations(["plain"], chat_template=True) == [[{"role": "user", "content": "plain"}]]
+    assert as_conversations(["plain"]) == ["plain"]

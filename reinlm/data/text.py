@@ -1,4 +1,4 @@
-"""Preparing prompt text for a model: chat templates and context-length checks."""
+"""Preparing prompt text for a model: context-length checks (chat templates: :mod:`reinlm.data.chat`)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,6 @@ from typing import Sequence
 from reinlm.errors import ReinlmError
 
 log = logging.getLogger(__name__)
-
-
-def apply_chat_template(prompts: Sequence[str], tokenizer, system: str | None = None) -> list[str]:
-    """Wrap each prompt as one user turn of ``tokenizer``'s chat template, ending with the assistant cue.
-
-    Returns strings (not ids), so the rest of the pipeline tokenizes them as usual. A leading BOS written
-    by the template is dropped when the tokenizer adds BOS itself, so it never appears twice. ``system``
-    adds a system turn (otherwise the template's own default, if any, applies).
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise ReinlmError(f"chat_template: the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model')!r} "
-                          f"has no chat template; allowed: a model with a chat template (e.g. smollm2-135m), "
-                          f"or leave the chat-template option off to use the prompts as plain text.")
-    bos = tokenizer.bos_token
-    adds_bos = bool(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    out = []
-    for p in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if adds_bos and text.startswith(bos):
-            text = text[len(bos):]
-        out.append(text)
-    return out
 
 
 def context_length(model_or_config) -> int | None:
