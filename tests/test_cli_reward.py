@@ -85,3 +85,50 @@ def test_yaml_config_with_flag_override(capsys, tmp_path):
 def test_missing_reward_flag_is_a_clear_error(capsys):
     code, _, err = run(capsys, "x")
     assert code == 2 and "--reward SPEC" in err
+
+
+DATA_REWARDS = '''
+def correct(completions, answer, **kwargs):
+    return [float(c[0]["content"].strip() == a) for c, a in zip(completions, answer)]
+
+def by_ids(completion_ids, **kwargs):
+    return [float(len(i)) for i in completion_ids]
+
+def only_math(completions, task, log_metric, **kwargs):
+    log_metric("math_rows", sum(t == "math" for t in task))
+    return [1.0 if t == "math" else None for t in task]
+'''
+
+
+def test_data_file_passes_every_column_and_conversations(capsys, tmp_path):
+    rewards = tmp_path / "data_rewards.py"
+    rewards.write_text(DATA_REWARDS)
+    data = tmp_path / "rows.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": "2+2?"}], "completion": "4", "answer": "4", "task": "math",
+             "completion_ids": [1, 2]},
+            {"prompt": [{"role": "user", "content": "3+3?"}], "completion": [{"role": "assistant", "content": "7"}],
+             "answer": "6", "task": "chat", "completion_ids": [5]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run(capsys, "--reward", f"{rewards}:correct + {rewards}:by_ids + {rewards}:only_math",
+                         "--data", str(data), "--json")
+    assert code == 0, err
+    assert json.loads(out) == [1.0 + 2.0 + 1.0, 0.0 + 1.0]  # only_math returns None on the chat row (nansum)
+    code, out, _ = run(capsys, "--reward", f"{rewards}:only_math", "--data", str(data))
+    assert "log_metric math_rows: 1.0000" in out and out.splitlines()[2].split()[0] == "skipped"
+
+
+def test_data_errors_and_tokenizer_for_completion_ids(capsys, tmp_path):
+    rewards = tmp_path / "data_rewards.py"
+    rewards.write_text(DATA_REWARDS)
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "Say hi", "completion": "hello there"}) + "\n")
+    code, _, err = run(capsys, "--reward", f"{rewards}:by_ids", "--data", str(data))
+    assert code == 2 and "'completion_ids'" in err and "--tokenizer" in err
+    code, out, _ = run(capsys, "--reward", f"{rewards}:by_ids", "--data", str(data), "--tokenizer", "smollm2-135m",
+                       "--json")
+    assert code == 0 and json.loads(out) == [2.0]  # "hello there" is two SmolLM2 tokens
+    code, _, err = run(capsys, "--reward", "sentiment", "--data", str(data), "extra text")
+    assert code == 2 and "one of them" in err
+    data.write_text(json.dumps({"prompt": "x", "text": "no completion key"}) + "\n")
+    code, _, err = run(capsys, "--reward", "sentiment", "--data", str(data))
+    assert code == 2 and "row 0 has completion None" in " ".join(err.split())
