@@ -15,7 +15,12 @@ class ReinlmError(Exception):
 
 
 class ConfigError(ReinlmError, ValueError):
-    """A configuration field holds a value that is not allowed."""
+    """A configuration field holds a value that is not allowed. ``field`` names it (when known), so that an
+    error about a value read from a YAML file can name the file."""
+
+    def __init__(self, message: str = "", *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def bad_value(field: str, value, allowed: str) -> ConfigError:
@@ -24,4 +29,4 @@ def bad_value(field: str, value, allowed: str) -> ConfigError:
     >>> str(bad_value("algo", "ppo2", "one of reinforce, grpo, rloo, ppo"))
     "algo: got 'ppo2'; allowed: one of reinforce, grpo, rloo, ppo."
     """
-    return ConfigError(f"{field}: got {value!r}; allowed: {allowed}.")
+    return ConfigError(f"{field}: got {value!r}; allowed: {allowed}.", field=field)

@@ -165,20 +165,77 @@ def read_jsonl_objects(path: str | os.PathLike, what: str, allowed: str) -> list
     from reinlm.errors import ReinlmError
 
     rows = []
-    with open(path, encoding="utf-8-sig") as f:  # a leading byte-order mark is not part of the first object
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ReinlmError(f"{what}: {str(path)!r} line {lineno} is not valid JSON ({e.msg}); "
-                                  f"allowed: {allowed}.") from e
-            if not isinstance(obj, dict):
-                raise ReinlmError(f"{what}: {str(path)!r} line {lineno} is a {type(obj).__name__}; "
-                                  f"allowed: {allowed}.")
-            rows.append((lineno, obj))
+    for lineno, line in enumerate(read_text(path, what).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ReinlmError(f"{what}: {str(path)!r} line {lineno} is not valid JSON ({e.msg}); "
+                              f"allowed: {allowed}.") from e
+        if not isinstance(obj, dict):
+            raise ReinlmError(f"{what}: {str(path)!r} line {lineno} is a {type(obj).__name__}; "
+                              f"allowed: {allowed}.")
+        rows.append((lineno, obj))
     return rows
+
+
+def _os_reason(e: OSError) -> str:
+    import errno
+
+    if e.errno == errno.ENOSPC:
+        return "the disk is full"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if e.errno == errno.EROFS:
+        return "the file system is read-only"
+    return e.strerror or type(e).__name__
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file", hint: str = "") -> bytes:
+    """The bytes of a user-supplied file; a missing file, a directory or an unreadable file raises a
+    ReinlmError naming ``what`` (e.g. "prompts"), the path and ``hint`` (what to pass instead)."""
+    from reinlm.errors import ReinlmError
+
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if path.is_dir():
+        raise ReinlmError(f"{what}: {str(path)!r} is a directory, not a file{tail}.")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ReinlmError(f"{what}: file {str(path)!r} does not exist{tail}.") from None
+    except OSError as e:
+        raise ReinlmError(f"{what}: cannot read {str(path)!r} ({_os_reason(e)}){tail}.") from None
+
+
+def decode_text(data: bytes, source: str, what: str = "file") -> str:
+    """``data`` decoded as UTF-8 (a BOM is dropped); bad bytes raise a ReinlmError naming the file, the
+    line, the byte offset and the byte, and saying how to fix it."""
+    from reinlm.errors import ReinlmError
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        bad = data[e.start:e.end].hex(" ")
+        kind = " (it looks binary)" if b"\x00" in data[:4096] else ""
+        name = Path(source)
+        raise ReinlmError(f"{what}: {source!r} is not UTF-8 text{kind}: line {line}, byte {col} of that line (offset "
+                          f"{e.start}) is 0x{bad}; allowed: a UTF-8 file. Convert it, e.g. iconv -f latin1 -t utf-8 "
+                          f"{name.name} > {name.stem}.utf8{name.suffix}.") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ReinlmError(f"{what}: {source!r} holds a NUL byte on line {line}; it looks like a binary file, "
+                          "not text.")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_text(path: str | os.PathLike, what: str = "file", hint: str = "") -> str:
+    """Read a user-supplied text file as UTF-8 with one-paragraph errors (missing, a directory,
+    unreadable, bad bytes: see :func:`read_bytes` and :func:`decode_text`)."""
+    return decode_text(read_bytes(path, what, hint), str(path), what)
 
 
 def _json_default(o: Any) -> Any:

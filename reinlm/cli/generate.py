@@ -86,8 +86,13 @@ def run(args: argparse.Namespace) -> int:
     from reinlm.utils import chunked, seed_everything
 
     yaml_values = load_yaml(args.config)
-    cfg = build_config(GenerateConfig, args, yaml_values)
-    sampling = build_config(SamplingConfig, args, yaml_values)
+    cfg = build_config(GenerateConfig, args, yaml_values, also=(SamplingConfig,), extra=("prompt",))
+    sampling = build_config(SamplingConfig, args, yaml_values, also=(GenerateConfig,), extra=("prompt",))
+    yaml_prompt = yaml_values.get("prompt")
+    if yaml_prompt is not None and not (isinstance(yaml_prompt, str) or (
+            isinstance(yaml_prompt, list) and all(isinstance(p, str) for p in yaml_prompt))):
+        raise ConfigError(f"config {yaml_values.source!r}: prompt: got {yaml_prompt!r}; allowed: a string or a "
+                          "list of strings.")
     prompts = collect_prompts(args.prompt or yaml_values.get("prompt"), cfg)
     seed_everything(cfg.seed)
 

@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         from reinlm.latent.pretrain import PretrainConfig, pretrain
 
         values = load_yaml(args.config)
-        cfg = build_config(PretrainConfig, args, values)
-        latent = build_config(LatentConfig, args, values)
+        cfg = build_config(PretrainConfig, args, values, also=(LatentConfig,))
+        latent = build_config(LatentConfig, args, values, also=(PretrainConfig,))
         out = pretrain(cfg, latent)
         summary = json.loads((out / "summary.json").read_text())
         print(json.dumps(summary, indent=2))

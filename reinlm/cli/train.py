@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from reinlm.config import build_config, load_yaml
-from reinlm.errors import ReinlmError
+from reinlm.errors import ConfigError, ReinlmError
 from reinlm.trainer.config import TrainConfig, add_train_args
 
 
@@ -26,17 +26,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Resolve defaults < run's saved config (resume) < --config YAML < flags."""
-    values: dict = {}
+    """Resolve defaults < run's saved config (resume) < --config YAML < flags (YAML strict: unknown keys,
+    wrong types and TRL keys without a reinlm meaning are errors naming the file)."""
+    layers = []
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
         if not saved.is_file():
             raise ReinlmError(f"resume: {args.resume!r} is not a run directory (no config.yaml); pass the --out "
                               "directory of an earlier `reinlm train`.")
-        values.update(load_yaml(saved))
+        try:
+            values = load_yaml(saved, what="resume")
+        except ConfigError as e:
+            raise ReinlmError(f"{e} The run's settings are unknown, so it cannot resume with them (a crash or a "
+                              f"full disk while config.yaml was written leaves it so); copy the config.yaml of "
+                              f"its newest checkpoint ({run_dir / 'checkpoints'}/step-N/config.yaml) over it.") from None
         values["out"] = args.resume
-    values.update(load_yaml(args.config))
-    return build_config(TrainConfig, args, values, strict_yaml=False)
+        layers.append(values)
+    layers.append(load_yaml(args.config))
+    return build_config(TrainConfig, args, layers)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from reinlm.config import check_choice, check_range, opt
+from reinlm.config import Config, opt
 from reinlm.errors import ConfigError, bad_value
 from reinlm.critic.align import FUZZY_THRESHOLD
 
@@ -16,6 +17,8 @@ def parse_values(text: str | tuple | list, field: str = "critic_values") -> tupl
         nums = [float(p) for p in parts]
     except ValueError:
         raise bad_value(field, text, "two numbers 'POSITIVE,NEGATIVE' such as 0.5,-0.5 (or one number x = x,-x)") from None
+    if not all(math.isfinite(x) for x in nums):
+        raise bad_value(field, text, "finite numbers 'POSITIVE,NEGATIVE' such as 0.5,-0.5")
     if len(nums) == 1:
         return nums[0], -nums[0]
     if len(nums) != 2:
@@ -24,26 +27,28 @@ def parse_values(text: str | tuple | list, field: str = "critic_values") -> tupl
 
 
 @dataclass
-class CriticConfig:
+class CriticConfig(Config):
     """How to build the critic reward from flags (``reinlm train --critic ...``)."""
 
     critic: str | None = opt(None, "local critic model (alias, HF id or path), e.g. smollm2-135m")
     critic_url: str | None = opt(None, "OpenAI-compatible endpoint for the critic, e.g. http://127.0.0.1:8000/v1")
     critic_model: str | None = opt(None, "model name sent to --critic-url")
     critic_task: str = opt("sentiment", "template: sentiment, toxicity, summarization, or a YAML template file")
-    critic_values: str = opt("0.5,-0.5", "values of tokens in positive,negative spans")
+    critic_values: str = opt("0.5,-0.5", "values of tokens in positive,negative spans", sep=",")
     critic_default: float = opt(0.0, "value of the other tokens of a critiqued sample")
     critic_threshold: float | None = opt(None, "send only samples whose extrinsic reward is <= this (None: all)")
-    critic_scale: str = opt("none", "none, or running: multiply values by the running std of extrinsic rewards")
+    critic_scale: str = opt("none", "none, or running: multiply values by the running std of extrinsic rewards",
+                            choices=("none", "running"))
     critic_api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the endpoint's API key")
-    critic_timeout: float = opt(30.0, "seconds per critic HTTP request")
-    critic_max_retries: int = opt(2, "retries of a failed critic HTTP request")
-    critic_backoff: float = opt(1.0, "base seconds of the exponential backoff between retries")
-    critic_concurrency: int = opt(4, "most critic HTTP requests in flight")
-    critic_max_answer_tokens: int = opt(48, "token limit of each critic answer")
-    critic_batch_size: int = opt(8, "texts per local critic generation batch")
+    critic_timeout: float = opt(30.0, "seconds per critic HTTP request", lo=0, lo_open=True)
+    critic_max_retries: int = opt(2, "retries of a failed critic HTTP request", lo=0)
+    critic_backoff: float = opt(1.0, "base seconds of the exponential backoff between retries", lo=0)
+    critic_concurrency: int = opt(4, "most critic HTTP requests in flight", lo=1)
+    critic_max_answer_tokens: int = opt(48, "token limit of each critic answer", lo=1)
+    critic_batch_size: int = opt(8, "texts per local critic generation batch", lo=1)
     critic_device: str = opt("auto", "device of the local critic: cpu, cuda, cuda:N, auto")
-    critic_fuzzy_threshold: float = opt(FUZZY_THRESHOLD, "difflib ratio a fuzzy phrase match needs (1: exact only)")
+    critic_fuzzy_threshold: float = opt(FUZZY_THRESHOLD, "difflib ratio a fuzzy phrase match needs (1: exact only)",
+                                         lo=0, lo_open=True, hi=1)
 
     def __post_init__(self):
         if self.critic and self.critic_url:
@@ -51,10 +56,10 @@ class CriticConfig:
         if self.critic_url and not self.critic_model:
             self.critic_model = "default"
         parse_values(self.critic_values)
-        check_choice("critic_scale", self.critic_scale, ("none", "running"))
-        check_range("critic_fuzzy_threshold", self.critic_fuzzy_threshold, 0, 1, lo_open=True)
-        check_range("critic_max_answer_tokens", self.critic_max_answer_tokens, 1)
-        check_range("critic_batch_size", self.critic_batch_size, 1)
+        if self.critic:
+            from reinlm.utils import resolve_device
+
+            resolve_device(self.critic_device)  # an absent device is refused before any model loads
 
     def build_backend(self):
         """The backend these settings describe (LocalCritic, default smollm2-135m, or HTTPCritic)."""

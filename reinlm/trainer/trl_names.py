@@ -1,0 +1,309 @@
+"""TRL's config names in a reinlm training config: the one table of what each means here.
+
+A TRL user's ``GRPOConfig`` / ``TrainingArguments`` / ``ModelConfig`` keys work in ``reinlm train
+--config FILE.yaml`` where reinlm has the same setting:
+
+- :data:`TRL_SAME`: keys spelled the same in both (listed for the docs; nothing to translate);
+- :data:`TRL_RENAMES`: keys with the same meaning under another name (``learning_rate`` -> ``lr``);
+- :data:`TRL_DERIVED`: keys whose value maps onto reinlm settings by a rule (``per_device_train_batch_size``
+  counts completions per device and optimiser step; reinlm counts prompts per rollout step), applied by
+  :func:`translate_trl_keys`;
+- :data:`TRL_UNSUPPORTED`: TRL keys reinlm has no meaning for, refused with the reason (not "unknown key").
+
+Meanings follow TRL 1.16 (``trl/trainer/grpo_config.py``, ``model_config.py``, transformers'
+``TrainingArguments``). A key that is (or becomes) a field of :class:`~reinlm.trainer.config.TrainConfig`
+is that field: fields win over this table (a test checks that no entry shadows a field).
+:func:`render_trl_table` writes the Markdown table of docs/trl-migration.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from reinlm.errors import ConfigError
+
+#: TRL key -> note (the key is also a reinlm field of the same meaning)
+TRL_SAME: dict[str, str] = {
+    "temperature": "sampling temperature",
+    "top_p": "nucleus sampling (1.0: off)",
+    "top_k": "top-k sampling (0: off)",
+    "seed": "seed of prompts, sampling and initialisation",
+    "weight_decay": "AdamW weight decay",
+    "max_grad_norm": "gradient-norm clip (0: off)",
+    "warmup_steps": "linear warm-up; TRL counts optimiser steps, reinlm rollout steps (the same when "
+                    "num_iterations is 1 and per_device_train_batch_size covers the whole rollout batch); a "
+                    "float in (0, 1) is a share of the steps, as in transformers 5",
+    "entropy_coef": "entropy bonus coefficient (TRL's adaptive entropy control is not implemented)",
+    "lora_r": "LoRA rank (0: full fine-tuning; TRL's default with use_peft is 16)",
+    "lora_alpha": "LoRA alpha (TRL's default is 32, reinlm's 16)",
+}
+
+#: TRL key -> (reinlm field, note)
+TRL_RENAMES: dict[str, tuple[str, str]] = {
+    "learning_rate": ("lr", "AdamW learning rate"),
+    "num_generations": ("samples_per_prompt", "completions per prompt, the group size G"),
+    "max_completion_length": ("max_new_tokens", "most tokens per completion"),
+    "beta": ("kl_coef", "KL coefficient. TRL adds the k3 KL to the loss and defaults to 0.0; reinlm adds the KL "
+                        "to the per-token reward by default (kl_in: reward, kl_estimator: k1) with 0.05. For "
+                        "TRL's form set kl_in: loss and kl_estimator: k3"),
+    "num_iterations": ("update_epochs", "passes over each rollout batch (mu in the GRPO paper)"),
+    "epsilon": ("clip_eps", "ratio clip epsilon"),
+    "gradient_accumulation_steps": ("grad_accum", "micro-batches per optimiser step"),
+    "output_dir": ("out", "run directory"),
+    "save_steps": ("save_every", "checkpoint every N steps (rollout steps in reinlm)"),
+    "save_total_limit": ("keep_checkpoints", "newest checkpoints kept"),
+    "model_name_or_path": ("model", "policy model (TRL's ModelConfig / script argument)"),
+    "lora_target_modules": ("lora_targets", "modules LoRA adapts (a YAML list or comma-separated)"),
+}
+
+#: TRL key -> how its value is mapped (see translate_trl_keys)
+TRL_DERIVED: dict[str, str] = {
+    "max_steps": "TRL counts optimiser steps, reinlm rollout steps: steps = ceil(max_steps / (num_iterations x "
+                 "steps_per_generation / gradient_accumulation_steps)) (= max_steps with TRL's defaults)",
+    "per_device_train_batch_size": "completions per device per micro-batch: batch_prompts = "
+                                   "per_device_train_batch_size x steps_per_generation / num_generations (must "
+                                   "divide), minibatch_size = per_device_train_batch_size x "
+                                   "gradient_accumulation_steps; single process",
+    "generation_batch_size": "completions per rollout: batch_prompts = generation_batch_size / num_generations",
+    "steps_per_generation": "optimiser steps per rollout (with per_device_train_batch_size or "
+                            "generation_batch_size; default gradient_accumulation_steps)",
+    "lr_scheduler_type": "constant, constant_with_warmup -> lr_schedule: constant (with warmup_steps); linear; "
+                         "cosine. TRL's default is linear, reinlm's constant",
+    "warmup_ratio": "warmup_steps = ceil(warmup_ratio x steps) (transformers 4; transformers 5 takes a float "
+                    "warmup_steps)",
+    "report_to": "none / [] -> log: none; tensorboard -> tensorboard; wandb -> wandb (TensorBoard too)",
+    "use_peft": "true: LoRA with lora_r 16 and lora_alpha 32 unless given (TRL's defaults); false: lora_r 0",
+    "use_cpu": "true -> device: cpu",
+    "scale_rewards": "group / true -> scale_std: true; none / false -> scale_std: false ('batch' is not "
+                     "implemented)",
+    "bf16": "false is accepted (float32 is reinlm's default); true has no exact equivalent (see the error)",
+    "fp16": "false is accepted; true is refused (no fp16 mixed precision)",
+    "gradient_checkpointing": "false is accepted; true is refused (not implemented)",
+    "optim": "adamw_torch, adamw_torch_fused, adamw_hf accepted (reinlm's optimiser is AdamW); others refused",
+    "eval_strategy": "no is accepted; reinlm evaluates held-out prompts before and after training "
+                     "(eval_prompts, eval_samples)",
+    "save_strategy": "steps is accepted (save_every); others refused",
+}
+
+_PENDING = "reinlm does not implement this TRL setting yet"
+#: TRL key -> why it has no meaning in reinlm
+TRL_UNSUPPORTED: dict[str, str] = {
+    "num_train_epochs": "reinlm counts rollout steps, not dataset epochs; give max_steps (or steps).",
+    "logging_steps": "reinlm logs every step to metrics.jsonl; remove the key.",
+    "logging_strategy": "reinlm logs every step to metrics.jsonl; remove the key.",
+    "logging_dir": "TensorBoard logs go to OUT/tb; remove the key.",
+    "eval_steps": "reinlm evaluates held-out prompts before and after training (eval_prompts, eval_samples).",
+    "per_device_eval_batch_size": "the held-out evaluation uses eval_prompts x eval_samples; remove the key.",
+    "num_generations_eval": "the held-out evaluation draws eval_samples per prompt; use eval_samples.",
+    "push_to_hub": "reinlm never uploads; the model is in OUT/final.",
+    "hub_model_id": "reinlm never uploads; the model is in OUT/final.",
+    "run_name": "the run is named by its directory (out).",
+    "remove_unused_columns": "every dataset column reaches the reward functions; remove the key.",
+    "shuffle_dataset": "each step draws a seeded random set of prompts; remove the key.",
+    "dataloader_num_workers": "prompts are held in memory; remove the key.",
+    "disable_dropout": "the embedded models have no dropout at training; remove the key.",
+    "model_init_kwargs": "models load in dtype (--dtype) on device (--device); remove the key.",
+    "torch_dtype": "use dtype: float32 or bfloat16.",
+    "trust_remote_code": "reinlm loads only standard architectures; remove the key.",
+    "attn_implementation": "reinlm uses the model's default attention; remove the key.",
+    "use_liger_kernel": "not supported; remove the key.",
+    "deepspeed": "not supported; reinlm runs one process or torchrun/accelerate data parallel.",
+    "fsdp": "not supported; reinlm runs one process or torchrun/accelerate data parallel.",
+    "reward_weights": "weights go in the reward SPEC, e.g. reward: 0.5*sentiment+target_length:80.",
+    "multi_objective_aggregation": "rewards are summed with their SPEC weights (sum_then_normalize).",
+    "min_p": "sampling supports temperature, top_k and top_p.",
+    "repetition_penalty": "not supported at sampling; remove the key.",
+    "generation_kwargs": "sampling supports temperature, top_k and top_p.",
+    "chat_template_kwargs": "not supported; use chat_template: true for the model's template.",
+    "max_prompt_length": "prompts are never truncated; over-long prompts are refused before training.",
+    "sync_ref_model": "the reference stays frozen (kl_target gives adaptive KL control instead).",
+    "ref_model_mixup_alpha": "the reference stays frozen.",
+    "ref_model_sync_steps": "the reference stays frozen.",
+    "top_entropy_quantile": "not supported; remove the key.",
+    "use_adaptive_entropy": "not supported; entropy_coef is constant.",
+    "log_completions": "sample completions go to samples.jsonl every sample_every steps.",
+    "num_completions_to_print": "sample completions go to samples.jsonl every sample_every steps.",
+    "adam_beta1": "AdamW uses torch's betas (0.9, 0.999); remove the key.",
+    "adam_beta2": "AdamW uses torch's betas (0.9, 0.999); remove the key.",
+    "adam_epsilon": "AdamW uses torch's eps 1e-8; remove the key.",
+    "lr_scheduler_kwargs": "lr_schedule takes constant, linear or cosine without options.",
+    "dataset_name": "give prompts: hf:NAME (see docs/models-and-data.md).",
+    "dataset_config": "give prompts: hf:NAME with the config (see docs/models-and-data.md).",
+    "dataset_train_split": "give prompts: hf:NAME with the split (see docs/models-and-data.md).",
+    # features being added to reinlm (the field, when it exists, takes the key)
+    "loss_type": _PENDING + " (loss aggregation is loss_aggregation: seq_mean | token_mean).",
+    "epsilon_high": _PENDING + " (clip_eps is symmetric).",
+    "delta": _PENDING + ".",
+    "importance_sampling_level": _PENDING + " (ratios are per token).",
+    "mask_truncated_completions": _PENDING + ".",
+    "use_vllm": _PENDING + " (generation uses reinlm's own decoder).",
+    "vllm_mode": _PENDING + ".",
+    "vllm_importance_sampling_correction": _PENDING + ".",
+    "vllm_importance_sampling_mode": _PENDING + ".",
+    "vllm_importance_sampling_cap": _PENDING + ".",
+    "vllm_gpu_memory_utilization": _PENDING + ".",
+    "vllm_server_base_url": _PENDING + ".",
+    "cast_lm_head_to_fp32": _PENDING + ".",
+    "max_tool_calling_iterations": _PENDING + " (single-turn generation only).",
+}
+
+#: keys of older TRL / transformers versions, still recognised (not in TRL 1.16 / transformers 5)
+TRL_LEGACY: frozenset[str] = frozenset({"warmup_ratio", "logging_dir", "torch_dtype", "max_prompt_length"})
+
+_LR_SCHEDULES = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine"}
+_OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_hf")
+
+
+def trl_aliases() -> dict[str, str]:
+    """``{TRL key: reinlm field}`` of the plain renames (what ``TrainConfig.__aliases__`` holds)."""
+    return {k: v[0] for k, v in TRL_RENAMES.items()}
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{key}: got {value!r}; allowed: true or false.")
+
+
+def _int(key: str, value: Any, lo: int = 1) -> int:
+    from reinlm.config import check_field
+
+    return check_field(key, value, int, {"lo": lo})
+
+
+def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Map the :data:`TRL_DERIVED` keys of a config mapping onto reinlm fields; other keys pass through.
+
+    ``values``: flat keys as written in the file (renames not yet resolved); ``defaults``: the reinlm
+    defaults of the fields the rules read (``samples_per_prompt``, ``grad_accum``, ``update_epochs``,
+    ``steps``). A derived value whose reinlm field is also given is an error naming both keys.
+    """
+    values = dict(values)
+    wu = values.get("warmup_steps")
+    if isinstance(wu, float) and 0 < wu < 1:  # transformers 5: a float in (0, 1) is a share of the steps
+        if "warmup_ratio" in values:
+            raise ConfigError("warmup_steps and warmup_ratio: both give the warm-up; keep one.")
+        values["warmup_ratio"] = values.pop("warmup_steps")
+    if not any(k in TRL_DERIVED for k in values):
+        return values
+    out = {k: v for k, v in values.items() if k not in TRL_DERIVED}
+    given = {k: v for k, v in values.items() if k in TRL_DERIVED}
+
+    def current(field: str) -> Any:
+        for key in (field, *[t for t, (f, _) in TRL_RENAMES.items() if f == field]):
+            if key in values:
+                return values[key]
+        return defaults[field]
+
+    def put(field: str, value: Any, from_key: str) -> None:
+        clash = [k for k in (field, *[t for t, (f, _) in TRL_RENAMES.items() if f == field]) if k in values]
+        if clash:
+            raise ConfigError(f"{from_key}: sets {field} (TRL's {from_key}), but {clash[0]!r} is given too; keep one.")
+        out[field] = value
+
+    def refuse(key: str, why: str) -> None:
+        raise ConfigError(f"{key}: got {given[key]!r}; {why}")
+
+    # --- batch shape and step count
+    G = _int("num_generations", current("samples_per_prompt"))
+    gas = _int("gradient_accumulation_steps", current("grad_accum"))
+    mu = _int("num_iterations", current("update_epochs"))
+    P = _int("per_device_train_batch_size", given["per_device_train_batch_size"]) \
+        if "per_device_train_batch_size" in given else None
+    GB = _int("generation_batch_size", given["generation_batch_size"]) if "generation_batch_size" in given else None
+    spg = _int("steps_per_generation", given["steps_per_generation"]) if "steps_per_generation" in given else None
+    if GB is not None and spg is not None:
+        raise ConfigError("generation_batch_size and steps_per_generation: give one of them (TRL refuses both too).")
+    if spg is not None and P is None:
+        raise ConfigError("steps_per_generation: needs per_device_train_batch_size (completions per micro-batch) "
+                          "to size the rollout batch; or give batch_prompts and minibatch_size directly.")
+    updates = 1  # optimiser steps per rollout batch and update epoch
+    if P is not None or GB is not None:
+        if GB is None:
+            GB = P * (spg if spg is not None else gas)
+        if P is not None and GB % (P * gas):
+            raise ConfigError(f"per_device_train_batch_size: gives {GB} completions per rollout, not a multiple of "
+                              f"per_device_train_batch_size x gradient_accumulation_steps = {P * gas}; reinlm "
+                              "takes whole optimiser steps from each rollout batch.")
+        if GB % G:
+            raise ConfigError(f"per_device_train_batch_size: gives {GB} completions per rollout, not a multiple of "
+                              f"num_generations = {G}; reinlm rolls out whole prompt groups (batch_prompts x "
+                              "samples_per_prompt completions).")
+        put("batch_prompts", GB // G, "per_device_train_batch_size" if P is not None else "generation_batch_size")
+        if P is not None:
+            updates = GB // (P * gas)
+            put("minibatch_size", 0 if updates == 1 else P * gas, "per_device_train_batch_size")
+    if "max_steps" in given:
+        put("steps", max(1, math.ceil(_int("max_steps", given["max_steps"]) / (mu * updates))), "max_steps")
+    # --- schedule
+    if "lr_scheduler_type" in given:
+        v = str(given["lr_scheduler_type"])
+        if v not in _LR_SCHEDULES:
+            refuse("lr_scheduler_type", f"allowed: {', '.join(_LR_SCHEDULES)} (reinlm's lr_schedule is constant, "
+                                        "linear or cosine after warmup_steps).")
+        put("lr_schedule", _LR_SCHEDULES[v], "lr_scheduler_type")
+    if "warmup_ratio" in given:
+        from reinlm.config import check_field
+
+        ratio = check_field("warmup_ratio", given["warmup_ratio"], float, {"lo": 0, "hi": 1})
+        steps = out.get("steps", current("steps"))
+        put("warmup_steps", math.ceil(ratio * _int("steps", steps)), "warmup_ratio")
+    # --- logging, precision, devices, adapters
+    if "report_to" in given:
+        v = given["report_to"]
+        names = [v] if isinstance(v, str) else list(v or [])
+        names = [str(n).lower() for n in names if str(n).lower() != "none"]
+        bad = [n for n in names if n not in ("tensorboard", "wandb", "all")]
+        if bad:
+            refuse("report_to", f"allowed: none, tensorboard, wandb (reinlm has no {bad[0]} logger).")
+        put("log", "wandb" if "wandb" in names else ("tensorboard" if names else "none"), "report_to")
+    if "use_peft" in given:
+        if _bool("use_peft", given["use_peft"]):
+            if "lora_r" not in values:
+                put("lora_r", 16, "use_peft")
+            if "lora_alpha" not in values:
+                out["lora_alpha"] = 32
+        elif "lora_r" not in values:
+            put("lora_r", 0, "use_peft")
+    if "use_cpu" in given and _bool("use_cpu", given["use_cpu"]):
+        put("device", "cpu", "use_cpu")
+    if "scale_rewards" in given:
+        v = given["scale_rewards"]
+        key = str(v).lower() if not isinstance(v, bool) else ("group" if v else "none")
+        if key not in ("group", "none", "true", "false"):
+            refuse("scale_rewards", "allowed: group or true (scale_std: true), none or false (scale_std: false); "
+                                    "reinlm does not implement batch scaling yet.")
+        put("scale_std", key in ("group", "true"), "scale_rewards")
+    if "bf16" in given and _bool("bf16", given["bf16"]):
+        refuse("bf16", "reinlm has no bf16 mixed precision: dtype: bfloat16 stores and trains the weights in "
+                       "bfloat16 (not mixed), frozen_dtype: bfloat16 runs only the frozen reference in bfloat16; "
+                       "write one of those, or bf16: false.")
+    if "fp16" in given and _bool("fp16", given["fp16"]):
+        refuse("fp16", "reinlm has no fp16 mixed precision; use dtype: float32 or bfloat16.")
+    if "gradient_checkpointing" in given and _bool("gradient_checkpointing", given["gradient_checkpointing"]):
+        refuse("gradient_checkpointing", "reinlm does not implement gradient checkpointing; write false or remove it.")
+    if "optim" in given and str(given["optim"]) not in _OPTIMS:
+        refuse("optim", f"allowed: {', '.join(_OPTIMS)} (reinlm's optimiser is AdamW).")
+    if "eval_strategy" in given and str(given["eval_strategy"]).lower() != "no":
+        refuse("eval_strategy", "reinlm evaluates held-out prompts before and after training (eval_prompts, "
+                                "eval_samples); write no or remove it.")
+    if "save_strategy" in given and str(given["save_strategy"]).lower() != "steps":
+        refuse("save_strategy", "allowed: steps (checkpoints every save_every steps).")
+    return out
+
+
+def render_trl_table() -> str:
+    """The Markdown table TRL name -> reinlm name -> behaviour (the body of docs/trl-migration.md's table)."""
+    rows = ["| TRL key | reinlm | notes |", "| --- | --- | --- |"]
+    for k, note in sorted(TRL_SAME.items()):
+        rows.append(f"| `{k}` | `{k}` | {note} |")
+    for k, (field, note) in sorted(TRL_RENAMES.items()):
+        rows.append(f"| `{k}` | `{field}` | {note} |")
+    for k, note in sorted(TRL_DERIVED.items()):
+        rows.append(f"| `{k}` | (derived) | {note} |")
+    for k, why in sorted(TRL_UNSUPPORTED.items()):
+        rows.append(f"| `{k}` | - | refused: {why} |")
+    return "\n".join(rows) + "\n"
