@@ -60,19 +60,20 @@ def test_straight_through_gradient_reaches_idm(model):
     (hard * torch.arange(16.0)).sum().backward()
     assert logits.grad.abs().sum() > 0
 
-    from reinlm.latent.pretrain import PretrainConfig, stage1_step
+    from reinlm.latent.pretrain import PretrainConfig, Reducer, gumbel_noise, stage1_loss
 
     ids = _ids(model.tokenizer)
     h, _ = model.backbone_hidden(ids)
     model.zero_grad()
-    loss, stats = stage1_step(model, h, ids, torch.ones_like(ids), PretrainConfig(), None, None)
+    noise = gumbel_noise((1, ids.shape[1], 16), 0)
+    loss, stats = stage1_loss(model, h, ids, torch.ones_like(ids), PretrainConfig(), None, None, noise, Reducer())
     # a first step: the merge blocks' output projection is zero-initialised, so update it once
     loss.backward()
     with torch.no_grad():
         for blk in model.world_model.blocks:
             blk.ff.down.weight.add_(torch.randn_like(blk.ff.down.weight) * 0.1)
     model.zero_grad()
-    loss, _ = stage1_step(model, h, ids, torch.ones_like(ids), PretrainConfig(), None, None)
+    loss, _ = stage1_loss(model, h, ids, torch.ones_like(ids), PretrainConfig(), None, None, noise, Reducer())
     loss.backward()
     assert model.idm.out.weight.grad.abs().sum() > 0
     assert model.world_model.codebook.weight.grad.abs().sum() > 0

@@ -20,7 +20,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="latent_command", metavar="ACTION")
     pre = sub.add_parser("pretrain", help="build the hidden-state cache, train IDM + world model, then the BC policy",
                          description="Example: reinlm latent pretrain --backbone smollm2-135m --corpus self:200000 "
-                                     "--out runs/latent. Stages already finished in --out are skipped (resume).")
+                                     "--out runs/latent. Re-running the same command resumes: finished stages are "
+                                     "skipped, a stage with a checkpoint continues from it. Data parallel: "
+                                     "torchrun --nproc_per_node N -m reinlm.cli.main latent pretrain ... (CPU) or "
+                                     "accelerate launch (GPUs). Exit status 3: stopped by --stop-after-steps.")
     pre.add_argument("--config", help="YAML file of these fields (flags override it)")
     add_dataclass_args(pre, PretrainConfig, group="pretraining")
     add_dataclass_args(pre, LatentConfig, group="head sizes")
@@ -48,12 +51,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.latent_command == "pretrain":
         from reinlm.latent.config import LatentConfig
-        from reinlm.latent.pretrain import PretrainConfig, pretrain
+        from reinlm.latent.pretrain import Interrupted, PretrainConfig, pretrain
 
         values = load_yaml(args.config)
         cfg = build_config(PretrainConfig, args, values, also=(LatentConfig,))
         latent = build_config(LatentConfig, args, values, also=(PretrainConfig,))
-        out = pretrain(cfg, latent)
+        try:
+            out = pretrain(cfg, latent)
+        except Interrupted as e:  # --stop-after-steps: not an error, but not finished either
+            print(str(e))
+            return 3
         summary = json.loads((out / "summary.json").read_text())
         print(json.dumps(summary, indent=2))
         print(f"latent model: {out}   (try: reinlm explore --latent {out} \"I like eating\")")

@@ -4,7 +4,8 @@ The backbone is frozen, so every pretraining stage (and every re-run) reads the 
 directory holds
 
 - ``tokens.npy`` (N,) int32: the token ids of all sequences, concatenated;
-- ``hidden.npy`` (N, H) float16: the backbone's final normalised hidden state at each token;
+- ``hidden.npy`` (N, H) float16: the backbone's final normalised hidden state at each token (absent in a
+  tokens-only store: the ``self:N`` samples of a streamed pretraining, whose states are computed on the fly);
 - ``offsets.npy`` (S+1,) int64: sequence s is ``[offsets[s], offsets[s+1])``;
 - ``meta.json``: backbone, corpus spec, sizes, tokens/s of the pass. Written last, so a directory without
   it is an interrupted build and is rebuilt.
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reinlm.errors import ReinlmError
-from reinlm.latent.corpus import builtin_prompts, load_texts, parse_corpus_spec
+from reinlm.latent.corpus import builtin_prompts, parse_corpus_spec
 from reinlm.latent.modules import sample_categorical
 from reinlm.utils import write_json
 
@@ -41,7 +42,7 @@ class HiddenCache:
 
     path: Path
     tokens: np.ndarray
-    hidden: np.ndarray
+    hidden: np.ndarray | None
     offsets: np.ndarray
     meta: dict
 
@@ -50,8 +51,8 @@ class HiddenCache:
         path = Path(path)
         meta = json.loads((path / META).read_text())
         n = meta["n_tokens"]
-        return cls(path, np.load(path / "tokens.npy", mmap_mode="r")[:n], np.load(path / "hidden.npy", mmap_mode="r")[:n],
-                   np.load(path / "offsets.npy"), meta)
+        hidden = np.load(path / "hidden.npy", mmap_mode="r")[:n] if (path / "hidden.npy").is_file() else None
+        return cls(path, np.load(path / "tokens.npy", mmap_mode="r")[:n], hidden, np.load(path / "offsets.npy"), meta)
 
     @property
     def n_sequences(self) -> int:
@@ -86,23 +87,26 @@ class HiddenCache:
         return (torch.from_numpy(h).to(device), torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
 
 
-def cache_matches(path: Path, backbone: str, corpus: str) -> bool:
+def cache_matches(path: Path, backbone: str, corpus: str, max_tokens: int = 0, hidden: bool = True) -> bool:
+    """Whether ``path`` holds a finished cache of this backbone and corpus (and token cap), with states when
+    ``hidden`` (a cache with states also serves as a tokens-only store)."""
     meta_path = Path(path) / META
     if not meta_path.is_file():
         return False
     meta = json.loads(meta_path.read_text())
-    return meta.get("backbone") == backbone and meta.get("corpus") == corpus
+    return (meta.get("backbone") == backbone and meta.get("corpus") == corpus
+            and int(meta.get("max_tokens", 0)) == int(max_tokens) and (meta.get("hidden", True) or not hidden))
 
 
 class _Writer:
     """Appends sequences to preallocated memory-mapped arrays."""
 
-    def __init__(self, path: Path, capacity: int, hidden_size: int):
+    def __init__(self, path: Path, capacity: int, hidden_size: int, store_hidden: bool = True):
         path.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path, self.hidden_size = path, hidden_size
         self.tokens = np.lib.format.open_memmap(path / "tokens.npy", mode="w+", dtype=np.int32, shape=(capacity,))
         self.hidden = np.lib.format.open_memmap(path / "hidden.npy", mode="w+", dtype=np.float16,
-                                                shape=(capacity, hidden_size))
+                                                shape=(capacity, hidden_size)) if store_hidden else None
         self.offsets = [0]
 
     @property
@@ -115,16 +119,18 @@ class _Writer:
         T = min(T, len(self.tokens) - a)
         if T < 2:
             return
-        self.tokens[a:a + T] = ids[:T].cpu().numpy()
-        self.hidden[a:a + T] = h[:T].float().cpu().numpy().astype(np.float16)
+        self.tokens[a:a + T] = np.asarray(ids[:T].cpu() if torch.is_tensor(ids) else ids[:T])
+        if self.hidden is not None:
+            self.hidden[a:a + T] = h[:T].float().cpu().numpy().astype(np.float16)
         self.offsets.append(a + T)
 
     def finish(self, meta: dict) -> None:
         self.tokens.flush()
-        self.hidden.flush()
+        if self.hidden is not None:
+            self.hidden.flush()
         np.save(self.path / "offsets.npy", np.asarray(self.offsets, dtype=np.int64))
         write_json(self.path / META, {**meta, "n_tokens": self.n, "n_sequences": len(self.offsets) - 1,
-                                      "hidden_size": int(self.hidden.shape[1])})
+                                      "hidden_size": int(self.hidden_size), "hidden": self.hidden is not None})
 
 
 def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,34 +154,44 @@ def _base_forward(model, ids, mask, pos, cache=None):
 
 
 @torch.no_grad()
-def build_text_cache(model, tokenizer, texts: list[str], out: Path, meta: dict, max_len: int = 256,
-                     batch_size: int = 8, max_tokens: int | None = None) -> HiddenCache:
-    """Tokenise ``texts`` into chunks of ``max_len`` tokens and cache the backbone states of each chunk."""
-    chunks = []
-    for t in texts:
-        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
-        chunks += [ids[i:i + max_len] for i in range(0, len(ids), max_len) if len(ids[i:i + max_len]) >= 2]
-    total = sum(len(c) for c in chunks)
-    if max_tokens:
-        total = min(total, max_tokens)
-    if not chunks:
+def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len: int = 256, batch_size: int = 8,
+                     max_tokens: int = 0, text_column: str = "text") -> HiddenCache:
+    """Stream the documents of the text corpus ``spec``, cut each into chunks of ``max_len`` tokens (at least 2)
+    and cache the backbone states of each chunk (batches of ``batch_size`` chunks); at most ``max_tokens``
+    tokens when > 0. The documents are never all in memory."""
+    from reinlm.latent.corpus import TokenSource
+
+    source = TokenSource(spec, tokenizer, max_len, text_column)
+    total = max_tokens or sum(len(w) for _, _, w in source.windows())  # a tokenise-only pass sizes the arrays
+    if total == 0:
         raise ReinlmError(f"corpus: {meta['corpus']!r} yields no chunk of 2 or more tokens.")
     writer = _Writer(out, total, model.config.hidden_size)
     pad = tokenizer.pad_token_id or 0
+    dev = next(model.parameters()).device
     start = time.time()
+
+    def flush(group):
+        ids, mask = left_pad([list(c) for c in group], pad)  # left padding, like every prompt batch in reinlm
+        L = ids.shape[1]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        h, _ = _base_forward(model, ids.to(dev), mask.to(dev), pos.to(dev))
+        for j, c in enumerate(group):
+            writer.add(ids[j, L - len(c):], h[j, L - len(c):])
+
+    group = []
     with tqdm(total=total, desc="hidden states", unit="tok", unit_scale=True) as bar:
-        for i in range(0, len(chunks), batch_size):
-            if writer.n >= total:
+        for _, _, w in source.windows():
+            if writer.n + sum(len(c) for c in group) >= total:
                 break
-            group = chunks[i:i + batch_size]
-            ids, mask = left_pad(group, pad)  # left padding, like every prompt batch in reinlm
-            L = ids.shape[1]
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            dev = next(model.parameters()).device
-            h, _ = _base_forward(model, ids.to(dev), mask.to(dev), pos.to(dev))
+            group.append(w[: total - writer.n - sum(len(c) for c in group)])
+            if len(group) == batch_size:
+                before = writer.n
+                flush(group)
+                group = []
+                bar.update(writer.n - before)
+        if group:
             before = writer.n
-            for j, c in enumerate(group):
-                writer.add(ids[j, L - len(c):], h[j, L - len(c):])
+            flush([c for c in group if len(c) >= 2])
             bar.update(writer.n - before)
     writer.finish({**meta, "tokens_per_s": writer.n / max(time.time() - start, 1e-9),
                    "seconds": time.time() - start})
@@ -185,7 +201,7 @@ def build_text_cache(model, tokenizer, texts: list[str], out: Path, meta: dict, 
 @torch.no_grad()
 def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: Path, meta: dict,
                      batch_size: int = 128, new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-                     seed: int = 0) -> HiddenCache:
+                     seed: int = 0, store_hidden: bool = True) -> HiddenCache:
     """Sample ``n_tokens`` new tokens from the backbone on ``prompts`` and cache tokens + states.
 
     One KV-cached sampling loop per batch of ``batch_size`` prompts (drawn with replacement, seeded): the
@@ -199,7 +215,7 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
     enc_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     per_round = batch_size * (max(len(p) for p in enc_prompts) + new_tokens)  # most tokens one round stores
     cap = 4 * (n_tokens + per_round)  # prompts are stored too; the sparse file only grows as it is written
-    writer = _Writer(out, cap, model.config.hidden_size)
+    writer = _Writer(out, cap, model.config.hidden_size, store_hidden)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id or 0
     lm_head = model.get_output_embeddings()
     generated, start = 0, time.time()
@@ -254,17 +270,21 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
 
 def build_cache(model, tokenizer, backbone: str, corpus: str, out: str | Path, *, text_column: str = "text",
                 max_len: int = 256, batch_size: int = 32, new_tokens: int = 128, temperature: float = 1.0,
-                prompts: str = "builtin:neutral", seed: int = 0, force: bool = False) -> HiddenCache:
-    """Open the cache at ``out`` when it was built for the same backbone and corpus, else (re)build it."""
+                prompts: str = "builtin:neutral", seed: int = 0, force: bool = False, max_tokens: int = 0,
+                store_hidden: bool = True) -> HiddenCache:
+    """Open the cache at ``out`` when it was built for the same backbone and corpus, else (re)build it.
+
+    ``store_hidden=False`` (``self:N`` only): keep the sampled tokens, not their states (a streamed run)."""
     out = Path(out)
-    if not force and cache_matches(out, backbone, corpus):
+    if not force and cache_matches(out, backbone, corpus, max_tokens, store_hidden):
         return HiddenCache.open(out)
     if out.exists():
         shutil.rmtree(out)
     spec = parse_corpus_spec(corpus)
-    meta = {"backbone": backbone, "corpus": corpus}
+    meta = {"backbone": backbone, "corpus": corpus, "max_tokens": int(max_tokens)}
     if spec.kind == "self":
         return build_self_cache(model, tokenizer, builtin_prompts(prompts), spec.n_tokens, out, meta,
-                                batch_size=batch_size, new_tokens=new_tokens, temperature=temperature, seed=seed)
-    return build_text_cache(model, tokenizer, load_texts(corpus, text_column), out, meta, max_len=max_len,
-                            batch_size=max(1, batch_size // 4))
+                                batch_size=batch_size, new_tokens=new_tokens, temperature=temperature, seed=seed,
+                                store_hidden=store_hidden)
+    return build_text_cache(model, tokenizer, corpus, out, meta, max_len=max_len,
+                            batch_size=max(1, batch_size // 4), max_tokens=max_tokens, text_column=text_column)

@@ -60,9 +60,14 @@ class QDConfig:
 
 
 def held_out_prefixes(latent_dir: Path, n: int, prefix_tokens: int) -> list[list[int]]:
-    """Token-id prefixes from the held-out split of the latent model's pretraining cache."""
+    """Token-id prefixes from the held-out split of the latent model's pretraining (``held_out.npz``, written by
+    every pretraining run, or else the held-out sequences of its cache)."""
     from reinlm.latent.hidden_cache import HiddenCache
 
+    if (latent_dir / "held_out.npz").is_file():
+        z = np.load(latent_dir / "held_out.npz")
+        seqs = [z["tokens"][a:b] for a, b in zip(z["offsets"][:-1], z["offsets"][1:])]
+        return [[int(t) for t in s[:prefix_tokens]] for s in seqs if len(s) >= prefix_tokens][:n]
     cfg = json.loads((latent_dir / "pretrain_config.json").read_text())
     cache = HiddenCache.open(Path(cfg.get("cache_dir") or latent_dir / "cache"))
     _, held = cache.split(cfg["held_out_fraction"], cfg["seed"])
