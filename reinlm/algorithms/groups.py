@@ -1,7 +1,9 @@
-"""Statistics of scores within groups (the G samples drawn for one prompt).
+"""Statistics of scores within groups (the G samples drawn for one prompt), over the valid samples only.
 
 Dimension legend: B = sequences, K = distinct groups. ``group_ids`` (B,) may hold any integers (they need
-not be contiguous or sorted); every statistic is returned broadcast back to (B,).
+not be contiguous or sorted); every statistic is returned broadcast back to (B,). ``valid`` (B,) bool marks the
+samples a reward could score; invalid samples (a reward failed or returned None everywhere) are left out of
+every statistic, as TRL's nan-aware group statistics leave out its unscorable completions.
 """
 
 from __future__ import annotations
@@ -15,18 +17,34 @@ def group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return index, int(index.max()) + 1 if index.numel() else 0
 
 
-def group_sum(x: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element group sum and group size: (B,), (B,) -> sum (B,), count (B,)."""
+def _weights(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones_like(x) if valid is None else valid.to(x.dtype)
+
+
+def group_sum(x: torch.Tensor, group_ids: torch.Tensor,
+              valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element sum over the valid members of its group, and their number: (B,) -> sum (B,), count (B,)."""
     index, K = group_index(group_ids)
-    sums = torch.zeros(K, dtype=x.dtype, device=x.device).index_add_(0, index, x)  # (K,)
-    counts = torch.zeros(K, dtype=x.dtype, device=x.device).index_add_(0, index, torch.ones_like(x))  # (K,)
+    wts = _weights(x, valid)
+    sums = torch.zeros(K, dtype=x.dtype, device=x.device).index_add_(0, index, x * wts)  # (K,)
+    counts = torch.zeros(K, dtype=x.dtype, device=x.device).index_add_(0, index, wts)  # (K,)
     return sums[index], counts[index]
 
 
-def group_mean_std(x: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-element group mean, unbiased group std (0 for groups of one) and group size. -> (B,) x 3."""
-    sums, counts = group_sum(x, group_ids)
-    mean = sums / counts
-    sq, _ = group_sum((x - mean).square(), group_ids)
+def group_mean_std(x: torch.Tensor, group_ids: torch.Tensor,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-element group mean, unbiased group std (0 for fewer than two valid members) and valid group size,
+    all over the valid members. -> (B,) x 3."""
+    sums, counts = group_sum(x, group_ids, valid)
+    mean = sums / counts.clamp(min=1)
+    sq, _ = group_sum((x - mean).square(), group_ids, valid)
     std = torch.where(counts > 1, (sq / (counts - 1).clamp(min=1)).sqrt(), torch.zeros_like(x))
     return mean, std, counts
+
+
+def zero_spread(scores: torch.Tensor, group_ids: torch.Tensor, valid: torch.Tensor | None = None,
+                atol: float = 1e-8) -> torch.Tensor:
+    """(B,) bool: the sample's group carries no learning signal, its valid scores all equal (std <= ``atol``,
+    TRL's ``frac_reward_zero_std`` test) or fewer than two of them are valid (DAPO's dynamic-sampling filter)."""
+    _, std, counts = group_mean_std(scores.float(), group_ids, valid)
+    return (std <= atol) | (counts < 2)

@@ -1,26 +1,57 @@
-"""Masked reductions and the policy-gradient losses shared by REINFORCE, GRPO/RLOO and PPO.
+"""Masked reductions, loss aggregation (``loss_type``) and the policy-gradient surrogate every algorithm uses.
 
-Dimension legend: B = sequences, R = response tokens. ``mask`` (B, R) is 1 on real response tokens.
-Advantages are either per sequence (B,) (broadcast over the tokens) or per token (B, R).
+Dimension legend: B = sequences in a micro-batch, R = response tokens. ``mask`` (B, R) is 1 on the tokens that
+enter the loss. Advantages are per sequence (B,) (broadcast over the tokens) or per token (B, R).
 
-Aggregation of a per-token loss l (B, R) into a scalar (option ``aggregation``):
-- ``token_mean``: sum_{i,t} m_it l_it / sum_{i,t} m_it (every token weighs the same; DAPO, Yu et al. 2025);
-- ``seq_mean``: mean_i [ sum_t m_it l_it / sum_t m_it ] (every sequence weighs the same; GRPO as written in
-  Shao et al. 2024 eq. 3). Sequences with no real token are left out of the mean.
+**The surrogate** (:func:`policy_loss`), per token t of sequence i, with w the importance ratio:
+
+    w_it = exp(log pi(x_it) - log pi_old(x_it))                          level "token" (PPO, Schulman et al. 2017)
+    w_i  = exp(1/|y_i| sum_t (log pi(x_it) - log pi_old(x_it)))         level "sequence" (GSPO, Zheng et al. 2025)
+
+    clipped (PPO eq. 7; clip-higher from DAPO, Yu et al. 2025):
+        l_it = max(-A_it w, -A_it clip(w, 1 - eps_low, 1 + eps_high))
+    dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games", eq. 5), for A < 0 only:
+        l_it = min(l_it, -c A_it)                                       (c = ``clip_ratio_c`` > 1)
+    cispo (MiniMax-M1, 2025, eq. 4): the weight is clipped and detached, the gradient flows through log pi:
+        l_it = -sg(min(w, eps_high)) A_it log pi(x_it)                  (eps_high is the cap eps_max itself)
+    unclipped (REINFORCE, Williams 1992; one on-policy update, w = 1):
+        l_it = -A_it log pi(x_it)
+
+then ``l_it *= rho_it`` (truncated importance weights against the sampler, :mod:`reinlm.algorithms.mismatch`)
+and ``l_it += beta * kl_it`` when the KL is a loss term (GRPO, Shao et al. 2024 eq. 3).
+
+**Aggregation** (``loss_type``, TRL 1.16's definitions). An optimiser step is made of several micro-batches
+(gradient accumulation) on each of W processes (gradients averaged). Each micro-batch returns its *share* of
+the step's loss, so that summing the shares over the step's micro-batches and averaging over processes gives
+exactly the loss below. With S_loc = sequences of this process in the step, N = loss tokens of the whole step
+(every micro-batch and process), L = max completion length:
+
+    grpo     1/S_loc sum_i [ sum_t m_it l_it / sum_t m_it ]     sequence mean (Shao et al. 2024 eq. 3)
+    bnpo     sum_it m l / sum_it m  of each micro-batch, weighted by its share of S_loc  (token mean, local)
+    dr_grpo  1/(S_loc L) sum_it m_it l_it                        constant normaliser (Liu et al. 2025, Dr. GRPO)
+    dapo     W/N sum_it m_it l_it                                token mean over the whole step (Yu et al. 2025)
+    cispo    as dapo, with the cispo per-token loss
+
+TRL divides grpo/bnpo/dr_grpo by the number of accumulation steps instead of weighting by S_loc: the same for
+equal micro-batches. A sequence with no loss token (masked) contributes 0 but still counts in S_loc (as in TRL).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 
 from reinlm.config import check_choice
 
-Aggregation = Literal["token_mean", "seq_mean"]
-AGGREGATIONS = ("token_mean", "seq_mean")
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo"]
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
+ImportanceSamplingLevel = Literal["token", "sequence"]
+IS_LEVELS = ("token", "sequence")
 
 
+# ----------------------------------------------------------------------------------------------- reductions
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     """sum(x * mask) over ``dim`` (all when None)."""
     return (x * mask).sum() if dim is None else (x * mask).sum(dim)
@@ -45,77 +76,24 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, *,
+                  unbiased: bool = True, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) over the masked entries (advantage whitening, as in TRL's PPO).
 
-    With ``shift_mean=False`` the mean is added back (only the scale changes). Padding stays unmasked:
-    multiply by the mask if it must be zero.
+    ``reduce_sum`` (an all-reduce over processes) makes the mean and variance those of the global batch;
+    ``unbiased=False`` divides by n (OpenRLHF's REINFORCE++) instead of n - 1. With ``shift_mean=False`` the
+    mean is added back (only the scale changes). Padding is transformed too: multiply by the mask if it must
+    be zero.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    reduce_sum = reduce_sum or (lambda t: t)
+    m = mask.to(x.dtype)
+    n_sum = reduce_sum(torch.stack([m.sum(), (x * m).sum()]))
+    n = n_sum[0]
+    mean = n_sum[1] / n.clamp(min=1.0)
+    sq = reduce_sum(((x - mean).square() * m).sum())
+    var = sq / (n - 1) if unbiased and float(n) > 1 else sq / n.clamp(min=1.0)
     white = (x - mean) * torch.rsqrt(var + eps)
     return white if shift_mean else white + mean
-
-
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, aggregation: Aggregation = "token_mean") -> torch.Tensor:
-    """Reduce a per-token loss (B, R) to a scalar by ``token_mean`` or ``seq_mean`` (module docstring)."""
-    check_choice("loss_aggregation", aggregation, AGGREGATIONS)
-    mask = mask.to(loss.dtype)
-    if aggregation == "token_mean":
-        return masked_mean(loss, mask)
-    per_seq = masked_mean(loss, mask, dim=-1)  # (B,)
-    has_tokens = (mask.sum(-1) > 0).to(loss.dtype)  # (B,)
-    return (per_seq * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
-
-
-def _per_token(advantages: torch.Tensor) -> torch.Tensor:
-    """(B,) sequence advantages -> (B, 1) for broadcasting; (B, R) unchanged."""
-    return advantages[:, None] if advantages.dim() == 1 else advantages
-
-
-def policy_gradient_loss(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                         aggregation: Aggregation = "token_mean") -> torch.Tensor:
-    """REINFORCE loss L = -agg_t[ A_t * log pi(x_t) ] (Williams 1992; the score-function estimator).
-
-    Args:
-        logp: (B, R) log-probs of the sampled tokens under the current policy (with gradients).
-        advantages: (B,) or (B, R), no gradient.
-        mask: (B, R).
-    """
-    loss = -_per_token(advantages.detach()) * logp  # (B, R)
-    return aggregate(loss, mask, aggregation)
-
-
-def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                        clip_eps: float = 0.2, aggregation: Aggregation = "token_mean",
-                        clip_eps_high: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), negated to a loss:
-
-        rho_t = exp(log pi(x_t) - log pi_old(x_t))
-        L     = agg_t max( -A_t rho_t,  -A_t clip(rho_t, 1 - eps, 1 + eps_high) )
-
-    ``eps_high`` defaults to ``eps`` (DAPO's "clip-higher" when larger). GRPO uses the same loss with
-    group-normalised advantages (Shao et al. 2024 eq. 3).
-
-    Returns ``(loss, stats)``; stats are floats: ``clip_fraction`` (share of tokens where the clipped term
-    is the active one), ``approx_kl`` (mean of (rho - 1) - log rho, the k3 estimate of KL(old || new) as in
-    CleanRL), ``ratio_mean``, ``ratio_max``.
-    """
-    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    adv = _per_token(advantages.detach())  # (B, 1) or (B, R)
-    log_ratio = logp - old_logp.detach()  # (B, R)
-    ratio = log_ratio.exp()
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + eps_high)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation)
-    with torch.no_grad():
-        m = mask.to(ratio.dtype)
-        stats = {
-            "clip_fraction": float(masked_mean((clipped > unclipped).to(ratio.dtype), m)),
-            "approx_kl": float(masked_mean((ratio - 1.0) - log_ratio, m)),
-            "ratio_mean": float(masked_mean(ratio, m)),
-            "ratio_max": float((ratio * m).max()) if m.any() else 1.0,
-        }
-    return loss, stats
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -124,6 +102,122 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float) -> torch.Tensor:
-    """The loss term -coef * masked_mean(H) that rewards exploration (Mnih et al. 2016)."""
-    return -coef * masked_mean(entropy, mask)
+# ----------------------------------------------------------------------------------------------- aggregation
+@dataclass(frozen=True)
+class LossNorm:
+    """What a micro-batch must know about its whole optimiser step to return its share of the loss."""
+
+    seqs: int  # S_loc: sequences this process puts into the optimiser step (all its micro-batches)
+    tokens: float  # N: loss tokens of the whole optimiser step, every micro-batch of every process
+    world: int = 1  # W: processes whose gradients are averaged
+    max_len: int = 1  # L: the maximum completion length (dr_grpo's constant)
+
+    @classmethod
+    def single(cls, mask: torch.Tensor, max_len: int | None = None) -> "LossNorm":
+        """The step is this one micro-batch on one process."""
+        return cls(seqs=mask.shape[0], tokens=float(mask.sum()), world=1, max_len=max_len or mask.shape[-1])
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: LossType, norm: LossNorm) -> torch.Tensor:
+    """This micro-batch's share of the step loss from a per-token loss (B, R) (module docstring)."""
+    check_choice("loss_type", loss_type, LOSS_TYPES)
+    mask = mask.to(per_token.dtype)
+    summed = (per_token * mask).sum()
+    if loss_type == "grpo":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
+        return per_seq.sum() / norm.seqs
+    if loss_type == "bnpo":
+        return summed / mask.sum().clamp(min=1.0) * (mask.shape[0] / norm.seqs)
+    if loss_type == "dr_grpo":
+        return summed / (norm.seqs * norm.max_len)
+    return summed / (max(norm.tokens, 1.0) / norm.world)  # dapo, cispo (N clamped at 1 as in TRL)
+
+
+def _per_token(advantages: torch.Tensor) -> torch.Tensor:
+    """(B,) sequence advantages -> (B, 1) for broadcasting; (B, R) unchanged."""
+    return advantages[:, None] if advantages.dim() == 1 else advantages
+
+
+def log_importance_weights(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor,
+                           level: ImportanceSamplingLevel = "token") -> torch.Tensor:
+    """log w: per token (B, R), or the mean log-ratio of each sequence (B, 1) (GSPO, Zheng et al. 2025 eq. 7)."""
+    check_choice("importance_sampling_level", level, IS_LEVELS)
+    log_ratio = logp - old_logp.detach()  # (B, R)
+    if level == "token":
+        return log_ratio
+    mask = mask.to(log_ratio.dtype)
+    return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0))[:, None]  # (B, 1)
+
+
+# ----------------------------------------------------------------------------------------------- the surrogate
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                norm: LossNorm, *, loss_type: LossType = "grpo", clipped: bool = True, clip_eps: float = 0.2,
+                clip_eps_high: float | None = None, clip_ratio_c: float | None = None,
+                importance_sampling_level: ImportanceSamplingLevel = "token",
+                is_weights: torch.Tensor | None = None, kl: torch.Tensor | None = None,
+                kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy loss of one micro-batch (module docstring for every formula).
+
+    Args:
+        logp: (B, R) log pi(x_t) under the current policy, with gradients.
+        old_logp: (B, R) log pi_old(x_t), the trainer's log-probs at the parameters that sampled (no gradient).
+        advantages: (B,) or (B, R), no gradient.
+        mask: (B, R) loss mask.
+        norm: the optimiser step's normalisers (:class:`LossNorm`).
+        loss_type: grpo | bnpo | dr_grpo | dapo | cispo.
+        clipped: the clipped ratio surrogate; False gives REINFORCE's -A log pi (one on-policy update).
+        clip_eps, clip_eps_high: the clip range [1 - eps, 1 + eps_high] (eps_high defaults to eps); for
+            cispo, ``clip_eps_high`` is the cap on the weight itself.
+        clip_ratio_c: dual-clip constant c > 1 (None: off).
+        importance_sampling_level: "token" or "sequence" (GSPO).
+        is_weights: (B, R) or (B, 1) truncated importance weights against the sampler (no gradient), or None.
+        kl: (B, R) per-token KL to the reference with gradients, added as ``kl_coef * kl`` (None: off).
+
+    Returns ``(loss, stats)``: the micro-batch's share of the step loss, and float statistics over its loss
+    tokens: ``clip_frac`` (low or high clip active), ``clip_frac_low`` (w < 1 - eps with A < 0),
+    ``clip_frac_high`` (w > 1 + eps_high with A > 0), ``dual_clip_frac``, ``cispo_clip_frac``,
+    ``ratio_mean``, ``ratio_max``, ``approx_kl`` (mean (w - 1) - log w, token level).
+    """
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    adv = _per_token(advantages.detach())  # (B, 1) or (B, R)
+    log_w = log_importance_weights(logp, old_logp, mask, importance_sampling_level)  # (B, R) or (B, 1)
+    w = log_w.exp()
+    if loss_type == "cispo":
+        per_token = -w.clamp(max=eps_high).detach() * adv * logp  # (B, R)
+    elif clipped:
+        per_token = torch.maximum(-adv * w, -adv * w.clamp(1.0 - clip_eps, 1.0 + eps_high))
+        if clip_ratio_c is not None:
+            per_token = torch.where(adv < 0, torch.minimum(per_token, -clip_ratio_c * adv), per_token)
+    else:
+        per_token = -adv * logp
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
+    if kl is not None and kl_coef:
+        per_token = per_token + kl_coef * kl
+    per_token = per_token.expand_as(logp) if per_token.shape != logp.shape else per_token
+    loss = aggregate(per_token, mask, loss_type, norm)
+    with torch.no_grad():
+        m = mask.to(logp.dtype)
+        wt = w.expand_as(logp)  # (B, R)
+        low = (wt < 1.0 - clip_eps) & (adv < 0)
+        high = (wt > 1.0 + eps_high) & (adv > 0)
+        token_log_ratio = logp - old_logp
+        stats = {
+            "clip_frac": float(masked_mean((low | high).to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
+            "clip_frac_low": float(masked_mean(low.to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
+            "clip_frac_high": float(masked_mean(high.to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
+            "ratio_mean": float(masked_mean(wt, m)),
+            "ratio_max": float((wt * m).max()) if bool(m.any()) else 1.0,
+            "approx_kl": float(masked_mean(token_log_ratio.exp() - 1.0 - token_log_ratio, m)),
+        }
+        if clip_ratio_c is not None:
+            stats["dual_clip_frac"] = float(masked_mean(((wt > clip_ratio_c) & (adv < 0)).to(m.dtype), m))
+        if loss_type == "cispo":
+            stats["cispo_clip_frac"] = float(masked_mean(((wt > eps_high) & (adv > 0)).to(m.dtype), m))
+    return loss, stats
+
+
+def token_mean_share(x: torch.Tensor, mask: torch.Tensor, norm: LossNorm) -> torch.Tensor:
+    """A token mean over this micro-batch weighted by its share of the step's sequences (the entropy bonus and
+    the value loss: TRL's mean per micro-batch divided by the accumulation steps). (B, R) -> scalar."""
+    return masked_mean(x, mask) * (mask.shape[0] / norm.seqs)

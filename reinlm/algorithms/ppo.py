@@ -1,27 +1,32 @@
-"""PPO for language models: GAE, the clipped value loss, the value head, minibatches.
+"""PPO for language models: GAE over per-token rewards, the clipped policy and value losses, the value head
+(Schulman et al. 2017, "Proximal Policy Optimization Algorithms"; Ziegler et al. 2019 for the language setting).
 
-Dimension legend: B = sequences, R = response tokens (right-padded), H = hidden size, T = P + R.
+Dimension legend: B = sequences, R = response tokens (right-padded), H = hidden size.
 
-Per-token rewards come from :func:`reinlm.algorithms.shaping.per_token_rewards`; the policy loss is
-:func:`reinlm.algorithms.losses.clipped_policy_loss` (Schulman et al. 2017, eq. 7). Defaults as in
-DESIGN.md section 3: gamma 1, lambda 0.95, clip 0.2, value clip 0.2, advantage whitening.
+Needs: a value head (``needs.values``: the trainer passes the values at rollout time to ``advantages`` and the
+current values to ``loss``); a frozen reference for the per-token KL penalty. Runs in both spaces (latent
+space: the head reads the policy's features).
 
-Where the value comes from (option ``value_model`` of the trainer, both supported here):
-- ``shared``: a :class:`ValueHead` on the policy's own final hidden state (one forward gives log-probs and
-  values; the value loss also trains the shared trunk: cheap, the TRL v0 / Ziegler et al. 2019 layout);
-- ``separate``: the head on a separate copy of the model (a second forward and a second set of weights;
-  the policy trunk only sees the policy loss: the InstructGPT / TRL PPOTrainer layout).
+1. Per-token rewards (:func:`reinlm.algorithms.shaping.per_token_rewards`, Ziegler et al. 2019 eq. 2):
+   r_t = -beta kl_t, plus the clipped score at the last token, plus dense token rewards (critic spans).
+2. GAE (Schulman et al. 2016 eq. 16): delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lam A_{t+1},
+   returns G_t = A_t + V_t; advantages whitened over the global batch (``--whiten-advantages``).
+3. Loss: the clipped surrogate of :func:`reinlm.algorithms.losses.policy_loss` (aggregated by ``--loss-type``)
+   plus ``vf_coef`` times the clipped value loss 1/2 max((V - G)^2, (V_old + clip(V - V_old, -c, c) - G)^2).
+
+Defaults as in DESIGN.md section 3: gamma 1, lambda 0.95, clip 0.2, value clip 0.2, whitened advantages.
+Where the value comes from (``--value-model``): ``shared``, a :class:`ValueHead` on the policy's own final
+hidden state (one forward gives log-probs and values; the value loss also trains the trunk: the TRL v0 /
+Ziegler et al. 2019 layout); ``separate``, the head on a separate copy of the model (the InstructGPT / TRL
+PPOTrainer layout).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
+from reinlm.algorithms.base import AdvantageInputs, Algorithm, LossInputs, LossNorm, Needs, Targets, register_algorithm
 from reinlm.algorithms.losses import masked_mean, masked_whiten
-
-whiten = masked_whiten  # the name docs/architecture.md gives it
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
@@ -102,57 +107,26 @@ class ValueHead(torch.nn.Module):
         return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
 
 
-def response_values(model, value_head: ValueHead, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    response_len: int) -> torch.Tensor:
-    """Values (B, R) of the response states from ``model``'s final hidden states (the ``separate`` layout).
+@register_algorithm("ppo")
+class PPO(Algorithm):
+    """Proximal Policy Optimization with a value head and GAE (module docstring)."""
 
-    V_t is read at the position that predicts response token t (the same shift as the log-probs).
-    """
-    from reinlm.rollout.token import position_ids_from_mask
+    needs = Needs(values=True, always_clipped=True)
 
-    R = int(response_len)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                use_cache=False, logits_to_keep=1, output_hidden_states=True)
-    return value_head(out.hidden_states[-1][:, -R - 1:-1])  # (B, R)
+    def advantages(self, batch: AdvantageInputs) -> Targets:
+        if batch.values is None:
+            raise ValueError("ppo needs the rollout-time values (needs.values)")
+        mask = batch.mask.float()
+        adv, returns = gae(batch.token_rewards(), batch.values, mask, self.ppo.gamma, self.ppo.lam)  # (B, R) x 2
+        if self.ppo.whiten_advantages:
+            adv = masked_whiten(adv, mask, reduce_sum=batch.reduce_sum)
+        return Targets(adv * mask, returns, batch.values.detach())
 
-
-class PolicyValueOutput(NamedTuple):
-    logp: torch.Tensor  # (B, R)
-    entropy: torch.Tensor | None  # (B, R)
-    values: torch.Tensor  # (B, R)
-
-
-class PolicyWithValueHead(torch.nn.Module):
-    """A causal LM policy plus a value head, on the shared trunk (``value_model=None``) or on a separate model.
-
-    ``forward(input_ids, attention_mask, response_len, temperature)`` -> :class:`PolicyValueOutput`:
-    one forward pass in the shared layout, two in the separate one.
-    """
-
-    def __init__(self, policy, value_model=None, hidden_size: int | None = None):
-        super().__init__()
-        self.policy = policy
-        self.value_model = value_model
-        trunk = value_model if value_model is not None else policy
-        self.value_head = ValueHead(hidden_size or trunk.config.hidden_size)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
-                temperature: float = 1.0, return_entropy: bool = True) -> PolicyValueOutput:
-        from reinlm.rollout.token import token_logprobs
-
-        shared = self.value_model is None
-        scores = token_logprobs(self.policy, input_ids, attention_mask, response_len, temperature,
-                                return_entropy=return_entropy, return_hidden=shared)
-        if shared:
-            values = self.value_head(scores.hidden)
-        else:
-            values = response_values(self.value_model, self.value_head, input_ids, attention_mask, response_len)
-        return PolicyValueOutput(scores.logp, scores.entropy, values)
-
-
-def minibatch_indices(n: int, minibatch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """A random permutation of range(n) cut into minibatches of ``minibatch_size`` (the last may be smaller)."""
-    if minibatch_size < 1:
-        raise ValueError(f"minibatch_size must be >= 1, got {minibatch_size}")
-    order = torch.randperm(n, generator=generator)
-    return list(order.split(minibatch_size))
+    def loss(self, mb: LossInputs, norm: LossNorm) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, stats = super().loss(mb, norm)  # the clipped policy surrogate (+ KL term, entropy bonus)
+        v_loss, v_stats = clipped_value_loss(mb.values, mb.targets.old_values, mb.targets.returns, mb.mask,
+                                             self.ppo.value_clip)
+        loss = loss + self.ppo.vf_coef * v_loss * (mb.mask.shape[0] / norm.seqs)  # this micro-batch's share
+        stats["loss/value"] = float(v_loss.detach())
+        stats.update({f"value/{k}": v for k, v in v_stats.items()})
+        return loss, stats

@@ -1,0 +1,192 @@
+"""The contract between the trainer and an RL algorithm, and the registry the trainer looks algorithms up in.
+
+Dimension legend: B = sequences on this process, R = response length (tokens, or latent actions).
+
+An algorithm is one class in one module (``reinforce.py``, ``rloo.py``, ``grpo.py``, ``reinforce_pp.py``,
+``remax.py``, ``ppo.py``), registered under its ``--algo`` name with :func:`register_algorithm`. It declares
+
+- ``needs`` (:class:`Needs`): what the trainer must provide (a value head, the reward of a greedy rollout,
+  at least two samples per prompt), the action spaces it runs in, and whether its update is always the
+  clipped ratio surrogate;
+- ``advantages(AdvantageInputs) -> Targets``: per-token advantages (and PPO's returns) for the whole batch;
+- ``loss(LossInputs, LossNorm) -> (loss, stats)``: one micro-batch's share of the step loss. The default is
+  the shared surrogate of :mod:`reinlm.algorithms.losses` plus the entropy bonus; PPO adds its value loss.
+
+The trainer never branches on the algorithm's name: it reads ``needs`` and calls these two methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, ClassVar
+
+import torch
+
+from reinlm.algorithms.config import AlgorithmConfig, PPOConfig
+from reinlm.algorithms.losses import LossNorm, aggregate, masked_mean, policy_loss, token_mean_share
+from reinlm.algorithms.shaping import per_token_rewards
+from reinlm.errors import ConfigError
+
+
+def _no_reduce(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm needs from the trainer and where it runs."""
+
+    values: bool = False  # a value head whose rollout-time values reach `advantages` (PPO)
+    greedy_baseline: bool = False  # the reward of one greedy rollout per prompt (ReMax)
+    min_group_size: int = 1  # samples per prompt it needs (2 for group baselines)
+    spaces: tuple[str, ...] = ("token", "latent")  # action spaces it makes sense in
+    always_clipped: bool = False  # the clipped ratio surrogate even for one on-policy update (GRPO, PPO)
+
+
+@dataclass
+class AdvantageInputs:
+    """Everything an algorithm may read to compute advantages for a batch of B sequences."""
+
+    scores: torch.Tensor  # (B,) sequence scores (after --score-clip / running scaling); 0 where invalid
+    valid: torch.Tensor  # (B,) bool: a reward could score the sample; invalid ones get no advantage
+    mask: torch.Tensor  # (B, R) response tokens of the valid samples
+    group_ids: torch.Tensor  # (B,) prompt of each sequence
+    kl: torch.Tensor | None = None  # (B, R) per-token KL of the sampled tokens to the reference (rollout time)
+    beta: float = 0.0  # coefficient of the KL *reward penalty* (0 when the KL is a loss term or off)
+    dense: torch.Tensor | None = None  # (B, R) token-level rewards (critic spans, token rewards)
+    values: torch.Tensor | None = None  # (B, R) values at rollout time (algorithms with needs.values)
+    baseline_scores: torch.Tensor | None = None  # (B,) greedy-rollout reward of each sample's prompt (ReMax)
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _no_reduce  # all-reduce (sum) over processes
+
+    def returns(self) -> torch.Tensor:
+        """Sequence return R_i = score_i - beta sum_t kl_it + sum_t dense_it (gamma = 1): the sum over t of the
+        per-token rewards of :func:`reinlm.algorithms.shaping.per_token_rewards`, so sequence-level algorithms
+        optimise the same KL-penalised objective as PPO. 0 for invalid samples. (B,)."""
+        out = self.scores.float().clone()
+        if self.kl is not None and self.beta > 0:
+            out = out - self.beta * (self.kl * self.mask).sum(-1)
+        if self.dense is not None:
+            out = out + (self.dense * self.mask).sum(-1)
+        return out * self.valid.to(out.dtype)
+
+    def token_rewards(self) -> torch.Tensor:
+        """Per-token rewards r_t (B, R): -beta kl_t on every token, the score at the last one, dense rewards."""
+        kl = self.kl if self.kl is not None else torch.zeros_like(self.mask, dtype=torch.float32)
+        scores = self.scores.float() * self.valid.float()
+        return per_token_rewards(scores, kl, self.mask.float(), self.beta, dense=self.dense)
+
+    def broadcast(self, seq_advantages: torch.Tensor) -> torch.Tensor:
+        """(B,) sequence advantages -> (B, R) on the valid response tokens, 0 elsewhere."""
+        return seq_advantages[:, None].float() * self.mask.float()
+
+
+@dataclass
+class Targets:
+    """What the update needs for each sequence of the batch."""
+
+    advantages: torch.Tensor  # (B, R) per-token advantages (0 on padding and invalid samples)
+    returns: torch.Tensor | None = None  # (B, R) value targets (PPO)
+    old_values: torch.Tensor | None = None  # (B, R) values at rollout time (PPO)
+
+    def select(self, idx: torch.Tensor) -> "Targets":
+        """The rows ``idx`` of every tensor."""
+        return Targets(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
+                          for f in fields(self)})
+
+
+@dataclass
+class LossInputs:
+    """One micro-batch, as the loss sees it. Tensors are (b, R) unless noted."""
+
+    logp: torch.Tensor  # log pi(x_t) under the current parameters, with gradients
+    old_logp: torch.Tensor  # the trainer's log-probs at the parameters that sampled (the ratio's denominator)
+    mask: torch.Tensor  # loss mask (valid samples, truncated ones removed with --mask-truncated)
+    targets: Targets  # this micro-batch's rows of the batch targets
+    off_policy: bool = False  # the step makes several optimiser steps on one batch (ratios move away from 1)
+    is_weights: torch.Tensor | None = None  # (b, R) or (b, 1) truncated importance weights vs the sampler
+    kl: torch.Tensor | None = None  # per-token KL to the reference with gradients, when the KL is a loss term
+    kl_coef: float = 0.0  # its coefficient beta
+    entropy: torch.Tensor | None = None  # per-token entropy of the current policy
+    values: torch.Tensor | None = None  # current values (algorithms with needs.values), with gradients
+
+
+# ----------------------------------------------------------------------------------------------- base class
+class Algorithm:
+    """Base class: subclasses set ``name`` and ``needs`` and implement :meth:`advantages`."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[Needs] = Needs()
+
+    def __init__(self, cfg: AlgorithmConfig | None = None, ppo: PPOConfig | None = None):
+        self.cfg = cfg or AlgorithmConfig()
+        self.ppo = ppo or PPOConfig()
+
+    def advantages(self, batch: AdvantageInputs) -> Targets:
+        """Per-token advantages (and returns) for the batch."""
+        raise NotImplementedError
+
+    def clipped(self, off_policy: bool) -> bool:
+        """Whether the update uses the clipped ratio surrogate (always for some algorithms, else only when the
+        step takes several optimiser steps on one batch, where plain REINFORCE would ignore the drift)."""
+        return self.needs.always_clipped or off_policy
+
+    def loss(self, mb: LossInputs, norm: LossNorm) -> tuple[torch.Tensor, dict[str, float]]:
+        """Policy surrogate (+ KL loss term) (+ entropy bonus) of one micro-batch (module docstring)."""
+        cfg = self.cfg
+        pg, pg_stats = policy_loss(mb.logp, mb.old_logp, mb.targets.advantages, mb.mask, norm,
+                                   loss_type=cfg.loss_type, clipped=self.clipped(mb.off_policy),
+                                   clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
+                                   clip_ratio_c=cfg.clip_ratio_c,
+                                   importance_sampling_level=cfg.importance_sampling_level,
+                                   is_weights=mb.is_weights)
+        stats = {f"policy/{k}": v for k, v in pg_stats.items()}
+        stats["loss/policy"] = float(pg.detach())
+        loss = pg
+        if mb.kl is not None and mb.kl_coef > 0:
+            kl_term = aggregate(mb.kl, mb.mask, cfg.loss_type, norm)  # same normaliser as the policy term
+            loss = loss + mb.kl_coef * kl_term
+            stats["loss/kl"] = float(kl_term.detach())
+        if mb.entropy is not None:
+            stats["policy/entropy"] = float(masked_mean(mb.entropy.detach(), mb.mask))
+            if cfg.entropy_coef:  # Mnih et al. 2016: L - c H, the mean per-token entropy
+                loss = loss - cfg.entropy_coef * token_mean_share(mb.entropy, mb.mask, norm)
+        return loss, stats
+
+
+# ----------------------------------------------------------------------------------------------- registry
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(name: str):
+    """Class decorator: make the algorithm available as ``--algo name``."""
+
+    def wrap(cls: type[Algorithm]) -> type[Algorithm]:
+        cls.name = name
+        ALGORITHMS[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_algorithms() -> list[str]:
+    """Registered algorithm names (importing :mod:`reinlm.algorithms` registers the built-ins)."""
+    import reinlm.algorithms  # noqa: F401  (registers the built-ins)
+
+    return list(ALGORITHMS)
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    """The algorithm class registered as ``name``; :class:`ConfigError` listing the names otherwise."""
+    names = available_algorithms()
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algo: got {name!r}; allowed: {', '.join(names)}.")
+    return ALGORITHMS[name]
+
+
+def build_algorithm(name: str, cfg: AlgorithmConfig | None = None, ppo: PPOConfig | None = None) -> Algorithm:
+    """An instance of the algorithm registered as ``name``."""
+    return get_algorithm(name)(cfg, ppo)
+
+
+__all__ = ["ALGORITHMS", "AdvantageInputs", "Algorithm", "LossInputs", "LossNorm", "Needs", "Targets",
+           "available_algorithms", "build_algorithm", "get_algorithm", "register_algorithm"]
