@@ -142,8 +142,8 @@ def test_clipped_policy_loss_above_and_below_the_clip():
     mask = torch.ones(4, 1)
     loss, stats = _loss(logp, old, adv, mask, clip_eps=0.2)
     assert loss.item() == pytest.approx(0.15, abs=1e-6)
-    assert stats["clip_frac"] == pytest.approx(0.5)
-    assert stats["clip_frac_low"] == pytest.approx(0.25) and stats["clip_frac_high"] == pytest.approx(0.25)
+    assert stats["clip_fraction"] == pytest.approx(0.5)
+    assert stats["clip_fraction_low"] == pytest.approx(0.25) and stats["clip_fraction_high"] == pytest.approx(0.25)
     # approx_kl = mean((r - 1) - log r): r=1.5 -> 0.5 - 0.405465 = 0.094535; r=0.5 -> -0.5 + 0.693147 = 0.193147
     assert stats["approx_kl"] == pytest.approx((2 * 0.094535 + 2 * 0.193147) / 4, abs=1e-5)
     assert stats["ratio_mean"] == pytest.approx(1.0) and stats["ratio_max"] == pytest.approx(1.5)
@@ -156,7 +156,7 @@ def test_clipped_policy_loss_at_ratio_one_equals_policy_gradient_value():
     logp = torch.tensor([[-1.0, -2.0]])
     loss, stats = _loss(logp, logp.clone(), torch.tensor([3.0]), torch.ones(1, 2))
     assert loss.item() == pytest.approx(-3.0)  # -A * 1
-    assert stats["clip_frac"] == 0.0 and stats["approx_kl"] == pytest.approx(0.0)
+    assert stats["clip_fraction"] == 0.0 and stats["approx_kl"] == pytest.approx(0.0)
 
 
 def test_clip_higher():
@@ -178,7 +178,7 @@ def test_dual_clip_by_hand():
     loss, stats = _loss(logp, old, adv, mask, clip_ratio_c=3.0)
     assert loss.item() == pytest.approx(3.8 / 3, abs=1e-6)
     assert _loss(logp, old, adv, mask)[0].item() == pytest.approx(5.8 / 3, abs=1e-6)
-    assert stats["dual_clip_frac"] == pytest.approx(1 / 3)
+    assert stats["dual_clip_fraction"] == pytest.approx(1 / 3)
     loss.backward()
     assert close(logp.grad, [[0.0], [2.0 / 3], [0.0]])
 
@@ -191,7 +191,7 @@ def test_sequence_level_ratio_by_hand():
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
     loss, stats = _loss(logp, torch.zeros(2, 4), torch.tensor([1.0, -2.0]), mask, importance_sampling_level="sequence")
     assert loss.item() == pytest.approx((3 * -1.2 + 2 * math.exp(-0.1)) / 4, abs=1e-6)
-    assert stats["clip_frac_high"] == pytest.approx(0.75)
+    assert stats["clip_fraction_high"] == pytest.approx(0.75)
 
 
 def test_cispo_by_hand():
@@ -203,7 +203,7 @@ def test_cispo_by_hand():
     assert loss.item() == pytest.approx(-(2 * math.log(2) + 5 * math.log(6)) / 2, abs=1e-6)
     loss.backward()
     assert close(logp.grad, [[-1.0], [-2.5]])
-    assert stats["cispo_clip_frac"] == pytest.approx(0.5)
+    assert stats["cispo_clip_fraction"] == pytest.approx(0.5)
 
 
 def test_entropy_from_logits():

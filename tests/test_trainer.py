@@ -48,7 +48,7 @@ def weights(model_dir) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.mark.parametrize("algo", ["reinforce", "grpo", "rloo", "ppo"])
+@pytest.mark.parametrize("algo", ["reinforce", "grpo", "rloo", "ppo", "reinforce_pp", "remax"])
 def test_every_algorithm_trains_and_writes_a_run(algo, tiny_model_dir, tmp_path):
     cfg = tiny_cfg(tiny_model_dir, tmp_path / algo, algo=algo, steps=2,
                    update_epochs=2 if algo == "ppo" else 1)
@@ -145,7 +145,8 @@ def test_sigkill_mid_training_then_resume_finishes(tiny_model_dir, tmp_path):
     (dict(algo="ppo2"), "algo"),
     (dict(algo="grpo", samples_per_prompt=1), "samples_per_prompt"),
     (dict(space="latent"), "latent"),
-    (dict(algo="remax"), "algo"),
+    (dict(algo="rloo", samples_per_prompt=1), "samples_per_prompt"),
+    (dict(loss_type="cispo", clip_ratio_c=0.5), "clip_ratio_c"),
     (dict(top_p=0.0), "top_p"),
     (dict(kl_target=1.0, kl_coef=0.0), "kl_coef"),
 ])
@@ -218,7 +219,7 @@ def test_frozen_dtype_bfloat16_casts_only_the_frozen_copies(tiny_model_dir, tmp_
 
     cfg = tiny_cfg(tiny_model_dir, tmp_path / "bf16", algo="ppo", value_model="separate", frozen_dtype="bfloat16")
     assert cfg.frozen_dtype_name == "bfloat16"
-    pol = TokenPolicy(cfg, torch.device("cpu"))
+    pol = TokenPolicy(cfg, torch.device("cpu"), with_value_head=True)
     dtypes = lambda m: {p.dtype for p in m.parameters()}  # noqa: E731
     assert dtypes(pol.ref_model) == {torch.bfloat16} and pol.frozen_lm is pol.ref_model
     assert dtypes(pol.model) == dtypes(pol.value_model) == {torch.float32}  # trained weights stay float32

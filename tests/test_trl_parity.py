@@ -161,7 +161,7 @@ def test_dual_clip_equals_trl_delta_above_the_clip_range():
     ours = reinlm_loss(logp, old, ref, adv, mask, norm, loss_type="grpo", eps_high=0.28, level="token", clip_ratio_c=3.0)
     theirs = trl_loss(logp, old, ref, adv, mask, loss_type="grpo", eps_high=0.28, level="token", delta=3.0)
     _assert_equal(ours[:2], theirs)
-    assert ours[2]["policy/dual_clip_frac"] > 0
+    assert ours[2]["policy/dual_clip_fraction"] > 0
     # and it differs from the loss without the dual clip
     plain = reinlm_loss(logp, old, ref, adv, mask, norm, loss_type="grpo", eps_high=0.28, level="token")
     assert not torch.allclose(plain[0], ours[0])

@@ -41,6 +41,7 @@ class Needs:
     min_group_size: int = 1  # samples per prompt it needs (2 for group baselines)
     spaces: tuple[str, ...] = ("token", "latent")  # action spaces it makes sense in
     always_clipped: bool = False  # the clipped ratio surrogate even for one on-policy update (GRPO, PPO)
+    reads_baseline: bool = False  # uses --baseline (REINFORCE, REINFORCE++)
 
 
 @dataclass

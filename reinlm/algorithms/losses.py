@@ -17,8 +17,9 @@ enter the loss. Advantages are per sequence (B,) (broadcast over the tokens) or 
     unclipped (REINFORCE, Williams 1992; one on-policy update, w = 1):
         l_it = -A_it log pi(x_it)
 
-then ``l_it *= rho_it`` (truncated importance weights against the sampler, :mod:`reinlm.algorithms.mismatch`)
-and ``l_it += beta * kl_it`` when the KL is a loss term (GRPO, Shao et al. 2024 eq. 3).
+then ``l_it *= rho_it`` (truncated importance weights against the sampler, :mod:`reinlm.algorithms.mismatch`).
+A KL loss term beta * kl_it (GRPO, Shao et al. 2024 eq. 3) is aggregated the same way and added
+(:meth:`reinlm.algorithms.base.Algorithm.loss`); aggregation is linear, so this equals TRL's per-token sum.
 
 **Aggregation** (``loss_type``, TRL 1.16's definitions). An optimiser step is made of several micro-batches
 (gradient accumulation) on each of W processes (gradients averaged). Each micro-batch returns its *share* of
@@ -154,8 +155,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                 norm: LossNorm, *, loss_type: LossType = "grpo", clipped: bool = True, clip_eps: float = 0.2,
                 clip_eps_high: float | None = None, clip_ratio_c: float | None = None,
                 importance_sampling_level: ImportanceSamplingLevel = "token",
-                is_weights: torch.Tensor | None = None, kl: torch.Tensor | None = None,
-                kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The policy loss of one micro-batch (module docstring for every formula).
 
     Args:
@@ -171,11 +171,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         clip_ratio_c: dual-clip constant c > 1 (None: off).
         importance_sampling_level: "token" or "sequence" (GSPO).
         is_weights: (B, R) or (B, 1) truncated importance weights against the sampler (no gradient), or None.
-        kl: (B, R) per-token KL to the reference with gradients, added as ``kl_coef * kl`` (None: off).
 
     Returns ``(loss, stats)``: the micro-batch's share of the step loss, and float statistics over its loss
-    tokens: ``clip_frac`` (low or high clip active), ``clip_frac_low`` (w < 1 - eps with A < 0),
-    ``clip_frac_high`` (w > 1 + eps_high with A > 0), ``dual_clip_frac``, ``cispo_clip_frac``,
+    tokens: ``clip_fraction`` (low or high clip active), ``clip_fraction_low`` (w < 1 - eps with A < 0),
+    ``clip_fraction_high`` (w > 1 + eps_high with A > 0), ``dual_clip_fraction`` (w > c with A < 0),
+    ``cispo_clip_fraction`` (w > eps_high with A > 0),
     ``ratio_mean``, ``ratio_max``, ``approx_kl`` (mean (w - 1) - log w, token level).
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
@@ -192,8 +192,6 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         per_token = -adv * logp
     if is_weights is not None:
         per_token = per_token * is_weights.detach()
-    if kl is not None and kl_coef:
-        per_token = per_token + kl_coef * kl
     per_token = per_token.expand_as(logp) if per_token.shape != logp.shape else per_token
     loss = aggregate(per_token, mask, loss_type, norm)
     with torch.no_grad():
@@ -203,17 +201,17 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         high = (wt > 1.0 + eps_high) & (adv > 0)
         token_log_ratio = logp - old_logp
         stats = {
-            "clip_frac": float(masked_mean((low | high).to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
-            "clip_frac_low": float(masked_mean(low.to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
-            "clip_frac_high": float(masked_mean(high.to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
+            "clip_fraction": float(masked_mean((low | high).to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
+            "clip_fraction_low": float(masked_mean(low.to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
+            "clip_fraction_high": float(masked_mean(high.to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
             "ratio_mean": float(masked_mean(wt, m)),
             "ratio_max": float((wt * m).max()) if bool(m.any()) else 1.0,
             "approx_kl": float(masked_mean(token_log_ratio.exp() - 1.0 - token_log_ratio, m)),
         }
         if clip_ratio_c is not None:
-            stats["dual_clip_frac"] = float(masked_mean(((wt > clip_ratio_c) & (adv < 0)).to(m.dtype), m))
+            stats["dual_clip_fraction"] = float(masked_mean(((wt > clip_ratio_c) & (adv < 0)).to(m.dtype), m))
         if loss_type == "cispo":
-            stats["cispo_clip_frac"] = float(masked_mean(((wt > eps_high) & (adv > 0)).to(m.dtype), m))
+            stats["cispo_clip_fraction"] = float(masked_mean(((wt > eps_high) & (adv > 0)).to(m.dtype), m))
     return loss, stats
 
 

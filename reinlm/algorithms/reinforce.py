@@ -72,7 +72,7 @@ def reinforce_advantages(scores: torch.Tensor, group_ids: torch.Tensor, baseline
 class Reinforce(Algorithm):
     """REINFORCE with the baseline chosen by ``--baseline`` (module docstring)."""
 
-    needs = Needs()
+    needs = Needs(reads_baseline=True)
 
     def advantages(self, batch: AdvantageInputs) -> Targets:
         adv = reinforce_advantages(batch.returns(), batch.group_ids, self.cfg.baseline, batch.valid)  # (B,)

@@ -39,7 +39,7 @@ def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class ReinforcePP(Algorithm):
     """REINFORCE++ and REINFORCE++-baseline (module docstring)."""
 
-    needs = Needs(always_clipped=True)
+    needs = Needs(always_clipped=True, reads_baseline=True)
 
     def advantages(self, batch: AdvantageInputs) -> Targets:
         centred = reinforce_advantages(batch.scores.float(), batch.group_ids, self.cfg.baseline, batch.valid)  # (B,)

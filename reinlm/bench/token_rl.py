@@ -115,7 +115,7 @@ def run_reinlm_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
         steps=cfg.steps, batch_prompts=cfg.batch_prompts, samples_per_prompt=cfg.samples_per_prompt,
         max_new_tokens=cfg.max_new_tokens, temperature=1.0, kl_coef=cfg.kl_coef,
         kl_in="loss",  # TRL's semantics: beta * k3 in the loss (inactive at beta 0)
-        kl_estimator="k3", update_epochs=1, clip_eps=0.2, scale_std=True, loss_aggregation="seq_mean",
+        kl_estimator="k3", update_epochs=1, clip_eps=0.2, scale_rewards="group", loss_type="grpo",
         lr=cfg.lr, weight_decay=0.0, warmup_steps=0, lr_schedule="constant", max_grad_norm=1.0,
         device="cpu", dtype="float32", seed=cfg.seed, out=str(run_dir), save_every=cfg.steps,
         keep_checkpoints=1, sample_every=0, log="none", eval_prompts=0, progress=False, overwrite=True,

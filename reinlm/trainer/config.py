@@ -1,31 +1,124 @@
-"""`TrainConfig`: every `reinlm train` flag, documented once, validated in `__post_init__`."""
+"""`TrainConfig`: every `reinlm train` flag, documented once where it is declared, validated there.
+
+The settings compose: ``TrainConfig`` nests one dataclass per concern,
+
+- ``sampling``: :class:`SamplingSettings` (temperature, top-k, top-p, completion length);
+- ``batches``: :class:`BatchConfig` (dynamic sampling, truncated completions, score clipping and scaling);
+- ``algorithm``: :class:`~reinlm.algorithms.config.AlgorithmConfig` (baselines, loss type, clipping, TIS);
+- ``ppo``: :class:`~reinlm.algorithms.config.PPOConfig` (value head, GAE);
+- ``kl``: :class:`~reinlm.algorithms.config.KLConfig` (the KL anchor and its controller);
+- ``llm_critic``: :class:`~reinlm.critic.config.CriticConfig` (dense span rewards from an LLM critic);
+
+while flags and YAML keys stay flat (``--temperature``, ``kl_coef: 0.1``; a nested mapping such as
+``kl: {kl_coef: 0.1}`` is accepted too) and ``config.yaml`` is written flat, so run directories written before
+the nesting still resume. In Python the flat names work as well: ``TrainConfig(kl_coef=0.1)`` routes the value
+into ``cfg.kl``, and ``cfg.kl_coef`` reads (and assigns) ``cfg.kl.kl_coef``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import dataclasses
+import functools
+import typing
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from reinlm.config import add_dataclass_args, flat_fields, opt
+from reinlm.algorithms.config import AlgorithmConfig, KLConfig, PPOConfig
+from reinlm.config import Config, add_dataclass_args, flat_fields, is_config_class, opt
 from reinlm.critic.config import CriticConfig
-from reinlm.errors import ConfigError, bad_value
+from reinlm.errors import ConfigError
 from reinlm.trainer import trl_names
-
-ALGOS = ("reinforce", "grpo", "rloo", "ppo", "remax")
-TOKEN_ALGOS = ("reinforce", "grpo", "rloo", "ppo")
-LATENT_ALGOS = ("reinforce", "grpo", "rloo", "ppo", "remax")
 
 
 @dataclass
-class TrainConfig(CriticConfig):
-    """Every ``reinlm train`` flag. The ``--critic-*`` fields (dense span rewards from an LLM critic) are
-    inherited from :class:`CriticConfig`, so training takes every critic setting ``reinlm critique`` takes."""
+class SamplingSettings(Config):
+    """How training rollouts are drawn (training log-probs are recomputed at the same temperature)."""
+
+    max_new_tokens: int = opt(20, "maximum completion length in tokens", lo=1)
+    temperature: float = opt(1.0, "sampling temperature (training log-probs use the same temperature)", lo=0, lo_open=True)
+    top_k: int = opt(0, "top-k filtering at sampling (0: off)", lo=0)
+    top_p: float = opt(1.0, "nucleus filtering at sampling (1.0: off)", lo=0, lo_open=True, hi=1)
+
+
+@dataclass
+class BatchConfig(Config):
+    """What enters a step's batch, and how its scores are shaped before the advantages."""
+
+    dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose valid rewards all agree and sample "
+                                        "more prompts until the step has --batch-prompts groups with a spread")
+    dynamic_sampling_max_tries: int = opt(4, "extra rollout rounds a step may spend refilling; then the batch is "
+                                             "topped up with zero-spread groups (no policy gradient)", lo=0)
+    mask_truncated: bool = opt(False, "completions cut at --max-new-tokens without EOS do not enter the loss "
+                                      "(their rewards still count in the group baselines)")
+    score_clip: float | None = opt(None, "clip sequence scores to [-x, x] before use (None: off)", lo=0, lo_open=True)
+    score_scaling: Literal["none", "running"] = opt("none", "scale scores by a running std (PPO)")
+
+
+@functools.lru_cache(maxsize=None)
+def _nested_owner(cls: type) -> dict[str, str]:
+    """``{flat name: nested field}`` of the leaf fields that live in a nested config of ``cls`` (one level)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        if is_config_class(hints[f.name]):
+            for name in flat_fields(hints[f.name]):
+                out[name] = f.name
+    return out
+
+
+class FlatNames:
+    """Mixin: the flat names of nested settings work in Python as on the command line (module docstring)."""
+
+    def __getattr__(self, name: str) -> Any:  # only reached when ordinary lookup fails
+        owner = _nested_owner(type(self)).get(name)
+        if owner is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(object.__getattribute__(self, owner), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        owner = _nested_owner(type(self)).get(name)
+        if owner is not None:
+            setattr(getattr(self, owner), name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+
+def _accept_flat_names(cls):
+    """Wrap the dataclass ``__init__`` of ``cls`` so that flat names of nested fields are routed into them."""
+    init = cls.__init__
+    hints = typing.get_type_hints(cls)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        routed: dict[str, dict[str, Any]] = {}
+        for name in [k for k in kwargs if k in _nested_owner(cls)]:
+            routed.setdefault(_nested_owner(cls)[name], {})[name] = kwargs.pop(name)
+        for owner, values in routed.items():
+            given = kwargs.get(owner)
+            if isinstance(given, dict):
+                kwargs[owner] = hints[owner](**{**given, **values})
+            elif given is not None:
+                kwargs[owner] = dataclasses.replace(given, **values)
+            else:
+                kwargs[owner] = hints[owner](**values)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_accept_flat_names
+@dataclass
+class TrainConfig(FlatNames, Config):
+    """Every ``reinlm train`` flag (module docstring for how the nested settings flatten)."""
 
     # --- what to train ---
     model: str = opt("smollm2-135m", "policy model: embedded alias, HF id, local dir or .gguf (token space)")
     space: Literal["token", "latent"] = opt("token", "action space: token (the LM itself) or latent (a policy over latent actions)")
     latent: str | None = opt(None, "latent-action model directory (required with --space latent)")
     num_actions: int | None = opt(None, "latent space: expected number of actions K (checked against the latent model)", lo=2)
-    algo: Literal["reinforce", "grpo", "rloo", "ppo", "remax"] = opt("grpo", "RL algorithm (remax: latent space only)")
+    algo: Literal["reinforce", "rloo", "grpo", "reinforce_pp", "remax", "ppo"] = opt(
+        "grpo", "RL algorithm (docs/algorithms.md has one section per algorithm)")
     reward: str = opt("sentiment", "reward SPEC, e.g. sentiment, contains_words:red,blue, 0.5*sentiment+target_length:80")
     reward_on_error: Literal["fail", "skip"] = opt("fail", "a reward returning NaN/None/wrong length: fail the run, or skip those samples")
     # --- data ---
@@ -37,34 +130,20 @@ class TrainConfig(CriticConfig):
     steps: int = opt(30, "number of RL steps (one rollout batch each)", lo=1)
     batch_prompts: int = opt(2, "prompts per step (global, across processes)", lo=1)
     samples_per_prompt: int = opt(8, "completions sampled per prompt (the group size G)", lo=1)
-    max_new_tokens: int = opt(20, "maximum completion length in tokens", lo=1)
-    temperature: float = opt(1.0, "sampling temperature (training log-probs use the same temperature)", lo=0, lo_open=True)
-    top_k: int = opt(0, "top-k filtering at sampling (0: off)", lo=0)
-    top_p: float = opt(1.0, "nucleus filtering at sampling (1.0: off)", lo=0, lo_open=True, hi=1)
+    sampling: SamplingSettings = opt(default_factory=SamplingSettings)
+    batches: BatchConfig = opt(default_factory=BatchConfig)
     # --- algorithm ---
-    baseline: Literal["none", "batch_mean", "group_mean", "leave_one_out"] = opt("group_mean", "REINFORCE baseline (rloo forces leave_one_out)")
-    scale_std: bool = opt(True, "GRPO: divide group-centred rewards by the group std")
-    update_epochs: int = opt(1, "passes over each rollout batch (GRPO/PPO); >1 uses the clipped ratio", lo=1)
+    algorithm: AlgorithmConfig = opt(default_factory=AlgorithmConfig)
+    ppo: PPOConfig = opt(default_factory=PPOConfig)
+    kl: KLConfig = opt(default_factory=KLConfig)
+    scale_std: bool | None = opt(None, "deprecated: true = --scale-rewards group, false = none")
+    loss_aggregation: Literal["seq_mean", "token_mean"] | None = opt(
+        None, "deprecated: seq_mean = --loss-type grpo, token_mean = --loss-type bnpo")
+    # --- optimisation ---
+    update_epochs: int = opt(1, "passes over each rollout batch; > 1 (or minibatches) makes every algorithm use the "
+                                "clipped ratio", lo=1)
     minibatch_size: int = opt(0, "sequences per optimiser step (0: the whole local batch)", lo=0)
     grad_accum: int = opt(1, "micro-batches per minibatch (gradient accumulation)", lo=1)
-    clip_eps: float = opt(0.2, "PPO/GRPO ratio clip epsilon", lo=0, lo_open=True, hi=1)
-    value_clip: float = opt(0.2, "PPO value clip", lo=0, lo_open=True)
-    vf_coef: float = opt(0.1, "PPO value-loss coefficient", lo=0)
-    gamma: float = opt(1.0, "PPO discount", lo=0, hi=1)
-    lam: float = opt(0.95, "PPO GAE lambda", lo=0, hi=1)
-    whiten_advantages: bool = opt(True, "PPO: whiten advantages over the batch")
-    value_model: Literal["shared", "separate"] = opt("shared", "PPO value head on the policy trunk (shared) or on a separate copy of the model")
-    score_clip: float | None = opt(None, "clip sequence scores to [-x, x] before use (None: off)", lo=0, lo_open=True)
-    score_scaling: Literal["none", "running"] = opt("none", "scale scores by a running std (PPO)")
-    entropy_coef: float = opt(0.0, "entropy bonus coefficient")
-    loss_aggregation: Literal["seq_mean", "token_mean"] = opt("seq_mean", "average the loss per sequence then over sequences, or over all tokens")
-    # --- KL anchor ---
-    kl_coef: float = opt(0.05, "KL coefficient beta (0 disables the reference model)", lo=0)
-    kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator (DESIGN.md section 3)")
-    kl_in: Literal["reward", "loss"] = opt("reward", "KL as a per-token reward penalty (TRL/torchrl semantics) or as a loss term")
-    kl_target: float | None = opt(None, "adaptive KL control target (Ziegler et al. 2019); None: constant beta", lo=0, lo_open=True)
-    kl_horizon: int = opt(10000, "adaptive KL control horizon", lo=1)
-    # --- optimisation ---
     lr: float = opt(1e-5, "AdamW learning rate", lo=0, lo_open=True)
     weight_decay: float = opt(0.0, "AdamW weight decay", lo=0)
     warmup_steps: int = opt(0, "linear learning-rate warm-up steps", lo=0)
@@ -93,6 +172,7 @@ class TrainConfig(CriticConfig):
     eval_samples: int = opt(4, "samples per held-out prompt in the evaluation", lo=1)
     stop_on_degeneration: bool = opt(False, "stop when the degeneration alarm fires, keeping the last healthy checkpoint")
     progress: bool = opt(True, "show a progress bar")
+    llm_critic: CriticConfig = opt(default_factory=CriticConfig)
 
     # TRL's names for these settings (the one table: reinlm/trainer/trl_names.py)
     __aliases__ = trl_names.trl_aliases()
@@ -108,7 +188,7 @@ class TrainConfig(CriticConfig):
 
     def __post_init__(self) -> None:
         # every field's type and range is checked first (reinlm.config.Config); here: checks across fields
-        super().__post_init__()  # the critic fields
+        from reinlm.algorithms import get_algorithm
         from reinlm.utils import resolve_device
 
         try:
@@ -120,9 +200,17 @@ class TrainConfig(CriticConfig):
             from reinlm.utils import native_bfloat16
 
             self.frozen_dtype = "bfloat16" if native_bfloat16(self.device) else "same"
-        if self.space == "token" and self.algo not in TOKEN_ALGOS:
-            raise ConfigError(f"algo: got {self.algo!r} with --space token; allowed: {', '.join(TOKEN_ALGOS)} "
-                              "(remax runs in latent space only).")
+        # deprecated spellings (run directories written before --scale-rewards and --loss-type)
+        if self.scale_std is not None:
+            self.scale_rewards = "group" if self.scale_std else "none"
+            self.scale_std = None
+        if self.loss_aggregation is not None:
+            self.loss_type = {"seq_mean": "grpo", "token_mean": "bnpo"}[self.loss_aggregation]
+            self.loss_aggregation = None
+        needs = get_algorithm(self.algo).needs
+        if self.space not in needs.spaces:
+            raise ConfigError(f"algo: got {self.algo!r} with --space {self.space}; it runs in "
+                              f"{' and '.join(needs.spaces)} space.")
         if self.space == "latent" and not self.latent:
             raise ConfigError("latent: --space latent needs --latent DIR, a latent-action model directory "
                               "made by `reinlm latent pretrain`.")
@@ -134,23 +222,22 @@ class TrainConfig(CriticConfig):
                 if getattr(self, name) != neutral:
                     raise ConfigError(f"{name}: got {getattr(self, name)!r}, a token-space option; it cannot be "
                                       f"used with --space latent (leave it at {neutral!r}).")
-        if self.kl_target is not None:
-            if self.kl_coef == 0:
-                raise ConfigError("kl_coef: got 0 with --kl-target set; the adaptive controller scales beta, "
-                                  "so it needs a starting --kl-coef > 0.")
-        if self.algo in ("grpo", "rloo") and self.samples_per_prompt < 2:
+        if self.samples_per_prompt < needs.min_group_size:
             raise ConfigError(f"samples_per_prompt: got {self.samples_per_prompt} with algo {self.algo}; allowed: "
-                              ">= 2 (group baselines need at least two samples per prompt).")
-        if self.algo == "rloo":
-            self.baseline = "leave_one_out"
-        if self.baseline in ("group_mean", "leave_one_out") and self.algo == "reinforce" and self.samples_per_prompt < 2:
+                              f">= {needs.min_group_size} (group baselines need at least two samples per prompt).")
+        if needs.reads_baseline and self.baseline in ("group_mean", "leave_one_out") and self.samples_per_prompt < 2:
             raise ConfigError(f"baseline: {self.baseline} needs --samples-per-prompt >= 2, got "
                               f"{self.samples_per_prompt}; use --baseline batch_mean or none.")
+        if self.dynamic_sampling and self.samples_per_prompt < 2:
+            raise ConfigError(f"dynamic_sampling: needs --samples-per-prompt >= 2 (a group of one has no spread), "
+                              f"got {self.samples_per_prompt}.")
+        if self.loss_type == "cispo" and self.clip_eps_high is None:
+            self.clip_eps_high = 5.0
 
     @property
     def critic_config(self) -> CriticConfig:
         """The critic settings alone (used when ``--critic`` or ``--critic-url`` is given)."""
-        return CriticConfig(**{f.name: getattr(self, f.name) for f in fields(CriticConfig)})
+        return self.llm_critic
 
     @property
     def batch_size(self) -> int:

@@ -23,6 +23,7 @@ from reinlm.algorithms.ppo import ValueHead
 from reinlm.errors import ReinlmError
 from reinlm.rollout.token import RolloutBatch, decode_completions
 from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.policy import PolicyScores
 
 
 @dataclass
@@ -36,9 +37,13 @@ class LatentRolloutBatch(RolloutBatch):
 
 
 class LatentPolicy:
-    """Wraps a :class:`~reinlm.latent.model.LatentActionModel`: trainable policy, frozen BC reference."""
+    """The :class:`~reinlm.trainer.policy.Policy` of latent space: wraps a
+    :class:`~reinlm.latent.model.LatentActionModel` (trainable policy, frozen BC reference, and a value head on
+    the policy's features with ``with_value_head``)."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, latent_model=None):
+    rollout_logprobs_exact = True  # the rollout's action log-probs come from the training forward itself
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, latent_model=None, with_value_head: bool = False):
         from reinlm.latent.model import LatentActionModel
 
         self.cfg = cfg
@@ -53,7 +58,7 @@ class LatentPolicy:
             raise ReinlmError(f"latent: the backbone of {cfg.latent!r} has no tokenizer; it cannot score text.")
         self.ref_policy = copy.deepcopy(self.lam.policy).eval().requires_grad_(False)
         self.value_head = None
-        if cfg.algo == "ppo":
+        if with_value_head:
             self.value_head = ValueHead(self.lam.config.d_model).to(device)
         self.num_actions = self.lam.config.num_actions
 
@@ -61,6 +66,13 @@ class LatentPolicy:
     def context_length(self) -> int:
         conf = self.lam.backbone.config
         return int(getattr(conf, "max_position_embeddings", None) or 2048)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The ids that end a completion: the backbone tokenizer's EOS and its generation config's."""
+        from reinlm.rollout.token import _eos_ids
+
+        return _eos_ids(self.lam.backbone, self.tokenizer)
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -113,24 +125,16 @@ class LatentPolicy:
         )
         return batch
 
-    def greedy_baseline(self, trainer, batch: LatentRolloutBatch, prompt_idx: list[int]) -> torch.Tensor:
-        """ReMax baseline (Li et al. 2023): the reward of the greedy-action rollout of each prompt, (B,)."""
-        G = self.cfg.samples_per_prompt
-        prompts = batch.prompts[::G]
-        greedy = self.rollout(prompts, 1, [0] * len(prompts), greedy=True)
-        columns = {k: [v[i] for i in prompt_idx] for k, v in trainer.train_prompts.columns.items()}
-        scores = trainer.reward_set.score(greedy.prompts, greedy.completions, columns).total.to(self.device)
-        return scores.float().repeat_interleave(G)
-
     # --- scoring ---
     def _logp_all(self, policy: torch.nn.Module, batch: LatentRolloutBatch) -> torch.Tensor:
         P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
         logits = policy(batch.hidden, batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, K)
         return torch.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
 
-    def logprobs(self, batch: LatentRolloutBatch, need_values: bool = False):
-        """(logp (B,R), entropy (B,R), values (B,R) or None) of the taken actions, with gradients."""
-        logp_all = self._logp_all(self.lam.policy, batch)
+    def score(self, batch: LatentRolloutBatch, need_values: bool = False) -> PolicyScores:
+        """logp (B, R) of the taken actions, entropy (B, R), the whole distributions (B, R, K) and values (B, R)
+        if asked, with gradients."""
+        logp_all = self._logp_all(self.lam.policy, batch)  # (B, R, K)
         logp = logp_all.gather(-1, batch.actions[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         values = None
@@ -138,15 +142,20 @@ class LatentPolicy:
             P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
             feats = self.lam.policy.features(batch.hidden, batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, D)
             values = self.value_head(feats)
-        return logp, entropy, values
+        return PolicyScores(logp, entropy, values, logp_all)
 
     @torch.no_grad()
-    def ref_logprobs(self, batch: LatentRolloutBatch) -> torch.Tensor | None:
-        """Full action distributions of the frozen BC policy, (B, R, K) (used for the exact KL).
+    def reference(self, batch: LatentRolloutBatch) -> PolicyScores:
+        """The frozen BC policy's scores, with its whole action distributions (B, R, K) for the exact KL.
 
         Cheap (a few small blocks over cached states), so it is computed even when beta = 0, for the metric.
         """
-        return self._logp_all(self.ref_policy, batch)
+        logp_all = self._logp_all(self.ref_policy, batch)
+        return PolicyScores(logp_all.gather(-1, batch.actions[..., None]).squeeze(-1), dist=logp_all)
+
+    def reference_perplexity(self, batch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
+        """None: the reference is a policy over actions, not a language model (see :meth:`frozen_logprobs`)."""
+        return None
 
     @torch.no_grad()
     def eval_kl(self, batch: LatentRolloutBatch) -> torch.Tensor:
@@ -162,15 +171,17 @@ class LatentPolicy:
         R = batch.response_ids.shape[1]
         return token_logprobs(self.lam.backbone, batch.input_ids, batch.attention_mask, R, 1.0).logp
 
-    def rollout_kl(self, batch: LatentRolloutBatch, ref: torch.Tensor | None, estimator: str) -> torch.Tensor | None:
-        """Exact per-step KL(pi_old || pi_BC) over the K actions, (B, R); the estimator is not needed."""
+    def rollout_kl(self, batch: LatentRolloutBatch, ref: PolicyScores | None, estimator: str,
+                   old: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Exact per-step KL(pi_old || pi_BC) over the K actions, (B, R), from the sampling distributions the
+        rollout kept; no estimator (nor ``old``) is needed."""
         if ref is None:
             return None
-        return categorical_kl(batch.old_logp_all, ref)
+        return categorical_kl(batch.old_logp_all, ref.dist)
 
-    def kl_loss(self, batch: LatentRolloutBatch, logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    def kl_loss(self, batch: LatentRolloutBatch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
         """Exact per-step KL(pi_theta || pi_BC), (B, R), differentiable in the policy."""
-        return categorical_kl(self._logp_all(self.lam.policy, batch), ref)
+        return categorical_kl(scores.dist, ref.dist)
 
     def token_spans(self, batch) -> list[list[tuple[int, int]]]:
         from reinlm.rollout.token import token_char_spans
@@ -186,6 +197,9 @@ class LatentPolicy:
 
     def backward(self, accelerator, loss: torch.Tensor) -> None:
         accelerator.backward(loss)
+
+    def after_optimizer_step(self) -> None:
+        """The weights changed (nothing to refresh: rollouts run the trained policy itself)."""
 
     def wrap_for_ddp(self, accelerator) -> None:
         self.lam.policy = accelerator.prepare_model(self.lam.policy)

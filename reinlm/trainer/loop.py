@@ -1,10 +1,15 @@
 """The training loop shared by every algorithm and both action spaces.
 
-One step: choose prompts -> roll out G samples per prompt -> score (sequence and token rewards) ->
-reference log-probs and per-token KL -> advantages -> ``update_epochs`` passes of minibatch updates ->
-KL controller update -> metrics, samples, checkpoint. The same code runs as one process or as several
+One step: choose prompts -> roll out G samples per prompt -> score (sequence and token rewards; with
+``--dynamic-sampling``, refill groups without a reward spread) -> reference scores and per-step KL ->
+advantages (the algorithm's) -> ``update_epochs`` passes of minibatch updates (the algorithm's loss) -> KL
+controller update -> metrics, samples, checkpoint. The same code runs as one process or as several
 (torchrun on the CPU, ``accelerate launch`` on GPUs): each process takes a slice of the step's prompts,
 gradients are averaged.
+
+The loop knows neither the algorithm nor the action space: it looks the algorithm up in the registry
+(:mod:`reinlm.algorithms.base`: ``needs``, ``advantages``, ``loss``) and talks to the policy through
+:class:`reinlm.trainer.policy.Policy`.
 
 Dimension legend: B = sequences on this process, R = response length (tokens, or latent actions).
 """
@@ -15,6 +20,7 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +28,19 @@ import numpy as np
 import torch
 import yaml
 
+from reinlm.algorithms import AdvantageInputs, LossInputs, LossNorm, build_algorithm
 from reinlm.algorithms.controllers import AdaptiveKLController, ConstantKLController
-from reinlm.algorithms.losses import clipped_policy_loss, masked_mean, policy_gradient_loss
-from reinlm.algorithms.ppo import clipped_value_loss
+from reinlm.algorithms.groups import zero_spread
+from reinlm.algorithms.losses import masked_mean
+from reinlm.algorithms.mismatch import mismatch_stats, tis_clip_fraction, truncated_is_weights
 from reinlm.algorithms.shaping import RunningMoments
 from reinlm.config import config_to_dict
 from reinlm.errors import ConfigError, ReinlmError
-from reinlm.trainer.advantages import batch_kl_stats, compute_targets
+from reinlm.trainer.batching import concat_rollouts, rows_of_groups, select_groups, truncated_rows
 from reinlm.trainer.checkpoint import latest_checkpoint, load_trainer_state, load_value_head, save_checkpoint
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.logging import RunLogger
+from reinlm.trainer.policy import PolicyScores
 from reinlm.utils import peak_rss_mb, seed_everything, set_rng_state, write_json
 
 log = logging.getLogger("reinlm")
@@ -42,9 +51,10 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
     return int(np.random.SeedSequence([seed, step, salt]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def choose_prompts(n_prompts: int, batch_prompts: int, seed: int, step: int) -> list[int]:
-    """Indices of the prompts used at ``step`` (a fresh permutation slice per step, seeded)."""
-    rng = np.random.default_rng(step_seed(seed, step, 1))
+def choose_prompts(n_prompts: int, batch_prompts: int, seed: int, step: int, attempt: int = 0) -> list[int]:
+    """Indices of the prompts used at ``step`` (a fresh permutation slice per step, seeded); ``attempt`` > 0
+    draws the prompts of a dynamic-sampling refill."""
+    rng = np.random.default_rng(step_seed(seed, step, 1 + 1_000_003 * attempt))
     if batch_prompts <= n_prompts:
         return rng.permutation(n_prompts)[:batch_prompts].tolist()
     return rng.integers(0, n_prompts, size=batch_prompts).tolist()
@@ -77,6 +87,46 @@ def lr_lambda(cfg: TrainConfig):
         frac = min(1.0, (step - cfg.warmup_steps) / total)
         return 1.0 - frac if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
     return fn
+
+
+@dataclass
+class Scored:
+    """A batch's rewards: sequence scores (B,), validity (B,), dense token rewards (B, R) or None, each
+    component's values (B,) (NaN where it did not score a sample), and extra per-step metrics."""
+
+    scores: torch.Tensor
+    valid: torch.Tensor
+    dense: torch.Tensor | None
+    components: dict[str, torch.Tensor]
+    extra: dict[str, float]
+
+    def select(self, rows: torch.Tensor) -> "Scored":
+        return Scored(self.scores[rows], self.valid[rows], None if self.dense is None else self.dense[rows],
+                      {k: v[rows] for k, v in self.components.items()}, self.extra)
+
+    @staticmethod
+    def cat(parts: list["Scored"], R: int) -> "Scored":
+        """Join the scores of batches that :func:`~reinlm.trainer.batching.concat_rollouts` joined (dense
+        rewards right-padded to R)."""
+        dense = None
+        if parts[0].dense is not None:
+            dense = torch.cat([torch.nn.functional.pad(p.dense, (0, R - p.dense.shape[1])) for p in parts])
+        extra: dict[str, float] = {}
+        for p in parts:
+            extra.update(p.extra)
+        return Scored(torch.cat([p.scores for p in parts]), torch.cat([p.valid for p in parts]), dense,
+                      {k: torch.cat([p.components[k] for p in parts]) for k in parts[0].components}, extra)
+
+
+def make_policy(cfg: TrainConfig, device, *, model=None, tokenizer=None, with_value_head: bool = False):
+    """The policy of ``cfg.space`` (:class:`~reinlm.trainer.policy.Policy`)."""
+    if cfg.space == "token":
+        from reinlm.trainer.token_policy import TokenPolicy
+
+        return TokenPolicy(cfg, device, model=model, tokenizer=tokenizer, with_value_head=with_value_head)
+    from reinlm.trainer.latent_policy import LatentPolicy
+
+    return LatentPolicy(cfg, device, with_value_head=with_value_head)
 
 
 class Trainer:
@@ -120,17 +170,13 @@ class Trainer:
         self.reward_set = reward_set if reward_set is not None else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
         self.critic = None
         if cfg.critic or cfg.critic_url:
-            self.critic = cfg.critic_config.build()
+            self.critic = cfg.llm_critic.build()
 
-        # --- policy ---
-        if cfg.space == "token":
-            from reinlm.trainer.token_policy import TokenPolicy
-
-            self.policy = TokenPolicy(cfg, self.device, model=model, tokenizer=tokenizer)
-        else:
-            from reinlm.trainer.latent_policy import LatentPolicy
-
-            self.policy = LatentPolicy(cfg, self.device)
+        # --- algorithm (looked up by name: docs/algorithms.md) and policy (the action space) ---
+        self.algorithm = build_algorithm(cfg.algo, cfg.algorithm, cfg.ppo)
+        self.needs = self.algorithm.needs
+        self.policy = make_policy(cfg, self.device, model=model, tokenizer=tokenizer,
+                                  with_value_head=self.needs.values)
         self._check_lengths()
 
         params = self.policy.trainable_parameters()
@@ -198,88 +244,170 @@ class Trainer:
         self.last_healthy_ckpt = step
 
     # ------------------------------------------------------------------ one step
-    def _score(self, batch, prompt_idx: list[int]) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor | None]:
-        """Sequence scores (B,), per-component means, validity (B,) and dense token rewards (B, R) or None."""
-        G = self.cfg.samples_per_prompt
-        columns = {k: [v[i] for i in prompt_idx for _ in range(G)] for k, v in self.train_prompts.columns.items()}
+    def _columns(self, prompt_idx: list[int], group_size: int) -> dict[str, list]:
+        """Dataset columns, one value per completion (a prompt's value repeated for each of its samples)."""
+        return {k: [v[i] for i in prompt_idx for _ in range(group_size)] for k, v in self.train_prompts.columns.items()}
+
+    def _score(self, batch, prompt_idx: list[int], group_size: int) -> "Scored":
+        """Score a batch: sequence scores, validity, dense token rewards (B, R) or None, component values."""
+        columns = self._columns(prompt_idx, group_size)
         result = self.reward_set.score(batch.prompts, batch.completions, columns)
-        scores = result.total.to(self.device, torch.float32)
-        comps = {f"reward/{k}/mean": float(v.float().mean()) for k, v in result.components.items()}
+        valid = result.valid.to(self.device).bool()
         dense = None
-        token_rewards = []
+        token_rewards, extra = [], {}
         if getattr(self.reward_set, "has_token_level", False) or self.critic is not None:
             spans = self.policy.token_spans(batch)
             if getattr(self.reward_set, "has_token_level", False):
                 token_rewards.append(self.reward_set.score_tokens(batch.prompts, batch.completions, spans, columns))
             if self.critic is not None:
                 token_rewards.append(self.critic(batch.prompts, batch.completions, completion_token_spans=spans,
-                                                 extrinsic=scores.tolist(), **columns))
-                comps.update({k: float(v) for k, v in self.critic.metrics().items()})
+                                                 extrinsic=result.total.tolist(), **columns))
+                extra.update({k: float(v) for k, v in self.critic.metrics().items()})
             R = batch.response_mask.shape[1]
             dense = torch.zeros(len(batch.completions), R, device=self.device)
             for rows in token_rewards:
                 for i, row in enumerate(rows):
                     n = min(len(row), R)
                     dense[i, :n] += torch.tensor(row[:n], dtype=torch.float32, device=self.device)
-            comps["reward/dense_mean"] = float((dense * batch.response_mask).sum(-1).mean())
-        return scores, comps, result.valid.to(self.device), dense
+        comps = {k: v.to(self.device).float() for k, v in result.components.items()}
+        return Scored(result.total.to(self.device, torch.float32), valid, dense, comps, extra)
+
+    def _rollout_and_score(self, step: int, attempt: int) -> tuple[Any, "Scored", list[int]]:
+        """This process's share of the step's prompts (``attempt`` > 0: a dynamic-sampling refill), rolled out
+        and scored; also returns the prompt index of each group."""
+        cfg = self.cfg
+        all_idx = choose_prompts(len(self.train_prompts), cfg.batch_prompts, cfg.seed, step, attempt)
+        local_idx = all_idx[self.rank::self.world]
+        prompts = [self.train_prompts.prompts[i] for i in local_idx]
+        salt = 1000 + 1_000_003 * attempt
+        seeds = [step_seed(cfg.seed, step, salt + j) for j in range(self.rank, len(all_idx), self.world)]
+        batch = self.policy.rollout(prompts, cfg.samples_per_prompt, seeds)
+        return batch, self._score(batch, local_idx, cfg.samples_per_prompt), local_idx
+
+    def _collect(self, step: int) -> tuple[Any, "Scored", list[int], dict[str, float]]:
+        """The step's batch: one rollout, or with ``--dynamic-sampling`` the groups that have a reward spread,
+        refilled from fresh prompts for at most ``--dynamic-sampling-max-tries`` extra rollouts, then topped up
+        with zero-spread groups so the batch always holds ``batch_prompts`` groups (trainer/batching.py)."""
+        cfg = self.cfg
+        batch, scored, idx = self._rollout_and_score(step, 0)
+        if not cfg.dynamic_sampling:
+            return batch, scored, idx, {}
+        target = cfg.batch_prompts // self.world
+        kept: list[tuple] = []  # (batch, scored, prompt idx, group id) with a spread
+        flat: list[tuple] = []  # the same without
+        dropped = refills = 0
+        attempt = 0
+        while True:
+            keep, drop = select_groups(scored.scores, batch.group_ids, scored.valid)
+            order = list(dict.fromkeys(batch.group_ids.tolist()))
+            kept += [(batch, scored, idx[order.index(g)], g) for g in keep]
+            flat += [(batch, scored, idx[order.index(g)], g) for g in drop]
+            dropped += len(drop)
+            if len(kept) >= target or attempt >= cfg.dynamic_sampling_max_tries:
+                break
+            attempt += 1
+            refills += 1
+            batch, scored, idx = self._rollout_and_score(step, attempt)
+        chosen = (kept + flat)[:target]
+        parts, scored_parts, prompt_idx = [], [], []
+        for b, sc, p, g in chosen:
+            rows = rows_of_groups(b.group_ids, [g])
+            parts.append(b.select(rows))
+            scored_parts.append(sc.select(torch.tensor(rows, device=self.device)))
+            prompt_idx.append(p)
+        batch = concat_rollouts(parts)
+        stats = {"batch/dropped_groups": float(dropped), "batch/refill_rollouts": float(refills),
+                 "batch/zero_spread_kept": float(max(0, target - len(kept)))}
+        return batch, Scored.cat(scored_parts, batch.response_mask.shape[1]), prompt_idx, stats
+
+    def _greedy_baseline(self, batch, prompt_idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """ReMax's baseline: the score of one greedy rollout per prompt through the policy, repeated over the
+        prompt's samples (B,), and whether it could be scored (B,)."""
+        G = self.cfg.samples_per_prompt
+        greedy = self.policy.rollout(batch.prompts[::G], 1, [0] * len(prompt_idx), greedy=True)
+        sc = self._score(greedy, prompt_idx, 1)
+        return self._shape_scores(sc.scores, update=False).repeat_interleave(G), sc.valid.repeat_interleave(G)
+
+    def _shape_scores(self, scores: torch.Tensor, valid: torch.Tensor | None = None, update: bool = True) -> torch.Tensor:
+        """Running score scaling (``--score-scaling running``, fed the valid scores) and ``--score-clip``."""
+        if self.score_moments is not None:
+            if update:
+                self.score_moments.update(scores if valid is None else scores[valid])
+            scores = scores / max(self.score_moments.std, 1e-6)
+        if self.cfg.score_clip is not None:
+            scores = scores.clamp(-self.cfg.score_clip, self.cfg.score_clip)
+        return scores
 
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        all_idx = choose_prompts(len(self.train_prompts), cfg.batch_prompts, cfg.seed, step)
-        local_idx = all_idx[self.rank::self.world]
-        prompts = [self.train_prompts.prompts[i] for i in local_idx]
-        seeds = [step_seed(cfg.seed, step, 1000 + j) for j in range(self.rank, len(all_idx), self.world)]
-        batch = self.policy.rollout(prompts, cfg.samples_per_prompt, seeds)
-        t_gen = time.perf_counter()
+        batch, scored, prompt_idx, batch_stats = self._collect(step)
+        t_gen = time.perf_counter()  # rollouts and rewards (interleaved with dynamic sampling)
 
-        scores, comp_metrics, valid, dense = self._score(batch, local_idx)
-        raw_scores = scores.clone()
-        if self.score_moments is not None:
-            self.score_moments.update(scores)
-            scores = scores / max(self.score_moments.std, 1e-6)
-        mask = batch.response_mask.float() * valid[:, None].float()  # skipped samples contribute nothing
+        valid = scored.valid
+        scores = self._shape_scores(scored.scores, valid) * valid.float()
+        mask = batch.response_mask.float() * valid[:, None].float()  # tokens of the valid samples
+        truncated = truncated_rows(batch, cfg.max_new_tokens, self.policy.eos_token_ids)
+        loss_mask = mask * (~truncated).float()[:, None] if cfg.mask_truncated else mask
+        B = len(batch)
+        mb = min(cfg.minibatch_size or B, B)
+        off_policy = cfg.update_epochs > 1 or mb < B  # several optimiser steps on this batch
         t_reward = time.perf_counter()
 
-        ref_logp = self.policy.ref_logprobs(batch)
-        old_logp = batch.logprobs
-        kl = self.policy.rollout_kl(batch, ref_logp, cfg.kl_estimator)
+        # the trainer's own log-probs at the sampling parameters: free from the update's single pass when the
+        # rollout log-probs are exact and there is one optimiser step; recomputed otherwise (and with values)
+        ref = self.policy.reference(batch)
+        old = None
+        if self.needs.values or off_policy or not self.policy.rollout_logprobs_exact:
+            with torch.no_grad():
+                old = self.policy.score(batch, need_values=self.needs.values)
+        kl = self.policy.rollout_kl(batch, ref, cfg.kl_estimator, old=None if old is None else old.logp)
         kl = kl * mask if kl is not None else None
         beta = self.kl_ctl.value
-        values = None
-        if cfg.algo == "ppo":
-            with torch.no_grad():
-                values = self.policy.logprobs(batch, need_values=True)[2].detach()
-        baseline_scores = self.policy.greedy_baseline(self, batch, local_idx) if cfg.algo == "remax" else None
-        targets = compute_targets(cfg, scores, kl, mask, batch.group_ids.to(self.device), beta, dense=dense,
-                                  values=values, baseline_scores=baseline_scores)
+        baseline_scores = None
+        if self.needs.greedy_baseline:
+            baseline_scores, greedy_valid = self._greedy_baseline(batch, prompt_idx)
+            valid = valid & greedy_valid  # no baseline, no advantage
+        inputs = AdvantageInputs(scores=scores, valid=valid, mask=mask, group_ids=batch.group_ids.to(self.device),
+                                 kl=kl, beta=beta if cfg.kl_in == "reward" else 0.0, dense=scored.dense,
+                                 values=None if old is None or old.values is None else old.values.detach(),
+                                 baseline_scores=baseline_scores, reduce_sum=self._reduce_sum)
+        targets = self.algorithm.advantages(inputs)
         t_prep = time.perf_counter()
 
-        stats = self._update(batch, old_logp, ref_logp, mask, targets, step)
+        old_logp = None if old is None else old.logp.detach()
+        stats, seen_old = self._update(batch, old_logp, ref, loss_mask, targets, step, off_policy)
         t_update = time.perf_counter()
 
-        kl_stats = batch_kl_stats(kl, mask)
-        if ref_logp is not None and ref_logp.dim() == 2 and cfg.temperature == 1.0:
-            # the frozen reference's perplexity of the samples: a degeneration signal, free at temperature 1
-            tokens = batch.response_mask.float()
-            kl_stats["response/perplexity_ref"] = float(torch.exp(-(ref_logp * tokens).sum() / tokens.sum().clamp(min=1)))
-        mean_kl = self._global_mean(kl_stats.get("kl/mean", 0.0))
-        self.kl_ctl.update(mean_kl, cfg.batch_size)
+        trainer_logp = old_logp if old_logp is not None else seen_old
+        mismatch = mismatch_stats(trainer_logp, batch.logprobs, loss_mask)
         n = len(batch.completions) * self.world
         lengths = batch.response_mask.float().sum(-1)
+        vf = valid.float()
+        kl_seq = (kl * mask).sum(-1) if kl is not None else torch.zeros(B, device=self.device)
+        n_valid = self._reduce_sum(vf.sum())
+        mean_kl = float(self._reduce_sum((kl_seq * vf).sum()) / n_valid.clamp(min=1))
+        self.kl_ctl.update(mean_kl, cfg.batch_size)
+        reward_mean = self._reduce_sum((scored.scores * vf).sum()) / n_valid.clamp(min=1)
+        reward_sq = self._reduce_sum(((scored.scores - reward_mean).square() * vf).sum())
         metrics = {
-            "reward/mean": self._global_mean(float(raw_scores.mean())),
-            "reward/std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
-            **comp_metrics,
+            "reward/mean": float(reward_mean),
+            "reward/std": float((reward_sq / (n_valid - 1).clamp(min=1)).sqrt()),
+            **{f"reward/{k}/mean": self._masked_global_mean(v, vf) for k, v in scored.components.items()},
+            **scored.extra,
+            "reward/invalid_frac": 1.0 - float(n_valid) / n,
+            "reward/frac_zero_std": self._global_mean(float(zero_spread(scored.scores, batch.group_ids, valid).float().mean())),
             "kl/mean": mean_kl,
-            "kl/per_token": kl_stats.get("kl/per_token", 0.0),
+            "kl/per_token": float(self._reduce_sum((kl * mask).sum()) / self._reduce_sum(mask.sum()).clamp(min=1))
+            if kl is not None else 0.0,
             "kl/beta": beta,
-            "response/length_mean": float(lengths.mean()),
-            "response/invalid": int((~valid.bool()).sum()),
+            "response/length_mean": self._masked_global_mean(lengths, vf),
+            "response/truncated_frac": self._global_mean(float(truncated.float().mean())),
+            "response/invalid": int((~valid).sum()),
             "response/distinct_2": group_distinct_2(batch.completions, cfg.samples_per_prompt),
             **stats,
-            **{k: v for k, v in kl_stats.items() if k.startswith("response/")},
+            **mismatch,
+            **batch_stats,
             "lr": self.scheduler.get_last_lr()[0],
             "perf/completions_per_s": n / (t_update - t0),
             "perf/tokens_per_s": float(lengths.sum()) * self.world / (t_update - t0),
@@ -290,7 +418,24 @@ class Trainer:
             "perf/update_s": t_update - t_prep,
             "perf/peak_rss_mb": peak_rss_mb(),
         }
-        return {"metrics": metrics, "batch": batch, "scores": raw_scores}
+        if scored.dense is not None:
+            metrics["reward/dense_mean"] = float((scored.dense * mask).sum(-1).mean())
+        ppl = self.policy.reference_perplexity(batch, ref, mask)
+        if ppl is not None:
+            metrics["response/perplexity_ref"] = ppl
+        return {"metrics": metrics, "batch": batch, "scores": scored.scores}
+
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum of a tensor over processes (itself with one process)."""
+        if self.world == 1:
+            return t
+        return self.accelerator.reduce(t.detach().float().clone(), reduction="sum")
+
+    def _masked_global_mean(self, x: torch.Tensor, weights: torch.Tensor) -> float:
+        """Mean of x over the entries with weight 1, over every process (NaN entries left out)."""
+        w = weights.float() * (~torch.isnan(x)).float()
+        tot = self._reduce_sum(torch.stack([(torch.nan_to_num(x) * w).sum(), w.sum()]))
+        return float(tot[0] / tot[1]) if float(tot[1]) > 0 else float("nan")
 
     def _global_mean(self, value: float) -> float:
         if self.world == 1:
@@ -298,64 +443,69 @@ class Trainer:
         t = torch.tensor([value], device=self.device)
         return float(self.accelerator.reduce(t, reduction="mean"))
 
-    def _update(self, batch, old_logp, ref_logp, mask, targets, step: int) -> dict[str, float]:
-        """``update_epochs`` passes of minibatch gradient steps; returns averaged loss statistics."""
+    def _update(self, batch, old_logp: torch.Tensor | None, ref: PolicyScores | None, mask: torch.Tensor,
+                targets, step: int, off_policy: bool) -> tuple[dict[str, float], torch.Tensor]:
+        """``update_epochs`` passes of minibatch gradient steps.
+
+        Returns averaged statistics and the trainer's log-probs seen on the first pass (B, R) (the old
+        log-probs when ``old_logp`` is None: one optimiser step, so the first pass is at the sampling
+        parameters).
+        """
         cfg = self.cfg
         B = mask.shape[0]
-        mb = cfg.minibatch_size or B
-        mb = min(mb, B)
-        sums: dict[str, float] = {}
-        count = 0
+        mb = min(cfg.minibatch_size or B, B)
+        seen_old = torch.zeros_like(mask)
+        loss_sums: dict[str, float] = {}  # "loss/..." shares, summed within an optimiser step
+        sums: dict[str, float] = {}  # other statistics, row-weighted over micro-batches
+        rows = 0
+        opt_steps = 0
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 7))
+        kl_coef = self.kl_ctl.value if (cfg.kl_in == "loss" and ref is not None) else 0.0
         for epoch in range(cfg.update_epochs):
             order = torch.randperm(B, generator=gen) if (epoch > 0 or mb < B) else torch.arange(B)
             for start in range(0, B, mb):
                 idx = order[start:start + mb]
+                norm = LossNorm(seqs=len(idx), tokens=float(self._reduce_sum(mask[idx].sum())), world=self.world,
+                                max_len=cfg.max_new_tokens)
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = max(1, math.ceil(len(idx) / cfg.grad_accum))
                 for m0 in range(0, len(idx), micro):
                     sub = idx[m0:m0 + micro]
-                    loss, st = self._loss(batch.select(sub.tolist()), old_logp[sub], None if ref_logp is None else ref_logp[sub],
-                                          mask[sub], targets, sub)
-                    self.policy.backward(self.accelerator, loss * len(sub) / len(idx))
+                    sub_batch = batch.select(sub.tolist())
+                    scores = self.policy.score(sub_batch, need_values=self.needs.values)
+                    old = old_logp[sub] if old_logp is not None else scores.logp.detach()
+                    if old_logp is None:
+                        seen_old[sub] = old
+                    is_w = None
+                    if cfg.tis != "none":
+                        is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, mask[sub], cfg.tis, cfg.tis_cap)
+                        sums["mismatch/tis_clip_fraction"] = sums.get("mismatch/tis_clip_fraction", 0.0) + \
+                            tis_clip_fraction(clipped, mask[sub]) * len(sub)
+                    kl = None
+                    if kl_coef > 0:
+                        kl = self.policy.kl_loss(sub_batch, scores, ref.select(sub))
+                    inputs = LossInputs(logp=scores.logp, old_logp=old, mask=mask[sub], targets=targets.select(sub),
+                                        off_policy=off_policy, is_weights=is_w, kl=kl, kl_coef=kl_coef,
+                                        entropy=scores.entropy, values=scores.values)
+                    loss, st = self.algorithm.loss(inputs, norm)
+                    self.policy.backward(self.accelerator, loss)
+                    loss_sums["loss/total"] = loss_sums.get("loss/total", 0.0) + float(loss.detach())
                     for k, v in st.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                if cfg.max_grad_norm > 0:
-                    gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-                    sums["grad/norm"] = sums.get("grad/norm", 0.0) + float(gn) * math.ceil(len(idx) / micro)
+                        if k.startswith("loss/"):
+                            loss_sums[k] = loss_sums.get(k, 0.0) + v
+                        else:
+                            sums[k] = sums.get(k, 0.0) + v * len(sub)
+                    rows += len(sub)
+                gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(),
+                                                    cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                sums["grad/norm"] = sums.get("grad/norm", 0.0) + float(gn) * len(idx)
                 self.optimizer.step()
+                self.policy.after_optimizer_step()
+                opt_steps += 1
         self.scheduler.step()
-        return {k: v / max(count, 1) for k, v in sums.items()}
-
-    def _loss(self, sub_batch, old_logp, ref_logp, mask, targets, idx):
-        cfg = self.cfg
-        need_values = cfg.algo == "ppo"
-        logp, entropy, values = self.policy.logprobs(sub_batch, need_values=need_values)
-        adv = targets.advantages[idx]
-        stats: dict[str, float] = {}
-        if cfg.algo in ("grpo", "ppo") or cfg.update_epochs > 1:
-            pg_loss, pg_stats = clipped_policy_loss(logp, old_logp, adv, mask, cfg.clip_eps,
-                                                    aggregation=cfg.loss_aggregation)
-            stats.update({f"policy/{k}": float(v) for k, v in pg_stats.items()})
-        else:
-            pg_loss = policy_gradient_loss(logp, adv, mask, aggregation=cfg.loss_aggregation)
-        loss = pg_loss
-        stats["loss/policy"] = float(pg_loss.detach())
-        if cfg.kl_in == "loss" and ref_logp is not None and self.kl_ctl.value > 0:
-            kl_loss = masked_mean(self.policy.kl_loss(sub_batch, logp, ref_logp), mask)
-            loss = loss + self.kl_ctl.value * kl_loss
-            stats["loss/kl"] = float(kl_loss.detach())
-        if cfg.entropy_coef:
-            loss = loss - cfg.entropy_coef * masked_mean(entropy, mask)
-        if need_values:
-            v_loss, v_stats = clipped_value_loss(values, targets.old_values[idx], targets.returns[idx], mask, cfg.value_clip)
-            loss = loss + cfg.vf_coef * v_loss
-            stats["loss/value"] = float(v_loss.detach())
-            stats.update({f"value/{k}": float(v) for k, v in v_stats.items()})
-        stats["policy/entropy"] = float(masked_mean(entropy.detach(), mask))
-        stats["loss/total"] = float(loss.detach())
-        return loss, stats
+        stats = {k: v / max(rows, 1) for k, v in sums.items()}
+        stats.update({k: v / max(opt_steps, 1) for k, v in loss_sums.items()})
+        return stats, seen_old
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

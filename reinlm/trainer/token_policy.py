@@ -15,12 +15,17 @@ from reinlm.algorithms.kl import kl_estimate
 from reinlm.algorithms.ppo import ValueHead
 from reinlm.rollout.token import token_logprobs
 from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.policy import PolicyScores
 
 
 class TokenPolicy:
-    """Wraps the trainable LM, the frozen reference and (for PPO) the value head."""
+    """The :class:`~reinlm.trainer.policy.Policy` of token space: the trainable LM, the frozen reference and
+    (``with_value_head``: algorithms whose ``needs.values``) a value head."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, model=None, tokenizer=None):
+    rollout_logprobs_exact = True  # rollouts run the training model itself, in its dtype (tested to 1e-4)
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, model=None, tokenizer=None,
+                 with_value_head: bool = False):
         from reinlm.hub import load_causal_lm
 
         self.cfg = cfg
@@ -47,7 +52,7 @@ class TokenPolicy:
         self.model.train()  # no dropout in the supported LMs; train mode keeps the semantics honest
         self.value_model = None
         self.value_head = None
-        if cfg.algo == "ppo":
+        if with_value_head:
             hidden = model.config.hidden_size
             if cfg.value_model == "separate":  # a trainable copy of the starting model, in the training dtype
                 self.value_model = copy.deepcopy(model).train().requires_grad_(True)
@@ -70,11 +75,18 @@ class TokenPolicy:
         return int(getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", 2048))
 
     @property
+    def eos_token_ids(self) -> list[int]:
+        """The ids that end a completion: the tokenizer's EOS and the generation config's."""
+        from reinlm.rollout.token import _eos_ids
+
+        return _eos_ids(self._unwrapped, self.tokenizer)
+
+    @property
     def _unwrapped(self):
         return getattr(self.model, "module", self.model)
 
-    def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int]):
-        """Sample ``samples_per_prompt`` completions per prompt -> RolloutBatch.
+    def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int], greedy: bool = False):
+        """Sample ``samples_per_prompt`` completions per prompt -> RolloutBatch (``greedy``: most likely tokens).
 
         ``seeds`` holds one seed per prompt: each prompt's group is drawn from its own generator, so the
         samples do not depend on which other prompts share the batch (or the process, under accelerate).
@@ -82,7 +94,7 @@ class TokenPolicy:
         from reinlm.rollout.token import SamplingConfig, generate_rollouts
 
         sampling = SamplingConfig(temperature=self.cfg.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
-                                  max_new_tokens=self.cfg.max_new_tokens)
+                                  max_new_tokens=self.cfg.max_new_tokens, greedy=greedy)
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         model = self._unwrapped
         was_training = model.training
@@ -108,15 +120,25 @@ class TokenPolicy:
         ref = self.frozen_logprobs(batch, self.cfg.temperature)
         return (kl_estimate(batch.logprobs, ref, "k1") * batch.response_mask).sum(-1)
 
-    def rollout_kl(self, batch, ref_logp: torch.Tensor | None, estimator: str) -> torch.Tensor | None:
-        """Per-token KL estimate (B, R) between the sampling policy and the reference (None when KL is off)."""
-        if ref_logp is None:
+    def rollout_kl(self, batch, ref: PolicyScores | None, estimator: str,
+                   old: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Per-token KL estimate (B, R) of the sampled tokens between the policy that sampled (``old``, the
+        trainer's log-probs, default the sampler's ``batch.logprobs``) and the reference; None when KL is off."""
+        if ref is None:
             return None
-        return kl_estimate(batch.logprobs, ref_logp, estimator)
+        return kl_estimate(batch.logprobs if old is None else old, ref.logp, estimator)
 
-    def kl_loss(self, batch, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    def kl_loss(self, batch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
         """Per-token k3 estimate of KL(pi_theta || pi_ref), (B, R), differentiable in the policy."""
-        return kl_estimate(logp, ref_logp, "k3")
+        return kl_estimate(scores.logp, ref.logp, "k3")
+
+    def reference_perplexity(self, batch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
+        """Perplexity of the sampled tokens (``mask``) under the frozen reference: free from its log-probs when
+        they are at temperature 1 (a degeneration signal); None otherwise."""
+        if ref is None or self.cfg.temperature != 1.0:
+            return None
+        mask = mask.float()
+        return float(torch.exp(-(ref.logp * mask).sum() / mask.sum().clamp(min=1)))
 
     def token_spans(self, batch) -> list[list[tuple[int, int]]]:
         """Character (start, end) of each response token in its completion string."""
@@ -127,6 +149,9 @@ class TokenPolicy:
     def backward(self, accelerator, loss: torch.Tensor) -> None:
         accelerator.backward(loss)
 
+    def after_optimizer_step(self) -> None:
+        """The weights changed (nothing to refresh: rollouts run the training model itself)."""
+
     def wrap_for_ddp(self, accelerator) -> None:
         """Wrap the trainable modules for data-parallel gradient averaging."""
         self.model = accelerator.prepare_model(self.model)
@@ -136,8 +161,8 @@ class TokenPolicy:
             self.value_head = accelerator.prepare_model(self.value_head)
 
     # --- scoring ---
-    def logprobs(self, batch, need_values: bool = False):
-        """Training forward: (logp (B,R), entropy (B,R), values (B,R) or None), with gradients."""
+    def score(self, batch, need_values: bool = False) -> PolicyScores:
+        """Training forward: logp (B, R), entropy (B, R) and values (B, R) if asked, with gradients."""
         R = batch.response_ids.shape[1]
         shared_values = need_values and self.value_head is not None and self.value_model is None
         logp, entropy, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
@@ -148,18 +173,20 @@ class TokenPolicy:
                 hidden = token_logprobs(self.value_model, batch.input_ids, batch.attention_mask, R,
                                         self.cfg.temperature, return_hidden=True).hidden
             values = self.value_head(hidden)
-        return logp, entropy, values
+        return PolicyScores(logp, entropy, values)
 
     @torch.no_grad()
-    def ref_logprobs(self, batch) -> torch.Tensor | None:
-        """Log-probs of the response under the frozen reference (B, R); ``None`` when KL is off."""
+    def reference(self, batch) -> PolicyScores | None:
+        """Log-probs (B, R) of the response under the frozen reference; ``None`` when KL is off."""
         R = batch.response_ids.shape[1]
         if self.uses_lora:
             with self._unwrapped.disable_adapter():
-                return token_logprobs(self.model, batch.input_ids, batch.attention_mask, R, self.cfg.temperature).logp
+                return PolicyScores(token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
+                                                   self.cfg.temperature).logp)
         if self.ref_model is None:
             return None
-        return token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask, R, self.cfg.temperature).logp
+        return PolicyScores(token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask, R,
+                                           self.cfg.temperature).logp)
 
     # --- parameters and persistence ---
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
