@@ -1,0 +1,160 @@
+"""Batches: dynamic sampling refills zero-spread groups, --mask-truncated keeps truncated completions out of the
+loss, rollouts joined across lengths, and the sampler/trainer mismatch (bfloat16 sampling, float32 training)."""
+
+from __future__ import annotations
+
+import copy
+import zlib
+
+import pytest
+import torch
+
+from reinlm.data.prompts import PromptSet
+from reinlm.rewards.combine import RewardSet
+from reinlm.trainer.batching import concat_rollouts, truncated_rows
+from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.loop import Trainer
+from reinlm.utils import read_jsonl
+
+CONSTANT = ["Flat one:", "Flat two:", "Flat three:"]
+VARIED = ["Tell me about red.", "Tell me about blue.", "Tell me about green."]
+
+
+def crc_or_constant(prompts, completions, **columns):
+    """1.0 for the 'Flat' prompts (a group with no spread); a hash of the completion in [0, 1) otherwise."""
+    return [1.0 if p.startswith("Flat") else (zlib.crc32(c.encode()) % 1000) / 1000 for p, c in zip(prompts, completions)]
+
+
+def make_cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(model="tiny", reward="unused", steps=2, batch_prompts=2, samples_per_prompt=4, max_new_tokens=6,
+                lr=3e-3, kl_coef=0.0, seed=0, out=str(tmp_path), device="cpu", progress=False, eval_prompts=0,
+                save_every=100, log="none", held_out_fraction=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def trainer(tiny_lm, tmp_path, prompts, **kw) -> Trainer:
+    model, tok = tiny_lm
+    return Trainer(make_cfg(tmp_path, **kw), model=copy.deepcopy(model), tokenizer=tok,
+                   reward_set=RewardSet.from_functions([crc_or_constant]), prompt_set=PromptSet(prompts))
+
+
+def test_dynamic_sampling_drops_zero_spread_groups_and_refills(tiny_lm, tmp_path):
+    tr = trainer(tiny_lm, tmp_path, CONSTANT + VARIED, dynamic_sampling=True, dynamic_sampling_max_tries=6)
+    dropped = 0
+    for step in range(3):
+        out = tr.train_step(step)
+        m, batch = out["metrics"], out["batch"]
+        assert len(batch) == 8 and len(set(batch.group_ids.tolist())) == 2  # always batch_prompts groups of G
+        assert m["batch/zero_spread_kept"] == 0 and m["reward/frac_zero_std"] == 0.0
+        assert not any(p.startswith("Flat") for p in batch.prompts)
+        assert m["batch/refill_rollouts"] >= (1 if m["batch/dropped_groups"] else 0)
+        dropped += m["batch/dropped_groups"]
+    assert dropped > 0  # some step drew a constant prompt, dropped it and refilled
+    # without dynamic sampling the constant groups stay in the batch
+    plain = trainer(tiny_lm, tmp_path / "plain", CONSTANT + VARIED)
+    fracs = [plain.train_step(s)["metrics"]["reward/frac_zero_std"] for s in range(3)]
+    assert max(fracs) > 0
+
+
+def test_dynamic_sampling_tops_up_when_tries_run_out(tiny_lm, tmp_path):
+    tr = trainer(tiny_lm, tmp_path, CONSTANT, dynamic_sampling=True, dynamic_sampling_max_tries=1)
+    m = tr.train_step(0)["metrics"]
+    assert m["batch/dropped_groups"] == 4 and m["batch/refill_rollouts"] == 1  # 2 groups x (first try + 1 refill)
+    assert m["batch/zero_spread_kept"] == 2 and m["reward/frac_zero_std"] == 1.0
+
+
+def _batch(response_ids, lengths, prompt_len=2, pad=0):
+    from reinlm.rollout.token import RolloutBatch
+
+    response_ids = torch.tensor(response_ids)
+    B, R = response_ids.shape
+    mask = (torch.arange(R)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return RolloutBatch(prompt_ids=torch.full((B, prompt_len), 5), prompt_mask=torch.ones(B, prompt_len, dtype=torch.long),
+                        response_ids=response_ids, response_mask=mask, logprobs=-torch.rand(B, R) * mask,
+                        group_ids=torch.arange(B), prompts=["p"] * B, completions=["c"] * B, pad_token_id=pad)
+
+
+def test_truncated_rows():
+    # EOS = 2, max_new_tokens = 3: stopped early; full length ending in EOS; full length without EOS
+    b = _batch([[7, 2, 0], [7, 8, 2], [7, 8, 9]], [2, 3, 3])
+    assert truncated_rows(b, 3, [2]).tolist() == [False, False, True]
+
+
+def test_concat_rollouts_pads_prompts_left_and_responses_right():
+    a = _batch([[7, 2]], [2], prompt_len=3)
+    b = _batch([[7, 8, 9], [4, 2, 0]], [3, 2], prompt_len=1)
+    c = concat_rollouts([a, b])
+    assert c.prompt_ids.shape == (3, 3) and c.response_ids.shape == (3, 3)
+    assert c.prompt_mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 1]]
+    assert c.response_mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 0]]
+    assert c.group_ids.tolist() == [0, 1, 2] and len(c.completions) == 3
+    assert torch.equal(c.logprobs[1:], b.logprobs) and torch.equal(c.logprobs[0, :2], a.logprobs[0])
+
+
+def test_mask_truncated_keeps_truncated_completions_out_of_the_loss(tiny_lm, tmp_path):
+    # a random tiny model almost never samples EOS in 6 tokens: every completion is truncated
+    tr = trainer(tiny_lm, tmp_path, VARIED, mask_truncated=True, steps=1)
+    before = {k: v.clone() for k, v in tr.policy.model.state_dict().items()}
+    m = tr.train_step(0)["metrics"]
+    assert m["response/truncated_frac"] == 1.0
+    assert m["loss/policy"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in tr.policy.model.state_dict().items())  # no update
+    tr = trainer(tiny_lm, tmp_path / "unmasked", VARIED, steps=1)
+    tr.train_step(0)
+    assert not all(torch.equal(before[k], v) for k, v in tr.policy.model.state_dict().items())
+
+
+class Bf16SampledPolicy:
+    """Token policy whose rollouts come from a bfloat16 copy of the model, refreshed after every optimiser step
+    (what the engine's bfloat16 rollouts do), while training runs in float32."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.copy = copy.deepcopy(inner.model).to(torch.bfloat16).eval()
+        self.refreshes = 0
+
+    rollout_logprobs_exact = False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def rollout(self, prompts, samples_per_prompt, seeds, greedy=False):
+        model, self.inner.model = self.inner.model, self.copy
+        try:
+            return self.inner.rollout(prompts, samples_per_prompt, seeds, greedy)
+        finally:
+            self.inner.model = model
+
+    def after_optimizer_step(self):
+        self.copy.load_state_dict({k: v.to(torch.bfloat16) for k, v in self.inner.model.state_dict().items()})
+        self.refreshes += 1
+
+
+@pytest.mark.parametrize("tis", ["token", "sequence"])
+def test_bf16_sampling_fp32_training_logs_mismatch_and_trains_with_tis(tiny_lm, tmp_path, monkeypatch, tis):
+    import reinlm.trainer.loop as loop
+
+    made = []
+
+    def make_policy(*a, **kw):
+        made.append(Bf16SampledPolicy(real_make_policy(*a, **kw)))
+        return made[-1]
+
+    real_make_policy = loop.make_policy
+    monkeypatch.setattr(loop, "make_policy", make_policy)
+    tr = trainer(tiny_lm, tmp_path, VARIED, steps=3, tis=tis, tis_cap=2.0, update_epochs=2, kl_coef=0.05)
+    before = {k: v.clone() for k, v in tr.policy.inner.model.state_dict().items()}
+    run = tr.train()
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert len(rows) == 3 and made[0].refreshes == 6  # 3 steps x 2 epochs, the hook ran after every step
+    for r in rows:
+        assert 0 < r["mismatch/kl"] < 0.05  # bfloat16 vs float32 log-probs differ, a little
+        assert r["mismatch/max_abs_logp_diff"] > 1e-3
+        assert 0 <= r["mismatch/tis_clip_fraction"] <= 1
+        assert all(v == v for v in r.values() if isinstance(v, float))  # no NaN anywhere
+    assert not all(torch.equal(before[k], v) for k, v in tr.policy.inner.model.state_dict().items())
+    # a float32 sampler logs no mismatch to speak of
+    monkeypatch.setattr(loop, "make_policy", real_make_policy)
+    m = trainer(tiny_lm, tmp_path / "fp32", VARIED, steps=1).train_step(0)["metrics"]
+    assert m["mismatch/kl"] < 1e-6
