@@ -233,7 +233,11 @@ def test_old_flat_run_config_still_loads():
     values = load_yaml(ASSETS / "old_run_config.yaml")
     cfg = build_config(TrainConfig, None, values)
     assert (cfg.steps, cfg.algo, cfg.kl_target, cfg.out) == (3, "ppo", 0.1, "runs/old")
-    assert config_to_dict(cfg) == {k: v for k, v in values.items()}
+    written = config_to_dict(cfg)
+    # every old key keeps its value, except the two deprecated spellings, now written as their new fields
+    assert {k: v for k, v in written.items() if k in values} == {**values, "scale_std": None, "loss_aggregation": None}
+    assert (written["scale_rewards"], written["loss_type"]) == ("group", "grpo")
+    assert build_config(TrainConfig, None, written) == cfg
 
 
 def test_config_to_dict_round_trips_through_yaml():
@@ -279,7 +283,9 @@ def test_trl_generation_batch_with_several_optimiser_steps():
     ({"bf16": True}, ["bf16", "no bf16 mixed precision", "dtype: bfloat16"]),
     ({"num_train_epochs": 3}, ["'num_train_epochs' has no meaning in reinlm", "max_steps"]),
     ({"logging_steps": 10}, ["has no meaning in reinlm"]),
-    ({"loss_type": "dapo"}, ["does not implement this TRL setting yet"]),
+    ({"use_vllm": True}, ["does not implement this TRL setting yet"]),
+    ({"loss_type": "sapo"}, ["loss_type", "grpo", "dapo"]),
+    ({"vllm_importance_sampling_mode": "sequence_mask"}, ["token_truncate", "no masking modes"]),
     ({"lr_scheduler_type": "polynomial"}, ["lr_scheduler_type", "constant, constant_with_warmup, linear, cosine"]),
     ({"report_to": ["mlflow"]}, ["no mlflow logger"]),
     ({"stpes": 2}, ["unknown key 'stpes'; did you mean 'steps'"]),

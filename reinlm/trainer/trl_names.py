@@ -37,6 +37,10 @@ TRL_SAME: dict[str, str] = {
     "entropy_coef": "entropy bonus coefficient (TRL's adaptive entropy control is not implemented)",
     "lora_r": "LoRA rank (0: full fine-tuning; TRL's default with use_peft is 16)",
     "lora_alpha": "LoRA alpha (TRL's default is 32, reinlm's 16)",
+    "loss_type": "grpo, bnpo, dr_grpo, dapo, cispo with TRL's definitions (sapo, luspo, vespo are not implemented); "
+                 "TRL's default is dapo, reinlm's grpo",
+    "importance_sampling_level": "token or sequence (GSPO)",
+    "scale_rewards": "group, batch or none (TRL's true / false: group / none)",
 }
 
 #: TRL key -> (reinlm field, note)
@@ -49,6 +53,14 @@ TRL_RENAMES: dict[str, tuple[str, str]] = {
                         "TRL's form set kl_in: loss and kl_estimator: k3"),
     "num_iterations": ("update_epochs", "passes over each rollout batch (mu in the GRPO paper)"),
     "epsilon": ("clip_eps", "ratio clip epsilon"),
+    "epsilon_high": ("clip_eps_high", "upper ratio clip (DAPO's clip-higher); with loss_type cispo the weight cap "
+                                      "(TRL then falls back to epsilon, reinlm to 5.0)"),
+    "delta": ("clip_ratio_c", "TRL's two-sided clip caps the ratio at delta; reinlm's dual clip bounds the loss of "
+                              "negative advantages at -delta A, the same when delta > 1 + epsilon_high"),
+    "mask_truncated_completions": ("mask_truncated", "truncated completions leave the loss"),
+    "vllm_importance_sampling_clip_max": ("tis_cap", "the cap C of the truncated importance weights (reinlm "
+                                                     "truncates; TRL's *_mask modes are not implemented)"),
+    "vllm_importance_sampling_cap": ("tis_cap", "TRL's deprecated name of vllm_importance_sampling_clip_max"),
     "gradient_accumulation_steps": ("grad_accum", "micro-batches per optimiser step"),
     "output_dir": ("out", "run directory"),
     "save_steps": ("save_every", "checkpoint every N steps (rollout steps in reinlm)"),
@@ -75,8 +87,10 @@ TRL_DERIVED: dict[str, str] = {
     "report_to": "none / [] -> log: none; tensorboard -> tensorboard; wandb -> wandb (TensorBoard too)",
     "use_peft": "true: LoRA with lora_r 16 and lora_alpha 32 unless given (TRL's defaults); false: lora_r 0",
     "use_cpu": "true -> device: cpu",
-    "scale_rewards": "group / true -> scale_std: true; none / false -> scale_std: false ('batch' is not "
-                     "implemented)",
+    "vllm_importance_sampling_correction": "false -> tis: none; true -> tis: token (reinlm applies it to every "
+                                           "rollout whose log-probs it is given, vLLM or not)",
+    "vllm_importance_sampling_mode": "token_truncate -> tis: token; sequence_truncate -> tis: sequence; the "
+                                     "*_mask modes are refused (not implemented)",
     "bf16": "false is accepted (float32 is reinlm's default); true has no exact equivalent (see the error)",
     "fp16": "false is accepted; true is refused (no fp16 mixed precision)",
     "gradient_checkpointing": "false is accepted; true is refused (not implemented)",
@@ -132,16 +146,8 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "dataset_config": "give prompts: hf:NAME with the config (see docs/models-and-data.md).",
     "dataset_train_split": "give prompts: hf:NAME with the split (see docs/models-and-data.md).",
     # features being added to reinlm (the field, when it exists, takes the key)
-    "loss_type": _PENDING + " (loss aggregation is loss_aggregation: seq_mean | token_mean).",
-    "epsilon_high": _PENDING + " (clip_eps is symmetric).",
-    "delta": _PENDING + ".",
-    "importance_sampling_level": _PENDING + " (ratios are per token).",
-    "mask_truncated_completions": _PENDING + ".",
     "use_vllm": _PENDING + " (generation uses reinlm's own decoder).",
     "vllm_mode": _PENDING + ".",
-    "vllm_importance_sampling_correction": _PENDING + ".",
-    "vllm_importance_sampling_mode": _PENDING + ".",
-    "vllm_importance_sampling_cap": _PENDING + ".",
     "vllm_gpu_memory_utilization": _PENDING + ".",
     "vllm_server_base_url": _PENDING + ".",
     "cast_lm_head_to_fp32": _PENDING + ".",
@@ -182,6 +188,8 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
     ``steps``). A derived value whose reinlm field is also given is an error naming both keys.
     """
     values = dict(values)
+    if isinstance(values.get("scale_rewards"), bool):  # TRL accepts true / false for group / none
+        values["scale_rewards"] = "group" if values["scale_rewards"] else "none"
     wu = values.get("warmup_steps")
     if isinstance(wu, float) and 0 < wu < 1:  # transformers 5: a float in (0, 1) is a share of the steps
         if "warmup_ratio" in values:
@@ -270,13 +278,20 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
             put("lora_r", 0, "use_peft")
     if "use_cpu" in given and _bool("use_cpu", given["use_cpu"]):
         put("device", "cpu", "use_cpu")
-    if "scale_rewards" in given:
-        v = given["scale_rewards"]
-        key = str(v).lower() if not isinstance(v, bool) else ("group" if v else "none")
-        if key not in ("group", "none", "true", "false"):
-            refuse("scale_rewards", "allowed: group or true (scale_std: true), none or false (scale_std: false); "
-                                    "reinlm does not implement batch scaling yet.")
-        put("scale_std", key in ("group", "true"), "scale_rewards")
+    if "vllm_importance_sampling_mode" in given:
+        modes = {"token_truncate": "token", "sequence_truncate": "sequence"}
+        v = str(given["vllm_importance_sampling_mode"])
+        if v not in modes:
+            refuse("vllm_importance_sampling_mode", "allowed: token_truncate (tis: token) or sequence_truncate "
+                                                    "(tis: sequence); reinlm has no masking modes.")
+        if "vllm_importance_sampling_correction" not in given or _bool(
+                "vllm_importance_sampling_correction", given["vllm_importance_sampling_correction"]):
+            put("tis", modes[v], "vllm_importance_sampling_mode")
+        else:
+            put("tis", "none", "vllm_importance_sampling_correction")
+    elif "vllm_importance_sampling_correction" in given:
+        on = _bool("vllm_importance_sampling_correction", given["vllm_importance_sampling_correction"])
+        put("tis", "token" if on else "none", "vllm_importance_sampling_correction")
     if "bf16" in given and _bool("bf16", given["bf16"]):
         refuse("bf16", "reinlm has no bf16 mixed precision: dtype: bfloat16 stores and trains the weights in "
                        "bfloat16 (not mixed), frozen_dtype: bfloat16 runs only the frozen reference in bfloat16; "

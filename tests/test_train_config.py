@@ -1,0 +1,78 @@
+"""TrainConfig's nested settings: flat flags, flat and nested YAML, flat Python names, TRL's names for the
+algorithm settings, deprecated spellings of old run directories."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from reinlm.algorithms.config import AlgorithmConfig, KLConfig
+from reinlm.config import build_config, config_to_dict
+from reinlm.errors import ConfigError
+from reinlm.trainer.config import SamplingSettings, TrainConfig, add_train_args
+
+
+def test_flat_python_names_route_into_the_nested_settings():
+    cfg = TrainConfig(kl_coef=0.1, temperature=0.7, loss_type="dapo", mask_truncated=True, value_clip=0.3)
+    assert cfg.kl == KLConfig(kl_coef=0.1) and cfg.sampling == SamplingSettings(temperature=0.7)
+    assert cfg.algorithm.loss_type == "dapo" and cfg.batches.mask_truncated and cfg.ppo.value_clip == 0.3
+    assert (cfg.kl_coef, cfg.temperature) == (0.1, 0.7)
+    cfg.temperature = 0.9  # assignment reaches the nested field, no shadow attribute
+    assert cfg.sampling.temperature == 0.9 and "temperature" not in vars(cfg)
+    assert dataclasses.replace(cfg, kl_coef=0.3).kl_coef == 0.3
+    with pytest.raises(AttributeError):
+        cfg.no_such_setting  # noqa: B018
+
+
+def test_nested_and_flat_yaml_and_flags_agree(tmp_path):
+    nested = build_config(TrainConfig, None, {"kl": {"kl_coef": 0.2}, "algorithm": {"loss_type": "dapo"}})
+    flat = build_config(TrainConfig, None, {"kl_coef": 0.2, "loss_type": "dapo"})
+    assert nested == flat
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    args = parser.parse_args(["--kl-coef", "0.2", "--loss-type", "dapo", "--clip-eps-high", "0.28",
+                              "--dynamic-sampling", "--tis", "sequence"])
+    cfg = build_config(TrainConfig, args)
+    assert (cfg.kl_coef, cfg.loss_type, cfg.clip_eps_high, cfg.dynamic_sampling, cfg.tis) == (0.2, "dapo", 0.28, True, "sequence")
+    assert config_to_dict(cfg)["clip_eps_high"] == 0.28 and "kl" not in config_to_dict(cfg)  # written flat
+
+
+def test_trl_names_of_the_algorithm_settings():
+    cfg = build_config(TrainConfig, None, {
+        "loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "importance_sampling_level": "sequence",
+        "scale_rewards": "batch", "mask_truncated_completions": True, "delta": 3.0,
+        "vllm_importance_sampling_mode": "token_truncate", "vllm_importance_sampling_clip_max": 3.0,
+    })
+    a = cfg.algorithm
+    assert (a.loss_type, a.clip_eps, a.clip_eps_high, a.importance_sampling_level, a.scale_rewards) == \
+        ("dapo", 0.2, 0.28, "sequence", "batch")
+    assert (cfg.mask_truncated, cfg.clip_ratio_c, cfg.tis, cfg.tis_cap) == (True, 3.0, "token", 3.0)
+    assert build_config(TrainConfig, None, {"scale_rewards": False}).scale_rewards == "none"
+    assert build_config(TrainConfig, None, {"vllm_importance_sampling_correction": False}).tis == "none"
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(loss_type="sapo"), ["loss_type", "dapo"]),
+    (dict(clip_ratio_c=0.9), ["clip_ratio_c"]),
+    (dict(tis_cap=0.0), ["tis_cap"]),
+    (dict(dynamic_sampling=True, samples_per_prompt=1, algo="reinforce", baseline="none"), ["dynamic_sampling"]),
+    (dict(algo="reinforce_pp", samples_per_prompt=1), ["baseline: group_mean needs --samples-per-prompt >= 2"]),
+])
+def test_bad_algorithm_settings_name_the_field(kw, words):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**kw)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_cispo_caps_at_five_unless_told():
+    assert AlgorithmConfig(loss_type="cispo").clip_eps_high == 5.0
+    assert TrainConfig(loss_type="cispo").clip_eps_high == 5.0
+    assert TrainConfig(loss_type="cispo", clip_eps_high=2.0).clip_eps_high == 2.0
+    assert TrainConfig(loss_type="dapo").clip_eps_high is None
+
+
+def test_deprecated_spellings_still_load():
+    cfg = build_config(TrainConfig, None, {"scale_std": False, "loss_aggregation": "token_mean"})
+    assert (cfg.scale_rewards, cfg.loss_type, cfg.scale_std, cfg.loss_aggregation) == ("none", "bnpo", None, None)
