@@ -101,17 +101,19 @@ def test_self_cache_states_match_a_fresh_forward_and_eos_rows_leave(backbone_dir
     model, tok = load_causal_lm(backbone_dir, device="cpu")
     eos = tok.eos_token_id
     calls = []
-    real = hidden_cache.sample_categorical
+    from reinlm.rollout.sampling import Chooser
 
-    def sample_with_eos(logits, *a, **k):  # the first live row samples EOS at the third step
-        nxt, lp, p = real(logits, *a, **k)
+    real = Chooser.__call__
+
+    def sample_with_eos(self, logits, *a, **k):  # the first live row samples EOS at the third step
+        nxt, lp = real(self, logits, *a, **k)
         calls.append(len(nxt))
         if len(calls) == 3:
             nxt = nxt.clone()
             nxt[0] = eos
-        return nxt, lp, p
+        return nxt, lp
 
-    monkeypatch.setattr(hidden_cache, "sample_categorical", sample_with_eos)
+    monkeypatch.setattr(Chooser, "__call__", sample_with_eos)
     prompts = ["The river was", "She opened the", "Numbers like"]
     cache = hidden_cache.build_self_cache(model, tok, prompts, n_tokens=30, out=tmp_path / "c",
                                           meta={"backbone": "tiny", "corpus": "self:30"}, batch_size=3,

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from reinlm.errors import ConfigError
-from reinlm.rollout.token import (SamplingConfig, _sample_tokens, decode_completions, generate_rollouts,
-                                  sequence_logprobs, token_char_spans, token_logprobs)
+from reinlm.rollout.sampling import choose, filter_logits, inverse_cdf_sample
+from reinlm.rollout.token import (SamplingConfig, decode_completions, generate_rollouts, sequence_logprobs,
+                                  token_char_spans, token_logprobs)
 
 PROMPTS = ["The weather today is", "Hi", "Once upon a time, in a small village by the sea, there lived"]
 
@@ -116,11 +117,11 @@ def test_filtering_by_hand():
     # token 2 has 0.8 before it. Inverse CDF over the kept (0.5, 0.3): u * 0.8 < 0.5 -> token 0, else token 1.
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(3, 4)
     u = torch.tensor([0.0, 0.6, 0.7])  # targets 0, 0.48, 0.56
-    assert _sample_tokens(logits, 0, 0.7, u).tolist() == [0, 0, 1]
+    assert choose(logits, u, top_p=0.7)[0].tolist() == [0, 0, 1]
     # top-k 3 renormalises (0.5, 0.3, 0.15) / 0.95; u = 0.99 -> 0.9405 falls in (0.8, 0.95] -> token 2, never 3
-    assert _sample_tokens(logits, 3, 1.0, torch.tensor([0.99, 0.99, 0.99])).tolist() == [2, 2, 2]
+    assert choose(logits, torch.tensor([0.99, 0.99, 0.99]), top_k=3)[0].tolist() == [2, 2, 2]
     # no filtering: u = 0.99 reaches the last token
-    assert _sample_tokens(logits, 0, 1.0, torch.tensor([0.99, 0.1, 0.5])).tolist() == [3, 0, 1]
+    assert choose(logits, torch.tensor([0.99, 0.1, 0.5]))[0].tolist() == [3, 0, 1]
 
 
 def test_stop_strings_stop_after_the_completing_token(tiny_lm):

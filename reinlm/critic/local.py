@@ -27,24 +27,27 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
 @torch.no_grad()
 def chat_generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 64,
                   batch_size: int = 8) -> list[str]:
-    """Greedy answers to chat conversations, batched with left padding; stops at EOS / end-of-turn."""
+    """Greedy answers to chat conversations, batched with left padding; stops at EOS / end-of-turn.
+
+    Runs reinlm's decode engine (:func:`reinlm.rollout.decode.decode`, greedy chooser), the same loop as
+    rollouts; each answer is decoded with special tokens skipped and stripped.
+    """
+    from reinlm.rollout.decode import LMStepper, decode
+    from reinlm.rollout.sampling import Chooser
+    from reinlm.rollout.token import decode_completions, encode_prompts
+
     device = next(model.parameters()).device
-    pad_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
             if isinstance(t, int) and t >= 0 and t != tokenizer.unk_token_id]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
+    stepper = LMStepper(model, Chooser("greedy", record_logprob=False))
     answers: list[str] = []
-    try:
-        for chunk in chunked(conversations, batch_size):
-            prompts = [render_chat(tokenizer, conv) for conv in chunk]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop or None,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-            new = out[:, enc["input_ids"].shape[1]:]  # (N, A)
-            answers += tokenizer.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = pad_side
+    for chunk in chunked(conversations, batch_size):
+        prompts = [render_chat(tokenizer, conv) for conv in chunk]
+        ids, mask = encode_prompts(tokenizer, prompts, pad, add_special_tokens=False)  # (N, P)
+        out = decode(stepper, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, stop_ids=stop,
+                     pad_id=pad)
+        answers += decode_completions(tokenizer, out.tokens, out.mask)
     return [a.strip() for a in answers]
 
 

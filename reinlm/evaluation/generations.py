@@ -134,25 +134,27 @@ def latent_backbone(latent_dir: str | Path) -> str | None:
 
 def sample_from_latent(latent_dir: str, prompts: list[str], samples_per_prompt: int, *, max_new_tokens: int,
                        temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                       device: str = "cpu") -> Generations:
+                       device: str = "cpu", batch_prompts: int = 4) -> Generations:
     """Sample with a latent-action model: the policy draws actions (at ``temperature``; 0 = greedy), the
-    world model emits tokens greedily. Prompt i is seeded ``seed * 100003 + i`` (as ``sample_from_lm``)."""
+    world model emits tokens greedily. Prompt i draws from its own generator seeded ``seed * 100003 + i``
+    (as ``sample_from_lm`` and the trainer), so its samples do not depend on the batching."""
     import torch
 
     from reinlm.latent.model import LatentActionModel
-    from reinlm.utils import resolve_device, seed_everything
+    from reinlm.rollout.token import decode_completions, encode_prompts
+    from reinlm.utils import resolve_device
 
     model = LatentActionModel.from_pretrained(latent_dir, device=str(resolve_device(device)))
     model.set_action_sampling(greedy=temperature <= 0, tau=temperature if temperature > 0 else 1.0,
                               top_k=top_k, top_p=top_p)
     tok = model.tokenizer
     completions: list[str] = []
-    with torch.no_grad():
-        for i, prompt in enumerate(prompts):
-            seed_everything(seed * 100003 + i)
-            enc = tok([prompt] * samples_per_prompt, return_tensors="pt", add_special_tokens=False)
-            out = model.generate(enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device),
-                                 max_new_tokens=max_new_tokens, return_dict=True)
-            completions += tok.batch_decode(out.response_ids, skip_special_tokens=True)
+    for start in range(0, len(prompts), batch_prompts):  # one decode-engine run per chunk of prompts
+        chunk = prompts[start:start + batch_prompts]
+        gens = [torch.Generator(device="cpu").manual_seed(seed * 100003 + start + j) for j in range(len(chunk))]
+        ids, mask = encode_prompts(tok, chunk, tok.pad_token_id or 0, add_special_tokens=False)
+        out = model.generate(ids.to(model.device), mask.to(model.device), max_new_tokens=max_new_tokens,
+                             num_return_sequences=samples_per_prompt, generator=gens, return_dict=True)
+        completions += decode_completions(tok, out.response_ids, out.response_mask)
     group_ids = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
     return Generations(prompts=[prompts[g] for g in group_ids], completions=completions, group_ids=group_ids)

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from reinlm.errors import ReinlmError
 from reinlm.latent.corpus import builtin_prompts, parse_corpus_spec
-from reinlm.latent.modules import sample_categorical
 from reinlm.utils import write_json
 
 META = "meta.json"
@@ -204,12 +203,16 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
                      seed: int = 0, store_hidden: bool = True) -> HiddenCache:
     """Sample ``n_tokens`` new tokens from the backbone on ``prompts`` and cache tokens + states.
 
-    One KV-cached sampling loop per batch of ``batch_size`` prompts (drawn with replacement, seeded): the
-    forward pass that feeds token t also yields h_t, so no second pass is needed. A row that samples EOS is
-    fed once more (its EOS state is what the IDM needs to explain the EOS) and then dropped from the KV cache,
-    so the batch shrinks instead of computing padding. Each stored sequence is prompt + continuation up to
-    and including EOS; a row that hits ``new_tokens`` drops its last sampled token (never fed, no state).
+    One run of the decode engine (:func:`reinlm.rollout.decode.decode`, the backbone-only stepper) per batch
+    of ``batch_size`` prompts (drawn with replacement, seeded): the forward pass that feeds token t also
+    yields h_t, so no second pass is needed. A row that samples EOS is fed once more (its EOS state is what
+    the IDM needs to explain the EOS) and then dropped from the KV cache, so the batch shrinks instead of
+    computing padding (the engine's stopping convention). Each stored sequence is prompt + continuation up
+    to and including EOS; a row that hits ``new_tokens`` drops its last sampled token (never fed, no state).
     """
+    from reinlm.rollout.decode import LMStepper, decode
+    from reinlm.rollout.sampling import Chooser
+
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     enc_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -217,7 +220,7 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
     cap = 4 * (n_tokens + per_round)  # prompts are stored too; the sparse file only grows as it is written
     writer = _Writer(out, cap, model.config.hidden_size, store_hidden)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id or 0
-    lm_head = model.get_output_embeddings()
+    chooser = Chooser("sample", float(temperature), 0, float(top_p))
     generated, start = 0, time.time()
     with tqdm(total=n_tokens, desc="self-sampling + hidden states", unit="tok", unit_scale=True) as bar:
         while generated < n_tokens and writer.n + per_round <= cap:
@@ -226,36 +229,18 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
             group = [enc_prompts[i] for i in pick]
             ids, mask = left_pad(group, pad)
             P = ids.shape[1]
-            ids, mask = ids.to(dev), mask.to(dev)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            h0, cache = _base_forward(model, ids, mask, pos)
             R = min(new_tokens, n_tokens - generated + 1)
-            toks = torch.cat([ids, ids.new_full((rows, R), pad)], 1)  # (B, P+R)
-            hidden = h0.new_zeros(rows, P + R, h0.shape[-1])  # (B, P+R, H)
-            hidden[:, :P] = h0
-            fed = torch.zeros(rows, dtype=torch.long, device=dev)  # new tokens whose state is stored, per row
-            active = torch.arange(rows, device=dev)  # rows still going, in cache order
-            attn = torch.cat([mask, mask.new_ones(rows, R)], 1)  # (b, P+R)
-            next_pos, h_last = pos[:, -1:] + 1, h0[:, -1]  # (b, 1), (b, H)
-            for step in range(R):
-                logits = lm_head(h_last).float()  # (b, V)
-                nxt, _, _ = sample_categorical(logits, False, temperature, 0, top_p, g)  # (b,)
-                toks[active, P + step] = nxt
-                if step == R - 1:
-                    break
-                h_new, cache = _base_forward(model, nxt[:, None], attn[:, : P + step + 1], next_pos, cache)
-                hidden[active, P + step] = h_new[:, 0]
-                fed[active] += 1
-                stop = nxt == eos if eos is not None else torch.zeros_like(nxt, dtype=torch.bool)
-                if bool(stop.all()):
-                    break
-                if bool(stop.any()):  # drop the rows that ended from every cache
-                    keep = (~stop).nonzero().squeeze(1)
-                    cache.batch_select_indices(keep)
-                    active, attn, next_pos, h_new = active[keep], attn[keep], next_pos[keep], h_new[keep]
-                h_last, next_pos = h_new[:, 0], next_pos + 1
-                bar.set_postfix(tok_s=f"{(generated + int(fed.sum())) / (time.time() - start):.0f}",
-                                rows=active.numel())
+
+            def progress(t, live, _done=generated):
+                bar.set_postfix(tok_s=f"{(_done + t * live) / max(time.time() - start, 1e-9):.0f}", rows=live)
+
+            res = decode(LMStepper(model, chooser, record_hidden=True), ids.to(dev), mask.to(dev),
+                         max_new_tokens=R, stop_ids=[] if eos is None else [eos], pad_id=pad, generator=g,
+                         on_step=progress)
+            toks = torch.cat([ids.to(dev), res.tokens], 1)  # (B, P+R')
+            hidden = res.states["hidden"]  # (B, P+R', H)
+            # tokens whose state was computed: a row that stopped before the last step was fed its EOS too
+            fed = torch.where(res.lengths < R, res.lengths, torch.full_like(res.lengths, R - 1))
             before = generated
             for j, c in enumerate(group):
                 keep = slice(P - len(c), P + int(fed[j]))

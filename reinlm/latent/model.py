@@ -13,7 +13,6 @@ backbone) and ``heads.safetensors`` (IDM, policy, world model; never the backbon
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from reinlm.errors import ReinlmError
 from reinlm.latent.config import ActionSampling, LatentConfig, resolve_for_backbone
 from reinlm.latent.modules import (CausalStack, RotaryEmbedding, StackCache, WorldModel, idm_step_logits,
                                    sample_categorical)
-from reinlm.rollout.token import draw_uniforms
 from reinlm.utils import atomic_dir, write_json
 
 HEADS_FILE = "heads.safetensors"
@@ -353,16 +351,23 @@ class LatentActionModel(nn.Module):
         (rows ``i * G .. i * G + G - 1`` continue prompt ``i``); each prompt is prefilled once and its caches
         repeated, which is the same as (but cheaper than) passing every prompt G times.
 
-        Cost per step: one single-token backbone forward, one single-position step of the policy's blocks
-        (their keys/values are cached, so the policy is not re-run over the history), the world model and the
-        LM head on the rows still going (a row that finished is dropped from every cache one step later,
-        once its EOS state is kept). States of positions after a row finished are zeros in ``hidden``
-        (padding, mask 0).
+        It runs reinlm's decode engine (:mod:`reinlm.rollout.decode`) with the latent stepper
+        (:mod:`reinlm.latent.stepper`). Cost per step: one single-token backbone forward, one single-position
+        step of the policy's blocks (their keys/values are cached, so the policy is not re-run over the
+        history), the world model and the LM head on the rows still going (a row that finished is fed its EOS
+        once, so its state is kept, then dropped from every cache). States of positions after a row finished
+        are zeros in ``hidden`` (padding, mask 0). Action log-probs follow the sampling conventions of
+        :mod:`reinlm.rollout.sampling` (temperature tau, recorded before top-k/top-p filtering).
 
         ``generator``: ``None`` (global RNG), one ``torch.Generator`` for the batch, or a list of N generators,
         one per prompt: a prompt's samples then do not depend on the rest of the batch (so data-parallel
-        processes that split the prompts draw what one process would).
+        processes that split the prompts draw what one process would). All uniforms are drawn up front
+        (two per row and step: the action's, then the token's).
         """
+        from reinlm.latent.stepper import LatentStepper
+        from reinlm.rollout.decode import decode
+        from reinlm.rollout.sampling import Chooser
+
         if hf_kwargs.get("num_beams", 1) != 1:
             raise ReinlmError("generate: num_beams must be 1 for latent generation (beam search over actions is "
                               "not supported).")
@@ -373,111 +378,44 @@ class LatentActionModel(nn.Module):
         dev = input_ids.device
         if eos_token_id is None and tok is not None:
             eos_token_id = tok.eos_token_id
-        eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),
-                           dtype=torch.long, device=dev)
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
         if pad_token_id is None:
             pad_token_id = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else (
                 int(eos[0]) if len(eos) else 0)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         N, P = input_ids.shape
-        B, R_max = N * G, max(int(max_new_tokens), 0)
-        K = self.config.num_actions
-        fixed = None
+        B, K = N * G, self.config.num_actions
         if fixed_action is not None:
             fixed = torch.as_tensor(fixed_action, dtype=torch.long, device=dev).expand(B)
             self._check_actions(fixed)
-        elif action_mode not in ("policy", "random"):
+            act = Chooser("fixed", fixed=fixed)
+        elif action_mode == "random":
+            act = Chooser("uniform")
+        elif action_mode == "policy":
+            s = self.action_sampling
+            act = Chooser("greedy" if s.greedy else "sample", float(s.tau), int(s.top_k), float(s.top_p))
+        else:
             raise ReinlmError(f"action_mode: got {action_mode!r}; allowed: policy, random.")
-        use_policy = fixed is None and action_mode == "policy"
-
-        # ---- prefill the N distinct prompts once, then repeat every cache G times
-        mask0 = attention_mask.long()
-        pos0 = (mask0.cumsum(-1) - 1).clamp(min=0)  # (N, P)
-        h0, past = self.backbone_hidden(input_ids, mask0, position_ids=pos0, use_cache=True)  # (N, P, H)
-        pol_cache = pol_logits = None
-        if use_policy and R_max:
-            pol_cache, pol_logits = self.policy_prefill(h0, mask0, P + R_max)  # cache, (N, K)
-        if G > 1:
-            past.batch_repeat_interleave(G)
-            h0 = h0.repeat_interleave(G, 0)
-            input_ids, mask0, pos0 = (t.repeat_interleave(G, 0) for t in (input_ids, mask0, pos0))
-            if pol_cache is not None:
-                pol_cache = pol_cache.repeat(G)
-                pol_logits = pol_logits.repeat_interleave(G, 0)
-        Hd = h0.shape[-1]
-        hidden = h0.new_zeros(B, P + max(R_max - 1, 0), Hd)  # (B, P+R_max-1, H); sliced to P+R-1 at the end
-        hidden[:, :P] = h0
-        sequences = torch.full((B, P + R_max), pad_token_id, dtype=torch.long, device=dev)
-        sequences[:, :P] = input_ids
-        out_mask = torch.zeros(B, P + R_max, dtype=torch.long, device=dev)
-        out_mask[:, :P] = mask0
-        actions = torch.full((B, R_max), -1, dtype=torch.long, device=dev)
-        logps = torch.zeros(B, R_max, device=dev)
-        probs = torch.zeros(B, R_max, device=dev)
-
-        active = torch.arange(B, device=dev)  # rows still going, in cache order
-        attn = torch.cat([mask0, mask0.new_ones(B, R_max)], dim=1)  # (b, P+R_max) backbone mask of live rows
-        next_pos = pos0[:, -1:] + 1  # (b, 1)
-        h_last = h0[:, -1:]  # (b, 1, H)
-        log_k = -math.log(K)
-        u_act = u_tok = None  # (B, R_max) uniforms of the action and token draws, when one generator per prompt
-        if isinstance(generator, (list, tuple)):
-            u = draw_uniforms(generator, N, G, 2 * R_max).to(dev)  # (B, 2 R_max)
-            u_act, u_tok, generator = u[:, :R_max], u[:, R_max:], None
-        R = 0
-        self.reset_action_info()
-        for step in range(R_max):
-            b = active.numel()
-            if fixed is not None:
-                a = fixed[active]
-                lp = torch.zeros(b, device=dev)
-            elif action_mode == "random":
-                if u_act is None:
-                    a = torch.randint(0, K, (b,), device=dev, generator=generator)
-                else:
-                    a = (u_act[active, step] * K).long().clamp(max=K - 1)
-                lp = torch.full((b,), log_k, device=dev)
-            else:
-                a, lp, _ = self._sample_actions(pol_logits, generator, None if u_act is None else u_act[active, step])
-            logits = self.token_logits(self.world_model(h_last, a[:, None]))[:, 0]  # (b, V)
-            if do_sample:
-                nxt, _, _ = sample_categorical(logits, False, temperature, top_k, top_p, generator,
-                                               None if u_tok is None else u_tok[active, step])  # (b,)
-            else:  # greedy: no softmax over the vocabulary (two of them cost ~9% of a step on CPU)
-                nxt = logits.argmax(-1)
-            actions[active, step] = a
-            logps[active, step] = lp
-            probs[active, step] = lp.exp()
-            sequences[active, P + step] = nxt
-            out_mask[active, P + step] = 1
-            R = step + 1
-            stop = torch.isin(nxt, eos) if len(eos) else None
-            n_stop = int(stop.sum()) if stop is not None else 0
-            if n_stop == b or step == R_max - 1:
-                break
-            # feed every row of this step (a row that just stopped: its EOS state is kept, mask 1)
-            h_new, past = self.backbone_hidden(nxt[:, None], attn[:, : P + step + 1], past_key_values=past,
-                                               position_ids=next_pos, use_cache=True)  # (b, 1, H)
-            hidden[active, P + step] = h_new[:, 0]
-            if n_stop:  # then drop the rows that stopped from every cache
-                keep = (~stop).nonzero().squeeze(1)
-                past.batch_select_indices(keep)
-                active, attn, next_pos, h_new = active[keep], attn[keep], next_pos[keep], h_new[keep]
-                if pol_cache is not None:
-                    pol_cache = pol_cache.select(keep)
-            if pol_cache is not None:
-                pol_logits = self.policy_step(h_new, attn[:, : P + step + 1], pol_cache, P + step)
-            h_last = h_new
-            next_pos = next_pos + 1
-        actions, logps, probs = actions[:, :R], logps[:, :R], probs[:, :R]
-        sequences, out_mask = sequences[:, : P + R], out_mask[:, : P + R]
+        # world-model tokens: greedy by default (the randomness lives in the actions)
+        tok_chooser = (Chooser("sample", float(temperature), int(top_k or 0), float(top_p if top_p is not None else 1.0))
+                       if do_sample else Chooser("greedy", record_logprob=False))
+        out = decode(LatentStepper(self, act, tok_chooser), input_ids, attention_mask.long(), samples_per_prompt=G,
+                     max_new_tokens=max(int(max_new_tokens), 0), stop_ids=eos, pad_id=int(pad_token_id),
+                     generator=generator)
+        R = out.tokens.shape[1]
+        rmask = out.mask  # (B, R)
+        sequences = torch.cat([input_ids.repeat_interleave(G, 0), out.tokens], dim=1)  # (B, P+R)
+        out_mask = torch.cat([attention_mask.long().repeat_interleave(G, 0), rmask], dim=1)
+        actions = out.extras["action"] if "action" in out.extras else torch.zeros(B, 0, dtype=torch.long, device=dev)
+        actions = actions.masked_fill(rmask == 0, -1)  # (B, R), -1 after a row finished
+        logps = out.logprobs  # (B, R), 0 after a row finished
+        probs = logps.exp() * rmask
         self._action_info = {"action_idx": [actions.cpu()], "action_prob": [probs.cpu()]}
         if not return_dict:
             return sequences
         return LatentGeneration(sequences=sequences, attention_mask=out_mask, prompt_length=P, actions=actions,
-                                action_logprobs=logps, action_probs=probs,
-                                hidden=hidden[:, : P + max(R - 1, 0)])
+                                action_logprobs=logps, action_probs=probs, hidden=out.states["hidden"])
 
     # ------------------------------------------------------------------ incremental policy (generation only)
 

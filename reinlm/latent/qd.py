@@ -92,21 +92,13 @@ def sample_row(model: LatentActionModel, row: str, ids: torch.Tensor, mask: torc
     if row == "latent_random":
         return model.generate(ids, mask, max_new_tokens=R, action_mode="random", do_sample=wm_sample,
                               generator=g)[:, ids.shape[1]:]
-    if row == "token_sampling":
-        from reinlm.latent.hidden_cache import _base_forward
-        from reinlm.latent.modules import sample_categorical
+    if row == "token_sampling":  # the backbone itself, temperature 1, no stop (the NLL cuts at the first EOS)
+        from reinlm.rollout.decode import LMStepper, decode
+        from reinlm.rollout.sampling import Chooser
 
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        h, cache = _base_forward(model.backbone, ids, mask, pos)
-        out = []
-        for step in range(R):
-            nxt, _, _ = sample_categorical(model.token_logits(h[:, -1]), False, 1.0, 0, 1.0, g)
-            out.append(nxt)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            pos = pos[:, -1:] + 1
-            if step < R - 1:
-                h, cache = _base_forward(model.backbone, nxt[:, None], mask, pos, cache)
-        return torch.stack(out, 1)
+        out = decode(LMStepper(model.backbone, Chooser("sample")), ids, mask, max_new_tokens=R, stop_ids=None,
+                     pad_id=tok.pad_token_id or 0, generator=g)
+        return out.tokens  # (B, R)
     if row == "random_tokens":
         special = set(tok.all_special_ids)
         allowed = torch.tensor([i for i in range(model.config.vocab_size) if i not in special])

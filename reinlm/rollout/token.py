@@ -1,33 +1,29 @@
-"""Token-space rollouts: batched sampling from a causal LM with left padding and a KV cache.
+"""Token-space rollouts: sampled completions of a causal LM as a :class:`RolloutBatch`.
 
 Dimension legend: N = distinct prompts, G = samples per prompt, B = N * G sequences,
 P = prompt length (left-padded), R = response length (right-padded), T = P + R, V = vocabulary,
 H = hidden size.
 
-The sampling loop is our own (no ``model.generate``): one prefill forward over the N distinct prompts,
-the KV cache repeated G times, then one single-token forward per step. Rows that stop are dropped from
-the cache, so later steps run only on the sequences still going.
-
-Log-prob convention (DESIGN.md section 3). ``RolloutBatch.logprobs`` holds
+Generation runs the decode engine (:mod:`reinlm.rollout.decode`: one prefill of the N distinct prompts,
+caches repeated G times, finished rows dropped) with the sampling conventions of
+:mod:`reinlm.rollout.sampling`. In particular ``RolloutBatch.logprobs`` holds
 ``log softmax(logits / temperature)[token]`` of the full-vocabulary distribution, taken **before** top-k /
-top-p filtering. That is exactly what :func:`sequence_logprobs` recomputes in one teacher-forced forward,
-so the PPO/GRPO ratio starts at exactly 1 and the KL estimators see the same distribution for policy and
-reference. (With filtering on, the tokens are drawn from the truncated, renormalised distribution; the
-recorded log-prob is still the unfiltered one, the convention TRL and vLLM's "processed logprobs = raw"
-mode share.)
+top-p filtering, in the rollout model's dtype. That is exactly what :func:`sequence_logprobs` recomputes in
+one teacher-forced forward, so with the same weights and dtype the PPO/GRPO ratio starts at 1 (tested to
+1e-4) and the KL estimators see the same distribution for policy and reference.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, fields
 from typing import NamedTuple, Sequence
 
 import torch
 
-from reinlm.config import check_range, opt
 from reinlm.errors import ConfigError, ReinlmError
+from reinlm.rollout.decode import LMStepper, decode, position_ids_from_mask
+from reinlm.rollout.sampling import Chooser, SamplingConfig, draw_uniforms, inverse_cdf_sample  # noqa: F401 (re-exported)
 
 __all__ = [
     "SamplingConfig",
@@ -40,37 +36,6 @@ __all__ = [
     "decode_completions",
     "position_ids_from_mask",
 ]
-
-
-# ----------------------------------------------------------------------------------------------- config
-@dataclass
-class SamplingConfig:
-    """How completions are drawn (one per sample; ``samples_per_prompt`` is an argument of the engine)."""
-
-    temperature: float = opt(1.0, "sampling temperature; log-probs are of softmax(logits / temperature)")
-    top_k: int = opt(0, "keep only the k most likely tokens when sampling (0: off)")
-    top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens whose mass reaches p (1.0: off)")
-    max_new_tokens: int = opt(64, "maximum number of generated tokens per completion")
-    stop_strings: list[str] = opt(default_factory=list,
-                                  help="stop a completion after the token that completes any of these strings")
-    greedy: bool = opt(False, "take the most likely token instead of sampling (log-probs still at temperature)")
-    ignore_eos: bool = opt(False, "do not stop at EOS (fixed-length generation, for benchmarks)")
-
-    def __post_init__(self):
-        check_range("temperature", self.temperature, 0, lo_open=True)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise ConfigError(f"top_k: got {self.top_k!r}; allowed: an integer >= 0 (0: off).")
-        check_range("top_k", self.top_k, 0)
-        check_range("top_p", self.top_p, 0, 1, lo_open=True)
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
-            raise ConfigError(f"max_new_tokens: got {self.max_new_tokens!r}; allowed: an integer >= 1.")
-        check_range("max_new_tokens", self.max_new_tokens, 1)
-        if isinstance(self.stop_strings, str):
-            self.stop_strings = [self.stop_strings]
-        self.stop_strings = list(self.stop_strings or [])
-        for s in self.stop_strings:
-            if not isinstance(s, str) or s == "":
-                raise ConfigError(f"stop_strings: got {s!r}; allowed: non-empty strings.")
 
 
 # ----------------------------------------------------------------------------------------------- batch
@@ -134,11 +99,6 @@ class RolloutBatch:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: p_t = (sum_{s<=t} m_s) - 1, clamped at 0. (B, T) -> (B, T)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def _model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -146,20 +106,7 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def _cache_arg(model) -> str:
-    """Name of the KV-cache keyword: ``cache`` (transformers >= 5.2x) or the older ``past_key_values``."""
-    for m in (model, getattr(model, "get_base_model", lambda: None)()):
-        if m is not None and "cache" in inspect.signature(m.forward).parameters:
-            return "cache"
-    return "past_key_values"
-
-
-def _returned_cache(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     """Every id that ends a completion: the tokenizer's EOS and the model's generation-config EOS ids."""
     ids: set[int] = set()
     for src in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
@@ -169,25 +116,33 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _encode_prompts(tokenizer, prompts: list[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer, prompts: list[str], pad_id: int,
+                   add_special_tokens: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenize and left-pad (independent of ``tokenizer.padding_side``): -> ids (N, P), mask (N, P)."""
-    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     for i, ids in enumerate(encoded):
         if len(ids) == 0:
             if tokenizer.bos_token_id is None:
                 raise ReinlmError(f"prompts: prompt {i} ({prompts[i]!r}) is empty and the tokenizer has no BOS "
                                   "token to start from; give every prompt at least one token of text.")
             encoded[i] = [tokenizer.bos_token_id]
-    P = max(len(ids) for ids in encoded)
-    ids_t = torch.full((len(encoded), P), pad_id, dtype=torch.long)
-    mask_t = torch.zeros((len(encoded), P), dtype=torch.long)
-    for i, ids in enumerate(encoded):
-        ids_t[i, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask_t[i, P - len(ids):] = 1
+    return left_pad(encoded, pad_id)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> left-padded ids (N, P) and attention mask (N, P), P = the longest."""
+    P = max(len(ids) for ids in seqs)
+    ids_t = torch.full((len(seqs), P), pad_id, dtype=torch.long)
+    mask_t = torch.zeros((len(seqs), P), dtype=torch.long)
+    for i, ids in enumerate(seqs):
+        if len(ids):
+            ids_t[i, P - len(ids):] = torch.as_tensor(list(ids), dtype=torch.long)
+            mask_t[i, P - len(ids):] = 1
     return ids_t, mask_t
 
 
-def _context_length(model) -> int | None:
+def context_length(model) -> int | None:
+    """The model's maximum sequence length (``max_position_embeddings`` or the like), None if unknown."""
     conf = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(conf, name, None)
@@ -196,72 +151,28 @@ def _context_length(model) -> int | None:
     return None
 
 
-def draw_uniforms(generator, n_prompts: int, G: int, steps: int) -> torch.Tensor:
-    """Uniform draws in [0, 1) for inverse-CDF sampling, all taken up front: -> (B, steps) on the CPU/gen device.
+def stop_string_checker(tokenizer, stop_strings: list[str]):
+    """``fn(ids (b, t)) -> (b,) bool``: whether each row's decoded response contains a stop string.
 
-    ``generator`` may be ``None`` (global RNG), one ``torch.Generator`` for the batch, or a list with one
-    generator per prompt: then each prompt's G rows come from its own generator, so a prompt's samples
-    do not depend on which other prompts share the batch.
+    The engine calls it every step on the live rows, which stop at the first hit, so a hit was completed by
+    the last token.
     """
-    if generator is None:
-        return torch.rand(n_prompts * G, steps)
-    if isinstance(generator, torch.Generator):
-        return torch.rand(n_prompts * G, steps, generator=generator, device=generator.device)
-    gens = list(generator)
-    if len(gens) != n_prompts:
-        raise ReinlmError(f"generator: got a list of {len(gens)} generators for {n_prompts} prompts; pass one "
-                          "torch.Generator, or one per prompt.")
-    return torch.cat([torch.rand(G, steps, generator=g, device=g.device).cpu() for g in gens], dim=0)
+    def check(ids: torch.Tensor) -> torch.Tensor:
+        texts = tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in stop_strings) for text in texts], dtype=torch.bool,
+                            device=ids.device)
 
-
-def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Index i with cdf_{i-1} <= u * total < cdf_i: a draw from (unnormalised) ``probs``. (B, K), (B,) -> (B,)."""
-    cdf = probs.cumsum(-1)  # (B, K)
-    total = cdf[:, -1:]
-    target = torch.minimum(u[:, None] * total, total * (1 - 1e-6))  # never past the last positive entry
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def _sample_tokens(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tensor) -> torch.Tensor:
-    """Draw one token per row from softmax(scaled) after top-k then top-p filtering. (B, V), (B,) -> (B,).
-
-    Order as in Hugging Face's logits processors: temperature (already applied), top-k, top-p. Top-p keeps
-    the most likely tokens while the mass *before* them is <= p (so the token that crosses p stays).
-    """
-    V = scaled.shape[-1]
-    if top_p < 1.0:
-        vals, idx = scaled.sort(dim=-1, descending=True)  # (B, V)
-        if 0 < top_k < V:
-            vals[:, top_k:] = float("-inf")
-        probs = torch.softmax(vals, dim=-1)
-        before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
-        probs = probs.masked_fill(before > top_p, 0.0)
-        return idx.gather(-1, inverse_cdf_sample(probs, u)[:, None]).squeeze(-1)
-    if 0 < top_k < V:
-        vals, idx = scaled.topk(top_k, dim=-1)  # (B, k)
-        return idx.gather(-1, inverse_cdf_sample(torch.softmax(vals, dim=-1), u)[:, None]).squeeze(-1)
-    return inverse_cdf_sample(torch.softmax(scaled, dim=-1), u)
-
-
-def _choose(logits: torch.Tensor, sampling: SamplingConfig, u: torch.Tensor | None):
-    """Pick the next token and its log-prob under softmax(logits / temperature). (B, V) -> (B,), (B,)."""
-    scaled = logits.float() / sampling.temperature  # (B, V)
-    if sampling.greedy:
-        tok = scaled.argmax(-1)
-    else:
-        tok = _sample_tokens(scaled, sampling.top_k, sampling.top_p, u)
-    logp = scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # (B,)
-    return tok, logp
-
+    return check
 
 # ----------------------------------------------------------------------------------------------- engine
 def generate_rollouts(model, tokenizer, prompts: Sequence[str], samples_per_prompt: int = 1,
                       sampling: SamplingConfig | None = None, generator=None) -> RolloutBatch:
-    """Sample ``samples_per_prompt`` completions for every prompt.
+    """Sample ``samples_per_prompt`` completions for every prompt with the decode engine.
 
     Args:
         model: a Hugging Face causal LM (any ``*ForCausalLM`` taking ``position_ids`` and a ``Cache``).
-            Put it in eval mode first; it is not changed.
+            Put it in eval mode first; it is not changed. Its dtype is the rollout dtype (the log-probs
+            are recorded in it, computed in float32 from its logits).
         tokenizer: its tokenizer (a pad token is optional; EOS is used when it has none).
         prompts: N prompt strings.
         samples_per_prompt: G; rows ``i * G .. i * G + G - 1`` answer prompt ``i`` (``group_ids == i``).
@@ -272,100 +183,57 @@ def generate_rollouts(model, tokenizer, prompts: Sequence[str], samples_per_prom
     Returns a :class:`RolloutBatch` of B = N * G rows, tensors on the model's device.
     """
     sampling = sampling or SamplingConfig()
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or len(prompts) == 0:
+    prompts = check_prompts(prompts, samples_per_prompt)
+    device = _model_device(model)
+    eos = eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, pad_id)  # (N, P)
+    check_context(context_length(model), prompt_ids.shape[1], sampling.max_new_tokens)
+    G = samples_per_prompt
+    stepper = LMStepper(model, Chooser.from_sampling(sampling))
+    out = decode(stepper, prompt_ids.to(device), prompt_mask.to(device), samples_per_prompt=G,
+                 max_new_tokens=sampling.max_new_tokens, stop_ids=None if sampling.ignore_eos else eos,
+                 pad_id=pad_id, generator=generator,
+                 stop_check=stop_string_checker(tokenizer, sampling.stop_strings) if sampling.stop_strings else None)
+    return make_batch(tokenizer, prompts, G, prompt_ids.to(device), prompt_mask.to(device), out.tokens,
+                      out.mask, out.logprobs, sampling.temperature, pad_id)
+
+
+def check_prompts(prompts, samples_per_prompt) -> list[str]:
+    """Validate the engine's inputs: a non-empty list of strings and G >= 1 (``ReinlmError`` / ``ConfigError``)."""
+    if isinstance(prompts, str) or len(prompts) == 0 or not all(isinstance(p, str) for p in prompts):
         raise ReinlmError("prompts: expected a non-empty list of strings.")
-    prompts = list(prompts)
     if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
         raise ConfigError(f"samples_per_prompt: got {samples_per_prompt!r}; allowed: an integer >= 1.")
-    device = _model_device(model)
-    eos = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    prompt_ids, prompt_mask = _encode_prompts(tokenizer, prompts, pad_id)  # (N, P)
-    ctx = _context_length(model)
-    if ctx is not None and prompt_ids.shape[1] + sampling.max_new_tokens > ctx:
-        raise ConfigError(f"max_new_tokens: got {sampling.max_new_tokens}; the longest prompt has "
-                          f"{prompt_ids.shape[1]} tokens and the model's context is {ctx}, so allowed: "
-                          f"<= {ctx - prompt_ids.shape[1]}.")
-    G, T = samples_per_prompt, sampling.max_new_tokens
-    u = None if sampling.greedy else draw_uniforms(generator, len(prompts), G, T).to(device)  # (B, T)
-    stop_ids = None if sampling.ignore_eos or not eos else torch.tensor(eos, device=device)
-    with torch.inference_mode():
-        response, logprobs, lengths = _sample_loop(model, tokenizer, prompt_ids.to(device), prompt_mask.to(device),
-                                                   G, sampling, stop_ids, pad_id, u)
-    # Outside inference mode: clone into ordinary tensors, usable in autograd later.
-    R = int(lengths.max())
-    response = response[:, :R].clone()  # (B, R)
-    response_mask = (torch.arange(R, device=device)[None, :] < lengths[:, None].clone()).long()  # (B, R)
-    logprobs = logprobs[:, :R].clone() * response_mask
+    return list(prompts)
+
+
+def check_context(ctx: int | None, prompt_len: int, max_new_tokens: int) -> None:
+    """``ConfigError`` when the longest prompt plus ``max_new_tokens`` exceeds the model's context."""
+    if ctx is not None and prompt_len + max_new_tokens > ctx:
+        raise ConfigError(f"max_new_tokens: got {max_new_tokens}; the longest prompt has {prompt_len} tokens and "
+                          f"the model's context is {ctx}, so allowed: <= {ctx - prompt_len}.")
+
+
+def make_batch(tokenizer, prompts: list[str], G: int, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+               response: torch.Tensor, response_mask: torch.Tensor, logprobs: torch.Tensor, temperature: float,
+               pad_id: int) -> RolloutBatch:
+    """A :class:`RolloutBatch` from the N distinct prompts (N, P) and the B = N * G responses (B, R)."""
+    device = response.device
     batch = RolloutBatch(
-        prompt_ids=prompt_ids.repeat_interleave(G, 0).to(device),
-        prompt_mask=prompt_mask.repeat_interleave(G, 0).to(device),
+        prompt_ids=prompt_ids.repeat_interleave(G, 0),
+        prompt_mask=prompt_mask.repeat_interleave(G, 0),
         response_ids=response,
-        response_mask=response_mask,
-        logprobs=logprobs,
+        response_mask=response_mask.long(),
+        logprobs=logprobs * response_mask,
         group_ids=torch.arange(len(prompts), device=device).repeat_interleave(G),
         prompts=[p for p in prompts for _ in range(G)],
         completions=[],
-        temperature=float(sampling.temperature),
+        temperature=float(temperature),
         pad_token_id=int(pad_id),
     )
     batch.completions = decode_completions(tokenizer, response, response_mask)
     return batch
-
-
-def _sample_loop(model, tokenizer, prompt_ids, prompt_mask, G, sampling, stop_ids, pad_id, u):
-    """The decoding loop (inside inference mode). Returns response (B, T), logprobs (B, T), lengths (B,)."""
-    N, P = prompt_ids.shape
-    B, T = N * G, sampling.max_new_tokens
-    device = prompt_ids.device
-    positions = position_ids_from_mask(prompt_mask)  # (N, P)
-    cache_arg = _cache_arg(model)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)  # prefill the N distinct prompts once
-    cache = _returned_cache(out)
-    if G > 1:
-        cache.batch_repeat_interleave(G)  # (N, ...) -> (B, ...)
-    logits = out.logits[:, -1].repeat_interleave(G, 0)  # (B, V)
-    attn = torch.cat([prompt_mask.repeat_interleave(G, 0), prompt_mask.new_ones(B, T)], dim=1)  # (B, P + T)
-    next_pos = positions[:, -1].repeat_interleave(G) + 1  # (B,)
-    response = torch.full((B, T), pad_id, dtype=torch.long, device=device)
-    logprobs = torch.zeros(B, T, device=device)
-    lengths = torch.full((B,), T, dtype=torch.long, device=device)
-    active = torch.arange(B, device=device)  # rows still generating, in cache order
-    texts_needed = bool(sampling.stop_strings)
-    for t in range(T):
-        tok, lp = _choose(logits, sampling, None if u is None else u[active, t])
-        response[active, t] = tok
-        logprobs[active, t] = lp
-        stop = torch.isin(tok, stop_ids) if stop_ids is not None else torch.zeros_like(tok, dtype=torch.bool)
-        if texts_needed:
-            stop |= _completes_stop_string(tokenizer, response[active, : t + 1], sampling.stop_strings)
-        if t == T - 1:
-            break
-        if bool(stop.any()):
-            lengths[active[stop]] = t + 1
-            keep = (~stop).nonzero().squeeze(1)
-            if keep.numel() == 0:
-                break
-            active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
-            cache.batch_select_indices(keep)
-        out = model(input_ids=tok[:, None], attention_mask=attn[:, : P + t + 1], position_ids=next_pos[:, None],
-                    use_cache=True, **{cache_arg: cache})
-        cache = _returned_cache(out)
-        logits = out.logits[:, -1]  # (b, V)
-        next_pos = next_pos + 1
-    return response, logprobs, lengths
-
-
-def _completes_stop_string(tokenizer, ids: torch.Tensor, stop_strings: list[str]) -> torch.Tensor:
-    """Whether each row's decoded text contains a stop string. (b, t) -> (b,) bool.
-
-    Rows are checked every step and stop at the first hit, so a hit here was completed by the last token.
-    """
-    texts = tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
-    hits = [any(s in text for s in stop_strings) for text in texts]
-    return torch.tensor(hits, dtype=torch.bool, device=ids.device)
-
 
 # ----------------------------------------------------------------------------------------------- decoding
 def decode_completions(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:

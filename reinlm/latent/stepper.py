@@ -1,0 +1,90 @@
+"""The latent stepper of the decode engine: backbone + policy (action) + world model (token) per step.
+
+:func:`reinlm.rollout.decode.decode` drives it; ``LatentActionModel.generate`` builds it. One step for the
+live rows (b of them): the policy's logits come from its own key/value cache (one new position per step,
+never the whole history), the action chooser picks a_t and records its log-prob, the world model merges
+the action into the last backbone state, the frozen LM head gives next-token logits, the token chooser
+picks x_{t+1} (greedy by default: the randomness lives in the actions), and feeding x_{t+1} runs one
+single-token backbone forward whose state h is kept (the update recomputes the policy from those states).
+Legend: N = prompts, G = samples per prompt, B = N * G, P = prompt length, b = live rows, H = hidden size,
+K = actions, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reinlm.rollout.sampling import Chooser
+
+
+class LatentStepper:
+    """Stepper protocol of :func:`reinlm.rollout.decode.decode` over a ``LatentActionModel``.
+
+    Args:
+        lam: the latent-action model (its backbone, policy, world model and LM head are used as they are).
+        action_chooser: picks a_t from the policy's logits (``sample``/``greedy``), or ``uniform`` / ``fixed``
+            (then the policy is not run at all). Its log-prob is what the engine records per step.
+        token_chooser: picks the token from the world model's logits.
+
+    Uniform streams: column 0 of a step is the action's, column 1 the token's (sampling convention 4).
+    ``choose`` returns the token, the action's log-prob and ``{"action": a_t}``; ``finish`` returns
+    ``{"hidden": (B, P + R - 1, H)}``, the backbone states of every fed position (float32).
+    """
+
+    records_states = True
+    n_streams = 2
+
+    def __init__(self, lam, action_chooser: Chooser, token_chooser: Chooser):
+        self.lam = lam
+        self.act = action_chooser
+        self.tok = token_chooser
+        self.use_policy = action_chooser.mode in ("sample", "greedy")
+        self.K = lam.config.num_actions
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, G: int, capacity: int) -> None:
+        lam = self.lam
+        N, P = ids.shape
+        B = N * G
+        mask = mask.long()
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+        h0, past = lam.backbone_hidden(ids, mask, position_ids=pos, use_cache=True)  # (N, P, H)
+        self.pol_cache = self.pol_logits = None
+        if self.use_policy and capacity > P:
+            self.pol_cache, self.pol_logits = lam.policy_prefill(h0, mask, capacity)  # StackCache, (N, K)
+        if G > 1:
+            past.batch_repeat_interleave(G)
+            h0, mask, pos = (t.repeat_interleave(G, 0) for t in (h0, mask, pos))
+            if self.pol_cache is not None:
+                self.pol_cache = self.pol_cache.repeat(G)
+                self.pol_logits = self.pol_logits.repeat_interleave(G, 0)
+        self.past, self.P = past, P
+        self.hidden = h0.new_zeros(B, capacity, h0.shape[-1])  # (B, cap, H)
+        self.hidden[:, :P] = h0
+        self.attn = torch.cat([mask, mask.new_ones(B, capacity - P)], dim=1)  # (b, cap) backbone mask
+        self.next_pos = pos[:, -1:] + 1  # (b, 1)
+        self.h_last = h0[:, -1:]  # (b, 1, H)
+
+    def choose(self, t: int, rows: torch.Tensor, u: torch.Tensor | None):
+        lam = self.lam
+        if self.use_policy and t > 0:  # the policy reads the state fed at the previous step
+            self.pol_logits = lam.policy_step(self.h_last, self.attn[:, : self.P + t], self.pol_cache, self.P + t - 1)
+        a, lp = self.act(self.pol_logits, None if u is None else u[:, 0], rows, self.K)
+        logits = lam.token_logits(lam.world_model(self.h_last, a[:, None]))[:, 0]  # (b, V)
+        nxt, _ = self.tok(logits, None if u is None else u[:, 1], rows)
+        return nxt, lp, {"action": a}
+
+    def feed(self, tok: torch.Tensor, rows: torch.Tensor, t: int) -> None:
+        P = self.P
+        h_new, self.past = self.lam.backbone_hidden(tok[:, None], self.attn[:, : P + t + 1], past_key_values=self.past,
+                                                    position_ids=self.next_pos, use_cache=True)  # (b, 1, H)
+        self.hidden[rows, P + t] = h_new[:, 0]
+        self.h_last, self.next_pos = h_new, self.next_pos + 1
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.past.batch_select_indices(idx)
+        self.attn, self.next_pos, self.h_last = self.attn[idx], self.next_pos[idx], self.h_last[idx]
+        if self.pol_cache is not None:
+            self.pol_cache = self.pol_cache.select(idx)
+
+    def finish(self, R: int) -> dict[str, torch.Tensor]:
+        return {"hidden": self.hidden[:, : self.P + max(R - 1, 0)]}

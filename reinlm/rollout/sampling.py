@@ -1,0 +1,205 @@
+"""Sampling: how one next token (or latent action) is picked from logits, and which log-prob is recorded.
+
+This module is the one place for the sampling conventions of reinlm; every decode loop goes through
+:mod:`reinlm.rollout.decode`, whose choosers call the functions here. Legend: B = rows being sampled,
+S = steps, C = categories (V vocabulary tokens, or K latent actions).
+
+Conventions (docs/benchmarks.md, "Sampling conventions", gives the same list):
+
+1. **Temperature first.** Every distribution is ``softmax(logits / temperature)`` computed in float32,
+   whatever the model's dtype.
+2. **Filtering order: top-k, then top-p** (Hugging Face's logits-processor order). Top-k keeps the k
+   largest logits. Top-p (nucleus, Holtzman et al. 2020) keeps the
+   smallest set of most likely tokens whose mass reaches p: a token is kept when the mass of the strictly
+   more likely tokens is **below** p, so the token that crosses p stays.
+3. **Draws are inverse-CDF draws** from one uniform u in [0, 1) per row and step: the token i with
+   cdf_{i-1} <= u * total < cdf_i over the kept, unnormalised probabilities (``torch.multinomial`` costs
+   ~20x more on a 49k vocabulary on CPU, and a uniform per step makes the stream easy to reason about).
+4. **Randomness is drawn up front**, before the first forward: a (B, S) matrix of uniforms
+   (:func:`draw_uniforms`). With one generator per prompt, prompt i's G rows come from generator i alone,
+   so a prompt's samples do not depend on which other prompts share the batch (or the process); with one
+   generator, the whole matrix comes from it row-major; with none, from the global RNG. A row that stops
+   early simply leaves its remaining uniforms unused: stopping never shifts another row's stream.
+5. **Recorded log-prob: before filtering.** ``log softmax(logits / temperature)[token]`` of the full
+   distribution, also under top-k/top-p and greedy decoding. It is what a teacher-forced forward at the
+   same temperature recomputes (:func:`reinlm.rollout.token.token_logprobs`), so the PPO/GRPO ratio starts
+   at 1 (up to the rollout dtype). With filtering on, tokens are drawn from the truncated, renormalised
+   distribution; the filtered log-prob is available as ``choose(..., filtered_logprobs=True)``.
+6. **Greedy** takes the argmax of the logits (ties: the lowest index), records the log-prob at the
+   temperature as above, and consumes no uniforms.
+
+The stopping convention (what happens to a row that emits EOS) lives in :mod:`reinlm.rollout.decode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reinlm.config import check_range, opt
+from reinlm.errors import ConfigError, ReinlmError
+
+__all__ = ["SamplingConfig", "draw_uniforms", "inverse_cdf_sample", "filter_logits", "choose", "Chooser"]
+
+
+# ----------------------------------------------------------------------------------------------- config
+@dataclass
+class SamplingConfig:
+    """How completions are drawn (one per sample; ``samples_per_prompt`` is an argument of the engine)."""
+
+    temperature: float = opt(1.0, "sampling temperature; log-probs are of softmax(logits / temperature)")
+    top_k: int = opt(0, "keep only the k most likely tokens when sampling (0: off)")
+    top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens whose mass reaches p (1.0: off)")
+    max_new_tokens: int = opt(64, "maximum number of generated tokens per completion")
+    stop_strings: list[str] = opt(default_factory=list,
+                                  help="stop a completion after the token that completes any of these strings")
+    greedy: bool = opt(False, "take the most likely token instead of sampling (log-probs still at temperature)")
+    ignore_eos: bool = opt(False, "do not stop at EOS (fixed-length generation, for benchmarks)")
+
+    def __post_init__(self):
+        check_range("temperature", self.temperature, 0, lo_open=True)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise ConfigError(f"top_k: got {self.top_k!r}; allowed: an integer >= 0 (0: off).")
+        check_range("top_k", self.top_k, 0)
+        check_range("top_p", self.top_p, 0, 1, lo_open=True)
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise ConfigError(f"max_new_tokens: got {self.max_new_tokens!r}; allowed: an integer >= 1.")
+        check_range("max_new_tokens", self.max_new_tokens, 1)
+        if isinstance(self.stop_strings, str):
+            self.stop_strings = [self.stop_strings]
+        self.stop_strings = list(self.stop_strings or [])
+        for s in self.stop_strings:
+            if not isinstance(s, str) or s == "":
+                raise ConfigError(f"stop_strings: got {s!r}; allowed: non-empty strings.")
+
+
+# ----------------------------------------------------------------------------------------------- randomness
+def draw_uniforms(generator, n_prompts: int, G: int, steps: int) -> torch.Tensor:
+    """Uniform draws in [0, 1) for the whole generation, taken up front (convention 4): -> (N * G, steps).
+
+    ``generator``: ``None`` (global RNG), one ``torch.Generator`` for the batch, or a list with one generator
+    per prompt (then rows ``i * G .. i * G + G - 1`` come from generator ``i`` only). The result is on the
+    CPU (or the single generator's device).
+    """
+    if generator is None:
+        return torch.rand(n_prompts * G, steps)
+    if isinstance(generator, torch.Generator):
+        return torch.rand(n_prompts * G, steps, generator=generator, device=generator.device)
+    gens = list(generator)
+    if len(gens) != n_prompts:
+        raise ReinlmError(f"generator: got a list of {len(gens)} generators for {n_prompts} prompts; pass one "
+                          "torch.Generator, or one per prompt.")
+    return torch.cat([torch.rand(G, steps, generator=g, device=g.device).cpu() for g in gens], dim=0)
+
+
+# ----------------------------------------------------------------------------------------------- draws
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index i with cdf_{i-1} <= u * total < cdf_i: a draw from (unnormalised) ``probs``. (B, C), (B,) -> (B,)."""
+    cdf = probs.cumsum(-1)  # (B, C)
+    total = cdf[:, -1:]
+    target = torch.minimum(u[:, None].to(cdf) * total, total * (1 - 1e-6))  # never past the last positive entry
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k, then the nucleus (top-p), to -inf (convention 2). (..., C) -> (..., C)."""
+    C = logits.shape[-1]
+    if 0 < top_k < C:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs >= top_p  # mass of the strictly more likely tokens reaches p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _draw_filtered(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """One draw per row from softmax(scaled) after top-k, top-p. (B, C), (B,) -> (B,).
+
+    Same result as ``inverse_cdf_sample(softmax(filter_logits(scaled)), u)`` (up to the order of tied
+    logits), computed on the sorted or top-k values only, which is cheaper on a large vocabulary.
+    """
+    C = scaled.shape[-1]
+    if top_p < 1.0:
+        vals, idx = (scaled.topk(top_k, dim=-1) if 0 < top_k < C else scaled.sort(dim=-1, descending=True))
+        probs = torch.softmax(vals, dim=-1)  # (B, k or C), descending
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+        return idx.gather(-1, inverse_cdf_sample(probs, u)[:, None]).squeeze(-1)
+    if 0 < top_k < C:
+        vals, idx = scaled.topk(top_k, dim=-1)  # (B, k)
+        return idx.gather(-1, inverse_cdf_sample(torch.softmax(vals, dim=-1), u)[:, None]).squeeze(-1)
+    return inverse_cdf_sample(torch.softmax(scaled, dim=-1), u)
+
+
+def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0, greedy: bool = False, filtered_logprobs: bool = False):
+    """Pick one index per row and record its log-prob (conventions 1-6). (B, C), (B,) -> (B,), (B,).
+
+    Args:
+        logits: raw logits (any float dtype; computed on in float32).
+        u: (B,) uniforms in [0, 1) (ignored, may be ``None``, when ``greedy``).
+        filtered_logprobs: record the log-prob of the filtered, renormalised distribution that was actually
+            sampled instead of the full one (convention 5's alternative; equal when no filter is on).
+
+    Returns ``(index (B,) long, logp (B,) float32)``.
+    """
+    scaled = logits.float() / temperature  # (B, C)
+    if greedy:
+        idx = scaled.argmax(-1)
+    else:
+        if u is None:
+            raise ReinlmError("choose: sampling needs one uniform per row (u); got None.")
+        idx = _draw_filtered(scaled, top_k, top_p, u)
+    if filtered_logprobs and (top_k or top_p < 1.0):
+        scaled = filter_logits(scaled, top_k, top_p)
+    logp = scaled.gather(-1, idx[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # (B,)
+    return idx, logp
+
+
+@dataclass(frozen=True)
+class Chooser:
+    """A sampling rule bound to its settings: ``chooser(logits (B, C), u (B,)) -> (index (B,), logp (B,))``.
+
+    ``mode``: ``"sample"`` (temperature / top-k / top-p, convention 3), ``"greedy"`` (convention 6),
+    ``"uniform"`` (every category equally likely: index = floor(u * C), logp = -log C; the CoLA card's
+    random-action row) or ``"fixed"`` (the index is given per row by ``fixed``; logp 0).
+    """
+
+    mode: str = "sample"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    filtered_logprobs: bool = False
+    fixed: torch.Tensor | None = None  # (B,) for mode "fixed", indexed by the engine's row ids
+    record_logprob: bool = True  # False: greedy skips the log-softmax over C (logp returned as zeros)
+
+    @classmethod
+    def from_sampling(cls, sampling: SamplingConfig) -> "Chooser":
+        return cls("greedy" if sampling.greedy else "sample", float(sampling.temperature), int(sampling.top_k),
+                   float(sampling.top_p))
+
+    @property
+    def uses_uniforms(self) -> bool:
+        """Whether the chooser reads one uniform per row and step (so the engine must draw them)."""
+        return self.mode in ("sample", "uniform")
+
+    def __call__(self, logits: torch.Tensor | None, u: torch.Tensor | None, rows: torch.Tensor | None = None,
+                 num_categories: int | None = None):
+        if self.mode == "greedy" and not self.record_logprob:
+            idx = logits.argmax(-1)  # no softmax over the vocabulary (it costs ~9% of a latent step on CPU)
+            return idx, torch.zeros(idx.shape, device=idx.device)
+        if self.mode in ("sample", "greedy"):
+            return choose(logits, u, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                          greedy=self.mode == "greedy", filtered_logprobs=self.filtered_logprobs)
+        if self.mode == "uniform":
+            C = int(num_categories if num_categories is not None else logits.shape[-1])
+            idx = (u * C).long().clamp(max=C - 1)
+            return idx, torch.full(idx.shape, -float(torch.log(torch.tensor(float(C)))), device=idx.device)
+        if self.mode == "fixed":
+            idx = self.fixed[rows] if rows is not None else self.fixed
+            return idx, torch.zeros(idx.shape, device=idx.device)
+        raise ReinlmError(f"chooser: got mode {self.mode!r}; allowed: sample, greedy, uniform, fixed.")
