@@ -11,6 +11,8 @@ from reinlm.errors import ReinlmError
 BENCHES = {
     "token-rl": ("reinlm.bench.token_rl", "reinlm GRPO vs TRL GRPOTrainer at equal settings (speed, memory, reward)"),
     "latent-vs-token": ("reinlm.bench.latent_vs_token", "latent-action RL vs token-space RL"),
+    "generation": ("reinlm.bench.generation", "decoding tokens/s of every backend (reinlm float32/bfloat16, latent, "
+                                              "vLLM, HF generate) at several batch sizes"),
     "reward-hacking": ("reinlm.bench.reward_hacking", "CoLA's stress test: both spaces with no KL on several seeds "
                                                       "(reward, perplexity, distinct-2 per step, degeneration alarm)"),
 }
@@ -37,7 +39,7 @@ class _AnyFlags(argparse.ArgumentParser):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "bench", help="benchmarks: token-rl (reinlm vs TRL), latent-vs-token",
+        "bench", help="benchmarks: token-rl (reinlm vs TRL), latent-vs-token, generation",
         description="Benchmarks. Example: reinlm bench token-rl --steps 5 --json. Each side runs in its own "
                     "process; timings exclude model loading and skip the first step as a warm-up when steps > 2.",
     )

@@ -143,9 +143,11 @@ class TokenRolloutEngine:
 
     def _vllm_backend(self):
         if self._vllm is None:
+            from reinlm.rollout.token import context_length
             from reinlm.rollout.vllm_backend import get_engine
 
-            self._vllm = get_engine(self.model_dir, self.tokenizer, dtype=self.dtype, cfg=self.cfg, seed=self.seed)
+            self._vllm = get_engine(self.model_dir, self.tokenizer, dtype=self.dtype, cfg=self.cfg, seed=self.seed,
+                                    context=context_length(_unwrap(self.model)))
         return self._vllm
 
     @property

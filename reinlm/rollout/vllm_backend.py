@@ -50,13 +50,18 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def get_engine(model_dir: str, tokenizer, *, dtype: torch.dtype, cfg, seed: int = 0) -> "VLLMEngine":
-    """The process's vLLM engine for ``model_dir`` in ``dtype`` (started on first use, then shared)."""
-    key = (str(model_dir), str(dtype), int(cfg.vllm_max_model_len))
+def get_engine(model_dir: str, tokenizer, *, dtype: torch.dtype, cfg, seed: int = 0,
+               context: int | None = None) -> "VLLMEngine":
+    """The process's vLLM engine for ``model_dir`` in ``dtype`` (started on first use, then shared).
+
+    ``context``: the model's context length; the engine's ``max_model_len`` is the smaller of it and
+    ``cfg.vllm_max_model_len``.
+    """
+    max_len = min(int(cfg.vllm_max_model_len), int(context)) if context else int(cfg.vllm_max_model_len)
+    key = (str(model_dir), str(dtype), max_len)
     if key not in _ENGINES:
         _ENGINES[key] = VLLMEngine(model_dir, tokenizer, dtype=dtype, kv_cache_mb=cfg.vllm_kv_cache_mb,
-                                   max_model_len=cfg.vllm_max_model_len, enforce_eager=cfg.vllm_enforce_eager,
-                                   seed=seed)
+                                   max_model_len=max_len, enforce_eager=cfg.vllm_enforce_eager, seed=seed)
     return _ENGINES[key]
 
 
