@@ -70,9 +70,9 @@ class LatentPolicy:
     @property
     def eos_token_ids(self) -> list[int]:
         """The ids that end a completion: the backbone tokenizer's EOS and its generation config's."""
-        from reinlm.rollout.token import _eos_ids
+        from reinlm.rollout.token import eos_ids
 
-        return _eos_ids(self.lam.backbone, self.tokenizer)
+        return eos_ids(self.lam.backbone, self.tokenizer)
 
     @property
     def policy(self) -> torch.nn.Module:

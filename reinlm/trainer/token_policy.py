@@ -77,9 +77,9 @@ class TokenPolicy:
     @property
     def eos_token_ids(self) -> list[int]:
         """The ids that end a completion: the tokenizer's EOS and the generation config's."""
-        from reinlm.rollout.token import _eos_ids
+        from reinlm.rollout.token import eos_ids
 
-        return _eos_ids(self._unwrapped, self.tokenizer)
+        return eos_ids(self._unwrapped, self.tokenizer)
 
     @property
     def _unwrapped(self):
