@@ -270,3 +270,22 @@ def test_finetune_separate_held_out_corpus(tiny_latent_dir, corpus, tmp_path, la
     finetune(cfg, lam=lam)
     result = json.loads((tmp_path / "o" / "finetune.json").read_text())
     assert result["documents"] == {"train": 10, "held_out": 2}
+
+
+def test_q_model_and_search_on_the_cola_preset(tiny_lm, tmp_path):
+    """The Q-model copies the policy's architecture whatever the preset (cola: no input projection, RoPE)."""
+    from reinlm.latent.config import LatentConfig
+    from reinlm.rewards import parse_reward_spec
+
+    torch.manual_seed(0)
+    lam = LatentActionModel(LatentConfig(backbone="tiny", preset="cola", num_actions=8, idm_layers=1,
+                                         policy_layers=1), *tiny_lm)
+    q = QModel.from_policy(lam, gamma=0.9)
+    torch.nn.init.normal_(q.net.out.weight, std=0.1)
+    q.save_pretrained(tmp_path / "q")
+    q2 = QModel.from_pretrained(tmp_path / "q", lam)
+    h = torch.randn(2, 5, lam.config.hidden_size)
+    assert q2(h).shape == (2, 5, 8) and torch.allclose(q2(h), q(h)) and q2.gamma == 0.9
+    cfg = SearchConfig(latent="x", reward="contains_words:the", budget=60, max_depth=6, branching_root=2, branching=2)
+    res = LatentSearch(lam, parse_reward_spec("contains_words:the"), cfg, q2).search("The old house")
+    assert 0 < res.stats["wm_forwards"] <= 60 and res.stats["nodes"] >= 3
