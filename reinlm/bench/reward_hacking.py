@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.bench.common import emit_result, run_child
-from reinlm.config import add_dataclass_args, build_config, check_range, config_to_dict, opt
+from reinlm.config import Config, add_dataclass_args, build_config, config_to_dict, opt
 from reinlm.errors import ReinlmError
 from reinlm.trainer.config import TrainConfig, add_train_args
 
@@ -41,22 +41,22 @@ DEFAULTS: dict[str, Any] = dict(
 
 
 @dataclass
-class StressConfig:
+class StressConfig(Config):
     """The stress test's own flags (the training flags are `reinlm train`'s)."""
 
-    seeds: list[int] = opt(default_factory=lambda: [0, 1, 2], help="seeds; each runs both spaces")
+    seeds: list[int] = opt(default_factory=lambda: [0, 1, 2], lo=0, help="seeds; each runs both spaces")
     sides: list[str] = opt(default_factory=lambda: ["latent", "token"], help="spaces to run: latent, token")
-    latent_lr: float = opt(3e-2, help="learning rate of the latent side (the small policy wants a far larger one "
+    latent_lr: float = opt(3e-2, lo=0.0, lo_open=True, help="learning rate of the latent side (the small policy wants a far larger one "
                                       "than full fine-tuning of the LM)")
     plot: str = opt("", help="PNG of reward / perplexity / distinct-2 per step (default: OUT/reward_hacking.png)")
 
     def __post_init__(self):
-        for s in self.sides:
-            if s not in ("latent", "token"):
-                raise ReinlmError(f"sides: got {s!r}; allowed: latent, token.")
-        if not self.seeds:
-            raise ReinlmError("seeds: got none; allowed: one or more integers, e.g. 0,1,2.")
-        check_range("latent_lr", self.latent_lr, 0.0, lo_open=True)
+        bad = [x for x in self.sides if x not in ("latent", "token")]
+        if bad:
+            raise ReinlmError(f"sides: got {bad[0]!r}; allowed: latent, token.")
+        if not self.seeds or not self.sides:
+            raise ReinlmError(f"seeds / sides: got {self.seeds} / {self.sides}; allowed: at least one seed (e.g. 0,1,2) "
+                              "and at least one of latent, token.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reinlm.config import check_choice, check_range, config_to_dict, opt
+from reinlm.config import Config, config_to_dict, opt
 from reinlm.errors import ReinlmError
 from reinlm.utils import append_jsonl, atomic_dir, seed_everything, write_json
 
@@ -54,7 +54,7 @@ PARTS = ("world_model", "backbone", "both")
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Config):
     """Every ``reinlm latent finetune`` flag."""
 
     latent: str = opt("", help="latent model directory to fine-tune (from `reinlm latent pretrain`)")
@@ -67,35 +67,22 @@ class FinetuneConfig:
         "world_model", help="what stage 1 trains: world_model (frozen backbone, the output shares it), backbone "
                             "(CoLA's choice; the output carries its own backbone) or both")
     text_column: str = opt("text", help="text column of a .jsonl corpus")
-    held_out_fraction: float = opt(0.1, help="share of the documents held out for the before/after figures")
+    held_out_fraction: float = opt(0.1, lo=0.0, hi=0.5, lo_open=True, help="share of the documents held out for the before/after figures")
     held_out_data: str = opt("", help="a separate held-out corpus (same formats) instead of holding out a share of "
                                       "--data (e.g. documents from other prompts, so nothing leaks across)")
-    max_len: int = opt(128, help="documents are cut to this many tokens")
-    epochs: float = opt(3.0, help="passes over the training documents in stage 1 (the language model)")
-    bc_epochs: float = opt(3.0, help="passes in stage 2 (re-cloning the policy to the IDM's actions; 0 = skip)")
-    batch_size: int = opt(16, help="documents per optimisation step")
-    lr: float = opt(1e-4, help="AdamW learning rate of the world model and the policy (cosine decay)")
-    backbone_lr: float = opt(1e-5, help="AdamW learning rate of the backbone (train backbone / both)")
-    weight_decay: float = opt(0.0, help="AdamW weight decay")
-    policy_tau: float = opt(1.0, help="fta-p: temperature of the frozen policy's action samples")
+    max_len: int = opt(128, lo=2, help="documents are cut to this many tokens")
+    epochs: float = opt(3.0, lo=0.0, help="passes over the training documents in stage 1 (the language model)")
+    bc_epochs: float = opt(3.0, lo=0.0, help="passes in stage 2 (re-cloning the policy to the IDM's actions; 0 = skip)")
+    batch_size: int = opt(16, lo=1, help="documents per optimisation step")
+    lr: float = opt(1e-4, lo=0.0, lo_open=True, help="AdamW learning rate of the world model and the policy (cosine decay)")
+    backbone_lr: float = opt(1e-5, lo=0.0, lo_open=True, help="AdamW learning rate of the backbone (train backbone / both)")
+    weight_decay: float = opt(0.0, lo=0.0, help="AdamW weight decay")
+    policy_tau: float = opt(1.0, lo=0.0, lo_open=True, help="fta-p: temperature of the frozen policy's action samples")
     seed: int = opt(0, help="random seed (held-out split, batch order, fta-p action samples)")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
-    threads: int = opt(0, help="torch CPU threads (0 = leave as is)")
+    threads: int = opt(0, lo=0, help="torch CPU threads (0 = leave as is)")
     progress: bool = opt(True, help="show progress bars")
 
-    def __post_init__(self):
-        check_choice("mode", self.mode, MODES)
-        check_choice("train", self.train, PARTS)
-        check_range("held_out_fraction", self.held_out_fraction, 0.0, 0.5, lo_open=True)
-        check_range("max_len", self.max_len, 2)
-        check_range("epochs", self.epochs, 0.0)
-        check_range("bc_epochs", self.bc_epochs, 0.0)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("lr", self.lr, 0.0, lo_open=True)
-        check_range("backbone_lr", self.backbone_lr, 0.0, lo_open=True)
-        check_range("weight_decay", self.weight_decay, 0.0)
-        check_range("policy_tau", self.policy_tau, 0.0, lo_open=True)
-        check_range("threads", self.threads, 0)
 
     @property
     def trains_backbone(self) -> bool:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reinlm.config import check_range, config_to_dict, opt
+from reinlm.config import Config, config_to_dict, opt
 from reinlm.errors import ReinlmError
 from reinlm.utils import append_jsonl, atomic_dir, seed_everything, write_json
 
@@ -278,7 +278,7 @@ def rollouts_from_rows(lam, rows: list[tuple[int, dict]], path: str) -> list[Rol
 # ---------------------------------------------------------------------------------------------- training
 
 @dataclass
-class QTrainConfig:
+class QTrainConfig(Config):
     """Every ``reinlm latent train-q`` flag."""
 
     latent: str = opt("", help="latent model directory (its policy samples the rollouts; its states feed the Q-model)")
@@ -286,39 +286,26 @@ class QTrainConfig:
     reward: str = opt("", help="reward SPEC scoring sampled rollouts (e.g. sentiment, contains_words:good,great)")
     prompts: str = opt("builtin:neutral", help="prompt SPEC to sample rollouts from")
     prompt_column: str = opt("prompt", help="prompt column of a .jsonl / dataset prompt file")
-    prompts_held_out_fraction: float = opt(0.0, help="hold out this share of the prompts (seeded as `reinlm train`: "
+    prompts_held_out_fraction: float = opt(0.0, lo=0.0, hi=0.9, help="hold out this share of the prompts (seeded as `reinlm train`: "
                                                      "the same split) and sample only from the rest")
     rollouts: str = opt("", help="JSONL of scored rollouts to train on instead of sampling: prompt, reward, "
                                  "response_ids or completion, and optionally actions (else the IDM labels them)")
-    num_prompts: int = opt(64, help="prompts to sample rollouts from (the first N of the training prompts)")
-    samples_per_prompt: int = opt(8, help="rollouts per prompt")
-    max_new_tokens: int = opt(24, help="tokens per rollout")
-    temperature: float = opt(1.0, help="temperature of the policy's actions while sampling rollouts")
-    gamma: float = opt(0.99, help="discount of the double-DQN target")
-    epochs: float = opt(20.0, help="passes over the rollouts")
-    batch_size: int = opt(32, help="rollouts per optimisation step")
-    lr: float = opt(1e-4, help="AdamW learning rate")
-    target_every: int = opt(50, help="copy the online network into the target network every N steps (CoLA: 50)")
-    held_out_fraction: float = opt(0.1, help="share of the rollouts held out for the TD loss / correlation figures")
+    num_prompts: int = opt(64, lo=1, help="prompts to sample rollouts from (the first N of the training prompts)")
+    samples_per_prompt: int = opt(8, lo=1, help="rollouts per prompt")
+    max_new_tokens: int = opt(24, lo=1, help="tokens per rollout")
+    temperature: float = opt(1.0, lo=0.0, lo_open=True, help="temperature of the policy's actions while sampling rollouts")
+    gamma: float = opt(0.99, lo=0.0, hi=1.0, help="discount of the double-DQN target")
+    epochs: float = opt(20.0, lo=0.0, lo_open=True, help="passes over the rollouts")
+    batch_size: int = opt(32, lo=1, help="rollouts per optimisation step")
+    lr: float = opt(1e-4, lo=0.0, lo_open=True, help="AdamW learning rate")
+    target_every: int = opt(50, lo=1, help="copy the online network into the target network every N steps (CoLA: 50)")
+    held_out_fraction: float = opt(0.1, lo=0.0, hi=0.5, help="share of the rollouts held out for the TD loss / correlation figures")
     init_from_policy: bool = opt(True, help="start from the policy's blocks (zero output layer); false = random init")
     seed: int = opt(0, help="random seed")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
-    threads: int = opt(0, help="torch CPU threads (0 = leave as is)")
+    threads: int = opt(0, lo=0, help="torch CPU threads (0 = leave as is)")
     progress: bool = opt(True, help="show progress bars")
 
-    def __post_init__(self):
-        check_range("prompts_held_out_fraction", self.prompts_held_out_fraction, 0.0, 0.9)
-        check_range("num_prompts", self.num_prompts, 1)
-        check_range("samples_per_prompt", self.samples_per_prompt, 1)
-        check_range("max_new_tokens", self.max_new_tokens, 1)
-        check_range("temperature", self.temperature, 0.0, lo_open=True)
-        check_range("gamma", self.gamma, 0.0, 1.0)
-        check_range("epochs", self.epochs, 0.0, lo_open=True)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("lr", self.lr, 0.0, lo_open=True)
-        check_range("target_every", self.target_every, 1)
-        check_range("held_out_fraction", self.held_out_fraction, 0.0, 0.5)
-        check_range("threads", self.threads, 0)
 
 
 @torch.no_grad()

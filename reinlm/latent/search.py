@@ -38,12 +38,12 @@ from typing import Literal
 
 import torch
 
-from reinlm.config import check_choice, check_range, opt
+from reinlm.config import Config, opt
 from reinlm.errors import ReinlmError
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(Config):
     """Every ``reinlm search`` flag (defaults: CoLA's, except ``max_depth`` / ``budget`` sized for a CPU)."""
 
     latent: str = opt("", help="latent model directory")
@@ -52,48 +52,31 @@ class SearchConfig:
     prompt: str = opt("", help="the prompt (also the positional argument)", flag=False)
     prompts: str = opt("", help="prompt SPEC: search each of these prompts instead of one (e.g. builtin:reviews)")
     prompt_column: str = opt("prompt", help="prompt column of a .jsonl / dataset prompt file")
-    held_out_fraction: float = opt(0.0, help="with --prompts: search only the held-out split (seeded like "
+    held_out_fraction: float = opt(0.0, lo=0.0, hi=0.9, help="with --prompts: search only the held-out split (seeded like "
                                              "`reinlm train` and `reinlm latent train-q`: the same split)")
-    num_prompts: int = opt(0, help="with --prompts: search at most this many (0 = all)")
-    budget: int = opt(2048, help="most world-model token forwards per prompt (0 = no limit)")
-    c_puct: float = opt(0.7, help="exploration weight of the selection score (CoLA: 0.7)")
-    branching_root: int = opt(5, help="children of the root (CoLA: 5)")
-    branching: int = opt(4, help="children of every other node (CoLA: 4)")
-    rounds: int = opt(32, help="selection/expansion rounds (CoLA: 32)")
-    max_depth: int = opt(32, help="most response tokens of any text (CoLA: 64)")
-    td_threshold: float = opt(0.01, help="extend a node greedily while the squared TD error stays below this "
+    num_prompts: int = opt(0, lo=0, help="with --prompts: search at most this many (0 = all)")
+    budget: int = opt(2048, lo=0, help="most world-model token forwards per prompt (0 = no limit)")
+    c_puct: float = opt(0.7, lo=0.0, help="exploration weight of the selection score (CoLA: 0.7)")
+    branching_root: int = opt(5, lo=1, help="children of the root (CoLA: 5)")
+    branching: int = opt(4, lo=1, help="children of every other node (CoLA: 4)")
+    rounds: int = opt(32, lo=1, help="selection/expansion rounds (CoLA: 32)")
+    max_depth: int = opt(32, lo=1, help="most response tokens of any text (CoLA: 64)")
+    td_threshold: float = opt(0.01, lo=0.0, help="extend a node greedily while the squared TD error stays below this "
                                          "(CoLA: 0.01)")
-    max_segment: int = opt(16, help="most tokens a node's greedy extension adds")
-    segment_tokens: int = opt(4, help="tokens per node when there is no Q-model")
+    max_segment: int = opt(16, lo=1, help="most tokens a node's greedy extension adds")
+    segment_tokens: int = opt(4, lo=1, help="tokens per node when there is no Q-model")
     selection: Literal["frontier", "descent"] = opt("frontier", help="frontier: the best-scoring expandable node "
                                                                      "of the whole tree (CoLA's code); descent: "
                                                                      "walk down through the best children")
     rollout_actions: Literal["sample", "greedy"] = opt("sample", help="actions of the leaf rollouts: sampled from "
                                                                       "the policy at --temperature, or greedy")
-    temperature: float = opt(1.0, help="temperature of the policy's sampled actions (rollouts and best-of-N)")
+    temperature: float = opt(1.0, lo=0.0, lo_open=True, help="temperature of the policy's sampled actions (rollouts and best-of-N)")
     compare: Literal["none", "best-of-n"] = opt("none", help="best-of-n: also run best-of-N sampling with the "
                                                              "policy at the same world-model token forwards")
     seed: int = opt(0, help="random seed")
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
-    threads: int = opt(0, help="torch CPU threads (0 = leave as is)")
+    threads: int = opt(0, lo=0, help="torch CPU threads (0 = leave as is)")
 
-    def __post_init__(self):
-        check_range("held_out_fraction", self.held_out_fraction, 0.0, 0.9)
-        check_range("num_prompts", self.num_prompts, 0)
-        check_range("budget", self.budget, 0)
-        check_range("c_puct", self.c_puct, 0.0)
-        check_range("branching_root", self.branching_root, 1)
-        check_range("branching", self.branching, 1)
-        check_range("rounds", self.rounds, 1)
-        check_range("max_depth", self.max_depth, 1)
-        check_range("td_threshold", self.td_threshold, 0.0)
-        check_range("max_segment", self.max_segment, 1)
-        check_range("segment_tokens", self.segment_tokens, 1)
-        check_choice("selection", self.selection, ("frontier", "descent"))
-        check_choice("rollout_actions", self.rollout_actions, ("sample", "greedy"))
-        check_range("temperature", self.temperature, 0.0, lo_open=True)
-        check_choice("compare", self.compare, ("none", "best-of-n"))
-        check_range("threads", self.threads, 0)
 
 
 # ---------------------------------------------------------------------------------------------- the tree
