@@ -171,6 +171,10 @@ class TrainConfig(FlatNames, Config):
     eval_prompts: int = opt(8, "held-out prompts for the before/after evaluation (0: skip)", lo=0)
     eval_samples: int = opt(4, "samples per held-out prompt in the evaluation", lo=1)
     stop_on_degeneration: bool = opt(False, "stop when the degeneration alarm fires, keeping the last healthy checkpoint")
+    log_frozen_perplexity: bool = opt(False, "log response/perplexity_frozen every step: the samples' perplexity under "
+                                             "the frozen starting LM (the backbone in latent space; one extra frozen "
+                                             "forward per step); the degeneration alarm uses it where no reference "
+                                             "perplexity comes for free")
     progress: bool = opt(True, "show a progress bar")
     llm_critic: CriticConfig = opt(default_factory=CriticConfig)
 

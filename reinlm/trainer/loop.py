@@ -423,6 +423,10 @@ class Trainer:
         ppl = self.policy.reference_perplexity(batch, ref, mask)
         if ppl is not None:
             metrics["response/perplexity_ref"] = ppl
+        if cfg.log_frozen_perplexity:
+            with torch.no_grad():
+                frozen = self.policy.frozen_logprobs(batch)
+            metrics["response/perplexity_frozen"] = float(torch.exp(-masked_mean(frozen, mask)))
         return {"metrics": metrics, "batch": batch, "scores": scored.scores}
 
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -562,7 +566,8 @@ class Trainer:
                 out = self.train_step(step)
                 m = out["metrics"]
                 batch = out["batch"]
-                alarm = (self.monitor.observe(step + 1, batch.completions, perplexity=m.get("response/perplexity_ref"))
+                ppl = m.get("response/perplexity_ref", m.get("response/perplexity_frozen"))
+                alarm = (self.monitor.observe(step + 1, batch.completions, perplexity=ppl)
                          if self.monitor is not None else None)
                 m["alarm/degeneration"] = int(alarm is not None)
                 logger.log_metrics(step + 1, m)

@@ -46,7 +46,7 @@ class TokenPolicy:
             self.ref_model = self._frozen_copy(model) if needs_ref else None
         # frozen copy of the starting model for sample perplexity in evaluations (the reference when it exists)
         self.frozen_lm = self.ref_model
-        if self.frozen_lm is None and not self.uses_lora and cfg.eval_prompts > 0:
+        if self.frozen_lm is None and not self.uses_lora and (cfg.eval_prompts > 0 or cfg.log_frozen_perplexity):
             self.frozen_lm = self._frozen_copy(model)
         self.model = model.to(device)
         self.model.train()  # no dropout in the supported LMs; train mode keeps the semantics honest
