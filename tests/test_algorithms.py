@@ -414,3 +414,18 @@ def test_zero_spread_groups():
     assert zero_spread(scores, groups).tolist() == [True, True, False, False, False, False]
     # group 2 keeps one valid sample: no spread left
     assert zero_spread(scores, groups, torch.tensor([1, 1, 1, 1, 1, 0]).bool()).tolist()[4:] == [True, True]
+
+
+def test_overlong_penalty_by_hand():
+    from reinlm.rewards import parse_reward_spec
+    from reinlm.rewards.overlong import overlong_penalty
+
+    # L_max 10, L_cache 4: lengths 6 -> 0; 7 -> (6 - 7) / 4 = -0.25; 10 -> -1; 12 -> -1
+    fn = overlong_penalty(10, 4)
+    ids = [[1] * 6, [1] * 7, [1] * 10, [1] * 12]
+    assert fn(["p"] * 4, ["c"] * 4, completion_ids=ids) == [0.0, -0.25, -1.0, -1.0]
+    assert parse_reward_spec("overlong_penalty:10,4").components[0].fn(["p"], ["c"], completion_ids=[[1] * 8]) == [-0.5]
+    with pytest.raises(ReinlmError, match="completion_ids"):
+        fn(["p"], ["c"])
+    with pytest.raises(ConfigError, match="cache"):
+        overlong_penalty(4, 10)

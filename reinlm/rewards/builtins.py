@@ -1,3 +1,3 @@
 """Imports every module that registers a built-in reward factory (heavy libraries load lazily inside them)."""
 
-from reinlm.rewards import classifiers, embedding, reward_model, rouge, text  # noqa: F401
+from reinlm.rewards import classifiers, embedding, overlong, reward_model, rouge, text  # noqa: F401
