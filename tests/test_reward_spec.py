@@ -19,7 +19,7 @@ def totals(spec, completions, **columns):
 
 
 def test_registry_holds_every_builtin():
-    assert available_rewards() == ["contains_words", "embedding_similarity", "reward_model", "rouge", "sentiment",
+    assert available_rewards() == ["contains_words", "embedding_similarity", "overlong_penalty", "reward_model", "rouge", "sentiment",
                                    "target_length", "toxicity"]
 
 
