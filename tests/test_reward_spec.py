@@ -90,7 +90,7 @@ def test_options_reach_the_reward_set():
 
 @pytest.mark.parametrize("spec, match", [
     ("", "the SPEC is empty"),
-    ("sentimnt", "'sentimnt' is not a registered reward.*contains_words, embedding_similarity, reward_model"),
+    ("sentimnt", "'sentimnt' is not a registered reward.*contains_words, embedding_similarity, overlong_penalty, reward_model"),
     ("sentiment+", "an empty term"),
     ("sentiment++toxicity", "an empty term"),
     ("0.5*", "has a weight but no reward"),
