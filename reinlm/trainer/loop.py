@@ -193,6 +193,7 @@ class Trainer:
 
         self.monitor = DegenerationMonitor(degeneration or DegenerationConfig())
         self.start_step = 0
+        self._timing = {"generate": 0.0, "reward": 0.0}  # seconds spent in rollouts / rewards this step
         self.last_healthy_ckpt: int | None = None
 
     # ------------------------------------------------------------------ set-up checks
@@ -281,8 +282,13 @@ class Trainer:
         prompts = [self.train_prompts.prompts[i] for i in local_idx]
         salt = 1000 + 1_000_003 * attempt
         seeds = [step_seed(cfg.seed, step, salt + j) for j in range(self.rank, len(all_idx), self.world)]
+        t0 = time.perf_counter()
         batch = self.policy.rollout(prompts, cfg.samples_per_prompt, seeds)
-        return batch, self._score(batch, local_idx, cfg.samples_per_prompt), local_idx
+        t1 = time.perf_counter()
+        scored = self._score(batch, local_idx, cfg.samples_per_prompt)
+        self._timing["generate"] += t1 - t0
+        self._timing["reward"] += time.perf_counter() - t1
+        return batch, scored, local_idx
 
     def _collect(self, step: int) -> tuple[Any, "Scored", list[int], dict[str, float]]:
         """The step's batch: one rollout, or with ``--dynamic-sampling`` the groups that have a reward spread,
@@ -341,8 +347,8 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
+        self._timing = {"generate": 0.0, "reward": 0.0}
         batch, scored, prompt_idx, batch_stats = self._collect(step)
-        t_gen = time.perf_counter()  # rollouts and rewards (interleaved with dynamic sampling)
 
         valid = scored.valid
         scores = self._shape_scores(scored.scores, valid) * valid.float()
@@ -352,7 +358,7 @@ class Trainer:
         B = len(batch)
         mb = min(cfg.minibatch_size or B, B)
         off_policy = cfg.update_epochs > 1 or mb < B  # several optimiser steps on this batch
-        t_reward = time.perf_counter()
+        t_reward = time.perf_counter()  # rollouts and rewards done (interleaved with dynamic-sampling refills)
 
         # the trainer's own log-probs at the sampling parameters: free from the update's single pass when the
         # rollout log-probs are exact and there is one optimiser step; recomputed otherwise (and with values)
@@ -412,8 +418,8 @@ class Trainer:
             "perf/completions_per_s": n / (t_update - t0),
             "perf/tokens_per_s": float(lengths.sum()) * self.world / (t_update - t0),
             "perf/step_s": t_update - t0,
-            "perf/generate_s": t_gen - t0,
-            "perf/reward_s": t_reward - t_gen,
+            "perf/generate_s": self._timing["generate"],
+            "perf/reward_s": t_reward - t0 - self._timing["generate"],
             "perf/ref_and_values_s": t_prep - t_reward,
             "perf/update_s": t_update - t_prep,
             "perf/peak_rss_mb": peak_rss_mb(),
