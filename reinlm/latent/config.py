@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from reinlm.config import check_choice, check_range, opt
+from reinlm.config import Config, check_choice, check_range, opt
 
 _REINLM_ARCH = dict(n_kv_heads=0, head_dim=0, mlp_ffn=0, norm_eps=1e-6, input_proj=True, rope=False,
                     head_bias=True, wm_norm=True, wm_output="state")
@@ -43,38 +43,38 @@ ARCH_FIELDS = tuple(PRESETS["cpu"])
 
 
 @dataclass
-class LatentConfig:
+class LatentConfig(Config):
     """Architecture of the heads over a frozen backbone; saved as ``config.json``."""
 
     backbone: str = opt("smollm2-135m", help="backbone causal LM: embedded alias, local path or Hugging Face id",
                         flag=False)
     hidden_size: int = opt(0, help="backbone hidden size H (filled from the backbone; checked on load)",
-                          flag=False)
+                          flag=False, lo=0)
     vocab_size: int = opt(0, help="backbone vocabulary size V (filled from the backbone; checked on load)",
-                         flag=False)
-    num_actions: int = opt(64, help="number of discrete latent actions K")
+                         flag=False, lo=0)
+    num_actions: int = opt(64, help="number of discrete latent actions K", lo=2)
     preset: Literal["cpu", "large", "cola", "custom"] = opt(
         "cpu", help="head architecture: cpu (small, default), large, cola (CoLA's Llama-layer heads, widths from "
                     "the backbone), or custom (cpu values for the fields not given); explicit fields override it")
     d_model: Optional[int] = opt(None, help="width D of the IDM and policy blocks (preset: cpu 256, large 1024, "
-                                            "cola = backbone hidden size)")
+                                            "cola = backbone hidden size)", lo=1)
     n_heads: Optional[int] = opt(None, help="attention heads in the IDM and policy blocks (cpu 4, large 16, cola: "
-                                            "the backbone's)")
+                                            "the backbone's)", lo=1)
     n_kv_heads: Optional[int] = opt(None, help="key/value heads (grouped-query attention; 0 = n_heads; cola: the "
-                                               "backbone's)")
+                                               "backbone's)", lo=0)
     head_dim: Optional[int] = opt(None, help="size of each attention head (0 = d_model / n_heads; cola: the "
-                                             "backbone's)")
+                                             "backbone's)", lo=0)
     mlp_ffn: Optional[int] = opt(None, help="inner width of the blocks' SwiGLU MLP (0 = 8 d_model / 3; cola: the "
-                                            "backbone's intermediate size)")
+                                            "backbone's intermediate size)", lo=0)
     norm_eps: Optional[float] = opt(None, help="epsilon of the heads' RMSNorms (cpu/large 1e-6; cola: the "
-                                               "backbone's rms_norm_eps)")
+                                               "backbone's rms_norm_eps)", lo=0.0, lo_open=True)
     idm_layers: Optional[int] = opt(None, help="causal blocks in the inverse dynamics model (cpu 2, large 6, "
-                                               "cola 4)")
-    policy_layers: Optional[int] = opt(None, help="causal blocks in the policy (cpu 2, large 8, cola 8)")
+                                               "cola 4)", lo=0)
+    policy_layers: Optional[int] = opt(None, help="causal blocks in the policy (cpu 2, large 8, cola 8)", lo=0)
     wm_layers: Optional[int] = opt(None, help="residual SwiGLU merge blocks in the world model (cpu 2, large 4, "
-                                              "cola 2)")
+                                              "cola 2)", lo=0)
     wm_ffn: Optional[int] = opt(None, help="inner width of each world-model merge block (cpu 1024, large 4096, "
-                                           "cola: the backbone's intermediate size)")
+                                           "cola: the backbone's intermediate size)", lo=1)
     input_proj: Optional[bool] = opt(None, help="a Linear(H -> D) before the IDM / policy blocks (cpu/large: "
                                                 "true; cola: false, D = H)")
     rope: Optional[bool] = opt(None, help="rotary positions in the IDM / policy blocks, from the backbone's "
@@ -90,14 +90,10 @@ class LatentConfig:
                                                                       "halves their memory; train in float32)")
 
     def __post_init__(self):
-        check_choice("preset", self.preset, PRESET_NAMES)
-        check_choice("heads_dtype", self.heads_dtype, ("float32", "bfloat16"))
+        # types, ranges and choices of every field are checked by Config before this runs
         for k, v in PRESETS[self.preset].items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
-        check_range("num_actions", self.num_actions, 2)
-        if self.wm_output is not None:
-            check_choice("wm_output", self.wm_output, ("state", "cola"))
         if self.resolved:
             self.check_sizes()
 
@@ -152,15 +148,11 @@ def resolve_for_backbone(config: LatentConfig, backbone_config) -> LatentConfig:
 
 
 @dataclass
-class ActionSampling:
+class ActionSampling(Config):
     """How the policy's action is drawn at each generation step (``set_action_sampling``)."""
 
     greedy: bool = opt(False, help="take the policy's most likely action (no randomness in actions)")
-    tau: float = opt(1.0, help="temperature of the action distribution")
-    top_k: int = opt(0, help="keep only the k most likely actions (0 = all)")
-    top_p: float = opt(1.0, help="nucleus: keep the smallest set of actions with this much probability")
-
-    def __post_init__(self):
-        check_range("tau", self.tau, 0.0, lo_open=True)
-        check_range("top_k", self.top_k, 0)
-        check_range("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+    tau: float = opt(1.0, help="temperature of the action distribution", lo=0.0, lo_open=True)
+    top_k: int = opt(0, help="keep only the k most likely actions (0 = all)", lo=0)
+    top_p: float = opt(1.0, help="nucleus: keep the smallest set of actions with this much probability",
+                       lo=0.0, hi=1.0, lo_open=True)

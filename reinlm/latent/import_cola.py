@@ -33,7 +33,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from reinlm.config import opt
+from reinlm.config import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.utils import atomic_dir, write_json
@@ -50,7 +50,7 @@ ALLOWED = ("allowed: a CoLA checkpoint directory in Hugging Face format (config.
 
 
 @dataclass
-class ImportColaConfig:
+class ImportColaConfig(Config):
     """Options of ``reinlm latent import-cola`` (SRC and OUT are positional)."""
 
     src: str = opt("", help="CoLA checkpoint directory (Hugging Face format)", flag=False)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reinlm.config import check_range, config_to_dict, opt
+from reinlm.config import Config, config_to_dict, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.latent.model import LatentActionModel
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Config):
     """Every ``reinlm latent pretrain`` flag (head sizes come from :class:`LatentConfig`)."""
 
     backbone: str = opt("smollm2-135m", help="frozen backbone: embedded alias, local path or Hugging Face id")
@@ -57,58 +57,50 @@ class PretrainConfig:
     hidden_cache: Literal["auto", "on", "off"] = opt(
         "auto", help="keep the backbone's states in a disk cache (on), compute them on the fly for every batch "
                      "from the streamed corpus (off), or cache when it fits in --cache-max-gb (auto)")
-    cache_max_gb: float = opt(8.0, help="largest hidden-state cache --hidden-cache auto builds (GB; float16)")
+    cache_max_gb: float = opt(8.0, help="largest hidden-state cache --hidden-cache auto builds (GB; float16)", lo=0.0)
     cache_dir: str = opt("", help="hidden-state cache directory (default: OUT/cache); reused when it matches")
     text_column: str = opt("text", help="text column of a .jsonl / dataset corpus")
     corpus_tokens: int = opt(0, help="use at most this many training tokens of the corpus (0 = all; set it "
-                                     "for an hf: stream of unknown size)")
+                                     "for an hf: stream of unknown size)", lo=0)
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto (under torchrun / accelerate: each process's own)")
     dtype: str = opt("auto", help="backbone dtype: auto (bfloat16 where the device computes it natively, else "
-                                  "float32), float32, bfloat16, float16")
+                                  "float32), float32, bfloat16, float16",
+                     choices=("auto", "float32", "bfloat16", "float16"))
     seed: int = opt(0, help="random seed")
-    held_out_fraction: float = opt(0.05, help="share of sequences (documents when streamed) held out for evaluation")
+    held_out_fraction: float = opt(0.05, help="share of sequences (documents when streamed) held out for evaluation",
+                                  lo=0.0, hi=0.5, lo_open=True)
     sample_batch: int = opt(128, help="sequences per batch when sampling self:N (rows that reach EOS leave the "
-                                      "batch) / computing cached hidden states")
-    sample_new_tokens: int = opt(128, help="new tokens per sampled sequence for self:N")
-    sample_temperature: float = opt(1.0, help="sampling temperature of the backbone for self:N")
-    max_len: int = opt(256, help="chunk length (tokens) of text corpora in the hidden-state cache")
-    window: int = opt(64, help="training window length L (tokens); streamed: also the backbone's context")
-    batch_windows: int = opt(16, help="windows per optimisation step (global: split over the processes)")
-    shuffle_buffer: int = opt(4096, help="windows in the shuffle buffer of a streamed corpus")
-    lr: float = opt(1e-3, help="AdamW learning rate of the heads (cosine decay, 3%% warm-up)")
-    weight_decay: float = opt(0.01, help="AdamW weight decay")
-    stage1_epochs: float = opt(1.0, help="passes over the training windows in stage 1 (IDM + world model)")
-    stage2_epochs: float = opt(2.0, help="passes over the training windows in stage 2 (behaviour cloning)")
-    stage1_steps: int = opt(0, help="optimisation steps of stage 1 (0 = from --stage1-epochs)")
-    stage2_steps: int = opt(0, help="optimisation steps of stage 2 (0 = from --stage2-epochs)")
-    gumbel_tau: float = opt(2.0, help="Gumbel-softmax temperature of the IDM in stage 1")
+                                      "batch) / computing cached hidden states", lo=1)
+    sample_new_tokens: int = opt(128, help="new tokens per sampled sequence for self:N", lo=1)
+    sample_temperature: float = opt(1.0, help="sampling temperature of the backbone for self:N", lo=0.0,
+                                    lo_open=True)
+    max_len: int = opt(256, help="chunk length (tokens) of text corpora in the hidden-state cache", lo=2)
+    window: int = opt(64, help="training window length L (tokens); streamed: also the backbone's context", lo=2)
+    batch_windows: int = opt(16, help="windows per optimisation step (global: split over the processes)", lo=1)
+    shuffle_buffer: int = opt(4096, help="windows in the shuffle buffer of a streamed corpus", lo=1)
+    lr: float = opt(1e-3, help="AdamW learning rate of the heads (cosine decay, 3%% warm-up)", lo=0.0, lo_open=True)
+    weight_decay: float = opt(0.01, help="AdamW weight decay", lo=0.0)
+    stage1_epochs: float = opt(1.0, help="passes over the training windows in stage 1 (IDM + world model)",
+                               lo=0.0, lo_open=True)
+    stage2_epochs: float = opt(2.0, help="passes over the training windows in stage 2 (behaviour cloning)",
+                               lo=0.0, lo_open=True)
+    stage1_steps: int = opt(0, help="optimisation steps of stage 1 (0 = from --stage1-epochs)", lo=0)
+    stage2_steps: int = opt(0, help="optimisation steps of stage 2 (0 = from --stage2-epochs)", lo=0)
+    gumbel_tau: float = opt(2.0, help="Gumbel-softmax temperature of the IDM in stage 1", lo=0.0, lo_open=True)
     entropy_coef: float = opt(-0.05, help="weight of the per-step IDM entropy in the bonus; negative = a penalty that "
                               "makes each step's action confident (with the marginal bonus below this maximises "
                               "the mutual information between actions and text); CoLA's card uses +0.001")
     marginal_entropy_coef: float = opt(0.1, help="bonus on the entropy of the batch-mean IDM distribution "
                                                  "(keeps codes alive)")
-    train_vocab: str = opt("corpus", help="stage-1 softmax over: corpus (tokens seen in training, faster) or full")
-    eval_tokens: int = opt(16384, help="held-out tokens used for the summary figures (at most)")
-    log_every: int = opt(20, help="steps between metric lines in STAGE/metrics.jsonl")
-    save_every: int = opt(200, help="steps between checkpoints of a stage (0 = none; resume then restarts it)")
+    train_vocab: str = opt("corpus", help="stage-1 softmax over: corpus (tokens seen in training, faster) or full",
+                           choices=("corpus", "full"))
+    eval_tokens: int = opt(16384, help="held-out tokens used for the summary figures (at most)", lo=1)
+    log_every: int = opt(20, help="steps between metric lines in STAGE/metrics.jsonl", lo=1)
+    save_every: int = opt(200, help="steps between checkpoints of a stage (0 = none; resume then restarts it)", lo=0)
     stop_after_steps: int = opt(0, help="stop after this many optimisation steps in this run, with a checkpoint "
-                                        "(0 = run to the end); the same command resumes")
+                                        "(0 = run to the end); the same command resumes", lo=0)
     progress: bool = opt(True, help="a progress bar (false: one plain line every --log-every steps)")
-    threads: int = opt(0, help="torch CPU threads (0 = leave as is)")
-
-    def __post_init__(self):
-        check_range("held_out_fraction", self.held_out_fraction, 0.0, 0.5, lo_open=True)
-        check_range("window", self.window, 2)
-        check_range("batch_windows", self.batch_windows, 1)
-        check_range("gumbel_tau", self.gumbel_tau, 0.0, lo_open=True)
-        check_range("cache_max_gb", self.cache_max_gb, 0.0)
-        for name in ("corpus_tokens", "stage1_steps", "stage2_steps", "save_every", "stop_after_steps",
-                     "shuffle_buffer"):
-            check_range(name, getattr(self, name), 0)
-        if self.train_vocab not in ("corpus", "full"):
-            raise ReinlmError(f"train_vocab: got {self.train_vocab!r}; allowed: corpus, full.")
-        if self.hidden_cache not in ("auto", "on", "off"):
-            raise ReinlmError(f"hidden_cache: got {self.hidden_cache!r}; allowed: auto, on, off.")
+    threads: int = opt(0, help="torch CPU threads (0 = leave as is)", lo=0)
 
 
 class Interrupted(Exception):
