@@ -98,27 +98,28 @@ class StreamedWindows:
         self.split_seed = seed if split_seed is None else split_seed  # the held-out split's (same every stage)
         self.rank, self.world, self.max_tokens = rank, world, int(max_tokens)
         self.rng = np.random.default_rng([seed, 17])
-        self.epoch, self.pos, self.epoch_tokens = 0, (0, 0), 0
+        self.epoch, self.pos, self.epoch_tokens, self.train_tokens = 0, (0, 0), 0, 0
         self.buffer: list[np.ndarray] = []
         self._it: Iterator | None = None
 
     def _next_window(self) -> np.ndarray:
         for restart in (False, True):
             if restart:
-                if self.epoch_tokens == 0:
+                if self.train_tokens == 0:
                     raise ReinlmError(f"corpus: {self.source.spec!r} has no training window of 2 or more tokens "
                                       f"outside the held-out split; use a larger corpus.")
-                self.epoch, self.pos, self.epoch_tokens, self._it = self.epoch + 1, (0, 0), 0, None
+                self.epoch, self.pos, self._it = self.epoch + 1, (0, 0), None
+                self.epoch_tokens = self.train_tokens = 0
             if self._it is None:
                 self._it = iter(self.source.windows(self.pos))
             for doc, piece, w in self._it:
-                self.pos = (doc, piece + 1)
-                if is_held_out(doc, self.fraction, self.split_seed):
-                    continue
                 if self.max_tokens and self.epoch_tokens + len(w) > self.max_tokens:
                     break
-                self.epoch_tokens += len(w)
-                return w
+                self.pos = (doc, piece + 1)
+                self.epoch_tokens += len(w)  # every token read counts towards the cap, held-out ones too
+                if not is_held_out(doc, self.fraction, self.split_seed):
+                    self.train_tokens += len(w)
+                    return w
         raise AssertionError("unreachable")
 
     def global_windows(self) -> list[np.ndarray]:
@@ -140,11 +141,13 @@ class StreamedWindows:
     def state_dict(self) -> dict:
         lengths = [len(w) for w in self.buffer]
         return {"epoch": self.epoch, "pos": list(self.pos), "epoch_tokens": self.epoch_tokens,
+                "train_tokens": self.train_tokens,
                 "rng": self.rng.bit_generator.state, "buffer_lengths": lengths,
                 "buffer": np.concatenate(self.buffer).tolist() if self.buffer else []}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos, self.epoch_tokens = int(state["epoch"]), tuple(state["pos"]), int(state["epoch_tokens"])
+        self.train_tokens = int(state["train_tokens"])
         self.rng.bit_generator.state = state["rng"]
         flat = np.asarray(state["buffer"], dtype=np.int32)
         cuts = np.cumsum([0] + list(state["buffer_lengths"]))
@@ -160,7 +163,11 @@ def scan_corpus(source: TokenSource, fraction: float, seed: int, vocab: int, max
     n_win = n_tok = n_docs = held_tok = 0
     held: list[np.ndarray] = []
     last_doc = -1
+    read = 0
     for doc, _, w in source.windows():
+        if max_tokens and read + len(w) > max_tokens:  # the same cut as StreamedWindows
+            break
+        read += len(w)
         if doc != last_doc:
             n_docs, last_doc = n_docs + 1, doc
         if is_held_out(doc, fraction, seed):
@@ -168,8 +175,6 @@ def scan_corpus(source: TokenSource, fraction: float, seed: int, vocab: int, max
                 held.append(w)
                 held_tok += len(w)
             continue
-        if max_tokens and n_tok + len(w) > max_tokens:
-            break
         n_win, n_tok = n_win + 1, n_tok + len(w)
         seen[w] = True
     return {"train_windows": n_win, "train_tokens": n_tok, "documents": n_docs, "held_out_windows": held,

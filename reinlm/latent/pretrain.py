@@ -60,12 +60,16 @@ class PretrainConfig(Config):
     cache_max_gb: float = opt(8.0, help="largest hidden-state cache --hidden-cache auto builds (GB; float16)", lo=0.0)
     cache_dir: str = opt("", help="hidden-state cache directory (default: OUT/cache); reused when it matches")
     text_column: str = opt("text", help="text column of a .jsonl / dataset corpus")
-    corpus_tokens: int = opt(0, help="use at most this many training tokens of the corpus (0 = all; set it "
-                                     "for an hf: stream of unknown size)", lo=0)
+    corpus_tokens: int = opt(0, help="use the first N tokens of the corpus only, held-out ones included (0 = all; "
+                                     "set it for an hf: stream of unknown size)", lo=0)
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto (under torchrun / accelerate: each process's own)")
     dtype: str = opt("auto", help="backbone dtype: auto (bfloat16 where the device computes it natively, else "
                                   "float32), float32, bfloat16, float16",
                      choices=("auto", "float32", "bfloat16", "float16"))
+    autocast: Literal["auto", "off", "bfloat16"] = opt(
+        "auto", help="run the heads' forward and backward under bfloat16 autocast (weights and optimiser stay "
+                     "float32): auto = where the device computes bfloat16 natively (about 2x faster on an "
+                     "AVX512-BF16 CPU), off = float32")
     seed: int = opt(0, help="random seed")
     held_out_fraction: float = opt(0.05, help="share of sequences (documents when streamed) held out for evaluation",
                                   lo=0.0, hi=0.5, lo_open=True)
@@ -297,7 +301,8 @@ class StageRunner:
                 raise Interrupted(f"{self.name}: stopped at step {s} of {self.total} (--stop-after-steps); "
                                   f"checkpoint in {self.dir / 'checkpoint'}; run the same command to resume.")
             h, ids, mask, tokens = self.data.next_batch(ctx.device)
-            loss, stats = wrapped(h, ids, mask, s)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
+                loss, stats = wrapped(h, ids, mask, s)
             opt_.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -323,6 +328,7 @@ class _Context:
     world: int
     is_main: bool
     budget: int | None = None  # optimisation steps left in this run (--stop-after-steps), None = no limit
+    autocast: bool = False  # bfloat16 autocast of the heads' forward/backward
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -506,6 +512,9 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
         write_json(out / "pretrain_config.json", config_to_dict(cfg))
     t0 = time.time()
     dtype = _resolve_dtype(cfg, ctx.device)
+    from reinlm.utils import native_bfloat16
+
+    ctx.autocast = cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and native_bfloat16(ctx.device))
     backbone, tok = load_causal_lm(cfg.backbone, device=str(ctx.device), dtype=dtype)
     H = int((getattr(backbone.config, "text_config", None) or backbone.config).hidden_size)
 
@@ -589,7 +598,7 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
     s2 = json.loads((s2_dir / "result.json").read_text())
 
     summary = {
-        "backbone": cfg.backbone, "backbone_dtype": dtype, "corpus": cfg.corpus, "num_actions": latent.num_actions,
+        "backbone": cfg.backbone, "backbone_dtype": dtype, "autocast": ctx.autocast, "corpus": cfg.corpus, "num_actions": latent.num_actions,
         "processes": ctx.world, **data.facts,
         "codes_used": s1["codes_used"], "code_perplexity": s1["code_perplexity"],
         "nll_backbone": s1["nll_backbone"], "nll_world_model_idm": s1["nll_world_model_idm"],
