@@ -109,7 +109,8 @@ REWARDS: dict[str, RewardEntry] = {}
 
 
 def register_reward(name: str, *, variadic: str | None = None, summary: str = "") -> Callable[[Callable], Callable]:
-    """Decorator registering a reward factory under the SPEC name ``name`` (the factory is returned unchanged).
+    """Decorator registering a reward factory under the SPEC name ``name``. The rewards the factory returns
+    carry ``spec``, the SPEC that rebuilds them (``contains_words:red,blue``).
 
     ``variadic`` names a list parameter that collects all positional SPEC arguments, so that
     ``contains_words:red,blue`` calls ``contains_words(words=["red", "blue"])``.
@@ -117,8 +118,21 @@ def register_reward(name: str, *, variadic: str | None = None, summary: str = ""
 
     def wrap(factory: Callable) -> Callable:
         doc = summary or (inspect.getdoc(factory) or "").split("\n")[0]
-        REWARDS[name] = RewardEntry(name, factory, variadic, doc)
-        return factory
+
+        @functools.wraps(factory)
+        def build(*args, **kwargs):
+            from reinlm.rewards.refs import factory_spec
+
+            reward = factory(*args, **kwargs)
+            if not getattr(reward, "spec", None):
+                try:  # the SPEC that rebuilds this reward: recorded in config.yaml by the Python API
+                    reward.spec = factory_spec(name, factory, variadic, args, kwargs)
+                except AttributeError:
+                    pass
+            return reward
+
+        REWARDS[name] = RewardEntry(name, build, variadic, doc)
+        return build
 
     return wrap
 

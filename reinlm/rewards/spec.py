@@ -6,6 +6,8 @@
     term   := [ weight "*" ] [ "-" ] reward          weight: a number, e.g. 0.5, -1, 2e-3
     reward := NAME [ ":" args ]                       a registered reward, e.g. contains_words:red,blue
             | PATH.py ":" FUNCTION [ ":" args ]       a function in a Python file (with args: a factory)
+            | MODULE ":" QUALNAME [ ":" args ]        a function or class in an importable module, e.g.
+                                                      trl.rewards:think_format_reward (with args: a factory)
     args   := arg ( "," arg )*
     arg    := value | KEY "=" value                  positional args bind in the factory's order
     value  := text | "quoted text" | 'quoted text'
@@ -33,11 +35,13 @@ from typing import Any, Callable, Literal, get_args, get_origin
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.rewards.base import RewardEntry, available_rewards, get_reward_entry, reward_name
 from reinlm.rewards.combine import OnError, RewardComponent, RewardSet
+from reinlm.rewards.refs import UNREBUILDABLE, import_attribute
 from reinlm.rewards.user import load_user_function
 
 _WEIGHT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\*\s*(.*)$", re.DOTALL)
 _NAME = re.compile(r"^[A-Za-z_][\w\-]*$")
 _FILE = re.compile(r"^(.+?\.py):([A-Za-z_]\w*)(?::(.*))?$", re.DOTALL)
+_MODULE = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?::(.*))?$", re.DOTALL)
 _KEY = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(.*)$", re.DOTALL)
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -192,6 +196,20 @@ def _parse_reward(body: str, spec: str, defaults: dict[str, Any]) -> Callable:
         return built
     name, sep, rest = body.strip().partition(":")
     name = name.strip()
+    m = _MODULE.match(body.strip())
+    if m and name not in available_rewards() and ("." in name or _is_module(name)):
+        module, qualname, rest = m.group(1), m.group(2), m.group(3)
+        fn = import_attribute(module, qualname, f"{module}:{qualname}")
+        if rest is None and not isinstance(fn, type):
+            if not callable(fn):
+                raise ReinlmError(f"reward {module}:{qualname}: it is a {type(fn).__name__}, not a function.")
+            return fn
+        built = _bind(f"{module}:{qualname}", fn, None, split_top(rest, ",", spec) if rest else [], spec, {})
+        if not callable(built):
+            raise ReinlmError(f"reward {module}:{qualname}: called with the arguments in {spec!r} it returned a "
+                              f"{type(built).__name__}; a function given arguments must be a factory that returns "
+                              f"a reward function.")
+        return built
     if not _NAME.match(name):
         raise _error(spec, f"{body.strip()!r} is not a reward name")
     if name not in available_rewards():
@@ -199,6 +217,16 @@ def _parse_reward(body: str, spec: str, defaults: dict[str, Any]) -> Callable:
     entry: RewardEntry = get_reward_entry(name)
     raw_args = split_top(rest, ",", spec) if sep else []
     return _bind(name, entry.factory, entry.variadic, raw_args, spec, defaults)
+
+
+def _is_module(name: str) -> bool:
+    """Whether ``name`` (no dots) is an importable top-level module (looked up, not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def parse_reward_spec(spec: str, *, on_error: OnError = "fail", device: str | None = None) -> RewardSet:
@@ -214,6 +242,12 @@ def parse_reward_spec(spec: str, *, on_error: OnError = "fail", device: str | No
     """
     if not isinstance(spec, str) or not spec.strip():
         raise _error(str(spec), "the SPEC is empty")
+    if UNREBUILDABLE in spec and any(t.strip().split("*")[-1].strip().startswith(UNREBUILDABLE)
+                                     for t in split_top(spec, "+", spec)):
+        raise ReinlmError(f"reward: {spec!r} records a Python reward that cannot be rebuilt from its name (a lambda, a "
+                          f"closure or an object with state); resume this run from Python, passing the same reward "
+                          f"again: reinlm.Trainer(config, reward=...).train(resume=True). To make it resumable from "
+                          f"the command line, define the reward as a module-level function.")
     comps = []
     for term in split_top(spec, "+", spec):
         if not term.strip():

@@ -1,0 +1,193 @@
+"""The Python API: ``reinlm.Trainer``, ``reinlm.TrainConfig`` and the one-call ``reinlm.train(...)``.
+
+Everything ``reinlm train`` does, from Python, with Python objects where the CLI takes names (docs/python-api.md):
+
+- ``prompts``: a prompt SPEC string (``builtin:reviews``, a file, ``hf:NAME[:CONFIG][:SPLIT]``), a
+  ``datasets.Dataset``, a list of dicts (rows), a list of strings, a dict of columns or a pandas DataFrame
+  (TRL's ``train_dataset`` is accepted as a name for it);
+- ``reward``: a reward SPEC string, a callable with TRL's signature, a list of callables (and SPEC strings)
+  with ``reward_weights``, or a :class:`~reinlm.rewards.RewardSet` (TRL's ``reward_funcs`` is accepted too);
+- ``config``: a :class:`TrainConfig`, a dict of its fields, or keyword arguments (``steps=10``); TRL's
+  ``args`` is accepted as a name for it.
+
+``config.yaml`` records what was really used: rewards as SPECs that rebuild them (``module:qualname``,
+``/path/file.py:function``, a registered SPEC), prompts given as Python objects by a copy written to
+``RUN_DIR/prompts.jsonl``; ``inputs.json`` adds fingerprints. So ``reinlm train --resume RUN_DIR`` continues a
+run started from Python, and a resume that would train on other prompts or rewards is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from reinlm.errors import ConfigError
+from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.loop import Trainer as _LoopTrainer
+
+log = logging.getLogger("reinlm")
+PROMPTS_FILE = "prompts.jsonl"  # where a run started from Python objects keeps its prompts
+
+
+def make_config(config: TrainConfig | dict | None = None, **overrides: Any) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a config (or dict of fields) plus keyword overrides."""
+    if config is None:
+        config = TrainConfig()
+    elif isinstance(config, dict):
+        from reinlm.config import build_config
+
+        config = build_config(TrainConfig, None, config)
+    elif not isinstance(config, TrainConfig):
+        raise ConfigError(f"config: got a {type(config).__name__}; allowed: a reinlm.TrainConfig or a dict of its "
+                          f"fields.")
+    if overrides:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+            raise ConfigError(f"config: unknown field {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + "; allowed: the fields of reinlm.TrainConfig (the `reinlm train` flags).")
+        config = dataclasses.replace(config, **overrides)
+    return config
+
+
+def build_reward_set(reward: Any, weights: Sequence[float] | None, on_error: str):
+    """A :class:`RewardSet` from a SPEC string, a callable, a list of them, or a RewardSet."""
+    from reinlm.rewards import RewardSet, parse_reward_spec
+    from reinlm.rewards.combine import RewardComponent
+
+    if isinstance(reward, RewardSet):
+        if weights is not None:
+            raise ConfigError("reward_weights: given with a RewardSet, which holds its own weights; allowed: "
+                              "reward_weights with a list of reward functions.")
+        return reward
+    if isinstance(reward, str):
+        if weights is not None:
+            raise ConfigError("reward_weights: given with a reward SPEC, which holds its own weights (0.5*sentiment); "
+                              "allowed: reward_weights with a list of reward functions.")
+        return parse_reward_spec(reward, on_error=on_error)
+    items = list(reward) if isinstance(reward, (list, tuple)) else [reward]
+    if not items:
+        raise ConfigError("reward: got an empty list; allowed: at least one reward function or SPEC.")
+    weights = [1.0] * len(items) if weights is None else list(weights)
+    if len(weights) != len(items):
+        raise ConfigError(f"reward_weights: got {len(weights)} weights for {len(items)} rewards; allowed: one weight "
+                          f"per reward.")
+    comps = []
+    for item, w in zip(items, weights):
+        if isinstance(item, str):  # a SPEC among functions: its terms, scaled by the weight
+            for c in parse_reward_spec(item, on_error=on_error).components:
+                comps.append(RewardComponent(c.name, c.fn, c.weight * float(w), c.spec))
+        elif callable(item):
+            from reinlm.rewards.base import reward_name
+
+            comps.append(RewardComponent(reward_name(item), item, float(w)))
+        else:
+            raise ConfigError(f"reward: got a {type(item).__name__}; allowed: a reward function (TRL's signature), "
+                              f"a reward SPEC string, or a list of them.")
+    return RewardSet(comps, on_error=on_error)
+
+
+class Trainer(_LoopTrainer):
+    """RL training from Python: a :class:`TrainConfig` plus prompts and rewards as Python objects.
+
+    >>> trainer = Trainer(TrainConfig(steps=3, out="runs/api"), reward=my_reward, prompts=my_dataset)  # doctest: +SKIP
+    >>> run_dir = trainer.train()                                                                     # doctest: +SKIP
+
+    Arguments (TRL's names in brackets): ``config`` [``args``], ``reward`` [``reward_funcs``] with
+    ``reward_weights``, ``prompts`` [``train_dataset``], ``model`` (a name, or a loaded
+    ``PreTrainedModel`` with its ``tokenizer``), and any :class:`TrainConfig` field as a keyword argument.
+    """
+
+    def __init__(self, config: TrainConfig | dict | None = None, *, reward: Any = None, prompts: Any = None,
+                 reward_weights: Sequence[float] | None = None, model: Any = None, tokenizer: Any = None,
+                 args: TrainConfig | dict | None = None, reward_funcs: Any = None, train_dataset: Any = None,
+                 **overrides: Any):
+        from reinlm.data import load_prompts
+        from reinlm.rewards.refs import reward_set_spec
+
+        config = _one_of("config", config, "args", args)
+        reward = _one_of("reward", reward, "reward_funcs", reward_funcs)
+        prompts = _one_of("prompts", prompts, "train_dataset", train_dataset)
+        if model is not None and not isinstance(model, (str, Path)):
+            if tokenizer is None:
+                raise ConfigError("tokenizer: a model object needs its tokenizer (tokenizer=...); allowed: a model "
+                                  "name, or a model object with its tokenizer.")
+            overrides.setdefault("model", str(getattr(model, "name_or_path", "") or "python-model"))
+            model_obj = model
+        else:
+            if model is not None:
+                overrides["model"] = str(model)
+            model_obj = None
+        cfg = make_config(config, **overrides)
+
+        # prompts: recorded as given when they have a name, else as a copy in RUN_DIR/prompts.jsonl
+        self.prompts_from_python = prompts is not None and not isinstance(prompts, (str, Path))
+        if prompts is None:
+            prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column)
+        else:
+            prompt_set = load_prompts(prompts if not isinstance(prompts, Path) else str(prompts), column=cfg.prompt_column)
+        record: dict[str, Any] = {}
+        if self.prompts_from_python:
+            out = Path(cfg.out or cfg.default_out).resolve()
+            record.update(prompts=str(out / PROMPTS_FILE), prompt_column="prompt")
+        elif prompts is not None:
+            record["prompts"] = str(prompts)
+        # rewards: recorded as the SPEC that rebuilds them
+        reward_set = build_reward_set(reward if reward is not None else cfg.reward, reward_weights,
+                                      cfg.reward_on_error)
+        record["reward"] = reward_set_spec(reward_set)
+        cfg = dataclasses.replace(cfg, **record)
+        self.full_prompt_set = prompt_set
+        super().__init__(cfg, model=model_obj, tokenizer=tokenizer, reward_set=reward_set, prompt_set=prompt_set)
+
+    def train(self, resume: bool = False) -> Path:
+        """Run (or, with ``resume=True``, continue) training; returns the run directory."""
+        from reinlm.trainer.inputs import check_resume_inputs, describe_inputs, write_inputs
+        from reinlm.trainer.loop import previous_run_outputs
+
+        record = describe_inputs(self.full_prompt_set, self.reward_set)
+        if resume:
+            check_resume_inputs(self.run_dir, record)
+        elif self.is_main:
+            previous_run_outputs(self.run_dir, self.cfg.overwrite)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.prompts_from_python:
+                _write_prompts(self.run_dir / PROMPTS_FILE, self.full_prompt_set)
+            write_inputs(self.run_dir, record)
+        return super().train(resume=resume)
+
+
+def _write_prompts(path: Path, prompt_set) -> None:
+    import json
+
+    from reinlm.utils import atomic_write_text
+
+    lines = [json.dumps(row, ensure_ascii=False, default=str) for row in prompt_set.records()]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    if value is not None and alias_value is not None:
+        raise ConfigError(f"{name}: given both as {name}= and as {alias}= (TRL's name for it); allowed: one of them.")
+    return value if value is not None else alias_value
+
+
+def train(config: TrainConfig | dict | None = None, *, reward: Any = None, prompts: Any = None,
+          reward_weights: Sequence[float] | None = None, model: Any = None, tokenizer: Any = None,
+          resume: bool = False, **overrides: Any) -> Path:
+    """Train in one call: ``reinlm.train(model="smollm2-135m", reward=fn, prompts=rows, steps=10, out="runs/x")``.
+
+    Arguments as :class:`Trainer`; ``resume=True`` continues the run in ``out`` from its newest checkpoint.
+    Returns the run directory.
+    """
+    trainer = Trainer(config, reward=reward, prompts=prompts, reward_weights=reward_weights, model=model,
+                      tokenizer=tokenizer, **overrides)
+    return trainer.train(resume=resume)
+
+
+__all__ = ["Trainer", "TrainConfig", "train", "make_config", "build_reward_set"]
