@@ -1,0 +1,61 @@
+"""LoRA: peft's target forms (all-linear, names, regex) and portable outputs (final/ = adapter with the user's
+base name, loadable by peft.PeftModel.from_pretrained; final/merged/ = the merged model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reinlm.errors import ConfigError
+from reinlm.trainer.lora import MERGED_DIR, apply_lora, describe_targets, lora_target_modules, save_lora_final
+
+
+def test_target_forms():
+    assert lora_target_modules("all-linear") == "all-linear"
+    assert lora_target_modules("q_proj, v_proj") == ["q_proj", "v_proj"]
+    assert lora_target_modules(r".*\.(q|k)_proj") == r".*\.(q|k)_proj"
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        lora_target_modules("(q_proj")
+    with pytest.raises(ConfigError, match="empty"):
+        lora_target_modules(" ")
+
+
+@pytest.mark.parametrize("targets, expected", [
+    ("all-linear", ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]),
+    ("q_proj,v_proj", ["q_proj", "v_proj"]),
+    (r".*\.(k|o)_proj", ["k_proj", "o_proj"]),
+])
+def test_peft_target_forms_reach_the_right_modules(smol_tokenizer, targets, expected):
+    from reinlm.testing import tiny_causal_lm
+
+    model = apply_lora(tiny_causal_lm(smol_tokenizer), 4, 8, targets, "my-org/my-model")
+    assert describe_targets(model)["names"] == expected  # all-linear leaves the LM head alone
+    with pytest.raises(ConfigError, match="matches no module"):
+        apply_lora(tiny_causal_lm(smol_tokenizer), 4, 8, "no_such_proj", "x")
+
+
+def test_final_dir_is_a_peft_adapter_and_merged_model(smol_tokenizer, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from reinlm.testing import save_tiny_model, tiny_causal_lm
+
+    base_dir = save_tiny_model(smol_tokenizer, tmp_path / "base", seed=0)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(base_dir), 4, 8, "all-linear", "HuggingFaceTB/SmolLM2-135M")
+    with torch.no_grad():  # a trained adapter: B is zero at initialisation
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    final = tmp_path / "final"
+    save_lora_final(model, smol_tokenizer, final, "HuggingFaceTB/SmolLM2-135M")
+    conf = json.loads((final / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M"
+    ids = torch.tensor([[1, 200, 3000, 45]])
+    want = model(ids).logits
+    reloaded = PeftModel.from_pretrained(tiny_causal_lm(smol_tokenizer, seed=0), final)  # the user's own base object
+    assert torch.allclose(reloaded(ids).logits, want, atol=1e-5)
+    merged = AutoModelForCausalLM.from_pretrained(final / MERGED_DIR)
+    assert torch.allclose(merged(ids).logits, want, atol=1e-4)
+    assert (final / MERGED_DIR / "tokenizer.json").is_file() and (final / "tokenizer.json").is_file()
