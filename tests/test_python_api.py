@@ -24,7 +24,7 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer):
 
 
 def space_share(completions, **kwargs):
-    """A module-level reward: recorded as test_python_api:space_share."""
+    """A module-level reward in a file of ours: recorded as /abs/path/test_python_api.py:space_share."""
     return [c.count(" ") / max(1, len(c)) for c in completions]
 
 
@@ -40,7 +40,7 @@ ROWS = [{"question": f"Question {i}: what is {i} + {i}?", "answer": str(2 * i)} 
 
 
 def test_reward_refs_rebuild_the_reward():
-    assert reward_ref(space_share) == f"{__name__}:space_share"
+    assert reward_ref(space_share) == f"{Path(__file__).resolve()}:space_share"
     assert reward_ref(contains_words(["red", "blue"], normalize=True)) == "contains_words:red,blue,normalize=true"
     assert reward_ref(parse_reward_spec('embedding_similarity:target="Hi, there"').components[0].fn) == \
         'embedding_similarity:target="Hi, there"'
@@ -53,7 +53,7 @@ def test_reward_refs_rebuild_the_reward():
     assert rebuilt.score(["", ""], ["a", "b"], completion_ids=[[1] * 3, [1] * 8]).total.tolist() == [0.0, -0.5]
     assert parse_reward_spec("trl.rewards:think_format_reward").names == ["think_format_reward"]
     spec = reward_set_spec(build_reward_set([space_share, "0.5*contains_words:red"], [2.0, 1.0], "fail"))
-    assert spec == f"2*{__name__}:space_share + 0.5*contains_words:red"
+    assert spec == f"2*{Path(__file__).resolve()}:space_share + 0.5*contains_words:red"
     with pytest.raises(ReinlmError, match="cannot import the module 'no_such_module_xyz.sub'"):
         parse_reward_spec("no_such_module_xyz.sub:fn")
 
@@ -68,7 +68,7 @@ def test_train_from_python_objects_records_them_and_resumes_from_the_cli(tiny_mo
     run_dir = reinlm.train(reward=[space_share, contains_words(["two"])], reward_weights=[1.0, 0.5], prompts=ds,
                            prompt_column="question", **small(tiny_model_dir, out))
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["reward"] == f"{__name__}:space_share + 0.5*contains_words:two"
+    assert saved["reward"] == f"{Path(__file__).resolve()}:space_share + 0.5*contains_words:two"
     assert saved["prompts"] == str((out / "prompts.jsonl").resolve()) and saved["prompt_column"] == "prompt"
     copied = read_jsonl(out / "prompts.jsonl")
     assert copied[3] == {"prompt": ROWS[3]["question"], "answer": "6"}

@@ -1,8 +1,11 @@
 """What a run records about its reward: a SPEC that rebuilds it, for config.yaml and ``reinlm train --resume``.
 
 - a reward built by a registered factory records its SPEC (``contains_words:red,blue``);
-- a module-level function records ``module:qualname`` (importable), or ``/abs/path/file.py:qualname`` when
-  its module is a script or a file loaded by path;
+- a module-level function of an installed package records ``module:qualname`` (``trl.rewards:...``); one
+  from your own files (a script, a module next to it, a file loaded by path) records
+  ``/abs/path/file.py:qualname``, which imports in any process whatever the current directory and
+  ``sys.path`` (a script is imported under another name than ``__main__``, so code under
+  ``if __name__ == "__main__":`` does not run again);
 - a callable object whose constructor arguments are all kept as attributes of the same name (TRL's shipped
   reward classes are) records ``module:Class:arg=value,...``;
 - anything else (a lambda, a closure, a partial, an object with other state) cannot be rebuilt by name: it
@@ -93,11 +96,20 @@ def reward_ref(fn: Callable) -> str | None:
         qualname = getattr(fn, "__qualname__", "")
         if "<" in qualname:  # a lambda or a function defined inside another: no name to import it by
             return None
-        if _importable(fn.__module__, qualname, fn):
-            return f"{fn.__module__}:{qualname}"
         path = _file_of(fn)
+        if _importable(fn.__module__, qualname, fn) and (path is None or _installed(path)):
+            return f"{fn.__module__}:{qualname}"
         return f"{path}:{qualname}" if path and "." not in qualname else None
     return _object_ref(fn)
+
+
+def _installed(path: str) -> bool:
+    """Whether ``path`` belongs to an installed package (site-packages, the standard library, reinlm itself)."""
+    import sysconfig
+
+    roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")}
+    roots.add(str(Path(__file__).resolve().parents[1]))  # the reinlm package
+    return any(str(Path(path).resolve()).startswith(str(Path(r).resolve()) + "/") for r in roots if r)
 
 
 def _object_ref(obj: Any) -> str | None:
