@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from reinlm.errors import ConfigError, ReinlmError
-from reinlm.utils import read_jsonl_objects
+from reinlm.utils import read_jsonl_objects, read_text
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN_SETS = {
@@ -238,20 +238,11 @@ def _load_builtin(name: str, column: str, mapping: dict[str, str]) -> PromptSet:
 
 
 def check_utf8(path: Path, what: str = "prompts") -> str:
-    """The text of ``path`` decoded as UTF-8 (a leading byte-order mark dropped).
+    """The text of ``path`` decoded as UTF-8 (a leading byte-order mark dropped): :func:`reinlm.utils.read_text`.
 
     A file that is not UTF-8 raises :class:`ReinlmError` naming the file, the line and the byte at fault.
     """
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        bad = data[e.start:e.end].hex(" ")
-        raise ReinlmError(f"{what}: {str(path)!r} is not UTF-8 text: line {line}, byte {col} of that line (offset "
-                          f"{e.start}) is 0x{bad}; allowed: a UTF-8 file. Convert it, e.g. iconv -f latin1 -t utf-8 "
-                          f"{path.name} > {path.stem}.utf8{path.suffix}.") from e
+    return read_text(path, what)
 
 
 def _load_path(path: Path, column: str, mapping: dict[str, str]) -> PromptSet:
