@@ -134,6 +134,8 @@ def convert_gguf(gguf: str | os.PathLike) -> Path:
 def _local_model_dir(path: Path) -> Path | None:
     """A directory ``from_pretrained`` can read, found inside a model / run / checkpoint directory."""
     for cand in (path, path / "final", path / "policy", path / "final" / "policy"):
+        if (cand / "adapter_config.json").is_file() and (cand / "merged" / "config.json").is_file():
+            return cand / "merged"  # a LoRA run's final/: the adapter, with the merged model beside it
         if (cand / "config.json").is_file() or (cand / "adapter_config.json").is_file():
             return cand
     ggufs = sorted(path.glob("*.gguf"))
@@ -217,19 +219,22 @@ def load_causal_lm(name_or_path: str | os.PathLike, device: str = "auto", dtype:
     ``bfloat16`` | ``float16``), in eval mode and trainable (never a quantized GGUF model). A LoRA adapter
     directory is loaded onto its base model and merged. The tokenizer pads on the left.
     """
+    from reinlm.progress import task
+
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     model_dir = resolve_model_dir(name_or_path)
-    if (Path(model_dir) / "adapter_config.json").is_file() and not (Path(model_dir) / "config.json").is_file():
-        model = _load_adapter(model_dir, dev, dt)
-    else:
-        from transformers import AutoModelForCausalLM
+    with task(f"loading model {name_or_path}"):
+        if (Path(model_dir) / "adapter_config.json").is_file() and not (Path(model_dir) / "config.json").is_file():
+            model = _load_adapter(model_dir, dev, dt)
+        else:
+            from transformers import AutoModelForCausalLM
 
-        try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt)
-        except _hub_errors() as e:
-            raise _unknown_model(str(name_or_path), "causal_lm", f"not found locally or on the hub "
-                                 f"({type(e).__name__})") from e
-    model.to(dev).eval()
+            try:
+                model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt)
+            except _hub_errors() as e:
+                raise _unknown_model(str(name_or_path), "causal_lm", f"not found locally or on the hub "
+                                     f"({type(e).__name__})") from e
+        model.to(dev).eval()
     tok_dir = model_dir
     if not _has_tokenizer(model_dir) and getattr(model, "_reinlm_base_dir", None):
         tok_dir = model._reinlm_base_dir

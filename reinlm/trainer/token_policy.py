@@ -36,11 +36,10 @@ class TokenPolicy:
         self.uses_lora = cfg.lora_r > 0
         needs_ref = cfg.kl_coef > 0
         if self.uses_lora:
-            from peft import LoraConfig, get_peft_model
+            from reinlm.trainer.lora import apply_lora
 
-            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                              target_modules=[t for t in cfg.lora_targets.split(",") if t], task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
+            # base_model_name_or_path = the name the user gave (never the cache dir it was loaded from)
+            model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.model)
             self.ref_model = None  # the reference is the same model with adapters disabled
         else:
             self.ref_model = self._frozen_copy(model) if needs_ref else None
@@ -202,25 +201,32 @@ class TokenPolicy:
         return [m for m in (self.model, self.value_model, self.value_head) if m is not None]
 
     def save(self, out_dir: str | Path) -> None:
-        """Write the policy as a loadable model directory (merged LoRA weights are NOT applied: adapter only)."""
+        """Write the policy as a loadable model directory (with LoRA: the adapter only, naming its base model)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         unwrapped = getattr(self.model, "module", self.model)
-        unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+        if self.uses_lora:
+            from reinlm.trainer.lora import save_adapter
+
+            save_adapter(unwrapped, out_dir, self.cfg.model)
+        else:
+            unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
         self.tokenizer.save_pretrained(str(out_dir))
         if self.value_model is not None:  # PPO with a separate value model: it is trained state too
             vm = getattr(self.value_model, "module", self.value_model)
             vm.save_pretrained(str(out_dir / "value_model"), safe_serialization=True)
 
     def save_final(self, out_dir: str | Path) -> None:
-        """Write the final model loadable by ``reinlm generate --model`` (LoRA merged into the weights)."""
+        """Write the final model loadable by ``reinlm generate --model``. With LoRA: ``out_dir`` is the adapter
+        (``peft.PeftModel.from_pretrained(base, out_dir)``) and ``out_dir/merged`` the merged model."""
         out_dir = Path(out_dir)
         unwrapped = getattr(self.model, "module", self.model)
         if self.uses_lora:
-            merged = copy.deepcopy(unwrapped).merge_and_unload()
-            merged.save_pretrained(str(out_dir), safe_serialization=True)
-        else:
-            unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+            from reinlm.trainer.lora import save_lora_final
+
+            save_lora_final(unwrapped, self.tokenizer, out_dir, self.cfg.model)
+            return
+        unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
         self.tokenizer.save_pretrained(str(out_dir))
 
     def load(self, ckpt_policy_dir: str | Path) -> None:
