@@ -18,7 +18,6 @@ run started from Python, and a resume that would train on other prompts or rewar
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,27 +31,23 @@ PROMPTS_FILE = "prompts.jsonl"  # where a run started from Python objects keeps 
 
 
 def make_config(config: TrainConfig | dict | None = None, **overrides: Any) -> TrainConfig:
-    """A validated :class:`TrainConfig` from a config (or dict of fields) plus keyword overrides."""
-    if config is None:
-        config = TrainConfig()
-    elif isinstance(config, dict):
-        from reinlm.config import build_config
+    """A validated :class:`TrainConfig` from a config (or a dict of its fields) plus keyword overrides.
 
-        config = build_config(TrainConfig, None, config)
-    elif not isinstance(config, TrainConfig):
+    Keys are read as in a YAML config: flat names of nested settings (``kl_coef``), TRL's names
+    (``learning_rate``), and an unknown key is an error naming the closest valid one.
+    """
+    from reinlm.config import build_config, config_to_dict
+
+    if config is None:
+        values: dict[str, Any] = {}
+    elif isinstance(config, TrainConfig):
+        values = config_to_dict(config)
+    elif isinstance(config, dict):
+        values = dict(config)
+    else:
         raise ConfigError(f"config: got a {type(config).__name__}; allowed: a reinlm.TrainConfig or a dict of its "
                           f"fields.")
-    if overrides:
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            import difflib
-
-            close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
-            raise ConfigError(f"config: unknown field {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + "; allowed: the fields of reinlm.TrainConfig (the `reinlm train` flags).")
-        config = dataclasses.replace(config, **overrides)
-    return config
+    return build_config(TrainConfig, None, [values, overrides], source="the Python API")
 
 
 def build_reward_set(reward: Any, weights: Sequence[float] | None, on_error: str):
@@ -127,38 +122,33 @@ class Trainer(_LoopTrainer):
 
         # prompts: recorded as given when they have a name, else as a copy in RUN_DIR/prompts.jsonl
         self.prompts_from_python = prompts is not None and not isinstance(prompts, (str, Path))
-        if prompts is None:
-            prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column)
-        else:
-            prompt_set = load_prompts(prompts if not isinstance(prompts, Path) else str(prompts), column=cfg.prompt_column)
+        source = cfg.prompts if prompts is None else (str(prompts) if isinstance(prompts, Path) else prompts)
+        prompt_set = load_prompts(source, column=cfg.prompt_column, rename=cfg.rename_columns)
         record: dict[str, Any] = {}
-        if self.prompts_from_python:
+        if self.prompts_from_python:  # the copy holds the renamed columns and a "prompt" column
             out = Path(cfg.out or cfg.default_out).resolve()
-            record.update(prompts=str(out / PROMPTS_FILE), prompt_column="prompt")
+            record.update(prompts=str(out / PROMPTS_FILE), prompt_column="prompt", rename_columns="")
         elif prompts is not None:
             record["prompts"] = str(prompts)
         # rewards: recorded as the SPEC that rebuilds them
         reward_set = build_reward_set(reward if reward is not None else cfg.reward, reward_weights,
                                       cfg.reward_on_error)
         record["reward"] = reward_set_spec(reward_set)
-        cfg = dataclasses.replace(cfg, **record)
-        self.full_prompt_set = prompt_set
+        cfg = make_config(cfg, **record)
         super().__init__(cfg, model=model_obj, tokenizer=tokenizer, reward_set=reward_set, prompt_set=prompt_set)
 
     def train(self, resume: bool = False) -> Path:
-        """Run (or, with ``resume=True``, continue) training; returns the run directory."""
-        from reinlm.trainer.inputs import check_resume_inputs, describe_inputs, write_inputs
+        """Run (or, with ``resume=True``, continue) training; returns the run directory.
+
+        A fresh run started from Python prompts first writes them to ``RUN_DIR/prompts.jsonl`` (what
+        config.yaml names); a resume is checked against the run's ``inputs.json`` by the loop.
+        """
         from reinlm.trainer.loop import previous_run_outputs
 
-        record = describe_inputs(self.full_prompt_set, self.reward_set)
-        if resume:
-            check_resume_inputs(self.run_dir, record)
-        elif self.is_main:
+        if not resume and self.is_main and self.prompts_from_python:
             previous_run_outputs(self.run_dir, self.cfg.overwrite)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.prompts_from_python:
-                _write_prompts(self.run_dir / PROMPTS_FILE, self.full_prompt_set)
-            write_inputs(self.run_dir, record)
+            _write_prompts(self.run_dir / PROMPTS_FILE, self.full_prompts)
         return super().train(resume=resume)
 
 

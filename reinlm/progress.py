@@ -36,6 +36,11 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def note(text: str) -> None:
+    """One informational line on stderr (e.g. how many prompts are held out), shown whatever the setting."""
+    _say(text)
+
+
 def format_seconds(s: float) -> str:
     """``4.1 s``, ``2 min 05 s``, ``1 h 02 min``."""
     if s < 60:

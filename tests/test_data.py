@@ -278,8 +278,9 @@ def test_held_out_line_says_how_many_and_how_to_change_it():
     from reinlm.data import held_out_line
 
     line = held_out_line(102, 20, 0.2, 8)
-    assert "holding out 20 of 102" in line and "8 of them used" in line and "--held-out-fraction 0" in line
-    assert "training on all 12" in held_out_line(12, 0, 0.0, 8)
+    assert "holding out 20 of 102" in line and "8 of them used" in line and "--held-out-fraction 0 trains" in line
+    line = held_out_line(12, 0, 0.0, 8)
+    assert "training on all 12" in line and "reuses 8 of them" in line and "--held-out-fraction 0.2" in line
 
 
 def test_render_prompts_conversations_and_chat_template_flag(smol_tokenizer):

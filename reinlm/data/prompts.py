@@ -123,13 +123,15 @@ class PromptSet:
 
 
 def held_out_line(n_total: int, n_held: int, fraction: float, n_eval: int) -> str:
-    """The line the trainer prints about the held-out prompts (issue: they must not vanish silently)."""
-    if n_held == 0 or fraction == 0:
-        return (f"prompts: training on all {n_total}; no held-out evaluation (--held-out-fraction 0). "
-                f"Set --held-out-fraction 0.2 to keep some out for a before/after evaluation.")
-    return (f"prompts: holding out {n_held} of {n_total} ({fraction:g}, --held-out-fraction) for the before/after "
-            f"evaluation ({min(n_eval, n_held)} of them used, --eval-prompts); training on {n_total - n_held}. "
-            f"--held-out-fraction 0 trains on all of them.")
+    """The line the trainer prints about the held-out prompts (they must not vanish silently)."""
+    if n_held == 0:
+        reuse = (f"; the before/after evaluation reuses {min(n_eval, n_total)} of them (--eval-prompts)"
+                 if n_eval > 0 else "")
+        return (f"prompts: training on all {n_total} (--held-out-fraction {fraction:g}){reuse}. "
+                f"--held-out-fraction 0.2 keeps a fifth out for the evaluation instead.")
+    used = f" ({min(n_eval, n_held)} of them used, --eval-prompts)" if n_eval > 0 else " (--eval-prompts 0: unused)"
+    return (f"prompts: holding out {n_held} of {n_total} (--held-out-fraction {fraction:g}) for the before/after "
+            f"evaluation{used}; training on {n_total - n_held}. --held-out-fraction 0 trains on all of them.")
 
 
 def parse_column_map(text: str | dict | None) -> dict[str, str]:

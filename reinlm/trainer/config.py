@@ -122,10 +122,11 @@ class TrainConfig(FlatNames, Config):
     reward: str = opt("sentiment", "reward SPEC, e.g. sentiment, contains_words:red,blue, 0.5*sentiment+target_length:80")
     reward_on_error: Literal["fail", "skip"] = opt("fail", "a reward returning NaN/None/wrong length: fail the run, or skip those samples")
     # --- data ---
-    prompts: str = opt("builtin:reviews", "prompt SPEC: builtin:neutral|reviews|summaries, a .txt/.jsonl/.csv/.parquet file, a saved dataset dir, or hf:NAME[:SPLIT]")
-    prompt_column: str = opt("prompt", "column holding the prompt in tabular prompt files")
-    held_out_fraction: float = opt(0.2, "share of prompts kept out of training for evaluation", lo=0, hi=0.9)
-    chat_template: bool = opt(False, "wrap prompts in the model's chat template")
+    prompts: str = opt("builtin:reviews", "prompt SPEC: builtin:neutral|reviews|summaries, a .txt/.jsonl/.csv/.parquet file, a saved dataset dir, or hf:NAME[:CONFIG][:SPLIT]")
+    prompt_column: str = opt("prompt", "column holding the prompt (text, or a list of {role, content} messages) in tabular prompt files")
+    rename_columns: str = opt("", "rename dataset columns before use: OLD=NEW,... (e.g. question=prompt,answer=solution)")
+    held_out_fraction: float = opt(0.2, "share of prompts kept out of training for the before/after evaluation (0: train on all)", lo=0, hi=0.9)
+    chat_template: bool = opt(False, "wrap text prompts as a user message of the model's chat template (message-list prompts always use it)")
     # --- rollouts ---
     steps: int = opt(30, "number of RL steps (one rollout batch each)", lo=1)
     batch_prompts: int = opt(2, "prompts per step (global, across processes)", lo=1)
@@ -151,7 +152,7 @@ class TrainConfig(FlatNames, Config):
     max_grad_norm: float = opt(1.0, "gradient-norm clip (0: off)", lo=0)
     lora_r: int = opt(0, "LoRA rank (0: full fine-tuning)", lo=0)
     lora_alpha: int = opt(16, "LoRA alpha", lo=1)
-    lora_targets: str = opt("q_proj,v_proj", "comma-separated module names LoRA adapts", sep=",")
+    lora_targets: str = opt("q_proj,v_proj", "modules LoRA adapts: all-linear, module names (q_proj,v_proj) or a regex of full module names", sep=",")
     # --- runtime ---
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (a device that is not there is refused)")
     dtype: Literal["float32", "bfloat16"] = opt("float32", "parameter dtype")
@@ -175,7 +176,7 @@ class TrainConfig(FlatNames, Config):
                                              "the frozen starting LM (the backbone in latent space; one extra frozen "
                                              "forward per step); the degeneration alarm uses it where no reference "
                                              "perplexity comes for free")
-    progress: bool = opt(True, "show a progress bar")
+    progress: bool = opt(True, "progress bars (false: one plain line per step and per long task)")
     llm_critic: CriticConfig = opt(default_factory=CriticConfig)
 
     # TRL's names for these settings (the one table: reinlm/trainer/trl_names.py)
@@ -221,7 +222,7 @@ class TrainConfig(FlatNames, Config):
         if self.space == "token" and self.num_actions is not None:
             raise ConfigError(f"num_actions: got {self.num_actions}, a latent-space option; use it with --space latent.")
         if self.space == "latent":
-            token_only = {"lora_r": 0, "value_model": "shared", "chat_template": False}
+            token_only = {"lora_r": 0, "value_model": "shared"}
             for name, neutral in token_only.items():
                 if getattr(self, name) != neutral:
                     raise ConfigError(f"{name}: got {getattr(self, name)!r}, a token-space option; it cannot be "

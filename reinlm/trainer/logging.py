@@ -64,12 +64,16 @@ class RunLogger:
             self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def log_samples(self, step: int, prompts: list[str], completions: list[str], rewards: list[float],
-                    limit: int = 4) -> None:
-        """Append up to ``limit`` sample completions of this step to ``samples.jsonl``."""
+                    limit: int = 4, extra: dict[str, list] | None = None) -> None:
+        """Append up to ``limit`` sample completions of this step to ``samples.jsonl``; ``extra``: columns the
+        rewards logged with ``log_extra`` (one value per sample), written under ``extra``."""
         if not self.enabled:
             return
-        for p, c, r in list(zip(prompts, completions, rewards))[:limit]:
-            append_jsonl(self.samples_path, {"step": step, "prompt": p, "completion": c, "reward": float(r)})
+        for i, (p, c, r) in enumerate(list(zip(prompts, completions, rewards))[:limit]):
+            row = {"step": step, "prompt": p, "completion": c, "reward": float(r)}
+            if extra:
+                row["extra"] = {k: v[i] for k, v in extra.items() if i < len(v)}
+            append_jsonl(self.samples_path, row)
         if self._tb is not None:
             text = "\n\n".join(f"**{p}** {c}  (reward {r:.3f})" for p, c, r in list(zip(prompts, completions, rewards))[:limit])
             self._tb.add_text("samples", text, step)

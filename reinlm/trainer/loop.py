@@ -99,10 +99,13 @@ class Scored:
     dense: torch.Tensor | None
     components: dict[str, torch.Tensor]
     extra: dict[str, float]
+    columns: dict[str, list] | None = None  # what rewards logged with log_extra: one value per sample
 
     def select(self, rows: torch.Tensor) -> "Scored":
+        idx = rows.tolist()
         return Scored(self.scores[rows], self.valid[rows], None if self.dense is None else self.dense[rows],
-                      {k: v[rows] for k, v in self.components.items()}, self.extra)
+                      {k: v[rows] for k, v in self.components.items()}, self.extra,
+                      {k: [v[i] for i in idx] for k, v in (self.columns or {}).items()})
 
     @staticmethod
     def cat(parts: list["Scored"], R: int) -> "Scored":
@@ -114,8 +117,10 @@ class Scored:
         extra: dict[str, float] = {}
         for p in parts:
             extra.update(p.extra)
+        columns = {k: [x for p in parts for x in (p.columns or {}).get(k, [None] * len(p.scores))]
+                   for k in dict.fromkeys(k for p in parts for k in (p.columns or {}))}
         return Scored(torch.cat([p.scores for p in parts]), torch.cat([p.valid for p in parts]), dense,
-                      {k: torch.cat([p.components[k] for p in parts]) for k in parts[0].components}, extra)
+                      {k: torch.cat([p.components[k] for p in parts]) for k in parts[0].components}, extra, columns)
 
 
 def make_policy(cfg: TrainConfig, device, *, model=None, tokenizer=None, with_value_head: bool = False):
@@ -155,7 +160,9 @@ class Trainer:
         # --- data (before any model: bad input fails fast) ---
         from reinlm.data import load_prompts
 
-        full = prompt_set if prompt_set is not None else load_prompts(cfg.prompts, column=cfg.prompt_column)
+        full = prompt_set if prompt_set is not None else load_prompts(cfg.prompts, column=cfg.prompt_column,
+                                                                     rename=cfg.rename_columns)
+        self.full_prompts = full
         if cfg.held_out_fraction > 0 and len(full) >= 2:
             self.train_prompts, self.held_out = full.split(cfg.held_out_fraction, cfg.seed)
         else:
@@ -163,6 +170,12 @@ class Trainer:
         if len(self.train_prompts) == 0:
             raise ConfigError(f"prompts: {cfg.prompts!r} left no training prompts after holding out "
                               f"{cfg.held_out_fraction:.0%}; give more prompts or a smaller --held-out-fraction.")
+        if self.is_main:
+            from reinlm.data import held_out_line
+            from reinlm.progress import note
+
+            n_held = 0 if self.held_out is self.train_prompts else len(self.held_out)
+            note(held_out_line(len(full), n_held, cfg.held_out_fraction, cfg.eval_prompts))
 
         # --- rewards ---
         from reinlm.rewards import parse_reward_spec
@@ -177,6 +190,13 @@ class Trainer:
         self.needs = self.algorithm.needs
         self.policy = make_policy(cfg, self.device, model=model, tokenizer=tokenizer,
                                   with_value_head=self.needs.values)
+        # conversational prompts (and --chat-template) become prompt strings here, before any rollout
+        from reinlm.data import render_prompts
+
+        self.train_texts = render_prompts(self.train_prompts.prompts, self.policy.tokenizer, cfg.chat_template)
+        self.held_texts = (self.train_texts if self.held_out is self.train_prompts
+                           else render_prompts(self.held_out.prompts, self.policy.tokenizer, cfg.chat_template))
+        self._reward_state = None
         self._check_lengths()
 
         params = self.policy.trainable_parameters()
@@ -203,7 +223,7 @@ class Trainer:
         if self.cfg.max_new_tokens >= context:
             raise ConfigError(f"max_new_tokens: got {self.cfg.max_new_tokens}; allowed: fewer than the model's "
                               f"context of {context} tokens.")
-        longest = max(len(tok(p)["input_ids"]) for p in self.train_prompts.prompts)
+        longest = max(len(tok(p)["input_ids"]) for p in self.train_texts)
         if longest + self.cfg.max_new_tokens > context:
             raise ConfigError(f"prompts: the longest prompt has {longest} tokens, which with max_new_tokens "
                               f"{self.cfg.max_new_tokens} exceeds the model's context of {context}; shorten "
@@ -245,21 +265,29 @@ class Trainer:
         self.last_healthy_ckpt = step
 
     # ------------------------------------------------------------------ one step
-    def _columns(self, prompt_idx: list[int], group_size: int) -> dict[str, list]:
-        """Dataset columns, one value per completion (a prompt's value repeated for each of its samples)."""
-        return {k: [v[i] for i in prompt_idx for _ in range(group_size)] for k, v in self.train_prompts.columns.items()}
+    def _score(self, batch, prompt_idx: list[int], group_size: int, prompt_set=None) -> "Scored":
+        """Score a batch: sequence scores, validity, dense token rewards (B, R) or None, component values.
 
-    def _score(self, batch, prompt_idx: list[int], group_size: int) -> "Scored":
-        """Score a batch: sequence scores, validity, dense token rewards (B, R) or None, component values."""
-        columns = self._columns(prompt_idx, group_size)
-        result = self.reward_set.score(batch.prompts, batch.completions, columns)
+        Rewards get TRL's arguments (docs/rewards.md): the prompts as given (message lists for conversational
+        data), ``completion_ids``, the columns, ``trainer_state``, and ``log_metric`` / ``log_extra``, whose
+        values become the step's ``user/<name>`` metrics and the samples' ``extra`` columns.
+        """
+        from reinlm.data import as_conversations
+
+        prompt_set = prompt_set if prompt_set is not None else self.train_prompts
+        columns = {k: [v[i] for i in prompt_idx for _ in range(group_size)] for k, v in prompt_set.columns.items()}
+        raw = as_conversations([prompt_set.prompts[i] for i in prompt_idx for _ in range(group_size)],
+                               self.cfg.chat_template)
+        ids = [row[m.bool()].tolist() for row, m in zip(batch.response_ids.cpu(), batch.response_mask.cpu())]
+        kwargs = dict(completion_ids=ids, trainer_state=self._reward_state, prompt_texts=list(batch.prompts))
+        result = self.reward_set.score(raw, batch.completions, columns, **kwargs)
         valid = result.valid.to(self.device).bool()
         dense = None
         token_rewards, extra = [], {}
         if getattr(self.reward_set, "has_token_level", False) or self.critic is not None:
             spans = self.policy.token_spans(batch)
             if getattr(self.reward_set, "has_token_level", False):
-                token_rewards.append(self.reward_set.score_tokens(batch.prompts, batch.completions, spans, columns))
+                token_rewards.append(self.reward_set.score_tokens(raw, batch.completions, spans, columns, **kwargs))
             if self.critic is not None:
                 token_rewards.append(self.critic(batch.prompts, batch.completions, completion_token_spans=spans,
                                                  extrinsic=result.total.tolist(), **columns))
@@ -271,7 +299,8 @@ class Trainer:
                     n = min(len(row), R)
                     dense[i, :n] += torch.tensor(row[:n], dtype=torch.float32, device=self.device)
         comps = {k: v.to(self.device).float() for k, v in result.components.items()}
-        return Scored(result.total.to(self.device, torch.float32), valid, dense, comps, extra)
+        extra.update({f"user/{k}": v for k, v in result.metrics.items()})  # log_metric
+        return Scored(result.total.to(self.device, torch.float32), valid, dense, comps, extra, result.extras)
 
     def _rollout_and_score(self, step: int, attempt: int) -> tuple[Any, "Scored", list[int]]:
         """This process's share of the step's prompts (``attempt`` > 0: a dynamic-sampling refill), rolled out
@@ -279,7 +308,7 @@ class Trainer:
         cfg = self.cfg
         all_idx = choose_prompts(len(self.train_prompts), cfg.batch_prompts, cfg.seed, step, attempt)
         local_idx = all_idx[self.rank::self.world]
-        prompts = [self.train_prompts.prompts[i] for i in local_idx]
+        prompts = [self.train_texts[i] for i in local_idx]
         salt = 1000 + 1_000_003 * attempt
         seeds = [step_seed(cfg.seed, step, salt + j) for j in range(self.rank, len(all_idx), self.world)]
         t0 = time.perf_counter()
@@ -344,10 +373,20 @@ class Trainer:
             scores = scores.clamp(-self.cfg.score_clip, self.cfg.score_clip)
         return scores
 
+    def _trainer_state(self, step: int):
+        """What rewards get as ``trainer_state`` at ``step`` (optimiser steps done so far)."""
+        from reinlm.rewards import RewardTrainerState
+
+        per_epoch = len(self.train_prompts) / self.cfg.batch_prompts  # steps in one pass over the prompts
+        return RewardTrainerState(global_step=step, max_steps=self.cfg.steps, epoch=step / per_epoch,
+                                  num_train_epochs=self.cfg.steps / per_epoch, is_world_process_zero=self.is_main,
+                                  is_local_process_zero=self.accelerator.is_local_main_process)
+
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
         self._timing = {"generate": 0.0, "reward": 0.0}
+        self._reward_state = self._trainer_state(step)
         batch, scored, prompt_idx, batch_stats = self._collect(step)
 
         valid = scored.valid
@@ -433,7 +472,7 @@ class Trainer:
             with torch.no_grad():
                 frozen = self.policy.frozen_logprobs(batch)
             metrics["response/perplexity_frozen"] = float(torch.exp(-masked_mean(frozen, mask)))
-        return {"metrics": metrics, "batch": batch, "scores": scored.scores}
+        return {"metrics": metrics, "batch": batch, "scores": scored.scores, "extras": scored.columns or {}}
 
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of a tensor over processes (itself with one process)."""
@@ -529,31 +568,47 @@ class Trainer:
         cfg = self.cfg
         if cfg.eval_prompts <= 0 or len(self.held_out) == 0:
             return {}
+        from reinlm.progress import task
+
         idx = list(range(min(cfg.eval_prompts, len(self.held_out))))
-        prompts = [self.held_out.prompts[i] for i in idx]
+        self._reward_state = self._trainer_state(0 if tag == "before" else getattr(self, "steps_done", self.start_step))
+        with task(f"held-out evaluation {tag} training ({len(idx)} prompts x {cfg.eval_samples} samples)"):
+            return self._evaluate(idx)
+
+    def _evaluate(self, idx: list[int]) -> dict[str, Any]:
+        cfg = self.cfg
+        prompts = [self.held_texts[i] for i in idx]
         seeds = [step_seed(cfg.seed, 10**9, 2000 + i) for i in idx]
         batch = self.policy.rollout(prompts, cfg.eval_samples, seeds)
         G = cfg.eval_samples
-        columns = {k: [v[i] for i in idx for _ in range(G)] for k, v in self.held_out.columns.items()}
-        result = self.reward_set.score(batch.prompts, batch.completions, columns)
-        out = {"reward_mean": float(result.total.float().mean()), "n_samples": len(batch.completions)}
+        result = self._score(batch, idx, G, prompt_set=self.held_out)
+        vf = result.valid.float()
+        out = {"reward_mean": float((result.scores * vf).sum() / vf.sum().clamp(min=1)),
+               "n_samples": len(batch.completions), "invalid_frac": float(1 - vf.mean())}
         out["distinct_2"] = group_distinct_2(batch.completions, G)
         out["kl_to_reference"] = float(self.policy.eval_kl(batch).mean())
         mask = batch.response_mask.float()
         nll = -(self.policy.frozen_logprobs(batch) * mask).sum() / mask.sum().clamp(min=1)
         out["perplexity_frozen"] = float(torch.exp(nll))
-        out["samples"] = [{"prompt": p, "completion": c, "reward": float(r)}
-                          for p, c, r in list(zip(batch.prompts, batch.completions, result.total.tolist()))[:8]]
+        out["samples"] = [{"prompt": p, "completion": c, "reward": float(r) if ok else None}
+                          for p, c, r, ok in list(zip(batch.prompts, batch.completions, result.scores.tolist(),
+                                                      result.valid.tolist()))[:8]]
         return out
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> Path:
         """Run (or continue) training; returns the run directory."""
+        from reinlm.progress import step_bar, task
+        from reinlm.trainer.inputs import check_resume_inputs, describe_inputs, write_inputs
+
         cfg = self.cfg
+        inputs = describe_inputs(self.full_prompts, self.reward_set)
         if resume:
+            check_resume_inputs(self.run_dir, inputs)  # refuse to continue on other prompts or rewards
             self.resume()
         elif self.is_main:
             prepare_fresh_run_dir(self.run_dir, cfg.overwrite)
+            write_inputs(self.run_dir, inputs)
         if self.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         logger = RunLogger(self.run_dir, cfg.log, config_to_dict(cfg), enabled=self.is_main,
@@ -562,14 +617,13 @@ class Trainer:
         if self.is_main and not resume:
             evaluation["before"] = self.evaluate_held_out("before")
         bar = None
-        if cfg.progress and self.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"{cfg.algo}/{cfg.space}", unit="step")
+        if self.is_main:  # a tqdm bar, or with --progress false one plain line per step
+            bar = step_bar(cfg.steps, f"{cfg.algo}/{cfg.space}", initial=self.start_step, enabled=cfg.progress)
         stopped_reason = None
         try:
             for step in range(self.start_step, cfg.steps):
                 out = self.train_step(step)
+                self.steps_done = step + 1
                 m = out["metrics"]
                 batch = out["batch"]
                 ppl = m.get("response/perplexity_ref", m.get("response/perplexity_frozen"))
@@ -578,26 +632,29 @@ class Trainer:
                 m["alarm/degeneration"] = int(alarm is not None)
                 logger.log_metrics(step + 1, m)
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step + 1 == cfg.steps):
-                    logger.log_samples(step + 1, batch.prompts, batch.completions, out["scores"].tolist())
+                    logger.log_samples(step + 1, batch.prompts, batch.completions, out["scores"].tolist(),
+                                       extra=out["extras"])
                 if bar is not None:
-                    bar.update(1)
                     bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m['kl/mean']:.3f}",
                                     cps=f"{m['perf/completions_per_s']:.1f}")
+                    bar.update(1)
                 if alarm is not None:
                     log.warning("degeneration alarm at step %d: %s", step + 1, alarm)
                     if cfg.stop_on_degeneration:
                         stopped_reason = f"degeneration at step {step + 1}"
                         break
-                if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-                    self._save(step + 1)
+                if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps and self.is_main:
+                    with task(f"saving checkpoint step-{step + 1}"):
+                        self._save(step + 1)
         finally:
             if bar is not None:
                 bar.close()
         final_step = cfg.steps if stopped_reason is None else (self.last_healthy_ckpt or 0)
         if self.is_main:
             if stopped_reason is None:
-                self._save(cfg.steps)
-                self.policy.save_final(self.run_dir / "final")
+                with task(f"saving checkpoint step-{cfg.steps} and the final model in {self.run_dir / 'final'}"):
+                    self._save(cfg.steps)
+                    self.policy.save_final(self.run_dir / "final")
             elif self.last_healthy_ckpt is not None:
                 from reinlm.trainer.checkpoint import checkpoint_dir
 
