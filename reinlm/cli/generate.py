@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                           "with --latent DIR (token models have no actions).")
     import torch
 
-    from reinlm.data import apply_chat_template, check_prompt_lengths, context_length
+    from reinlm.data import check_prompt_lengths, context_length, render_prompts
     from reinlm.hub import load_causal_lm
     from reinlm.rollout.token import SamplingConfig, generate_rollouts
     from reinlm.utils import chunked, seed_everything
@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model, tok = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
     t_load = time.perf_counter() - t0
-    model_prompts = apply_chat_template(prompts, tok) if cfg.chat_template else list(prompts)
+    # message-list prompts (conversational data) always use the chat template; text prompts with --chat-template
+    model_prompts = render_prompts(prompts, tok, cfg.chat_template)
     model_prompts = check_prompt_lengths(model_prompts, tok, cfg.max_prompt_tokens, sampling.max_new_tokens,
                                          context_length(model), truncate=cfg.truncate_prompts)
 
@@ -141,14 +142,19 @@ def collect_prompts(cli_prompts: list[str] | str | None, cfg: GenerateConfig) ->
     return prompts
 
 
+def _shown(prompt) -> str:
+    """A prompt as text for display: a conversation shows its last message."""
+    return prompt if isinstance(prompt, str) else f"[{prompt[-1]['role']}] {prompt[-1]['content']}\n"
+
+
 def format_samples(records: list[dict], num_samples: int) -> str:
     """Human-readable output: prompt + completion per sample; a header per prompt when there are several."""
     lines = []
     for r in records:
-        text = r["prompt"] + r["completion"]
+        text = _shown(r["prompt"]) + r["completion"]
         if num_samples == 1 and len(records) == 1:
             return text
         if r["sample_index"] == 0:
-            lines.append(f"=== prompt {r['prompt_index'] + 1}: {r['prompt']!r}")
+            lines.append(f"=== prompt {r['prompt_index'] + 1}: {_shown(r['prompt'])!r}")
         lines.append(f"[{r['sample_index'] + 1}] {text}")
     return "\n".join(lines)

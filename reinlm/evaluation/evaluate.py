@@ -38,6 +38,7 @@ class EvalConfig:
     generations: str | None = opt(None, "evaluate existing texts: a .jsonl with prompt, completion (and reference)")
     prompts: str = opt("builtin:neutral", "prompt SPEC (see reinlm train --help)")
     prompt_column: str = opt("prompt", "column holding the prompt in tabular prompt files")
+    chat_template: bool = opt(False, "wrap text prompts as a user message of the chat template (message-list prompts always use it)")
     num_prompts: int = opt(8, "prompts evaluated, the first N of the set (0: all)")
     samples_per_prompt: int = opt(8, "completions sampled per prompt (M)")
     max_new_tokens: int = opt(20, "maximum completion length in tokens")
@@ -290,11 +291,14 @@ def collect_generations(cfg: EvalConfig) -> tuple[Generations, ModelSource | Non
     if source.latent:
         gens = sample_from_latent(source.latent, prompts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
-                                  device=cfg.device)
+                                  device=cfg.device, chat_template=cfg.chat_template)
         ctx = None
     else:
         ctx = EvalContext(cfg, Generations([], [], []), source)
         model, tok = ctx.lm(source.model)
+        from reinlm.data import render_prompts
+
+        prompts = render_prompts(prompts, tok, cfg.chat_template)  # conversations: the chat template
         gens = sample_from_lm(model, tok, prompts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
     gens.columns = prompt_columns(dict(pset.columns), len(prompts), cfg.samples_per_prompt)

@@ -132,9 +132,9 @@ def latent_backbone(latent_dir: str | Path) -> str | None:
         return None
 
 
-def sample_from_latent(latent_dir: str, prompts: list[str], samples_per_prompt: int, *, max_new_tokens: int,
+def sample_from_latent(latent_dir: str, prompts: list, samples_per_prompt: int, *, max_new_tokens: int,
                        temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                       device: str = "cpu", batch_prompts: int = 4) -> Generations:
+                       device: str = "cpu", batch_prompts: int = 4, chat_template: bool = False) -> Generations:
     """Sample with a latent-action model: the policy draws actions (at ``temperature``; 0 = greedy), the
     world model emits tokens greedily. Prompt i draws from its own generator seeded ``seed * 100003 + i``
     (as ``sample_from_lm`` and the trainer), so its samples do not depend on the batching."""
@@ -148,6 +148,9 @@ def sample_from_latent(latent_dir: str, prompts: list[str], samples_per_prompt: 
     model.set_action_sampling(greedy=temperature <= 0, tau=temperature if temperature > 0 else 1.0,
                               top_k=top_k, top_p=top_p)
     tok = model.tokenizer
+    from reinlm.data import render_prompts
+
+    prompts = render_prompts(prompts, tok, chat_template)  # conversations (and chat_template): the backbone's template
     completions: list[str] = []
     for start in range(0, len(prompts), batch_prompts):  # one decode-engine run per chunk of prompts
         chunk = prompts[start:start + batch_prompts]

@@ -46,9 +46,13 @@ def run_latent_generate(args) -> int:
                               top_k=getattr(args, "top_k", None) or 0, top_p=getattr(args, "top_p", None) or 1.0)
     tok = model.tokenizer
     records = []
-    for i, prompt in enumerate(_prompts(args)):
+    from reinlm.data import render_prompts
+
+    raw = _prompts(args)
+    texts_in = render_prompts(raw, tok, bool(getattr(args, "chat_template", False)))  # conversations: chat template
+    for i, (prompt, text_in) in enumerate(zip(raw, texts_in)):
         seed_everything(seed + i)  # a prompt's samples do not depend on the other prompts
-        enc = tok([prompt] * n, return_tensors="pt", add_special_tokens=False)
+        enc = tok([text_in] * n, return_tensors="pt", add_special_tokens=False)
         out = model.generate(enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device),
                              max_new_tokens=max_new, return_dict=True)
         texts = tok.batch_decode(out.response_ids, skip_special_tokens=True)
@@ -60,7 +64,8 @@ def run_latent_generate(args) -> int:
         print(json.dumps(records, indent=2))
         return 0
     for r in records:
-        print(f"[{r['sample']}] {r['prompt']}{r['completion']}")
+        shown = r["prompt"] if isinstance(r["prompt"], str) else f"[{r['prompt'][-1]['role']}] {r['prompt'][-1]['content']}\n"
+        print(f"[{r['sample']}] {shown}{r['completion']}")
         if getattr(args, "show_actions", False):
             print(f"    actions: {' '.join(map(str, r['actions']))}")
     return 0

@@ -1,0 +1,50 @@
+"""examples/trl_migration: a conversational GSM8K-like set (20 questions), TRL-style rewards and a YAML config in
+TRL's key names; the config resolves to the intended reinlm settings and trains 3 GRPO steps on SmolLM2-135M."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reinlm.utils import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "trl_migration"
+
+
+def test_trl_keys_resolve_and_the_rewards_score_the_set(monkeypatch):
+    from reinlm.cli.main import build_parser
+    from reinlm.cli.train import config_from_args
+    from reinlm.data import load_prompts
+    from reinlm.rewards import parse_reward_spec
+
+    monkeypatch.chdir(ROOT)
+    cfg = config_from_args(build_parser().parse_args(["train", "--config", str(EXAMPLE / "grpo.yaml")]))
+    assert (cfg.model, cfg.out, cfg.lr, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.steps, cfg.kl_coef) == \
+        ("smollm2-135m", "runs/gsm-mini", 5e-6, 4, 48, 3, 0.04)
+    assert cfg.batch_prompts == 2 and cfg.update_epochs == 1 and cfg.log == "none"
+    ps = load_prompts(cfg.prompts)
+    assert len(ps) == 20 and ps.conversational and set(ps.columns) == {"answer"}
+    rs = parse_reward_spec(cfg.reward)
+    answers = ps.columns["answer"][:3]
+    replies = [f"Let me think. Answer: {answers[0]}", "It is 100. Answer: 101", f"{answers[2]}"]
+    res = rs.score(ps.prompts[:3], replies, {"answer": answers})
+    assert res.components["correctness"].tolist() == [1.0, 0.0, 1.0]
+    assert res.components["answer_format"].tolist() == pytest.approx([0.2, 0.2, 0.0])
+
+
+@pytest.mark.integration
+def test_trl_style_yaml_trains_three_grpo_steps(monkeypatch, tmp_path):
+    from reinlm.cli.main import main
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "gsm-mini"
+    assert main(["train", "--config", str(EXAMPLE / "grpo.yaml"), "--out", str(out), "--progress", "false"]) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all("reward/correctness/mean" in r and "reward/answer_format/mean" in r for r in rows)
+    sample = read_jsonl(out / "samples.jsonl")[0]
+    assert "predicted" in sample["extra"]  # the reward's log_extra column
+    assert json.loads((out / "train_eval.json").read_text())["final_step"] == 3
