@@ -2,8 +2,9 @@
 
 Backends (``--backends``, each measured in its own process, one after another):
 
-- ``reinlm-float32`` / ``reinlm-bfloat16``: reinlm's decode engine (``generate_rollouts``) on the model's
-  weights, or on a bfloat16 copy (what ``--rollout-dtype bfloat16`` samples from during training);
+- ``reinlm-float32`` / ``reinlm-bfloat16``: reinlm's rollout engine (``TokenRolloutEngine``, what training
+  samples with) on the float32 weights themselves (``--rollout-dtype same``), or on its bfloat16 copy
+  (``--rollout-dtype bfloat16``, the default ``auto`` on CPUs with native bfloat16);
 - ``latent-bfloat16``: latent-action generation (``LatentActionModel.generate``: backbone + policy + world
   model per token) on the same backbone in bfloat16, heads float32 (``--latent DIR``, or fresh heads of
   the ``cpu`` preset: their speed does not depend on training);
@@ -89,14 +90,15 @@ def _make_runner(cfg: GenerationBenchConfig, backend: str):
     kind, dtype = backend.split("-")
     sampling = SamplingConfig(max_new_tokens=cfg.new_tokens, ignore_eos=True)
     info: dict[str, Any] = {}
-    if kind == "reinlm":
-        from reinlm.rollout.token import generate_rollouts
+    if kind == "reinlm":  # exactly what training samples with: the rollout engine over float32 trained weights
+        from reinlm.rollout.config import RolloutConfig
+        from reinlm.rollout.engine import TokenRolloutEngine
 
         model, tok = load_causal_lm(cfg.model, device="cpu", dtype="float32")
-        model = cast_parameters(model, dtype).eval()
+        engine = TokenRolloutEngine(model, tok, RolloutConfig(rollout_dtype="same" if dtype == "float32" else dtype))
 
         def run(prompts, G):
-            batch = generate_rollouts(model, tok, prompts, G, sampling, generator=_generators(cfg, len(prompts)))
+            batch = engine.generate(prompts, G, sampling, _generators(cfg, len(prompts)))
             return int(batch.response_mask.sum())
         return run, info
     if kind == "latent":

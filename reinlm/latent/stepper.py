@@ -41,6 +41,16 @@ class LatentStepper:
         self.use_policy = action_chooser.mode in ("sample", "greedy")
         self.K = lam.config.num_actions
 
+    def context(self):
+        """Around the loop: the backbone's single-token steps use the decode attention; a bfloat16 backbone on a
+        CPU with native bfloat16 gets pre-packed linears (once; they re-pack if its weights change)."""
+        from reinlm.rollout.fast import decode_attention_on, pack_linears, packing_supported
+
+        bb = self.lam.backbone
+        if next(bb.parameters()).dtype == torch.bfloat16 and packing_supported():
+            pack_linears(bb)
+        return decode_attention_on(bb)
+
     def start(self, ids: torch.Tensor, mask: torch.Tensor, G: int, capacity: int) -> None:
         lam = self.lam
         N, P = ids.shape

@@ -28,6 +28,7 @@ its state is kept (the inverse dynamics model needs the state that has seen EOS)
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
@@ -88,7 +89,8 @@ class LMStepper:
 
     A stepper's protocol (what :func:`decode` calls): ``n_streams`` (uniform columns per step),
     ``records_states``, ``start(ids, mask, G, capacity)``, ``choose(t, rows, u) -> (token, logp, extras)``,
-    ``feed(token, rows, t)``, ``keep(idx)``, ``finish(R) -> states``.
+    ``feed(token, rows, t)``, ``keep(idx)``, ``finish(R) -> states``, optionally ``context()`` (a context
+    manager entered around the loop; here: :func:`reinlm.rollout.fast.decode_attention_on`).
     """
 
     def __init__(self, model, chooser: Chooser, record_hidden: bool = False):
@@ -98,6 +100,12 @@ class LMStepper:
         self.n_streams = 1 if chooser.uses_uniforms else 0
         self._kw = hf_cache_kwarg(model.base_model if record_hidden else model)
         self._head = model.get_output_embeddings() if record_hidden else None
+
+    def context(self):
+        """Entered by :func:`decode` around the whole loop: single-token steps use the decode attention."""
+        from reinlm.rollout.fast import decode_attention_on
+
+        return decode_attention_on(self.model)
 
     def _forward(self, ids, mask, pos, cache=None, last_only=False):
         """-> (logits of the last position (b, V), hidden (b, T, H) or None, cache)."""
@@ -177,7 +185,8 @@ def decode(stepper, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, samp
         u = draw_uniforms(generator, N, G, streams * S).to(device)
     stops = torch.as_tensor(list(stop_ids) if stop_ids is not None and not torch.is_tensor(stop_ids) else
                             (stop_ids if stop_ids is not None else []), dtype=torch.long, device=device)
-    with torch.inference_mode():
+    context = getattr(stepper, "context", contextlib.nullcontext)
+    with torch.inference_mode(), context():
         stepper.start(prompt_ids, prompt_mask, G, P + S)
         tokens = torch.full((B, S), pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros(B, S, device=device)

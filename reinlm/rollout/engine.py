@@ -120,9 +120,13 @@ class TokenRolloutEngine:
             base = copy.deepcopy(model).merge_and_unload()
         else:
             base = copy.deepcopy(model)
+        from reinlm.rollout.fast import pack_linears, packing_supported
         from reinlm.utils import cast_parameters
 
-        return cast_parameters(base, self.dtype).eval().requires_grad_(False)
+        base = cast_parameters(base, self.dtype).eval().requires_grad_(False)
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and packing_supported():
+            pack_linears(base)  # oneDNN-packed linears; each re-packs itself after a sync changed its weight
+        return base
 
     @torch.no_grad()
     def sync(self) -> None:

@@ -12,7 +12,8 @@ while the decode engine runs:
 2. **Pre-packed bfloat16 linears** (:func:`pack_linears`). oneDNN's ``_linear_pointwise`` on weights reordered
    once into its blocked layout is 1.3-1.6x faster than ``F.linear`` for decode-sized inputs (576 -> 1536 at
    8 rows: 0.061 vs 0.092 ms; the 49k-row LM head: 9.8 vs 16.0 ms) and gives bit-identical results. Used for
-   the bfloat16 rollout copy on CPUs with native bfloat16; re-packed after every weight sync.
+   the bfloat16 rollout copy and the latent backbone on CPUs with native bfloat16; a layer re-packs itself
+   when its weight changed (a sync after an optimiser step).
 """
 
 from __future__ import annotations
@@ -107,18 +108,38 @@ def packing_supported() -> bool:
         return False
 
 
+def _weight_key(w: torch.Tensor) -> tuple:
+    return (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+
+
+def _repack(m: torch.nn.Linear) -> None:
+    with torch.no_grad():
+        m._reinlm_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 16)
+    m._reinlm_packed_key = _weight_key(m.weight)
+
+
 def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+    w = self.weight
+    if w.dtype != torch.bfloat16 or w.requires_grad and torch.is_grad_enabled():
+        return torch.nn.functional.linear(x, w, self.bias)  # a trained layer: plain linear, gradients flow
+    if self._reinlm_packed_key != _weight_key(w):  # the weights changed in place (a sync) or were replaced
+        _repack(self)
     return torch.ops.mkldnn._linear_pointwise(x, self._reinlm_packed, self.bias, "none", [], "")
 
 
-def pack_linears(model, batch_hint: int = 16) -> int:
-    """Pre-pack every bfloat16 ``nn.Linear`` of ``model`` (on the CPU) for oneDNN; call again after the weights
-    change. Returns the number of packed layers. Idempotent; the original weights stay (checkpoints, syncs)."""
+def pack_linears(model) -> int:
+    """Pre-pack every bfloat16 ``nn.Linear`` of ``model`` (on the CPU) for oneDNN; returns how many.
+
+    Idempotent. A packed layer re-packs itself when its weight changed since (an in-place copy bumps the
+    tensor's version; a replaced tensor has a new address), so a synced rollout copy or a fine-tuned backbone
+    never computes with stale weights; a layer whose weight requires gradients runs ``F.linear`` while autograd
+    is on. The original weights stay in place (checkpoints, syncs, ``state_dict``).
+    """
     n = 0
     for m in model.modules():
         if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu":
-            with torch.no_grad():
-                m._reinlm_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_hint)
-            m.forward = _packed_forward.__get__(m)
+            if not hasattr(m, "_reinlm_packed_key"):
+                _repack(m)
+                m.forward = _packed_forward.__get__(m)
             n += 1
     return n

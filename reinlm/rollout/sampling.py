@@ -94,12 +94,37 @@ def draw_uniforms(generator, n_prompts: int, G: int, steps: int) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------- draws
-def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Index i with cdf_{i-1} <= u * total < cdf_i: a draw from (unnormalised) ``probs``. (B, C), (B,) -> (B,)."""
-    cdf = probs.cumsum(-1)  # (B, C)
-    total = cdf[:, -1:]
-    target = torch.minimum(u[:, None].to(cdf) * total, total * (1 - 1e-6))  # never past the last positive entry
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor, block: int = 512) -> torch.Tensor:
+    """Index i with cdf_{i-1} <= u * total < cdf_i: a draw from (unnormalised) ``probs``. (B, C), (B,) -> (B,).
+
+    For a large C the scan is two-level (the same index up to float rounding at a boundary): the mass of each
+    block of ``block`` categories, a cumulative sum over the blocks, then one within the chosen block, instead
+    of a (B, C) cumulative sum (15 ms for 64 x 49152 on a CPU, most of a sampling step).
+    """
+    B, C = probs.shape
+    if C <= 4 * block:
+        cdf = probs.cumsum(-1)  # (B, C)
+        total = cdf[:, -1:]
+        target = torch.minimum(u[:, None].to(cdf) * total, total * (1 - 1e-6))  # never past the last positive entry
+        return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=C - 1)
+    nb = -(-C // block)
+    padded = torch.nn.functional.pad(probs, (0, nb * block - C)).view(B, nb, block)  # (B, nb, block)
+    block_cdf = padded.sum(-1).cumsum(-1)  # (B, nb)
+    total = block_cdf[:, -1:]
+    target = torch.minimum(u[:, None].to(block_cdf) * total, total * (1 - 1e-6))  # (B, 1)
+    j = torch.searchsorted(block_cdf, target, right=True).clamp(max=nb - 1)  # (B, 1) the block holding the target
+    before = torch.where(j > 0, block_cdf.gather(-1, (j - 1).clamp(min=0)), torch.zeros_like(target))  # (B, 1)
+    inner = padded.gather(1, j[:, :, None].expand(B, 1, block))[:, 0].cumsum(-1)  # (B, block)
+    k = torch.searchsorted(inner, target - before, right=True).clamp(max=block - 1)  # (B, 1)
+    idx = (j * block + k).squeeze(-1)
+    # never a zero-probability category (a filtered token or the padding): step back to the last positive one
+    bad = probs.gather(-1, idx.clamp(max=C - 1)[:, None]).squeeze(-1) <= 0
+    if bool(bad.any()):
+        cdf = probs[bad].cumsum(-1)
+        tot = cdf[:, -1:]
+        tgt = torch.minimum(u[bad][:, None].to(cdf) * tot, tot * (1 - 1e-6))
+        idx[bad] = torch.searchsorted(cdf, tgt, right=True).squeeze(-1).clamp(max=C - 1)
+    return idx.clamp(max=C - 1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -147,13 +172,18 @@ def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float =
 
     Returns ``(index (B,) long, logp (B,) float32)``.
     """
-    scaled = logits.float() / temperature  # (B, C)
-    if greedy:
-        idx = scaled.argmax(-1)
-    else:
-        if u is None:
-            raise ReinlmError("choose: sampling needs one uniform per row (u); got None.")
-        idx = _draw_filtered(scaled, top_k, top_p, u)
+    scaled = logits.float()  # (B, C)
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    if not greedy and u is None:
+        raise ReinlmError("choose: sampling needs one uniform per row (u); got None.")
+    if not greedy and not top_k and top_p >= 1.0:  # the common case, in three passes over (B, C)
+        m = scaled.amax(-1, keepdim=True)  # (B, 1)
+        e = (scaled - m).exp_()  # unnormalised probabilities
+        idx = inverse_cdf_sample(e, u)
+        logp = scaled.gather(-1, idx[:, None]).squeeze(-1) - m.squeeze(-1) - e.sum(-1).log()
+        return idx, logp
+    idx = scaled.argmax(-1) if greedy else _draw_filtered(scaled, top_k, top_p, u)
     if filtered_logprobs and (top_k or top_p < 1.0):
         scaled = filter_logits(scaled, top_k, top_p)
     logp = scaled.gather(-1, idx[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # (B,)

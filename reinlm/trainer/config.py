@@ -4,6 +4,7 @@ The settings compose: ``TrainConfig`` nests one dataclass per concern,
 
 - ``sampling``: :class:`SamplingSettings` (temperature, top-k, top-p, completion length);
 - ``batches``: :class:`BatchConfig` (dynamic sampling, truncated completions, score clipping and scaling);
+- ``rollout``: :class:`~reinlm.rollout.config.RolloutConfig` (generation backend, rollout dtype, vLLM settings);
 - ``algorithm``: :class:`~reinlm.algorithms.config.AlgorithmConfig` (baselines, loss type, clipping, TIS);
 - ``ppo``: :class:`~reinlm.algorithms.config.PPOConfig` (value head, GAE);
 - ``kl``: :class:`~reinlm.algorithms.config.KLConfig` (the KL anchor and its controller);
@@ -27,6 +28,7 @@ from reinlm.algorithms.config import AlgorithmConfig, KLConfig, PPOConfig
 from reinlm.config import Config, add_dataclass_args, flat_fields, is_config_class, opt
 from reinlm.critic.config import CriticConfig
 from reinlm.errors import ConfigError
+from reinlm.rollout.config import RolloutConfig
 from reinlm.trainer import trl_names
 
 
@@ -133,6 +135,7 @@ class TrainConfig(FlatNames, Config):
     samples_per_prompt: int = opt(8, "completions sampled per prompt (the group size G)", lo=1)
     sampling: SamplingSettings = opt(default_factory=SamplingSettings)
     batches: BatchConfig = opt(default_factory=BatchConfig)
+    rollout: RolloutConfig = opt(default_factory=RolloutConfig)
     # --- algorithm ---
     algorithm: AlgorithmConfig = opt(default_factory=AlgorithmConfig)
     ppo: PPOConfig = opt(default_factory=PPOConfig)

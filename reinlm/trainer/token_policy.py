@@ -22,7 +22,6 @@ class TokenPolicy:
     """The :class:`~reinlm.trainer.policy.Policy` of token space: the trainable LM, the frozen reference and
     (``with_value_head``: algorithms whose ``needs.values``) a value head."""
 
-    rollout_logprobs_exact = True  # rollouts run the training model itself, in its dtype (tested to 1e-4)
 
     def __init__(self, cfg: TrainConfig, device: torch.device, model=None, tokenizer=None,
                  with_value_head: bool = False):
@@ -49,6 +48,15 @@ class TokenPolicy:
             self.frozen_lm = self._frozen_copy(model)
         self.model = model.to(device)
         self.model.train()  # no dropout in the supported LMs; train mode keeps the semantics honest
+        from reinlm.rollout.engine import TokenRolloutEngine
+
+        model_dir = None
+        if cfg.generation_backend == "vllm":
+            from reinlm.hub import resolve_model_dir
+
+            model_dir = resolve_model_dir(cfg.model)
+        # generates the rollouts: the trained weights, a rollout-dtype copy (--rollout-dtype) or vLLM
+        self.rollout_engine = TokenRolloutEngine(self.model, tokenizer, cfg.rollout, model_dir=model_dir, seed=cfg.seed)
         self.value_model = None
         self.value_head = None
         if with_value_head:
@@ -90,19 +98,18 @@ class TokenPolicy:
         ``seeds`` holds one seed per prompt: each prompt's group is drawn from its own generator, so the
         samples do not depend on which other prompts share the batch (or the process, under accelerate).
         """
-        from reinlm.rollout.token import SamplingConfig, generate_rollouts
+        from reinlm.rollout.token import SamplingConfig
 
         sampling = SamplingConfig(temperature=self.cfg.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
                                   max_new_tokens=self.cfg.max_new_tokens, greedy=greedy)
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        model = self._unwrapped
-        was_training = model.training
-        model.eval()
-        try:
-            batch = generate_rollouts(model, self.tokenizer, prompts, samples_per_prompt, sampling, generator=gens)
-        finally:
-            model.train(was_training)
-        return batch.to(self.device)
+        return self.rollout_engine.generate(prompts, samples_per_prompt, sampling, generator=gens)
+
+    @property
+    def rollout_logprobs_exact(self) -> bool:
+        """True when rollouts run the training model itself, in its dtype (then equal within 1e-4, tested);
+        False with a rollout copy in another dtype or vLLM (``--rollout-dtype``, ``--generation-backend``)."""
+        return not self.rollout_engine.uses_copy
 
     @torch.no_grad()
     def frozen_logprobs(self, batch, temperature: float = 1.0) -> torch.Tensor:
@@ -149,7 +156,8 @@ class TokenPolicy:
         accelerator.backward(loss)
 
     def after_optimizer_step(self) -> None:
-        """The weights changed (nothing to refresh: rollouts run the training model itself)."""
+        """The weights changed: a rollout copy / vLLM engine is re-synced before the next rollout."""
+        self.rollout_engine.weights_changed()
 
     def wrap_for_ddp(self, accelerator) -> None:
         """Wrap the trainable modules for data-parallel gradient averaging."""
