@@ -177,12 +177,12 @@ def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float =
         scaled = scaled / temperature
     if not greedy and u is None:
         raise ReinlmError("choose: sampling needs one uniform per row (u); got None.")
-    if not greedy and not top_k and top_p >= 1.0:  # the common case, in three passes over (B, C)
-        m = scaled.amax(-1, keepdim=True)  # (B, 1)
-        e = (scaled - m).exp_()  # unnormalised probabilities
+    if not greedy and not top_k and top_p >= 1.0:  # the common case: no sort, no normalisation pass
+        e = (scaled - scaled.amax(-1, keepdim=True)).exp_()  # (B, C) unnormalised probabilities
         idx = inverse_cdf_sample(e, u)
-        logp = scaled.gather(-1, idx[:, None]).squeeze(-1) - m.squeeze(-1) - e.sum(-1).log()
-        return idx, logp
+        # logsumexp, not log(e.sum()): with few rows torch splits one row's sum over threads, and the rounding
+        # would then depend on how many rows share the batch (a prompt's log-probs must not)
+        return idx, scaled.gather(-1, idx[:, None]).squeeze(-1) - scaled.logsumexp(-1)
     idx = scaled.argmax(-1) if greedy else _draw_filtered(scaled, top_k, top_p, u)
     if filtered_logprobs and (top_k or top_p < 1.0):
         scaled = filter_logits(scaled, top_k, top_p)
