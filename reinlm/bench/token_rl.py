@@ -50,6 +50,10 @@ class TokenRLBenchConfig:
     lr: float = opt(1e-6, "AdamW learning rate (TRL's default)")
     seed: int = opt(0, "seed for both sides")
     threads: int = opt(0, "torch CPU threads per side (0: torch's default)")
+    generation_backend: str = opt("reinlm", "reinlm side: reinlm (decode engine) or vllm (in-process vLLM, weights "
+                                            "pushed after every step); see `reinlm train --help`")
+    rollout_dtype: str = opt("auto", "reinlm side: auto|same|float32|bfloat16 (auto: a bfloat16 rollout copy where "
+                                     "native; same: sample with the float32 trained weights)")
     sides: list[str] = opt(default_factory=lambda: list(SIDES), help="sides to run, comma-separated: reinlm,trl")
     out: str | None = opt(None, "keep each side's run directory and results.json here (default: a temp dir, removed)")
     timeout: int = opt(3600, "seconds allowed per side before it is stopped")
@@ -61,6 +65,10 @@ class TokenRLBenchConfig:
         check_range("kl_coef", self.kl_coef, 0)
         check_range("lr", self.lr, 0, lo_open=True)
         check_range("threads", self.threads, 0)
+        if self.generation_backend not in ("reinlm", "vllm"):
+            raise ConfigError(f"generation_backend: got {self.generation_backend!r}; allowed: reinlm, vllm.")
+        if self.rollout_dtype not in ("auto", "same", "float32", "bfloat16"):
+            raise ConfigError(f"rollout_dtype: got {self.rollout_dtype!r}; allowed: auto, same, float32, bfloat16.")
         if isinstance(self.sides, str):
             self.sides = [s for s in self.sides.split(",") if s]
         bad = [s for s in self.sides if s not in SIDES]
@@ -119,6 +127,7 @@ def run_reinlm_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
         lr=cfg.lr, weight_decay=0.0, warmup_steps=0, lr_schedule="constant", max_grad_norm=1.0,
         device="cpu", dtype="float32", seed=cfg.seed, out=str(run_dir), save_every=cfg.steps,
         keep_checkpoints=1, sample_every=0, log="none", eval_prompts=0, progress=False, overwrite=True,
+        generation_backend=cfg.generation_backend, rollout_dtype=cfg.rollout_dtype,
     )
     t0 = time.perf_counter()
     trainer = Trainer(train_cfg)
