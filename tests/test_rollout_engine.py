@@ -151,3 +151,38 @@ def test_vllm_logprobs_equal_a_fresh_forward_after_a_weight_push_smollm2(smol_lm
     batch = engine.generate(PROMPTS, 2, s, _gens())
     assert_logprobs_match(model, batch)
     assert all(c.strip() for c in batch.completions)
+
+
+@needs_vllm
+@pytest.mark.integration
+def test_grpo_with_vllm_pushes_the_weights_after_every_step(tmp_path):
+    """GRPO on SmolLM2 with --generation-backend vllm: before every rollout after an optimiser step the engine
+    gets the new weights, and at the end vLLM samples from exactly the trained model (float32, 1e-4)."""
+    from reinlm.trainer.config import TrainConfig
+    from reinlm.trainer.loop import Trainer
+
+    cfg = TrainConfig(model="smollm2-135m", algo="grpo", reward="sentiment", prompts="builtin:reviews", steps=3,
+                      batch_prompts=1, samples_per_prompt=4, max_new_tokens=8, lr=1e-4, kl_coef=0.0, seed=0,
+                      out=str(tmp_path / "run"), device="cpu", progress=False, eval_prompts=0, save_every=100,
+                      log="none", generation_backend="vllm", rollout_dtype="float32")
+    trainer = Trainer(cfg)
+    policy = trainer.policy
+    engine = policy.rollout_engine
+    pushes = []
+    real_sync = engine.sync
+
+    def counting_sync():
+        real_sync()
+        pushes.append(engine._vllm.pushes)
+
+    engine.sync = counting_sync
+    trainer.train()
+    assert pushes == [1, 2, 3]  # the start weights, then after each of the first two optimiser steps
+    policy.after_optimizer_step()  # as after the third step: the next rollout pushes again
+    batch = policy.rollout(PROMPTS, 2, [0, 1])
+    assert pushes[-1] == 4
+    model = policy._unwrapped
+    was = model.training
+    model.eval()
+    assert_logprobs_match(model, batch)
+    model.train(was)
