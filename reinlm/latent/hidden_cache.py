@@ -143,13 +143,13 @@ def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask
 
 
-def _base_forward(model, ids, mask, pos, cache=None):
+def _base_forward(model, ids, mask, pos, cache=None, use_cache: bool = True):
     from reinlm.latent.model import _cache_kwarg
 
     base = model.base_model
     kw = _cache_kwarg(base)
-    out = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
-    return out.last_hidden_state, getattr(out, kw)
+    out = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache, **{kw: cache})
+    return out.last_hidden_state, (getattr(out, kw) if use_cache else None)
 
 
 @torch.no_grad()
@@ -173,7 +173,7 @@ def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len
         ids, mask = left_pad([list(c) for c in group], pad)  # left padding, like every prompt batch in reinlm
         L = ids.shape[1]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        h, _ = _base_forward(model, ids.to(dev), mask.to(dev), pos.to(dev))
+        h, _ = _base_forward(model, ids.to(dev), mask.to(dev), pos.to(dev), use_cache=False)
         for j, c in enumerate(group):
             writer.add(ids[j, L - len(c):], h[j, L - len(c):])
 
