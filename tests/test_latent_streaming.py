@@ -203,3 +203,40 @@ def test_two_processes_pretrain_the_same_heads_as_one(backbone_dir, docs, tmp_pa
     assert (s1["processes"], s2["processes"]) == (1, 2)
     assert s1["codes_used"] == s2["codes_used"]
     assert s1["nll_world_model_idm"] == pytest.approx(s2["nll_world_model_idm"], abs=1e-4)
+
+
+def test_interrupted_text_cache_build_continues_where_it_stopped(backbone_dir, docs, tmp_path, monkeypatch):
+    from reinlm.hub import load_causal_lm
+    from reinlm.latent import hidden_cache as hc
+
+    model, tok = load_causal_lm(backbone_dir, device="cpu")
+    meta = {"backbone": "tiny", "corpus": str(docs), "max_tokens": 0}
+    straight = hc.build_text_cache(model, tok, str(docs), tmp_path / "straight", meta, max_len=24, batch_size=4,
+                                   checkpoint_every=1)
+    real, calls = hc._base_forward, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # the build dies in its fifth batch
+        return real(*a, **k)
+
+    monkeypatch.setattr(hc, "_base_forward", failing)
+    with pytest.raises(KeyboardInterrupt):
+        hc.build_text_cache(model, tok, str(docs), tmp_path / "resumed", meta, max_len=24, batch_size=4,
+                            checkpoint_every=1)
+    part = json.loads((tmp_path / "resumed" / "partial.json").read_text())
+    assert len(part["offsets"]) - 1 == 4 * 4  # four batches of four chunks were kept
+    counted = []
+
+    def counting(*a, **k):
+        counted.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(hc, "_base_forward", counting)
+    resumed = hc.build_cache(model, tok, "tiny", str(docs), tmp_path / "resumed", max_len=24, batch_size=16)
+    assert not (tmp_path / "resumed" / "partial.json").exists()
+    batches = -(-straight.n_sequences // 4)
+    assert len(counted) == batches - 4  # only the batches after the checkpoint were computed again
+    assert np.array_equal(resumed.offsets, straight.offsets) and np.array_equal(resumed.tokens, straight.tokens)
+    assert np.array_equal(resumed.hidden, straight.hidden)

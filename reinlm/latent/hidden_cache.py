@@ -33,6 +33,7 @@ from reinlm.latent.corpus import builtin_prompts, parse_corpus_spec
 from reinlm.utils import write_json
 
 META = "meta.json"
+PARTIAL = "partial.json"  # progress of an unfinished text-cache build (removed when meta.json is written)
 
 
 @dataclass
@@ -100,13 +101,24 @@ def cache_matches(path: Path, backbone: str, corpus: str, max_tokens: int = 0, h
 class _Writer:
     """Appends sequences to preallocated memory-mapped arrays."""
 
-    def __init__(self, path: Path, capacity: int, hidden_size: int, store_hidden: bool = True):
+    def __init__(self, path: Path, capacity: int, hidden_size: int, store_hidden: bool = True,
+                 offsets: list[int] | None = None):
+        """``offsets``: continue a build whose arrays (of this capacity) hold these sequences already."""
         path.mkdir(parents=True, exist_ok=True)
         self.path, self.hidden_size = path, hidden_size
-        self.tokens = np.lib.format.open_memmap(path / "tokens.npy", mode="w+", dtype=np.int32, shape=(capacity,))
-        self.hidden = np.lib.format.open_memmap(path / "hidden.npy", mode="w+", dtype=np.float16,
-                                                shape=(capacity, hidden_size)) if store_hidden else None
-        self.offsets = [0]
+        mode = "r+" if offsets else "w+"
+        open_ = np.lib.format.open_memmap
+        self.tokens = open_(path / "tokens.npy", mode=mode, dtype=np.int32, shape=(capacity,))
+        self.hidden = open_(path / "hidden.npy", mode=mode, dtype=np.float16,
+                            shape=(capacity, hidden_size)) if store_hidden else None
+        self.offsets = list(offsets) if offsets else [0]
+
+    def checkpoint(self, state: dict) -> None:
+        """Flush the arrays and record how far the build got (``PARTIAL``), so a rebuild continues there."""
+        self.tokens.flush()
+        if self.hidden is not None:
+            self.hidden.flush()
+        write_json(self.path / PARTIAL, {**state, "offsets": self.offsets})
 
     @property
     def n(self) -> int:
@@ -130,6 +142,7 @@ class _Writer:
         np.save(self.path / "offsets.npy", np.asarray(self.offsets, dtype=np.int64))
         write_json(self.path / META, {**meta, "n_tokens": self.n, "n_sequences": len(self.offsets) - 1,
                                       "hidden_size": int(self.hidden_size), "hidden": self.hidden is not None})
+        (self.path / PARTIAL).unlink(missing_ok=True)
 
 
 def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,46 +167,65 @@ def _base_forward(model, ids, mask, pos, cache=None, use_cache: bool = True):
 
 @torch.no_grad()
 def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len: int = 256, batch_size: int = 8,
-                     max_tokens: int = 0, text_column: str = "text") -> HiddenCache:
+                     max_tokens: int = 0, text_column: str = "text", checkpoint_every: int = 32) -> HiddenCache:
     """Stream the documents of the text corpus ``spec``, cut each into chunks of ``max_len`` tokens (at least 2)
     and cache the backbone states of each chunk (batches of ``batch_size`` chunks); at most ``max_tokens``
-    tokens when > 0. The documents are never all in memory."""
+    tokens when > 0. The documents are never all in memory.
+
+    Every ``checkpoint_every`` batches the arrays are flushed and ``partial.json`` records the sequences
+    written and the reader's position: an interrupted build of the same backbone, corpus, chunk length and
+    token cap continues there (the result equals a build that was never interrupted).
+    """
     from reinlm.latent.corpus import TokenSource
 
     source = TokenSource(spec, tokenizer, max_len, text_column)
-    total = max_tokens or sum(len(w) for _, _, w in source.windows())  # a tokenise-only pass sizes the arrays
+    meta = {**meta, "max_len": int(max_len)}
+    partial = json.loads((out / PARTIAL).read_text()) if (out / PARTIAL).is_file() else None
+    if partial is not None and partial.get("meta") != meta:
+        partial = None
+    if partial is not None:
+        total, pos = int(partial["total"]), tuple(partial["pos"])
+    else:
+        total = max_tokens or sum(len(w) for _, _, w in source.windows())  # a tokenise-only pass sizes the arrays
+        pos = (0, 0)
     if total == 0:
         raise ReinlmError(f"corpus: {meta['corpus']!r} yields no chunk of 2 or more tokens.")
-    writer = _Writer(out, total, model.config.hidden_size)
+    writer = _Writer(out, total, model.config.hidden_size, offsets=partial["offsets"] if partial else None)
     pad = tokenizer.pad_token_id or 0
     dev = next(model.parameters()).device
-    start = time.time()
+    start, done_before = time.time(), writer.n
 
     def flush(group):
+        group = [c for c in group if len(c) >= 2]
+        if not group:
+            return
         ids, mask = left_pad([list(c) for c in group], pad)  # left padding, like every prompt batch in reinlm
         L = ids.shape[1]
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        h, _ = _base_forward(model, ids.to(dev), mask.to(dev), pos.to(dev), use_cache=False)
+        p = (mask.cumsum(-1) - 1).clamp(min=0)
+        h, _ = _base_forward(model, ids.to(dev), mask.to(dev), p.to(dev), use_cache=False)
         for j, c in enumerate(group):
             writer.add(ids[j, L - len(c):], h[j, L - len(c):])
 
-    group = []
-    with tqdm(total=total, desc="hidden states", unit="tok", unit_scale=True) as bar:
-        for _, _, w in source.windows():
-            if writer.n + sum(len(c) for c in group) >= total:
+    group, pending, batches = [], 0, 0
+    with tqdm(total=total, initial=writer.n, desc="hidden states", unit="tok", unit_scale=True) as bar:
+        for doc, piece, w in source.windows(pos):
+            if writer.n + pending >= total:
                 break
-            group.append(w[: total - writer.n - sum(len(c) for c in group)])
+            w = w[: total - writer.n - pending]
+            group.append(w)
+            pending += len(w)
             if len(group) == batch_size:
                 before = writer.n
                 flush(group)
-                group = []
+                group, pending, batches = [], 0, batches + 1
                 bar.update(writer.n - before)
-        if group:
-            before = writer.n
-            flush([c for c in group if len(c) >= 2])
-            bar.update(writer.n - before)
-    writer.finish({**meta, "tokens_per_s": writer.n / max(time.time() - start, 1e-9),
-                   "seconds": time.time() - start})
+                if checkpoint_every and batches % checkpoint_every == 0:
+                    writer.checkpoint({"meta": meta, "total": total, "pos": [doc, piece + 1]})
+        before = writer.n
+        flush(group)
+        bar.update(writer.n - before)
+    elapsed = time.time() - start
+    writer.finish({**meta, "tokens_per_s": (writer.n - done_before) / max(elapsed, 1e-9), "seconds": elapsed})
     return HiddenCache.open(out)
 
 
@@ -263,7 +295,8 @@ def build_cache(model, tokenizer, backbone: str, corpus: str, out: str | Path, *
     out = Path(out)
     if not force and cache_matches(out, backbone, corpus, max_tokens, store_hidden):
         return HiddenCache.open(out)
-    if out.exists():
+    resumable = not force and (out / PARTIAL).is_file() and not parse_corpus_spec(corpus).kind == "self"
+    if out.exists() and not resumable:  # (build_text_cache checks that a partial build is of this corpus)
         shutil.rmtree(out)
     spec = parse_corpus_spec(corpus)
     meta = {"backbone": backbone, "corpus": corpus, "max_tokens": int(max_tokens)}
