@@ -30,9 +30,9 @@ def _tensors(path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _run(*argv, processes: int, steps: int = 3, resume: bool = False):
+def _run(*argv, processes: int, steps: int = 3, resume: bool = False, extra_cfg: dict | None = None):
     """Run the script in one process, or under torchrun in ``processes`` (gloo on the CPU)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DDP_TRAIN_EXTRA": json.dumps(extra_cfg or {})}
     # `accelerate launch --cpu --num_processes 2` starts ONE process (its CPU path is the simple launcher);
     # torchrun starts the processes and Accelerator picks up RANK / WORLD_SIZE.
     launch = [sys.executable] if processes == 1 else [
@@ -79,3 +79,19 @@ def test_latent_two_processes_match_one(tiny_latent_dir, tmp_path):
     assert sum(not torch.equal(base[k], h1[k]) for k in policy) > 0
     assert all(torch.equal(base[k], h1[k]) for k in h1 if not k.startswith("policy."))  # only the policy trains
     assert _rewards(tmp_path / "one") == pytest.approx(_rewards(tmp_path / "two"), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_dapo_and_invalid_samples(tiny_model_dir, tmp_path):
+    """dapo normalises by the loss tokens of the whole step over both processes; invalid samples (a reward that
+    cannot score some completions) make the processes' token counts differ, so a per-process count would not
+    give the one-process gradient."""
+    extra = {"loss_type": "dapo", "reward_on_error": "skip", "scale_rewards": "batch"}
+    reward = f"{ASSETS / 'toy_rewards.py'}:space_share_or_none"
+    _run("token", tiny_model_dir, tmp_path / "one", reward, processes=1, steps=2, extra_cfg=extra)
+    _run("token", tiny_model_dir, tmp_path / "two", reward, processes=2, steps=2, extra_cfg=extra)
+    w1, w2 = (_tensors(tmp_path / run / "final" / "model.safetensors") for run in ("one", "two"))
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["reward/invalid_frac"] > 0 for r in rows)

@@ -1,10 +1,14 @@
 """Train a tiny model for a few steps; run directly (1 process) or under torchrun (N processes).
 
+Extra TrainConfig settings may come as JSON in the environment variable DDP_TRAIN_EXTRA.
+
 argv: SPACE (token|latent) MODEL_OR_LATENT_DIR OUT REWARD EXPECTED_PROCESSES [STEPS [resume]]. The script
 fails unless the trainer sees EXPECTED_PROCESSES processes, so a launcher that silently starts one process
 cannot pass. STEPS defaults to 3; "resume" continues OUT from its newest checkpoint (one is saved every step).
 """
 
+import json
+import os
 import sys
 
 from reinlm.trainer.config import TrainConfig
@@ -17,7 +21,7 @@ where = {"model": path} if space == "token" else {"latent": path}
 cfg = TrainConfig(space=space, **where, reward=reward, prompts="builtin:neutral", steps=steps, batch_prompts=2,
                   samples_per_prompt=4, max_new_tokens=6, lr=3e-3 if space == "token" else 1e-2, kl_coef=0.01,
                   seed=0, out=out, device="cpu", progress=False, eval_prompts=0, save_every=1, log="none",
-                  algo="grpo")
+                  algo="grpo", **json.loads(os.environ.get("DDP_TRAIN_EXTRA", "{}")))
 trainer = Trainer(cfg)
 if trainer.world != int(expected):
     sys.exit(f"expected {expected} processes, the trainer sees {trainer.world}")
