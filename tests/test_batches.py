@@ -161,11 +161,16 @@ def test_bf16_sampling_fp32_training_logs_mismatch_and_trains_with_tis(tiny_lm, 
 
 
 def test_frozen_perplexity_is_logged_every_step_in_both_spaces(tiny_lm, tmp_path, tiny_latent_dir):
+    from reinlm.trainer.policy import Policy
+
     tr = trainer(tiny_lm, tmp_path, VARIED, log_frozen_perplexity=True, kl_coef=0.0)
+    assert isinstance(tr.policy, Policy)  # the token policy implements the written protocol
     m = tr.train_step(0)["metrics"]
     assert 1.0 < m["response/perplexity_frozen"] < 1e6
     assert "response/perplexity_frozen" not in trainer(tiny_lm, tmp_path / "off", VARIED).train_step(0)["metrics"]
     cfg = make_cfg(tmp_path / "latent", model="unused", space="latent", latent=str(tiny_latent_dir),
                    log_frozen_perplexity=True)
-    m = Trainer(cfg, reward_set=RewardSet.from_functions([crc_or_constant]), prompt_set=PromptSet(VARIED)).train_step(0)["metrics"]
+    tr = Trainer(cfg, reward_set=RewardSet.from_functions([crc_or_constant]), prompt_set=PromptSet(VARIED))
+    assert isinstance(tr.policy, Policy)
+    m = tr.train_step(0)["metrics"]
     assert 1.0 < m["response/perplexity_frozen"] < 1e6
