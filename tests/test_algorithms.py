@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reinlm.algorithms.grpo import group_advantages
-from reinlm.algorithms.losses import LossNorm, aggregate, entropy_from_logits, masked_mean, masked_whiten, policy_loss
+from reinlm.algorithms.losses import LossNorm, aggregate, masked_mean, masked_whiten, policy_loss
 from reinlm.algorithms.ppo import ValueHead, clipped_value_loss, gae
 from reinlm.algorithms.reinforce import reinforce_advantages
 from reinlm.algorithms.shaping import RunningMoments, last_token_index, per_token_rewards
@@ -206,13 +206,6 @@ def test_cispo_by_hand():
     assert stats["cispo_clip_fraction"] == pytest.approx(0.5)
 
 
-def test_entropy_from_logits():
-    # uniform over 4 -> log 4 = 1.386294; one-hot-ish -> ~0
-    assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
-    assert entropy_from_logits(torch.tensor([100.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
-
-
-# ------------------------------------------------------------------ reward shaping
 def test_per_token_rewards():
     # beta 0.5, score_clip 3
     # row 0: mask (1,1,1,0), kl (0.1, 0.2, -0.1, 9): -beta*kl = (-0.05, -0.1, 0.05, 0); score 2 at t=2 -> 2.05;

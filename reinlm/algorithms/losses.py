@@ -66,17 +66,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return total / count.clamp(min=1.0)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the masked entries of x (Bessel-corrected when ``unbiased`` and n > 1)."""
-    mask = mask.to(x.dtype)
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean).square(), mask)
-    n = mask.sum()
-    if unbiased and n > 1:
-        var = var * n / (n - 1)
-    return var
-
-
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, *,
                   unbiased: bool = True, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) over the masked entries (advantage whitening, as in TRL's PPO).
@@ -95,12 +84,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     var = sq / (n - 1) if unbiased and float(n) > 1 else sq / n.clamp(min=1.0)
     white = (x - mean) * torch.rsqrt(var + eps)
     return white if shift_mean else white + mean
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = -sum_v p_v log p_v of softmax(logits) over the last dimension. (..., V) -> (...)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 # ----------------------------------------------------------------------------------------------- aggregation
