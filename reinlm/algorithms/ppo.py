@@ -126,7 +126,8 @@ class PPO(Algorithm):
         loss, stats = super().loss(mb, norm)  # the clipped policy surrogate (+ KL term, entropy bonus)
         v_loss, v_stats = clipped_value_loss(mb.values, mb.targets.old_values, mb.targets.returns, mb.mask,
                                              self.ppo.value_clip)
-        loss = loss + self.ppo.vf_coef * v_loss * (mb.mask.shape[0] / norm.seqs)  # this micro-batch's share
-        stats["loss/value"] = float(v_loss.detach())
+        v_share = v_loss * (mb.mask.shape[0] / norm.seqs)  # this micro-batch's share of the step's value loss
+        loss = loss + self.ppo.vf_coef * v_share
+        stats["loss/value"] = float(v_share.detach())
         stats.update({f"value/{k}": v for k, v in v_stats.items()})
         return loss, stats
