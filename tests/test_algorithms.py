@@ -422,3 +422,21 @@ def test_overlong_penalty_by_hand():
         fn(["p"], ["c"])
     with pytest.raises(ConfigError, match="cache"):
         overlong_penalty(4, 10)
+
+
+def test_ppo_loss_is_the_surrogate_plus_the_weighted_value_loss():
+    from reinlm.algorithms import LossInputs, PPOConfig, Targets, build_algorithm
+
+    # ratio 1 everywhere: surrogate = -mean(A) over the 3 tokens (grpo aggregation: row means (-1, 0.5) / 2)
+    # value loss (clip 0.2): tokens V=1.5,V_old=1,G=2 -> 0.64; V=1.1,G=2 -> 0.81; V=0.5,V_old=1,G=0 -> 0.64
+    #   -> 0.5 * (0.64 + 0.81 + 0.64) / 3 = 0.348333; vf_coef 0.5
+    logp = torch.zeros(2, 2)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    targets = Targets(advantages=torch.tensor([[1.0, 1.0], [-0.5, 0.0]]), returns=torch.tensor([[2.0, 2.0], [0.0, 0.0]]),
+                      old_values=torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+    values = torch.tensor([[1.5, 1.1], [0.5, 9.0]], requires_grad=True)
+    algo = build_algorithm("ppo", ppo=PPOConfig(vf_coef=0.5, value_clip=0.2))
+    loss, stats = algo.loss(LossInputs(logp, logp, mask, targets, values=values), LossNorm.single(mask))
+    assert stats["loss/policy"] == pytest.approx((-1.0 + 0.5) / 2)
+    assert stats["loss/value"] == pytest.approx(0.348333, abs=1e-5)
+    assert loss.item() == pytest.approx(-0.25 + 0.5 * 0.348333, abs=1e-5)
