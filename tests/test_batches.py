@@ -131,7 +131,7 @@ class Bf16SampledPolicy:
         self.refreshes += 1
 
 
-@pytest.mark.parametrize("tis", ["token", "sequence"])
+@pytest.mark.parametrize("tis", ["token", "sequence", "auto"])
 def test_bf16_sampling_fp32_training_logs_mismatch_and_trains_with_tis(tiny_lm, tmp_path, monkeypatch, tis):
     import reinlm.trainer.loop as loop
 
@@ -144,6 +144,7 @@ def test_bf16_sampling_fp32_training_logs_mismatch_and_trains_with_tis(tiny_lm, 
     real_make_policy = loop.make_policy
     monkeypatch.setattr(loop, "make_policy", make_policy)
     tr = trainer(tiny_lm, tmp_path, VARIED, steps=3, tis=tis, tis_cap=2.0, update_epochs=2, kl_coef=0.05)
+    assert tr.tis_level == ("token" if tis == "auto" else tis)  # auto: on, the sampler is another numeric path
     before = {k: v.clone() for k, v in tr.policy.inner.model.state_dict().items()}
     run = tr.train()
     rows = read_jsonl(run / "metrics.jsonl")
@@ -156,8 +157,10 @@ def test_bf16_sampling_fp32_training_logs_mismatch_and_trains_with_tis(tiny_lm, 
     assert not all(torch.equal(before[k], v) for k, v in tr.policy.inner.model.state_dict().items())
     # a float32 sampler logs no mismatch to speak of
     monkeypatch.setattr(loop, "make_policy", real_make_policy)
-    m = trainer(tiny_lm, tmp_path / "fp32", VARIED, steps=1).train_step(0)["metrics"]
+    tr = trainer(tiny_lm, tmp_path / "fp32", VARIED, steps=1)
+    m = tr.train_step(0)["metrics"]
     assert m["mismatch/kl"] < 1e-6
+    assert tr.tis_level == "none" and "mismatch/tis_clip_fraction" not in m  # auto: off for exact rollouts
 
 
 def test_frozen_perplexity_is_logged_every_step_in_both_spaces(tiny_lm, tmp_path, tiny_latent_dir):

@@ -35,9 +35,10 @@ class AlgorithmConfig(Config):
     importance_sampling_level: Literal["token", "sequence"] = opt(
         "token", "ratio per token, or one per sequence from its mean log-ratio (GSPO)")
     entropy_coef: float = opt(0.0, "entropy bonus coefficient (mean per-token entropy)", lo=0)
-    tis: Literal["none", "token", "sequence"] = opt(
-        "none", "truncated importance sampling against the sampler/trainer mismatch: weight each token's loss by "
-        "min(pi_trainer / pi_sampler, --tis-cap), per token or per sequence (product of token ratios)")
+    tis: Literal["auto", "none", "token", "sequence"] = opt(
+        "auto", "truncated importance sampling against the sampler/trainer mismatch: weight each token's loss by "
+        "min(pi_trainer / pi_sampler, --tis-cap), per token or per sequence (product of token ratios); auto: token "
+        "when the rollouts run another numeric path than training (a bfloat16 copy, vLLM), else none")
     tis_cap: float = opt(2.0, "the cap C of the truncated importance weights", lo=0, lo_open=True)
 
     def __post_init__(self) -> None:

@@ -197,6 +197,8 @@ class Trainer:
         self.held_texts = (self.train_texts if self.held_out is self.train_prompts
                            else render_prompts(self.held_out.prompts, self.policy.tokenizer, cfg.chat_template))
         self._reward_state = None
+        # --tis auto: correct the mismatch exactly when the rollouts come from another numeric path
+        self.tis_level = cfg.tis if cfg.tis != "auto" else ("none" if self.policy.rollout_logprobs_exact else "token")
         self._check_lengths()
 
         params = self.policy.trainable_parameters()
@@ -526,8 +528,9 @@ class Trainer:
                     if old_logp is None:
                         seen_old[sub] = old
                     is_w = None
-                    if cfg.tis != "none":
-                        is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, mask[sub], cfg.tis, cfg.tis_cap)
+                    if self.tis_level != "none":
+                        is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, mask[sub], self.tis_level,
+                                                             cfg.tis_cap)
                         sums["mismatch/tis_clip_fraction"] = sums.get("mismatch/tis_clip_fraction", 0.0) + \
                             tis_clip_fraction(clipped, mask[sub]) * len(sub)
                     kl = None

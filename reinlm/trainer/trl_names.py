@@ -87,8 +87,8 @@ TRL_DERIVED: dict[str, str] = {
     "report_to": "none / [] -> log: none; tensorboard -> tensorboard; wandb -> wandb (TensorBoard too)",
     "use_peft": "true: LoRA with lora_r 16 and lora_alpha 32 unless given (TRL's defaults); false: lora_r 0",
     "use_cpu": "true -> device: cpu",
-    "vllm_importance_sampling_correction": "false -> tis: none; true -> tis: token (reinlm applies it to every "
-                                           "rollout whose log-probs it is given, vLLM or not)",
+    "vllm_importance_sampling_correction": "false -> tis: none; true -> tis: token (reinlm's default, tis: auto, "
+                                           "turns it on whenever rollouts run another numeric path than training)",
     "vllm_importance_sampling_mode": "token_truncate -> tis: token; sequence_truncate -> tis: sequence; the "
                                      "*_mask modes are refused (not implemented)",
     "bf16": "false is accepted (float32 is reinlm's default); true has no exact equivalent (see the error)",
