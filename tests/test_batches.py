@@ -28,7 +28,7 @@ def crc_or_constant(prompts, completions, **columns):
 def make_cfg(tmp_path, **kw) -> TrainConfig:
     base = dict(model="tiny", reward="unused", steps=2, batch_prompts=2, samples_per_prompt=4, max_new_tokens=6,
                 lr=3e-3, kl_coef=0.0, seed=0, out=str(tmp_path), device="cpu", progress=False, eval_prompts=0,
-                save_every=100, log="none", held_out_fraction=0.0)
+                save_every=100, log="none", held_out_fraction=0.0, rollout_dtype="same")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -105,62 +105,31 @@ def test_mask_truncated_keeps_truncated_completions_out_of_the_loss(tiny_lm, tmp
     assert not all(torch.equal(before[k], v) for k, v in tr.policy.model.state_dict().items())
 
 
-class Bf16SampledPolicy:
-    """Token policy whose rollouts come from a bfloat16 copy of the model, refreshed after every optimiser step
-    (what the engine's bfloat16 rollouts do), while training runs in float32."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.copy = copy.deepcopy(inner.model).to(torch.bfloat16).eval()
-        self.refreshes = 0
-
-    rollout_logprobs_exact = False
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def rollout(self, prompts, samples_per_prompt, seeds, greedy=False):
-        model, self.inner.model = self.inner.model, self.copy
-        try:
-            return self.inner.rollout(prompts, samples_per_prompt, seeds, greedy)
-        finally:
-            self.inner.model = model
-
-    def after_optimizer_step(self):
-        self.copy.load_state_dict({k: v.to(torch.bfloat16) for k, v in self.inner.model.state_dict().items()})
-        self.refreshes += 1
-
-
 @pytest.mark.parametrize("tis", ["token", "sequence", "auto"])
-def test_bf16_sampling_fp32_training_logs_mismatch_and_trains_with_tis(tiny_lm, tmp_path, monkeypatch, tis):
-    import reinlm.trainer.loop as loop
-
-    made = []
-
-    def make_policy(*a, **kw):
-        made.append(Bf16SampledPolicy(real_make_policy(*a, **kw)))
-        return made[-1]
-
-    real_make_policy = loop.make_policy
-    monkeypatch.setattr(loop, "make_policy", make_policy)
-    tr = trainer(tiny_lm, tmp_path, VARIED, steps=3, tis=tis, tis_cap=2.0, update_epochs=2, kl_coef=0.05)
+def test_bf16_sampling_fp32_training_logs_mismatch_and_trains_with_tis(tiny_lm, tmp_path, tis):
+    """Rollouts from the engine's bfloat16 copy (re-synced after every optimiser step), training in float32."""
+    tr = trainer(tiny_lm, tmp_path, VARIED, steps=3, tis=tis, tis_cap=2.0, update_epochs=2, kl_coef=0.05,
+                 rollout_dtype="bfloat16")
+    assert not tr.policy.rollout_logprobs_exact
     assert tr.tis_level == ("token" if tis == "auto" else tis)  # auto: on, the sampler is another numeric path
-    before = {k: v.clone() for k, v in tr.policy.inner.model.state_dict().items()}
+    synced = []
+    real = tr.policy.after_optimizer_step
+    tr.policy.after_optimizer_step = lambda: (synced.append(1), real())[1]
+    before = {k: v.clone() for k, v in tr.policy.model.state_dict().items()}
     run = tr.train()
     rows = read_jsonl(run / "metrics.jsonl")
-    assert len(rows) == 3 and made[0].refreshes == 6  # 3 steps x 2 epochs, the hook ran after every step
+    assert len(rows) == 3 and len(synced) == 6  # 3 steps x 2 epochs: the hook ran after every optimiser step
     for r in rows:
-        assert 0 < r["mismatch/kl"] < 0.05  # bfloat16 vs float32 log-probs differ, a little
+        assert 0 < r["mismatch/kl"] < 0.05  # bfloat16 vs float32 log-probs of the same tokens differ, a little
         assert r["mismatch/max_abs_logp_diff"] > 1e-3
         assert 0 <= r["mismatch/tis_clip_fraction"] <= 1
         assert all(v == v for v in r.values() if isinstance(v, float))  # no NaN anywhere
-    assert not all(torch.equal(before[k], v) for k, v in tr.policy.inner.model.state_dict().items())
-    # a float32 sampler logs no mismatch to speak of
-    monkeypatch.setattr(loop, "make_policy", real_make_policy)
-    tr = trainer(tiny_lm, tmp_path / "fp32", VARIED, steps=1)
+    assert not all(torch.equal(before[k], v) for k, v in tr.policy.model.state_dict().items())
+    # rollouts from the training model itself log no mismatch to speak of, and auto leaves TIS off
+    tr = trainer(tiny_lm, tmp_path / "fp32", VARIED, steps=1, rollout_dtype="same")
     m = tr.train_step(0)["metrics"]
     assert m["mismatch/kl"] < 1e-6
-    assert tr.tis_level == "none" and "mismatch/tis_clip_fraction" not in m  # auto: off for exact rollouts
+    assert tr.tis_level == "none" and "mismatch/tis_clip_fraction" not in m
 
 
 def test_frozen_perplexity_is_logged_every_step_in_both_spaces(tiny_lm, tmp_path, tiny_latent_dir):
