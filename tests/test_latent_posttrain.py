@@ -16,7 +16,7 @@ from reinlm.latent.model import LatentActionModel
 from reinlm.latent.qmodel import (QModel, QTrainConfig, double_dqn_loss, double_dqn_targets, terminal_rewards,
                                   train_q)
 from reinlm.latent.search import (Budget, LatentSearch, Node, SearchConfig, backup, best_of_n, puct_score,
-                                  select_descent, select_frontier)
+                                  select_descent, select_frontier, tree_nodes)
 
 DOCS = [
     "I watched this film last night and it was a delight from start to finish.",
@@ -201,12 +201,10 @@ def _count_world_model_forwards(lam):
 def test_search_never_spends_more_than_its_budget(lam, tmp_path, budget, use_q):
     from reinlm.rewards import parse_reward_spec
 
-    q = QModel.from_policy(lam) if use_q else None
-    if q is not None:  # a Q-model whose TD errors are sometimes small: nodes of several tokens
-        torch.nn.init.normal_(q.net.out.weight, std=0.01)
+    q = QModel.from_policy(lam) if use_q else None  # output layer zero: Q = 0, every TD error is 0
     counter = _count_world_model_forwards(lam)
     cfg = SearchConfig(latent="x", reward="contains_words:the", budget=budget, max_depth=8, rounds=32,
-                       branching_root=3, branching=2, segment_tokens=2, td_threshold=1e-3)
+                       branching_root=3, branching=2, segment_tokens=2, max_segment=3, td_threshold=1e-3)
     res = LatentSearch(lam, parse_reward_spec("contains_words:the"), cfg, q).search("The old house")
     assert res.stats["wm_forwards"] == counter["n"] <= budget
     if budget < cfg.max_depth:
@@ -214,6 +212,9 @@ def test_search_never_spends_more_than_its_budget(lam, tmp_path, budget, use_q):
     else:
         assert res.stats["rollouts"] >= 3 and len(res.actions) >= 1
         assert res.reward == max(c["reward"] for c in res.candidates)
+        # node lengths: segment_tokens without a Q-model; with one, nodes grow while the TD error stays small
+        segs = [n.depth - n.parent.depth for n in tree_nodes(res.root)[1:] if not n.terminal]
+        assert segs and set(segs) == {cfg.max_segment if use_q else cfg.segment_tokens}
     counter["n"] = 0
     bon = best_of_n(lam, parse_reward_spec("contains_words:the"), "The old house", res.stats["wm_forwards"], 8)
     assert bon["wm_forwards"] == counter["n"] <= res.stats["wm_forwards"]

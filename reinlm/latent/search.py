@@ -22,9 +22,9 @@ its actions. The **budget** counts world-model token forwards (one per token gen
 rollouts included): an expansion starts only when its worst case fits in what is left, so the search never
 spends more. Best-of-N sampling with the policy at the same spend is the baseline (:func:`best_of_n`).
 
-Decoding: the expansion loop below runs the frozen backbone with its KV cache, one batch row per new child
-(a small local loop over the heads-only API, to be replaced by the shared decode engine); best-of-N uses
-``LatentActionModel.generate``. Legend: b = rows (children being grown), T = positions, H = hidden,
+Decoding: both run on the shared decode engine (:func:`reinlm.rollout.decode.decode`): an expansion is one
+prefill of the node's text and one batch row per new child (:class:`ExpansionStepper`, a latent stepper that
+also checks the Q-model's TD error as it feeds each token); best-of-N uses ``LatentActionModel.generate``. Legend: b = rows (children being grown), T = positions, H = hidden,
 K = actions, V = vocabulary.
 """
 
@@ -40,6 +40,8 @@ import torch
 
 from reinlm.config import Config, opt
 from reinlm.errors import ReinlmError
+from reinlm.latent.stepper import LatentStepper
+from reinlm.rollout.sampling import Chooser
 
 
 @dataclass
@@ -200,10 +202,70 @@ class SearchResult:
     reward: float
     stats: dict  # tree statistics
     candidates: list[dict]  # every completed text: reward, text, node depth
+    root: Node | None = None  # the tree
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "text": self.text, "actions": self.actions, "reward": self.reward,
                 "stats": self.stats}
+
+
+# ---------------------------------------------------------------------------------------------- one expansion
+
+class ExpansionStepper(LatentStepper):
+    """A stepper of the decode engine for one expansion: row i takes action ``first[i]``, then the policy's
+    greedy action while its node is still growing, then rollout actions (sampled with the engine's uniforms
+    at ``temperature``, or greedy); tokens are the world model's argmax. A node stops growing at the first
+    step whose squared TD error (Q(s, a) - gamma max_a' Q(s', a'))^2 reaches ``td_threshold`` (checked when
+    the step's token is fed, from the recorded states), or after ``max_segment`` tokens; without a Q-model
+    after ``segment_tokens``. ``boundary[i]``: the node's length in new tokens (0 while still growing)."""
+
+    def __init__(self, lam, first: torch.Tensor, qmodel, gamma: float, cfg: SearchConfig):
+        sampler = Chooser("greedy") if cfg.rollout_actions == "greedy" else Chooser("sample", cfg.temperature)
+        super().__init__(lam, sampler, Chooser("greedy", record_logprob=False))
+        self.first, self.q, self.gamma, self.cfg = first, qmodel, gamma, cfg
+        k = first.shape[0]
+        self.boundary = torch.zeros(k, dtype=torch.long)
+        self.q_state = None  # (k, K) Q(s_t, .) of each growing row's current state
+        self.q_sa = torch.zeros(k)  # Q(s_t, a_t) of each row's last step
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, G: int, capacity: int) -> None:
+        super().start(ids, mask, G, capacity)
+        if self.q is not None:
+            self.q_state = self.q(self.hidden[:, : self.P])[:, -1].cpu()  # (k, K) all rows share the node's state
+
+    def choose(self, t: int, rows: torch.Tensor, u: torch.Tensor | None):
+        lam = self.lam
+        if t > 0:  # the policy reads the state fed at the previous step
+            self.pol_logits = lam.policy_step(self.h_last, self.attn[:, : self.P + t], self.pol_cache, self.P + t - 1)
+        logits = self.pol_logits.float()  # (b, K)
+        if t == 0:
+            a = self.first[rows]
+        else:
+            rolled, _ = self.act(logits, None if u is None else u[:, 0], rows, self.K)
+            a = torch.where(self.boundary[rows.cpu()].to(rows.device) == 0, logits.argmax(-1), rolled)
+        p = logits.softmax(-1).gather(-1, a[:, None]).squeeze(-1)  # (b,) prior of the step
+        if self.q is not None:
+            r = rows.cpu()
+            self.q_sa[r] = self.q_state[r].gather(-1, a.cpu()[:, None]).squeeze(-1)  # Q(s_t, a_t)
+        nxt = lam.token_logits(lam.world_model(self.h_last, a[:, None]))[:, 0].argmax(-1)  # (b,)
+        return nxt, p.clamp_min(1e-12).log(), {"action": a, "prob": p}
+
+    def feed(self, tok: torch.Tensor, rows: torch.Tensor, t: int) -> None:
+        super().feed(tok, rows, t)
+        cfg, r = self.cfg, rows.cpu()
+        growing = self.boundary[r] == 0
+        if not bool(growing.any()):
+            return
+        if self.q is not None:
+            g = growing.nonzero().squeeze(1)
+            q_next = self.q(self.hidden[rows[g.to(rows.device)], : self.P + t + 1])[:, -1].cpu()  # Q(s_{t+1}, .)
+            self.q_state[r[g]] = q_next
+            td = (self.q_sa[r[g]] - self.gamma * q_next.max(-1).values) ** 2
+            stop = torch.zeros_like(growing)
+            stop[g] = (td >= cfg.td_threshold) | (t + 1 >= cfg.max_segment)
+        else:
+            stop = torch.full_like(growing, t + 1 >= cfg.segment_tokens)
+        self.boundary[r[growing & stop]] = t + 1
 
 
 # ---------------------------------------------------------------------------------------------- the search
@@ -217,98 +279,40 @@ class LatentSearch:
         tok = lam.tokenizer
         self.eos = tok.eos_token_id if tok is not None else None
 
-    # ---- decoding helpers (the local loop; see the module docstring)
-    def _feed(self, tokens: torch.Tensor, past, T: int):
-        """Feed one token per row at position T: tokens (b,) -> h (b, 1, H); ``past`` is extended in place."""
-        b = tokens.shape[0]
-        mask = torch.ones(b, T + 1, dtype=torch.long, device=tokens.device)
-        pos = torch.full((b, 1), T, dtype=torch.long, device=tokens.device)
-        h, past = self.lam.backbone_hidden(tokens[:, None], mask, past_key_values=past, position_ids=pos,
-                                           use_cache=True)
-        return h, past
-
     @torch.no_grad()
     def _expand(self, node: Node, prompt_ids: list[int], k: int, budget: Budget, gen: torch.Generator):
-        """Grow ``k`` new children of ``node`` (one batch row each) and roll each out to the end.
+        """Grow ``k`` new children of ``node`` on the decode engine (one row each, from one prefill of the node's
+        text) and roll each out to the end.
 
         Returns ``[(child, rollout_tokens, rollout_actions)]`` (the rollout continues the child's text)."""
+        from reinlm.rollout.decode import decode
+
         lam, cfg = self.lam, self.cfg
         dev = lam.device
-        ids = torch.tensor([prompt_ids + node.tokens], device=dev)
-        h, past = lam.backbone_hidden(ids, use_cache=True)  # (1, T, H)
+        ids = torch.tensor([prompt_ids + node.tokens], device=dev)  # (1, T)
+        h, _ = lam.backbone_hidden(ids)
         probs0 = lam.policy_logits_from_hidden(h)[0, -1].float().softmax(-1)  # (K,)
         order = [a for a in probs0.argsort(descending=True).tolist() if a not in node.tried][:k]
         k = len(order)
         if k == 0:
             return []
-        past.batch_repeat_interleave(k)
-        h = h.expand(k, -1, -1).contiguous()  # (k, T, H) states so far, per row
-        q_prev = self.q(h)[:, -1] if self.q is not None else None  # (k, K) Q(s, .)
-        rows = [{"tokens": [], "actions": [], "probs": [], "extend": True, "boundary": None} for _ in range(k)]
-        active = torch.arange(k, device=dev)
-        first = torch.tensor(order, device=dev)
-        step = 0
-        while active.numel():
-            b = active.numel()
-            T = h.shape[1]
-            probs = lam.policy_logits_from_hidden(h)[:, -1].float().softmax(-1)  # (b, K)
-            extend = torch.tensor([rows[i]["extend"] for i in active.tolist()], device=dev)
-            if step == 0:
-                a = first[active]
-            else:
-                greedy = probs.argmax(-1)
-                if cfg.rollout_actions == "greedy":
-                    sampled = greedy
-                else:
-                    p = (probs.clamp_min(1e-12).log() / cfg.temperature).softmax(-1)
-                    sampled = torch.multinomial(p, 1, generator=gen).squeeze(-1)
-                a = torch.where(extend, greedy, sampled)
-            p_a = probs.gather(-1, a[:, None]).squeeze(-1)
-            budget.charge(b)
-            nxt = lam.world_model_logits_from_hidden(h[:, -1:], a[:, None])[:, 0].argmax(-1)  # (b,)
-            done = torch.zeros(b, dtype=torch.bool, device=dev)
-            for j, i in enumerate(active.tolist()):
-                r = rows[i]
-                r["tokens"].append(int(nxt[j]))
-                r["actions"].append(int(a[j]))
-                r["probs"].append(float(p_a[j]))
-                if int(nxt[j]) == self.eos or node.depth + len(r["tokens"]) >= cfg.max_depth:
-                    done[j] = True
-                    if r["extend"]:
-                        r["extend"], r["boundary"] = False, len(r["tokens"])
-            keep = (~done).nonzero().squeeze(1)
-            if keep.numel() == 0:
-                break
-            if keep.numel() < b:
-                past.batch_select_indices(keep)
-                h, nxt, a, active = h[keep], nxt[keep], a[keep], active[keep]
-                q_prev = q_prev[keep] if q_prev is not None else None
-            h_new, past = self._feed(nxt, past, T)
-            h = torch.cat([h, h_new], dim=1)  # (b', T+1, H)
-            q_new = self.q(h)[:, -1] if self.q is not None else None  # (b', K) Q(s', .)
-            for j, i in enumerate(active.tolist()):
-                r = rows[i]
-                if not r["extend"]:
-                    continue
-                seg = len(r["tokens"])
-                if q_new is not None:
-                    td = (float(q_prev[j, a[j]]) - self.gamma * float(q_new[j].max())) ** 2
-                    go_on = td < cfg.td_threshold and seg < cfg.max_segment
-                else:
-                    go_on = seg < cfg.segment_tokens
-                if not go_on:
-                    r["extend"], r["boundary"] = False, seg
-            q_prev = q_new
-            step += 1
+        S = cfg.max_depth - node.depth
+        stepper = ExpansionStepper(lam, torch.tensor(order, device=dev), self.q, self.gamma, cfg)
+        res = decode(stepper, ids, torch.ones_like(ids), samples_per_prompt=k, max_new_tokens=S,
+                     stop_ids=[self.eos] if self.eos is not None else None, pad_id=0, generator=[gen])
+        lengths = res.lengths.tolist()
+        budget.charge(sum(lengths))  # one world-model forward per generated token (fits: k * S <= remaining)
         out = []
-        for r in rows:
-            n = r["boundary"] if r["boundary"] is not None else len(r["tokens"])
-            ended = len(r["tokens"]) == n  # the child's own text ended (EOS or max_depth)
-            child = Node(tokens=node.tokens + r["tokens"][:n], actions=node.actions + r["actions"][:n],
-                         prior=sum(r["probs"][:n]) / n, width=cfg.branching, parent=node, terminal=ended)
+        for i in range(k):
+            L = lengths[i]
+            toks, acts = res.tokens[i, :L].tolist(), res.extras["action"][i, :L].tolist()
+            probs = res.extras["prob"][i, :L].tolist()
+            n = int(stepper.boundary[i]) if int(stepper.boundary[i]) > 0 else L  # still growing when it ended
+            child = Node(tokens=node.tokens + toks[:n], actions=node.actions + acts[:n], prior=sum(probs[:n]) / n,
+                         width=cfg.branching, parent=node, terminal=n == L)
             node.children.append(child)
-            node.tried.add(r["actions"][0])
-            out.append((child, node.tokens + r["tokens"], node.actions + r["actions"]))
+            node.tried.add(acts[0])
+            out.append((child, node.tokens + toks, node.actions + acts))
         return out
 
     def _completion(self, tokens: list[int]) -> str:
@@ -362,7 +366,7 @@ class LatentSearch:
                  "terminal_nodes": sum(n.terminal for n in nodes),
                  "mean_rollout_reward": sum(c["reward"] for c in candidates) / max(len(candidates), 1),
                  "root_value": root.value, "q_model": self.q is not None, "seconds": round(time.time() - t0, 2)}
-        return SearchResult(prompt, best["text"], list(best["actions"]), float(best["reward"]), stats, candidates)
+        return SearchResult(prompt, best["text"], list(best["actions"]), float(best["reward"]), stats, candidates, root)
 
 
 # ---------------------------------------------------------------------------------------------- the baseline
