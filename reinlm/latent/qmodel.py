@@ -331,7 +331,7 @@ def evaluate_q(qnet: QModel, target: nn.Module, rollouts: list[Rollout], gamma: 
 
     def corr(a, b):
         a, b = np.asarray(a), np.asarray(b)
-        return float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else float("nan")
+        return float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else None  # undefined
 
     return {"td_loss": tot / max(n, 1), "corr_first_step": corr(first, rew), "corr_last_step": corr(last, rew),
             "rollouts": len(rollouts), "reward_mean": float(np.mean(rew))}
@@ -455,7 +455,10 @@ def format_q_result(result: dict) -> str:
     lines = [f"Q-model: {result['out']}  ({result['rollouts']['train']} training rollouts, "
              f"{result['rollouts']['held_out']} held out, gamma {result['gamma']})"]
     if a:
+        def f(x):
+            return "-" if x is None else f"{x:.3f}"
+
         lines.append(f"held-out TD loss {b['td_loss']:.4f} -> {a['td_loss']:.4f}; corr(Q(s_0,a_0), reward) "
-                     f"{a['corr_first_step']:.3f}; corr(Q(s_last,a_last), reward) {a['corr_last_step']:.3f}; "
+                     f"{f(a['corr_first_step'])}; corr(Q(s_last,a_last), reward) {f(a['corr_last_step'])}; "
                      f"mean reward {a['reward_mean']:.3f}")
     return "\n".join(lines)
