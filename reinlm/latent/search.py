@@ -438,8 +438,13 @@ def run_search(cfg: SearchConfig, lam=None) -> dict:
     qmodel = QModel.from_pretrained(cfg.q, lam) if cfg.q else None
     searcher = LatentSearch(lam, reward_set, cfg, qmodel)
     rows = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(prompts), desc="search", unit="prompt", disable=len(prompts) < 2)
     for i, (p, c) in enumerate(zip(prompts, cols)):
         res = searcher.search(p, c)
+        bar.update(1)
+        bar.set_postfix(reward=f"{res.reward:.3f}", forwards=res.stats["wm_forwards"])
         row = {"search": res.to_dict()}
         if cfg.compare == "best-of-n":
             t = time.time()
@@ -447,6 +452,7 @@ def run_search(cfg: SearchConfig, lam=None) -> dict:
                                          cfg.temperature, cfg.seed + i, c)
             row["best_of_n"]["seconds"] = round(time.time() - t, 2)
         rows.append(row)
+    bar.close()
     report = {"settings": {k: getattr(cfg, k) for k in ("latent", "q", "reward", "budget", "c_puct", "branching_root",
                                                           "branching", "rounds", "max_depth", "td_threshold",
                                                           "selection", "rollout_actions", "temperature", "seed")},
