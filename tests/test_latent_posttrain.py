@@ -128,6 +128,9 @@ def test_train_q_from_sampled_and_from_jsonl_rollouts(tiny_latent_dir, tmp_path,
                        prompts="builtin:reviews", num_prompts=4, samples_per_prompt=4, max_new_tokens=6, epochs=30,
                        batch_size=8, lr=1e-3, target_every=5, held_out_fraction=0.25, progress=False)
     result = train_q(cfg, lam=lam)
+    from reinlm.latent.qmodel import format_q_result
+
+    assert "held-out TD loss" in format_q_result(result)
     q = QModel.from_pretrained(tmp_path / "q", lam)
     assert q.gamma == 0.99
     rows = [json.loads(x) for x in (tmp_path / "q" / "rollouts.jsonl").read_text().splitlines()]
@@ -236,6 +239,10 @@ def test_search_cli_compare_best_of_n(tiny_latent_dir, capsys):
     report = json.loads(capsys.readouterr().out)
     s = report["summary"]
     assert s["prompts"] == 1 and s["best_of_n_wm_forwards_mean"] <= s["search_wm_forwards_mean"] <= 64
+    from reinlm.latent.search import format_report
+
+    text = format_report(report)
+    assert "search wins" in text and "best-of-" in text
     assert main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the", "--c-puct", "-1",
                  "x"]) == 2
     assert main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the"]) == 2
@@ -260,6 +267,9 @@ def test_reward_hacking_bench_runs_both_spaces_without_kl(tiny_latent_dir, tmp_p
         cfg = (out / f"{r['space']}-seed3" / "config.yaml").read_text()
         assert "kl_coef: 0.0" in cfg
     assert set(report["summary"]) == {"latent", "token"} and (out / "reward_hacking.png").is_file()
+    from reinlm.bench.reward_hacking import format_report
+
+    assert "stable on" in format_report(report) and "CoLA" in format_report(report)
     assert main(argv[:-1] + ["--kl-coef", "0.1"]) == 2
 
 
