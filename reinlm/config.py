@@ -42,18 +42,19 @@ T = TypeVar("T")
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
         flag: bool = True, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
         hi_open: bool = False, choices: tuple | list | None = None, aliases: tuple[str, ...] = (),
-        finite: bool = True, sep: str | None = None, metavar: str | None = None) -> Any:
+        finite: bool = True, sep: str | None = None, metavar: str | None = None, check: Any = None) -> Any:
     """Declare a config field with its one-line documentation and its allowed values.
 
     ``lo``/``hi`` bound numbers (and each element of a list of numbers); ``lo_open``/``hi_open`` make
     the bound strict. ``choices`` restricts a non-``Literal`` field to a set of values. ``aliases`` are
     other YAML keys (and hidden flags) for this field. ``finite=False`` lets a float be nan/inf.
     ``sep`` marks a ``str`` field holding a ``sep``-separated list: a YAML list is joined with it.
-    ``flag=False`` keeps the field off the command line (still a YAML key).
+    ``flag=False`` keeps the field off the command line (still a YAML key). ``check(name, value)``: a
+    further check of a non-null value that raises ConfigError (e.g. :func:`check_device`).
     """
     meta = {"help": help, "flag": flag, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
             "choices": tuple(choices) if choices is not None else None, "aliases": tuple(aliases),
-            "finite": finite, "sep": sep, "metavar": metavar}
+            "finite": finite, "sep": sep, "metavar": metavar, "check": check}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -321,6 +322,35 @@ def _coerce_scalar(name: str, value: Any, tp: Any, meta, optional: bool) -> Any:
 
 def check_field(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any] | None = None,
                 optional: bool = False) -> Any:
+    """Check one value against its declared type and :func:`opt` constraints; returns it coerced (see
+    :func:`_check_type_and_range`), then runs the field's own ``check``."""
+    value = _check_type_and_range(name, value, tp, meta or {}, optional)
+    if value is not None and (meta or {}).get("check") is not None:
+        meta["check"](name, value)
+    return value
+
+
+def check_device(name: str, value: str) -> None:
+    """A device field's check: ``cpu``, ``cpu:N``, ``cuda``, ``cuda:N`` or ``auto``, and present on this machine
+    (``--device cuda`` without a GPU is refused, not silently run on the CPU)."""
+    from reinlm.utils import resolve_device
+
+    try:
+        resolve_device(value)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("device:", f"{name}:", 1), field=name) from None
+
+
+def device_opt(default: str = "auto", help: str = "cpu, cuda, cuda:N or auto", **kw) -> Any:
+    """:func:`opt` for a device field (checked by :func:`check_device`)."""
+    return opt(default, help, check=check_device, **kw)
+
+
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
+def _check_type_and_range(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any],
+                          optional: bool) -> Any:
     """Check one value against its declared type and :func:`opt` constraints; returns it coerced.
 
     Numeric strings become numbers (``"1e-5"``); an integral float becomes an int (``2.0``, ``1e3``);
@@ -329,7 +359,6 @@ def check_field(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any] |
     out of ``lo``/``hi`` and values outside the ``Literal``/``choices`` are refused with a ConfigError
     naming the field, the value and what is allowed.
     """
-    meta = meta or {}
     if value is None:
         if optional:
             return None
@@ -357,7 +386,7 @@ def check_field(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any] |
             raise _bad(name, value, tp, meta, optional)
         inner_meta = {k: v for k, v in meta.items() if k in ("lo", "hi", "lo_open", "hi_open", "finite")}
         try:
-            out = [check_field(name, x, inner, inner_meta) for x in items]
+            out = [_check_type_and_range(name, x, inner, inner_meta, False) for x in items]
         except ConfigError:
             raise _bad(name, value, tp, meta, optional) from None
         return tuple(out) if origin is tuple else out

@@ -385,3 +385,20 @@ def test_train_cli_resume_refuses_an_empty_saved_config(tmp_path, capsys):
     (run / "config.yaml").write_text("")
     code, err = _cli(["train", "--resume", str(run)], capsys)
     assert code == 2 and "is empty" in err and "checkpoint" in err
+
+
+def test_every_config_dataclass_derives_from_config():
+    """A dataclass whose fields are declared with opt() is a config: it must run the shared validator."""
+    import importlib
+    import pkgutil
+
+    import reinlm
+
+    missing = []
+    for mod in pkgutil.walk_packages(reinlm.__path__, "reinlm."):
+        module = importlib.import_module(mod.name)
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__
+                    and any("help" in f.metadata for f in dataclasses.fields(obj)) and not issubclass(obj, Config)):
+                missing.append(f"{module.__name__}.{obj.__name__}")
+    assert not missing, f"config dataclasses that skip validation (derive them from reinlm.config.Config): {missing}"

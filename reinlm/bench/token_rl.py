@@ -31,32 +31,32 @@ from typing import Any
 from reinlm.bench.common import (
     emit_result, format_table, mean_over, ratio, require_module, run_child, steady_state, throughput,
 )
-from reinlm.config import add_dataclass_args, build_config, check_range, config_to_dict, opt
+from reinlm.config import Config, add_dataclass_args, build_config, check_range, config_to_dict, opt
 from reinlm.errors import ConfigError, ReinlmError
 
 SIDES = ("reinlm", "trl")
 
 
 @dataclass
-class TokenRLBenchConfig:
+class TokenRLBenchConfig(Config):
     model: str = opt("smollm2-135m", "policy model for both sides: alias, local dir, .gguf or HF id")
     prompts: str = opt("builtin:reviews", "prompt SPEC (as for `reinlm train`), shared by both sides")
     reward: str = opt("sentiment", "reward SPEC; both sides call reinlm's reward with TRL's signature")
-    steps: int = opt(5, "RL steps per side (the first is an untimed warm-up when steps > 2)")
-    batch_prompts: int = opt(1, "prompts per step")
-    samples_per_prompt: int = opt(8, "completions per prompt (group size G = TRL's num_generations)")
-    max_new_tokens: int = opt(20, "maximum completion length in tokens (TRL's max_completion_length)")
-    kl_coef: float = opt(0.0, "KL coefficient (0: no reference model on either side, TRL's default beta)")
-    lr: float = opt(1e-6, "AdamW learning rate (TRL's default)")
-    seed: int = opt(0, "seed for both sides")
-    threads: int = opt(0, "torch CPU threads per side (0: torch's default)")
+    steps: int = opt(5, "RL steps per side (the first is an untimed warm-up when steps > 2)", lo=1)
+    batch_prompts: int = opt(1, "prompts per step", lo=1)
+    samples_per_prompt: int = opt(8, "completions per prompt (group size G = TRL's num_generations)", lo=2)
+    max_new_tokens: int = opt(20, "maximum completion length in tokens (TRL's max_completion_length)", lo=1)
+    kl_coef: float = opt(0.0, "KL coefficient (0: no reference model on either side, TRL's default beta)", lo=0)
+    lr: float = opt(1e-6, "AdamW learning rate (TRL's default)", lo=0, lo_open=True)
+    seed: int = opt(0, "seed for both sides", lo=0)
+    threads: int = opt(0, "torch CPU threads per side (0: torch's default)", lo=0)
     generation_backend: str = opt("reinlm", "reinlm side: reinlm (decode engine) or vllm (in-process vLLM, weights "
                                             "pushed after every step); see `reinlm train --help`")
     rollout_dtype: str = opt("auto", "reinlm side: auto|same|float32|bfloat16 (auto: a bfloat16 rollout copy where "
                                      "native; same: sample with the float32 trained weights)")
     sides: list[str] = opt(default_factory=lambda: list(SIDES), help="sides to run, comma-separated: reinlm,trl")
     out: str | None = opt(None, "keep each side's run directory and results.json here (default: a temp dir, removed)")
-    timeout: int = opt(3600, "seconds allowed per side before it is stopped")
+    timeout: int = opt(3600, "seconds allowed per side before it is stopped", lo=1)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_prompts", "max_new_tokens", "timeout"):

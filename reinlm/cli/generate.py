@@ -14,37 +14,29 @@ import sys
 import time
 from dataclasses import dataclass
 
-from reinlm.config import add_dataclass_args, build_config, check_range, load_yaml, opt
+from reinlm.config import DTYPE_CHOICES, Config, add_dataclass_args, build_config, check_device, load_yaml, opt
 from reinlm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Config):
     """Flags of ``reinlm generate`` besides the sampling ones (``SamplingConfig``) and the prompts."""
 
     model: str = opt("smollm2-135m", "model: an alias (smollm2-135m), local dir, run dir, .gguf file or HF id")
     prompts: str | None = opt(None, "prompt set SPEC: builtin:neutral|reviews|summaries, a .txt/.jsonl/.csv/"
                                     ".parquet file, a save_to_disk dir, or hf:NAME[:SPLIT]")
     prompt_column: str = opt("prompt", "column holding the prompt in table files and datasets")
-    limit: int | None = opt(None, "use only the first N prompts of --prompts")
-    num_samples: int = opt(1, "samples per prompt")
-    batch_size: int = opt(16, "prompts per generation batch (each brings --num-samples rows)")
-    seed: int = opt(0, "random seed (prompt i samples from a generator seeded with seed + i)")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
-    dtype: str = opt("float32", "float32, bfloat16 or float16")
+    limit: int | None = opt(None, "use only the first N prompts of --prompts", lo=1)
+    num_samples: int = opt(1, "samples per prompt", lo=1)
+    batch_size: int = opt(16, "prompts per generation batch (each brings --num-samples rows)", lo=1)
+    seed: int = opt(0, "random seed (prompt i samples from a generator seeded with seed + i)", lo=0)
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto", check=check_device)
+    dtype: str = opt("float32", "float32, bfloat16 or float16", choices=DTYPE_CHOICES)
     chat_template: bool = opt(False, "wrap each prompt as a user turn of the model's chat template")
-    max_prompt_tokens: int | None = opt(None, "longest prompt allowed, in tokens (default: context - max-new-tokens)")
+    max_prompt_tokens: int | None = opt(None, "longest prompt allowed, in tokens (default: context - max-new-tokens)", lo=1)
     truncate_prompts: bool = opt(False, "cut prompts that are too long from the left instead of failing")
-
-    def __post_init__(self):
-        check_range("num_samples", self.num_samples, 1)
-        check_range("batch_size", self.batch_size, 1)
-        if self.limit is not None:
-            check_range("limit", self.limit, 1)
-        if self.max_prompt_tokens is not None:
-            check_range("max_prompt_tokens", self.max_prompt_tokens, 1)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -13,12 +13,12 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from reinlm.config import add_dataclass_args, build_config, check_choice, load_yaml, opt
+from reinlm.config import Config, add_dataclass_args, build_config, check_choice, check_device, load_yaml, opt
 from reinlm.errors import ConfigError
 
 
 @dataclass
-class RewardCommandConfig:
+class RewardCommandConfig(Config):
     """Flags of ``reinlm reward`` (besides the texts and ``--json``)."""
 
     reward: str = opt("", "reward SPEC, e.g. sentiment, contains_words:red,blue, 0.5*sentiment+target_length:80")
@@ -31,7 +31,7 @@ class RewardCommandConfig:
                                       "smollm2-135m); without it rewards get no completion_ids (unless the data "
                                       "has a completion_ids column)")
     on_error: Literal["fail", "skip"] = opt("fail", "a reward returning NaN/None/wrong length or raising: fail, or skip that text")
-    device: str = opt("cpu", "device for rewards that run a model (cpu, cuda, auto)")
+    device: str = opt("cpu", "device for rewards that run a model (cpu, cuda, auto)", check=check_device)
 
     def __post_init__(self):
         if not self.reward or not str(self.reward).strip():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from reinlm.config import Config, opt
+from reinlm.config import Config, check_device, opt
 from reinlm.errors import ConfigError, bad_value
 from reinlm.critic.align import FUZZY_THRESHOLD
 
@@ -46,7 +46,7 @@ class CriticConfig(Config):
     critic_concurrency: int = opt(4, "most critic HTTP requests in flight", lo=1)
     critic_max_answer_tokens: int = opt(48, "token limit of each critic answer", lo=1)
     critic_batch_size: int = opt(8, "texts per local critic generation batch", lo=1)
-    critic_device: str = opt("auto", "device of the local critic: cpu, cuda, cuda:N, auto")
+    critic_device: str = opt("auto", "device of the local critic: cpu, cuda, cuda:N, auto", check=check_device)
     critic_fuzzy_threshold: float = opt(FUZZY_THRESHOLD, "difflib ratio a fuzzy phrase match needs (1: exact only)",
                                          lo=0, lo_open=True, hi=1)
 
@@ -56,10 +56,6 @@ class CriticConfig(Config):
         if self.critic_url and not self.critic_model:
             self.critic_model = "default"
         parse_values(self.critic_values)
-        if self.critic:
-            from reinlm.utils import resolve_device
-
-            resolve_device(self.critic_device)  # an absent device is refused before any model loads
 
     def build_backend(self):
         """The backend these settings describe (LocalCritic, default smollm2-135m, or HTTPCritic)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from reinlm.config import check_range, config_to_dict, opt
+from reinlm.config import DTYPE_CHOICES, Config, check_device, config_to_dict, opt
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.evaluation import metrics as M
 from reinlm.evaluation.generations import (Generations, ModelSource, prompt_columns, read_generations, resolve_source,
@@ -30,7 +30,7 @@ DEFAULT_METRICS = ("reward", "distinct", "qd", "perplexity", "kl")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """Every ``reinlm eval`` option."""
 
     model: str | None = opt(None, "model to sample from: alias, HF id, local dir, or a run directory (uses RUN_DIR/final)")
@@ -39,12 +39,12 @@ class EvalConfig:
     prompts: str = opt("builtin:neutral", "prompt SPEC (see reinlm train --help)")
     prompt_column: str = opt("prompt", "column holding the prompt in tabular prompt files")
     chat_template: bool = opt(False, "wrap text prompts as a user message of the chat template (message-list prompts always use it)")
-    num_prompts: int = opt(8, "prompts evaluated, the first N of the set (0: all)")
-    samples_per_prompt: int = opt(8, "completions sampled per prompt (M)")
-    max_new_tokens: int = opt(20, "maximum completion length in tokens")
-    temperature: float = opt(1.0, "sampling temperature (latent: action temperature)")
-    top_k: int = opt(0, "top-k filtering (0: off)")
-    top_p: float = opt(1.0, "nucleus filtering (1.0: off)")
+    num_prompts: int = opt(8, "prompts evaluated, the first N of the set (0: all)", lo=0)
+    samples_per_prompt: int = opt(8, "completions sampled per prompt (M)", lo=1)
+    max_new_tokens: int = opt(20, "maximum completion length in tokens", lo=1)
+    temperature: float = opt(1.0, "sampling temperature (latent: action temperature)", lo=0, lo_open=True)
+    top_k: int = opt(0, "top-k filtering (0: off)", lo=0)
+    top_p: float = opt(1.0, "nucleus filtering (1.0: off)", lo=0, lo_open=True, hi=1)
     reward: str | None = opt(None, "reward SPEC for the reward statistics (e.g. sentiment, 0.5*sentiment+toxicity)")
     metrics: str | None = opt(None, "comma-separated metrics (default: reward if --reward, distinct, qd, perplexity, "
                                     "kl if the reference differs from the policy)")
@@ -56,18 +56,13 @@ class EvalConfig:
     toxicity_backend: str = opt("profanity-check", "toxicity classifier: profanity-check or a HF id/path")
     toxicity_label: str = opt("toxic", "the classifier's toxic label (HF backends)")
     reference_column: str = opt("reference", "column holding reference texts for ROUGE")
-    seed: int = opt(0, "seed for sampling")
-    device: str = opt("auto", "cpu, cuda or auto")
-    dtype: str = opt("float32", "model dtype: float32 or bfloat16")
-    batch_size: int = opt(8, "sequences per forward pass when scoring log-probs")
+    seed: int = opt(0, "seed for sampling", lo=0)
+    device: str = opt("auto", "cpu, cuda or auto", check=check_device)
+    dtype: str = opt("float32", "model dtype: float32 or bfloat16", choices=DTYPE_CHOICES)
+    batch_size: int = opt(8, "sequences per forward pass when scoring log-probs", lo=1)
     out: str | None = opt(None, "output directory for eval.json and samples.jsonl (default: evals/<name>-seed<S>)")
 
     def __post_init__(self):
-        check_range("samples_per_prompt", self.samples_per_prompt, 1)
-        check_range("max_new_tokens", self.max_new_tokens, 1)
-        check_range("num_prompts", self.num_prompts, 0)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("temperature", self.temperature, 0.0)
         if not (self.model or self.latent or self.generations):
             raise ConfigError("eval: nothing to evaluate; allowed: --model MODEL|RUN_DIR, --latent DIR, or "
                               "--generations FILE.jsonl.")

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reinlm.config import Config, config_to_dict, opt
+from reinlm.config import Config, check_device, config_to_dict, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.latent.model import LatentActionModel
@@ -62,7 +62,8 @@ class PretrainConfig(Config):
     text_column: str = opt("text", help="text column of a .jsonl / dataset corpus")
     corpus_tokens: int = opt(0, help="use the first N tokens of the corpus only, held-out ones included (0 = all; "
                                      "set it for an hf: stream of unknown size)", lo=0)
-    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto (under torchrun / accelerate: each process's own)")
+    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto (under torchrun / accelerate: each process's own)",
+                     check=check_device)
     dtype: str = opt("auto", help="backbone dtype: auto (bfloat16 where the device computes it natively, else "
                                   "float32), float32, bfloat16, float16",
                      choices=("auto", "float32", "bfloat16", "float16"))
@@ -70,7 +71,7 @@ class PretrainConfig(Config):
         "auto", help="run the heads' forward and backward under bfloat16 autocast (weights and optimiser stay "
                      "float32): auto = where the device computes bfloat16 natively (about 2x faster on an "
                      "AVX512-BF16 CPU), off = float32")
-    seed: int = opt(0, help="random seed")
+    seed: int = opt(0, help="random seed", lo=0)
     held_out_fraction: float = opt(0.05, help="share of sequences (documents when streamed) held out for evaluation",
                                   lo=0.0, hi=0.5, lo_open=True)
     sample_batch: int = opt(128, help="sequences per batch when sampling self:N (rows that reach EOS leave the "

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reinlm.config import check_choice, check_range, opt
+from reinlm.config import Config, check_device, opt
 from reinlm.latent.hidden_cache import left_pad
 from reinlm.latent.model import LatentActionModel
 from reinlm.textstats import distinct_n, quality_diversity
@@ -36,27 +36,21 @@ ROWS = ("latent_policy", "latent_random", "token_sampling", "random_tokens")
 
 
 @dataclass
-class QDConfig:
+class QDConfig(Config):
     """Flags of ``reinlm latent qd``."""
 
     latent: str = opt("runs/latent", help="latent model directory (from `reinlm latent pretrain`)")
-    num_prefixes: int = opt(16, help="N: prefixes, one group each")
-    samples: int = opt(8, help="M: samples per prefix")
-    prefix_tokens: int = opt(16, help="prefix length P in tokens (cut from held-out sequences)")
-    new_tokens: int = opt(24, help="R: tokens generated per sample")
+    num_prefixes: int = opt(16, help="N: prefixes, one group each", lo=1)
+    samples: int = opt(8, help="M: samples per prefix", lo=2)
+    prefix_tokens: int = opt(16, help="prefix length P in tokens (cut from held-out sequences)", lo=1)
+    new_tokens: int = opt(24, help="R: tokens generated per sample", lo=1)
     prefixes: str = opt("", help="prompt SPEC to use as prefixes instead of the held-out cache (e.g. builtin:neutral)")
     encoder: str = opt("minilm", help="sentence encoder: minilm or any sentence-transformers id / path")
-    action_tau: float = opt(1.0, help="temperature of the policy's actions in the latent_policy row")
+    action_tau: float = opt(1.0, help="temperature of the policy's actions in the latent_policy row", lo=0, lo_open=True)
     wm_tokens: str = opt("greedy", help="token under the chosen action in the latent rows: greedy (the CoLA "
-                                        "protocol: all randomness is in the actions) or sample (temperature 1)")
-    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
-    seed: int = opt(0, help="random seed")
-
-    def __post_init__(self):
-        check_range("num_prefixes", self.num_prefixes, 1)
-        check_range("samples", self.samples, 2)
-        check_range("new_tokens", self.new_tokens, 1)
-        check_choice("wm_tokens", self.wm_tokens, ("greedy", "sample"))
+                                        "protocol: all randomness is in the actions) or sample (temperature 1)", choices=("greedy", "sample"))
+    device: str = opt("cpu", help="cpu, cuda, cuda:N or auto", check=check_device)
+    seed: int = opt(0, help="random seed", lo=0)
 
 
 def held_out_prefixes(latent_dir: Path, n: int, prefix_tokens: int) -> list[list[int]]:

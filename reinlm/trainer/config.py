@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reinlm.algorithms.config import AlgorithmConfig, KLConfig, PPOConfig
-from reinlm.config import Config, add_dataclass_args, flat_fields, is_config_class, opt
+from reinlm.config import Config, add_dataclass_args, check_device, flat_fields, is_config_class, opt
 from reinlm.critic.config import CriticConfig
 from reinlm.errors import ConfigError
 from reinlm.rollout.config import RolloutConfig
@@ -157,7 +157,8 @@ class TrainConfig(FlatNames, Config):
     lora_alpha: int = opt(16, "LoRA alpha", lo=1)
     lora_targets: str = opt("q_proj,v_proj", "modules LoRA adapts: all-linear, module names (q_proj,v_proj) or a regex of full module names", sep=",")
     # --- runtime ---
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (a device that is not there is refused)")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto (a device that is not there is refused)",
+                     check=check_device)
     dtype: Literal["float32", "bfloat16"] = opt("float32", "parameter dtype")
     frozen_dtype: Literal["same", "auto", "float32", "bfloat16"] = opt(
         "same", "dtype of the frozen networks: the token-space reference (and evaluation copy), the latent "
@@ -197,13 +198,7 @@ class TrainConfig(FlatNames, Config):
     def __post_init__(self) -> None:
         # every field's type and range is checked first (reinlm.config.Config); here: checks across fields
         from reinlm.algorithms import get_algorithm
-        from reinlm.utils import resolve_device
 
-        try:
-            resolve_device(self.device)  # refuse a device that is absent (cuda without a GPU) or unknown (tpu)
-        except ConfigError as e:
-            e.field = "device"
-            raise
         if self.frozen_dtype == "auto":  # resolved here, so config.yaml records what ran
             from reinlm.utils import native_bfloat16
 

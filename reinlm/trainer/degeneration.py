@@ -34,35 +34,25 @@ from typing import Any
 
 import numpy as np
 
-from reinlm.config import check_range, opt
+from reinlm.config import Config, opt
 from reinlm.textstats import distinct_n, punctuation_fraction, repeated_ngram_fraction
 
 SIGNALS = ("distinct_2", "repetition", "punctuation", "perplexity")
 
 
 @dataclass
-class DegenerationConfig:
+class DegenerationConfig(Config):
     """Thresholds of the degeneration alarm (docs/evaluation.md, "Degeneration alarm")."""
 
-    distinct2_floor: float = opt(0.2, "absolute floor on distinct-2 of a step's completions")
-    distinct2_relative_floor: float = opt(0.5, "distinct-2 below this fraction of its start value is bad")
-    repeat_n: int = opt(4, "n of the repeated character n-gram fraction (whitespace removed)")
-    repeat_ceiling: float = opt(0.35, "mean repeated char n-gram fraction above this is bad")
-    punctuation_ceiling: float = opt(0.3, "mean share of punctuation/symbol characters above this is bad")
-    perplexity_ratio: float = opt(4.0, "reference perplexity above this multiple of its start value is bad")
-    relative_ceiling: float = opt(2.0, "a ceiling is raised to this multiple of the start value when needed")
-    patience: int = opt(2, "consecutive bad steps before the alarm fires")
-    n_examples: int = opt(3, "example completions kept in an alarm", flag=False)
-
-    def __post_init__(self):
-        check_range("distinct2_floor", self.distinct2_floor, 0.0, 1.0)
-        check_range("distinct2_relative_floor", self.distinct2_relative_floor, 0.0, 1.0)
-        check_range("repeat_n", self.repeat_n, 1)
-        check_range("repeat_ceiling", self.repeat_ceiling, 0.0, 1.0)
-        check_range("punctuation_ceiling", self.punctuation_ceiling, 0.0, 1.0)
-        check_range("perplexity_ratio", self.perplexity_ratio, 1.0, lo_open=True)
-        check_range("relative_ceiling", self.relative_ceiling, 1.0)
-        check_range("patience", self.patience, 1)
+    distinct2_floor: float = opt(0.2, "absolute floor on distinct-2 of a step's completions", lo=0, hi=1)
+    distinct2_relative_floor: float = opt(0.5, "distinct-2 below this fraction of its start value is bad", lo=0, hi=1)
+    repeat_n: int = opt(4, "n of the repeated character n-gram fraction (whitespace removed)", lo=1)
+    repeat_ceiling: float = opt(0.35, "mean repeated char n-gram fraction above this is bad", lo=0, hi=1)
+    punctuation_ceiling: float = opt(0.3, "mean share of punctuation/symbol characters above this is bad", lo=0, hi=1)
+    perplexity_ratio: float = opt(4.0, "reference perplexity above this multiple of its start value is bad", lo=1, lo_open=True)
+    relative_ceiling: float = opt(2.0, "a ceiling is raised to this multiple of the start value when needed", lo=1)
+    patience: int = opt(2, "consecutive bad steps before the alarm fires", lo=1)
+    n_examples: int = opt(3, "example completions kept in an alarm", flag=False, lo=0)
 
 
 @dataclass
