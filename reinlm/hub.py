@@ -144,6 +144,43 @@ def _local_model_dir(path: Path) -> Path | None:
     return None
 
 
+def model_dir_problem(model_dir: str | os.PathLike) -> str | None:
+    """Why a local model directory cannot be loaded (``None`` when its files check out): a ``config.json``,
+    ``adapter_config.json`` or tokenizer JSON that does not parse, or a truncated / non-safetensors weights
+    file. Cheap (headers only), so it runs before any weights are read."""
+    from reinlm.utils import json_file_problem, safetensors_problem
+
+    d = Path(model_dir)
+    for name in ("config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json", "model.safetensors.index.json"):
+        if (d / name).is_file():
+            problem = json_file_problem(d / name)
+            if problem:
+                return problem
+    cfg = d / "config.json"
+    if cfg.is_file():
+        import json
+
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not (data.get("model_type") or data.get("architectures")):
+            return "config.json names no model_type or architectures"
+    for f in sorted(d.glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            return problem
+    return None
+
+
+def check_model_dir(model_dir: str | os.PathLike, name: str | None = None) -> None:
+    """Raise a ReinlmError naming the file when :func:`model_dir_problem` finds one."""
+    problem = model_dir_problem(model_dir)
+    if problem:
+        shown = name if name is not None else str(model_dir)
+        where = "" if str(shown) == str(model_dir) else f" (in {str(model_dir)!r})"
+        raise ReinlmError(f"model: {str(shown)!r} is a model directory{where}, but {problem}; save or copy the "
+                          "model again (e.g. with save_pretrained).")
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith((".gguf", os.sep)) or name.count("/") > 1
 
@@ -168,6 +205,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> str:
         if found is None:
             raise _unknown_model(name, "causal_lm", "the directory holds no config.json, adapter_config.json, "
                                  "final/, policy/ or single .gguf file")
+        check_model_dir(found, name)
         return str(found)
     if _looks_like_path(name):
         raise _unknown_model(name, "causal_lm", "no such file or directory")

@@ -105,18 +105,50 @@ def cast_parameters(model: torch.nn.Module, dtype: str | torch.dtype) -> torch.n
     return model
 
 
+TEMP_MARK = ".tmp-"  # the infix of every temporary name written by atomic_dir / atomic_write_*
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` (and the directories) to disk, so a rename never publishes data the
+    kernel still holds only in memory."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``final``; on success rename it to ``final``.
+    """Yield a temporary directory beside ``final``; on success flush it to disk and rename it to ``final``.
 
     A crash inside the block leaves ``final`` untouched (the old version, or nothing), never a half-written
-    directory. An existing ``final`` is replaced only after the new one is complete.
+    directory. An existing ``final`` is replaced only after the new one is complete. A process killed
+    mid-write leaves ``.NAME.tmp-*`` (or, between the two renames, ``.NAME.old``) beside ``final``:
+    :func:`remove_stale_temps` cleans them up.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMP_MARK}", dir=final.parent))
     try:
         yield tmp
+        _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -125,17 +157,83 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
+    _fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a flushed temporary file and an atomic rename: ``path`` holds
+    either its old content or the new one, never a part (a full disk leaves the old file intact)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[str]:
+    """Clean up after atomic writes killed in ``directory``: remove ``.NAME.tmp-*`` files and directories,
+    and rename a ``.NAME.old`` back to ``NAME`` when ``NAME`` is missing (a kill between atomic_dir's two
+    renames), else remove it. Returns the names removed or restored.
+
+    Only call it while no other process writes there (``reinlm train`` holds the run-directory lock).
+    """
+    directory = Path(directory)
+    done: list[str] = []
+    if not directory.is_dir():
+        return done
+    for p in sorted(directory.iterdir()):
+        name = p.name
+        if name.startswith(".") and TEMP_MARK in name:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            done.append(name)
+        elif name.startswith(".") and name.endswith(".old"):
+            target = directory / name[1:-len(".old")]
+            if not target.exists():
+                p.rename(target)
+            else:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            done.append(name)
+    return done
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "out") -> Path:
+    """Create directory ``path`` (and parents) and check that a file can be written in it, before any heavy
+    work; a path that is a file, lies under a file, or is not writable raises a one-paragraph ReinlmError."""
+    from reinlm.errors import ReinlmError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ReinlmError(f"{what}: {str(path)!r} is a file, not a directory; choose another path.")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ReinlmError(f"{what}: {str(path)!r} lies under {str(parent)!r}, which is a file, not a directory; "
+                              "choose another path.")
+        if parent.exists():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".write-check{TEMP_MARK}", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ReinlmError(f"{what}: cannot write in {str(path)!r} ({_os_reason(e)}); choose a writable directory "
+                          "(check its permissions and free space).") from None
+    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -151,9 +249,29 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file into a list of objects (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Read a JSONL log written by reinlm (metrics, samples) into a list of objects: blank lines and lines torn
+    by an interrupted write are skipped (see :func:`read_jsonl_tolerant`)."""
+    return read_jsonl_tolerant(path)[0]
+
+
+def read_jsonl_tolerant(path: str | Path) -> tuple[list[dict], list[int]]:
+    """The JSON objects of a run's own JSONL log, and the numbers of the lines that are not (a line torn by a
+    kill or a full disk, a NUL-filled tail after a crash): those are skipped, not fatal."""
+    rows, bad = [], []
+    data = Path(path).read_bytes().decode("utf-8", "replace")
+    for lineno, line in enumerate(data.split("\n"), 1):
+        if not line.strip("\x00 \t\r"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            bad.append(lineno)
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+        else:
+            bad.append(lineno)
+    return rows, bad
 
 
 def read_jsonl_objects(path: str | os.PathLike, what: str, allowed: str) -> list[tuple[int, dict]]:
@@ -178,6 +296,45 @@ def read_jsonl_objects(path: str | os.PathLike, what: str, allowed: str) -> list
                               f"allowed: {allowed}.")
         rows.append((lineno, obj))
     return rows
+
+
+def describe_os_error(e: OSError, path: str | os.PathLike | None = None, doing: str = "") -> str:
+    """One paragraph for an OS error a user can fix: the path, what went wrong in words ("the disk is full",
+    "permission denied", ...) and what to do; nothing written before the failure is lost (every file a run
+    writes is written atomically)."""
+    import errno
+
+    where = path if path is not None else (e.filename if getattr(e, "filename", None) else None)
+    target = f" {str(where)!r}" if where is not None else ""
+    doing = f" while {doing}" if doing else ""
+    if e.errno == errno.ENOSPC:
+        advice = ("free some space (or choose another --out) and run the command again; files written before are "
+                  "intact, and a training run continues from its last checkpoint with --resume RUN_DIR")
+        return f"disk full{doing}: no space left on the device holding{target or ' the output'}; {advice}."
+    if e.errno == errno.EDQUOT:
+        return f"disk quota exceeded{doing} at{target or ' the output'}; free some space and run the command again."
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot write{target}{doing}: {_os_reason(e)}; make it writable or choose another path (--out); "
+                "files written before are intact.")
+    if isinstance(e, FileNotFoundError):
+        return f"{(where and repr(str(where))) or 'a file'} does not exist{doing}."
+    if isinstance(e, IsADirectoryError):
+        return f"{(where and repr(str(where))) or 'a path'} is a directory, not a file{doing}."
+    if isinstance(e, NotADirectoryError):
+        return f"{(where and repr(str(where))) or 'a path'} is not a directory (a part of it is a file){doing}."
+    return f"{_os_reason(e)}{doing}{(' at' + target) if target else ''} ({type(e).__name__}, errno {e.errno})."
+
+
+def disk_full_at(path: str | os.PathLike, margin_bytes: int = 1 << 20) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing parent) has less than
+    ``margin_bytes`` free: libraries such as torch.save report a full disk as an unexplained write error."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < margin_bytes
+    except OSError:
+        return False
 
 
 def _os_reason(e: OSError) -> str:
@@ -259,3 +416,125 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------------------------ secrets
+REDACTED = "[REDACTED]"
+_SECRET_PATTERNS = [
+    # an Authorization header value, whatever its scheme: "Authorization: Bearer xyz", 'authorization': 'Basic ...'
+    re.compile(r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|token)\s+)?[^\s\"',;}]+"),
+    re.compile(r"(?i)(\bbearer\s+)(?=[A-Za-z._~+/=\-]*\d)[A-Za-z0-9._~+/=\-]{8,}"),  # a token has a digit
+    # key=value / "api_key": "value" forms
+    re.compile(r"(?i)(\b(?:api[_-]?key|access[_-]?token|secret|password|x-api-key)[\"']?\s*[:=]\s*[\"']?)"
+               r"[^\s\"',;}]{4,}"),
+    # well-known key shapes: OpenAI/Anthropic sk-..., Hugging Face hf_..., GitHub, Slack, AWS, Google
+    re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"\bhf_[A-Za-z0-9]{16,}"),
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),
+    re.compile(r"\bxox[abpr]-[A-Za-z0-9\-]{10,}"),
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"),
+]
+_SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+_registered_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Add ``value`` (e.g. an API key read from the environment) to the strings :func:`redact_secrets` removes."""
+    if value and len(value) >= 6:
+        _registered_secrets.add(value)
+
+
+def _env_secrets() -> list[str]:
+    out = []
+    for name, value in os.environ.items():
+        if value and len(value) >= 8 and any(w in name.upper() for w in _SECRET_ENV_WORDS):
+            out.append(value)
+    return out
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with API keys, tokens and ``Authorization`` / ``Bearer`` values replaced by ``[REDACTED]``.
+
+    Removes, in this order: the exact values of registered secrets and of environment variables whose name
+    says KEY/TOKEN/SECRET/PASSWORD (longest first), then well-known key shapes (``sk-...``, ``hf_...``, ...)
+    and ``Authorization:`` / ``Bearer`` / ``api_key=`` values. Apply it to a message *before* cutting it to a
+    length, so that no part of a key survives the cut.
+    """
+    if not text:
+        return text
+    text = str(text)
+    for secret in sorted(_registered_secrets | set(_env_secrets()), key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.re.groups and m.group(1) else "") + REDACTED, text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------ file checks
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete safetensors file (``None`` when it is): too short, a header length
+    or header that does not parse, or a size that differs from what the header describes (truncated)."""
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes; a safetensors file starts with an 8-byte header length)"
+            n = struct.unpack("<Q", head)[0]
+            if n > 100 << 20:
+                return f"{path.name} is not a safetensors file (its first 8 bytes are no header length)"
+            if n > size - 8:
+                return f"{path.name} is truncated ({size} bytes; its header alone takes {n + 8})"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"{path.name} cannot be read ({_os_reason(e)})"
+    except (ValueError, UnicodeDecodeError):
+        return f"{path.name} is not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return f"{path.name} is not a safetensors file (its header is not a mapping)"
+    try:
+        end = max([int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"] or [0])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return f"{path.name} is not a safetensors file (malformed tensor entries)"
+    expected = 8 + n + end
+    if size != expected:
+        return f"{path.name} is truncated or damaged ({size} bytes; its header describes {expected})"
+    return None
+
+
+def torch_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete ``torch.save`` file (``None`` when it is): torch.save writes a zip
+    archive whose directory is at the end, so a truncated file has none."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            size = path.stat().st_size
+            for info in z.infolist():
+                if info.header_offset + info.compress_size > size:
+                    return f"{path.name} is truncated ({size} bytes)"
+    except zipfile.BadZipFile:
+        return f"{path.name} is truncated or not a torch file ({path.stat().st_size} bytes, no archive directory)"
+    except OSError as e:
+        return f"{path.name} cannot be read ({_os_reason(e)})"
+    return None
+
+
+def json_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a readable JSON file (``None`` when it is)."""
+    path = Path(path)
+    try:
+        json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        return f"{path.name} cannot be read ({_os_reason(e)})"
+    except UnicodeDecodeError:
+        return f"{path.name} is not UTF-8 text"
+    except ValueError as e:
+        return f"{path.name} is not valid JSON ({e})" if path.stat().st_size else f"{path.name} is empty"
+    return None

@@ -52,8 +52,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_error(message: str) -> None:
-    para = textwrap.fill(" ".join(str(message).split()), width=100)
+    from reinlm.utils import redact_secrets
+
+    para = textwrap.fill(" ".join(redact_secrets(str(message)).split()), width=100)  # redact before any cut
     print(f"reinlm: error: {para}", file=sys.stderr)
+
+
+class RedactSecrets(logging.Filter):
+    """Logging filter: every record's message (arguments merged in) goes through ``redact_secrets``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from reinlm.utils import redact_secrets
+
+        message = record.getMessage()
+        clean = redact_secrets(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def install_redaction() -> None:
+    """Redact API keys from every log line and warning this process prints (handlers of the root logger and
+    ``warnings.showwarning``)."""
+    import warnings
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
+    show = warnings.showwarning
+    if not getattr(show, "_redacts", False):
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            from reinlm.utils import redact_secrets
+
+            show(redact_secrets(str(message)), category, filename, lineno, file, line)
+
+        showwarning._redacts = True
+        warnings.showwarning = showwarning
+
+
+def _user_error(e: BaseException) -> tuple[str, int] | None:
+    """(message, exit status) for an exception that is a problem of the input or the environment, not a bug."""
+    from reinlm.utils import describe_os_error
+
+    if isinstance(e, ReinlmError):
+        return str(e), e.exit_code
+    if isinstance(e, OSError):
+        return describe_os_error(e), 2
+    if isinstance(e, UnicodeDecodeError):
+        return (f"a file is not UTF-8 text: byte 0x{e.object[e.start:e.start + 1].hex()} at offset {e.start} cannot "
+                f"be decoded ({e.reason}); save the file as UTF-8."), 2
+    if type(e).__name__ == "SafetensorError":
+        return (f"a weights file cannot be read ({e}); it is truncated or not a safetensors file: copy or export "
+                "it again."), 2
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,15 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    install_redaction()
     if not args.debug:
         _quiet_third_party()
     try:
         return int(args._run(args) or 0)
-    except ReinlmError as e:
-        if args.debug:
+    except Exception as e:  # noqa: BLE001 - a user's problem is explained, a bug re-raised
+        explained = _user_error(e)
+        if args.debug or explained is None:
             raise
-        _print_error(str(e))
-        return e.exit_code
+        _print_error(explained[0])
+        return explained[1]
     except KeyboardInterrupt:
         print("reinlm: interrupted", file=sys.stderr)
         return 130

@@ -48,15 +48,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from reinlm.trainer.loop import Trainer
+    from reinlm.trainer.runlock import RunLock, is_main_process
 
     cfg = config_from_args(args)
-    if not args.resume:  # refuse a used --out before loading any model
-        from reinlm.trainer.loop import previous_run_outputs
+    out = cfg.out or cfg.default_out
+    # one writer per run directory, taken (and --out checked for writability) before any model loads
+    with RunLock(out) if is_main_process() else contextlib.nullcontext():
+        if not args.resume:  # refuse a used --out before loading any model
+            from reinlm.trainer.loop import previous_run_outputs
 
-        previous_run_outputs(cfg.out or cfg.default_out, cfg.overwrite)
-    trainer = Trainer(cfg)
-    run_dir = trainer.train(resume=bool(args.resume))
+            previous_run_outputs(out, cfg.overwrite)
+        trainer = Trainer(cfg)
+        run_dir = trainer.train(resume=bool(args.resume))
     summary_path = run_dir / "train_eval.json"
     if summary_path.is_file() and trainer.is_main:
         ev = json.loads(summary_path.read_text())

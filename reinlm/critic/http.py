@@ -7,8 +7,9 @@ are in flight. A reply that is not JSON with ``choices[0].message.content`` is *
 retried: a server that answers badly once usually does again). Nothing here raises for a failed request.
 
 The API key is read from the environment variable named by ``api_key_env`` at each request and sent as
-``Authorization: Bearer ...``; it never appears in logs, errors or ``repr`` (any echo of it in a server's
-error body is replaced by ``***``).
+``Authorization: Bearer ...``; it never appears in logs, errors, answers or ``repr``: every text that comes
+back from the server (answers, error bodies) goes through :func:`reinlm.utils.redact_secrets` in full,
+before any cut to a length, so a server that echoes the request headers leaks no part of the key.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from reinlm.config import check_range
 from reinlm.critic.align import FUZZY_THRESHOLD
 from reinlm.critic.base import Completion, CriticBackend
 from reinlm.errors import ConfigError
+from reinlm.utils import redact_secrets, register_secret
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -86,12 +88,13 @@ class HTTPCritic(CriticBackend):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if key:
+            register_secret(key)
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
     def _redact(self, message: str) -> str:
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        return message.replace(key, "***") if key else message
+        register_secret(os.environ.get(self.api_key_env) if self.api_key_env else None)
+        return redact_secrets(message)
 
     def _request(self, messages: list[dict]) -> Completion:
         body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
@@ -113,7 +116,7 @@ class HTTPCritic(CriticBackend):
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
-            detail = self._redact(e.read(300).decode("utf-8", "replace")) if e.fp else ""
+            detail = self._redact(e.read(65536).decode("utf-8", "replace"))[:300] if e.fp else ""
             return Completion(None, "error", f"HTTP {e.code} from {self.url}: {detail}".strip()), e.code in RETRY_STATUS
         except (TimeoutError, socket.timeout) as e:
             return Completion(None, "timeout", f"no reply from {self.url} within {self.timeout:g} s ({e})"), True
@@ -128,7 +131,7 @@ class HTTPCritic(CriticBackend):
             if not isinstance(content, str):
                 raise TypeError("content is not a string")
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            snippet = self._redact(raw[:120].decode("utf-8", "replace"))
+            snippet = self._redact(raw[:65536].decode("utf-8", "replace"))[:120]
             return Completion(None, "unparseable", f"malformed reply from {self.url} ({type(e).__name__}): "
                                                    f"{snippet!r}"), False
-        return Completion(content.strip()), False
+        return Completion(self._redact(content).strip()), False  # a server may echo the request headers

@@ -1,15 +1,21 @@
-"""Atomic checkpoints: everything needed to resume a run to the same result.
+"""Atomic, verified checkpoints: everything needed to resume a run to the same result.
 
-Layout of ``RUN_DIR/checkpoints/step-N/`` (written to a temporary directory, then renamed):
+Layout of ``RUN_DIR/checkpoints/step-N/`` (written to a temporary directory, flushed, then renamed):
 ``policy/`` (HF ``save_pretrained`` with safetensors, or the LoRA adapter; for latent runs the latent
 model directory), ``value_head.safetensors`` (PPO), ``optimizer.pt``, ``scheduler.pt``,
 ``trainer_state.json`` (step, KL controller, running score moments, degeneration monitor),
-``rng.pt`` and ``config.yaml``.
+``rng.pt``, ``config.yaml`` and ``manifest.json`` (every file's size).
+
+Resuming takes the newest checkpoint that is complete (:func:`latest_checkpoint`): each file is checked
+against the manifest and by format (safetensors headers and sizes, torch zip directories, JSON, YAML), so a
+truncated or damaged newest checkpoint is skipped, with the reason, in favour of the previous one. Leftovers
+of killed writes (``.step-N.tmp-*``) are removed before each save.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -19,9 +25,12 @@ import torch
 import yaml
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import atomic_dir, rng_state
+from reinlm.utils import (atomic_dir, describe_os_error, disk_full_at, json_file_problem, remove_stale_temps,
+                          rng_state, safetensors_problem, torch_file_problem)
 
+log = logging.getLogger("reinlm")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -42,33 +51,110 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """Why checkpoint directory ``ckpt`` cannot be resumed from (``None`` when every file checks out)."""
+    ckpt = Path(ckpt)
+    manifest_path = ckpt / MANIFEST
+    if manifest_path.is_file():
+        problem = json_file_problem(manifest_path)
+        if problem:
+            return problem
+        for rel, size in json.loads(manifest_path.read_text()).items():
+            f = ckpt / rel
+            if not f.is_file():
+                return f"{rel} is missing"
+            if f.stat().st_size != size:
+                return f"{rel} has {f.stat().st_size} bytes, {size} were written (truncated or damaged)"
+    problem = json_file_problem(ckpt / "trainer_state.json")
+    if problem:
+        return problem
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        if not (ckpt / name).is_file():
+            return f"{name} is missing"
+        problem = torch_file_problem(ckpt / name)
+        if problem:
+            return problem
+    policy = ckpt / "policy"
+    if not policy.is_dir():
+        return "policy/ is missing"
+    weights = sorted(policy.rglob("*.safetensors"))
+    if not weights and not any(policy.rglob("*.bin")):
+        return "policy/ holds no weights file"
+    for f in [*weights, *sorted(ckpt.glob("*.safetensors"))]:
+        problem = safetensors_problem(f)
+        if problem:
+            return problem
+    for f in sorted(policy.rglob("*.json")):
+        problem = json_file_problem(f)
+        if problem:
+            return problem
+    if (ckpt / "config.yaml").is_file():
+        try:
+            if not isinstance(yaml.safe_load((ckpt / "config.yaml").read_text()), dict):
+                return "config.yaml holds no settings"
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return "config.yaml is not valid YAML"
+    return None
+
+
 def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path] | None:
-    """The newest complete checkpoint, or ``None``."""
+    """The newest checkpoint that is complete and readable, or ``None`` when the run has no checkpoint.
+
+    Newer checkpoints that fail :func:`checkpoint_problem` are skipped with a warning that says why; when
+    every checkpoint fails, a ReinlmError lists them.
+    """
     found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+    skipped: list[str] = []
+    for step, path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for note in skipped:
+                log.warning("resume: skipped %s; using step-%d instead", note, step)
+            return step, path
+        skipped.append(f"checkpoints/{path.name} ({problem})")
+    if skipped:
+        raise ReinlmError(f"resume: no checkpoint of {str(run_dir)!r} can be read: {'; '.join(skipped)}. Start "
+                          "the run again without --resume (with --overwrite).")
+    return None
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, policy_saver, optimizer, scheduler,
                     trainer_state: dict[str, Any], config: dict[str, Any], value_head=None,
                     keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the ``keep`` newest.
+    """Write checkpoint ``step`` atomically (with a size manifest) and prune all but the ``keep`` newest
+    (0: keep all). Leftovers of killed writes in the run directory are removed first.
 
     ``policy_saver(dir)`` writes the policy weights into ``dir`` (so token and latent policies share this).
+    A full disk or an unwritable directory raises a ReinlmError naming the path; earlier checkpoints stay.
     """
     final = checkpoint_dir(run_dir, step)
-    with atomic_dir(final) as tmp:
-        policy_saver(tmp / "policy")
-        if value_head is not None:
-            from safetensors.torch import save_file
+    for where in (final.parent, Path(run_dir)):
+        for name in remove_stale_temps(where):
+            log.info("removed %s/%s, left by an interrupted write", where, name)
+    try:
+        with atomic_dir(final) as tmp:
+            policy_saver(tmp / "policy")
+            if value_head is not None:
+                from safetensors.torch import save_file
 
-            save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
-                      str(tmp / "value_head.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        # trainer_state.json last: its presence marks a complete checkpoint
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+                save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
+                          str(tmp / "value_head.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng_state(), tmp / "rng.pt")
+            (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+            sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+            (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
+    except OSError as e:
+        raise ReinlmError(describe_os_error(e, e.filename or final.parent, f"writing checkpoint step-{step}")) from e
+    except RuntimeError as e:  # torch.save reports a full disk as "unexpected pos ..." / "file write failed"
+        if disk_full_at(final.parent):
+            import errno
+
+            raise ReinlmError(describe_os_error(OSError(errno.ENOSPC, "No space left on device"), final.parent,
+                                                f"writing checkpoint step-{step}")) from e
+        raise
     for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import append_jsonl, read_jsonl
+from reinlm.utils import append_jsonl, atomic_write_text, read_jsonl_tolerant
 
 log = logging.getLogger("reinlm")
 
@@ -30,11 +30,16 @@ class RunLogger:
         if not enabled:
             return
         if resume_step is not None:
-            # drop lines logged after the checkpoint we resume from: they will be logged again
+            # drop lines logged after the checkpoint we resume from (they will be logged again) and a line
+            # torn by a kill or a full disk; rewritten atomically, so a second crash loses nothing
             for path in (self.metrics_path, self.samples_path):
                 if path.is_file():
-                    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
-                    path.write_text("".join(_dumps(r) + "\n" for r in kept))
+                    rows, torn = read_jsonl_tolerant(path)
+                    if torn:
+                        log.warning("%s: dropped %d unreadable line(s) (%s), left by an interrupted write",
+                                    path, len(torn), ", ".join(f"line {n}" for n in torn[:5]))
+                    kept = [r for r in rows if r.get("step", 0) <= resume_step]
+                    atomic_write_text(path, "".join(_dumps(r) + "\n" for r in kept))
         if backend in ("tensorboard", "wandb"):
             try:
                 from torch.utils.tensorboard import SummaryWriter

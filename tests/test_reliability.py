@@ -1,0 +1,291 @@
+"""Issue 18's building blocks, each on its own: the run-directory lock, verified checkpoints with fallback,
+torn-line-tolerant logs, atomic writes and their leftovers, writable-output checks, model-directory checks,
+secret redaction and the CLI's translation of OS errors (the end-to-end cases are in tests/test_fuzz*.py)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from reinlm.errors import ReinlmError
+from reinlm.trainer.checkpoint import checkpoint_problem, latest_checkpoint, list_checkpoints, save_checkpoint
+from reinlm.trainer.runlock import RunDirLocked, RunLock
+from reinlm.utils import (atomic_dir, atomic_write_text, describe_os_error, ensure_writable_dir, read_jsonl,
+                          redact_secrets, register_secret, remove_stale_temps, safetensors_problem)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- run-directory lock
+def test_second_writer_is_refused_naming_the_holder(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(RunDirLocked, match=rf"in use by another reinlm process \(pid {os.getpid()}"):
+            RunLock(run).acquire()
+    with RunLock(run):  # released: free again
+        pass
+
+
+def test_lock_of_a_killed_process_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    code = textwrap.dedent(f"""
+        import os, sys
+        from reinlm.trainer.runlock import RunLock
+        RunLock({str(run)!r}).acquire()
+        print("locked", flush=True)
+        sys.stdin.readline()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirLocked, match=f"pid {proc.pid}"):
+            RunLock(run).acquire()
+        proc.kill()
+        proc.wait()
+        lock = RunLock(run).acquire()  # the kernel dropped the dead holder's lock
+        assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+        lock.release()
+    finally:
+        proc.kill()
+
+
+def test_lock_leaves_no_empty_directory_after_an_early_failure(tmp_path):
+    run = tmp_path / "fresh"
+    with pytest.raises(ValueError):
+        with RunLock(run):
+            raise ValueError("failed before writing anything")
+    assert not run.exists()
+
+
+# --------------------------------------------------------------------------- writable outputs
+def test_output_that_is_a_file_under_a_file_or_read_only(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ReinlmError, match="is a file, not a directory"):
+        ensure_writable_dir(f)
+    with pytest.raises(ReinlmError, match="lies under .*which is a file"):
+        ensure_writable_dir(f / "sub" / "run")
+    import tempfile
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.MonkeyPatch.context() as mp:  # a read-only directory, also when the tests run as root
+        mp.setattr(tempfile, "mkstemp", denied)
+        with pytest.raises(ReinlmError, match=r"cannot write in .*\(permission denied\)"):
+            ensure_writable_dir(tmp_path / "ro_sim")
+    if os.geteuid() == 0:
+        return  # root writes everywhere: the chmod case below cannot fail
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(ReinlmError, match="permission denied"):
+            ensure_writable_dir(ro / "run")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_os_errors_are_described_in_words():
+    msg = describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl"))
+    assert msg.startswith("disk full") and "/runs/x/metrics.jsonl" in msg and "--resume" in msg
+    assert "permission denied" in describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/a"))
+    assert "read-only" in describe_os_error(OSError(errno.EROFS, "Read-only file system", "/a"))
+
+
+def test_cli_turns_a_full_disk_into_exit_2(monkeypatch, capsys):
+    from reinlm.cli import main as cli
+
+    def boom(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/step-3/optimizer.pt")
+
+    monkeypatch.setattr(cli, "_load", lambda name: type("M", (), {"add_parser": staticmethod(
+        lambda sub: sub.add_parser(name)), "run": staticmethod(boom)}) if name == "report" else None)
+    assert cli.main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert "disk full" in err and "optimizer.pt" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- atomic writes
+def test_atomic_dir_leaves_old_version_on_failure_and_cleanup_restores(tmp_path):
+    final = tmp_path / "out"
+    with atomic_dir(final) as d:
+        (d / "a").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as d:
+            (d / "a").write_text("half")
+            raise RuntimeError("killed")
+    assert (final / "a").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # leftovers of a SIGKILL: a temp dir, a temp file, and a kill between the two renames (.out.old, no out)
+    (tmp_path / ".out.tmp-abc").mkdir()
+    (tmp_path / ".metrics.jsonl.tmp-xyz").write_text("partial")
+    final.rename(tmp_path / ".out.old")
+    removed = remove_stale_temps(tmp_path)
+    assert set(removed) == {".out.tmp-abc", ".metrics.jsonl.tmp-xyz", ".out.old"}
+    assert (final / "a").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    atomic_write_text(path, "steps: 3\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        atomic_write_text(path, "steps: 4\n")
+    assert path.read_text() == "steps: 3\n" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_torn_last_line_of_a_log_is_skipped(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew')
+    assert read_jsonl(p) == [{"step": 1}, {"step": 2}]
+    from reinlm.trainer.logging import RunLogger
+
+    RunLogger(tmp_path, backend="none", resume_step=2)
+    assert p.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _save(run, step, model, keep=3):
+    from safetensors.torch import save_file
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    def saver(d):
+        d.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+        (d / "config.json").write_text('{"model_type": "tiny"}')
+
+    return save_checkpoint(run, step, policy_saver=saver, optimizer=opt, scheduler=sched,
+                           trainer_state={"kl_controller": {}}, config={"steps": 9}, keep=keep)
+
+
+@pytest.mark.parametrize("victim,damage", [
+    ("optimizer.pt", "truncate"), ("rng.pt", "truncate"), ("scheduler.pt", "empty"),
+    ("policy/model.safetensors", "truncate"), ("policy/model.safetensors", "garbage"),
+    ("trainer_state.json", "truncate"), ("policy/config.json", "garbage"), ("config.yaml", "empty"),
+])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, victim, damage):
+    model = torch.nn.Linear(4, 3)
+    for step in (5, 6):
+        _save(tmp_path, step, model)
+    assert latest_checkpoint(tmp_path)[0] == 6
+    f = tmp_path / "checkpoints" / "step-6" / victim
+    data = f.read_bytes()
+    f.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garbage": b"\x00garbage" * 10}[damage])
+    with caplog.at_level(logging.WARNING, logger="reinlm"):
+        step, path = latest_checkpoint(tmp_path)
+    assert step == 5
+    assert "skipped checkpoints/step-6" in caplog.text and Path(victim).name in caplog.text
+
+
+def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    _save(tmp_path, 5, model)
+    (tmp_path / "checkpoints" / "step-5" / "optimizer.pt").write_bytes(b"")
+    with pytest.raises(ReinlmError, match=r"no checkpoint .* can be read: checkpoints/step-5 \(optimizer.pt"):
+        latest_checkpoint(tmp_path)
+
+
+def test_save_removes_leftovers_of_killed_writes_and_keeps_newest(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    _save(tmp_path, 1, model)
+    (tmp_path / "checkpoints" / ".step-2.tmp-dead").mkdir()
+    (tmp_path / ".final.tmp-dead").mkdir()
+    _save(tmp_path, 2, model, keep=1)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-2"]
+    assert not (tmp_path / ".final.tmp-dead").exists()
+    assert checkpoint_problem(tmp_path / "checkpoints" / "step-2") is None
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+
+
+def test_safetensors_check(tmp_path):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "m.safetensors"
+    save_file({"w": torch.zeros(10)}, str(p))
+    assert safetensors_problem(p) is None
+    p.write_bytes(p.read_bytes()[:-4])
+    assert "truncated" in safetensors_problem(p)
+    p.write_bytes(b"not a safetensors file at all")
+    assert "not a safetensors file" in safetensors_problem(p)
+
+
+# --------------------------------------------------------------------------- model directories
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smol_tokenizer):
+    from reinlm.testing import save_tiny_model
+
+    return save_tiny_model(smol_tokenizer, tmp_path_factory.mktemp("tiny") / "model", seed=3)
+
+
+def test_model_dir_with_bad_config_or_truncated_weights_is_named(tmp_path, tiny_dir):
+    import shutil
+
+    from reinlm.hub import resolve_model_dir
+
+    bad = tmp_path / "bad_config"
+    shutil.copytree(tiny_dir, bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ReinlmError, match=r"is a model directory, but config.json is not valid JSON"):
+        resolve_model_dir(str(bad))
+    trunc = tmp_path / "truncated"
+    shutil.copytree(tiny_dir, trunc)
+    w = trunc / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(ReinlmError, match=r"model.safetensors is truncated"):
+        resolve_model_dir(str(trunc))
+
+
+# --------------------------------------------------------------------------- secrets
+@pytest.mark.parametrize("text", [
+    "Authorization: Bearer sk-live-1234567890abcdef",
+    "{'authorization': 'Bearer abc123def456ghi'}",
+    "the critic named a positive phrase 'Bearer sk-proj-XYZ123456789' that is not in the text",
+    "api_key=abcd1234efgh and token hf_abcdefghijklmnopqrstu",
+])
+def test_redaction_removes_keys_and_authorization_values(text):
+    out = redact_secrets(text)
+    assert "[REDACTED]" in out
+    for secret in ("sk-live-1234567890abcdef", "abc123def456ghi", "XYZ123456789", "abcd1234efgh", "hf_abcdefghij"):
+        assert secret not in out
+
+
+def test_registered_and_environment_secrets_are_removed_whole_before_any_cut(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "plainwordsecret")
+    register_secret("zzzz-odd-shaped-key")
+    text = "echo: plainwordsecret / zzzz-odd-shaped-key"
+    assert redact_secrets(text) == "echo: [REDACTED] / [REDACTED]"
+    assert "plain" not in redact_secrets(text)[:20]
+    assert redact_secrets("the bearer responsibilities stay") == "the bearer responsibilities stay"
+
+
+def test_cli_logging_filter_redacts_every_record(capsys):
+    from reinlm.cli.main import RedactSecrets
+
+    logger = logging.getLogger("reinlm.test_redact")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
+    logger.addHandler(handler)
+    try:
+        logger.warning("critic said %r", "Authorization: Bearer sk-abcdef1234567890")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "sk-abcdef" not in err and "[REDACTED]" in err
