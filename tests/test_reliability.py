@@ -289,3 +289,26 @@ def test_cli_logging_filter_redacts_every_record(capsys):
         logger.removeHandler(handler)
     err = capsys.readouterr().err
     assert "sk-abcdef" not in err and "[REDACTED]" in err
+
+
+# --------------------------------------------------------------------------- non-finite guards
+def test_guards_stop_on_nan_loss_grad_or_weight():
+    from reinlm.trainer.guards import (NonFiniteError, check_grad_norm, check_loss, check_weights, grad_norm,
+                                       stopped_message)
+
+    check_loss(torch.tensor(1.5), 3)
+    with pytest.raises(NonFiniteError, match=r"step 3: the loss is nan \(loss/kl=inf\)"):
+        check_loss(torch.tensor(float("nan")), 3, {"loss/policy": 0.1, "loss/kl": float("inf")})
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(1, 3)).sum().backward()
+    check_grad_norm(grad_norm(model.parameters()), 4)
+    model.weight.grad[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="step 4: the gradient norm is inf"):
+        check_grad_norm(grad_norm(model.parameters()), 4)
+    check_weights(model.named_parameters(), 5)
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"non-finite weights \(bias\)") as e:
+        check_weights(model.named_parameters(), 5)
+    msg = stopped_message(e.value, "runs/x", 4)
+    assert "runs/x/checkpoints/step-4" in msg and "--resume runs/x" in msg
