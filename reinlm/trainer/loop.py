@@ -41,7 +41,10 @@ from reinlm.trainer.checkpoint import latest_checkpoint, load_trainer_state, loa
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.logging import RunLogger
 from reinlm.trainer.policy import PolicyScores
-from reinlm.utils import peak_rss_mb, seed_everything, set_rng_state, write_json
+from reinlm.trainer.guards import NonFiniteError, check_grad_norm, check_loss, check_weights, stopped_message
+from reinlm.trainer.runlock import RunLock
+from reinlm.utils import (atomic_dir, atomic_write_text, peak_rss_mb, remove_stale_temps, seed_everything,
+                          set_rng_state, write_json)
 
 log = logging.getLogger("reinlm")
 
@@ -258,6 +261,7 @@ class Trainer:
     def _save(self, step: int) -> None:
         if not self.is_main:
             return
+        self._check_weights(step)
         state = {"kl_controller": self.kl_ctl.state_dict(),
                  "score_moments": self.score_moments.state_dict() if self.score_moments else None,
                  "degeneration": self.monitor.state_dict() if self.monitor is not None else None}
@@ -540,6 +544,8 @@ class Trainer:
                                         off_policy=off_policy, is_weights=is_w, kl=kl, kl_coef=kl_coef,
                                         entropy=scores.entropy, values=scores.values)
                     loss, st = self.algorithm.loss(inputs, norm)
+                    if self.world == 1:  # several processes: the all-reduced gradient norm below stops them all
+                        check_loss(loss, step + 1, st)
                     self.policy.backward(self.accelerator, loss)
                     loss_sums["loss/total"] = loss_sums.get("loss/total", 0.0) + float(loss.detach())
                     for k, v in st.items():
@@ -550,6 +556,7 @@ class Trainer:
                     rows += len(sub)
                 gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(),
                                                     cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                check_grad_norm(gn, step + 1)  # before the step: a NaN never reaches the weights
                 sums["grad/norm"] = sums.get("grad/norm", 0.0) + float(gn) * len(idx)
                 self.optimizer.step()
                 self.policy.after_optimizer_step()
@@ -599,13 +606,41 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ the loop
+    def _check_weights(self, step: int) -> None:
+        """Refuse to write a checkpoint or final model with a nan/inf weight (guards.check_weights)."""
+        params = self.policy.trainable_parameters()
+        check_weights(((f"trainable tensor {i} {tuple(p.shape)}", p) for i, p in enumerate(params)), step,
+                       "the policy")
+
     def train(self, resume: bool = False) -> Path:
-        """Run (or continue) training; returns the run directory."""
+        """Run (or continue) training; returns the run directory.
+
+        The main process holds the run-directory lock throughout (a second writer is refused). A non-finite
+        loss, gradient norm or weight stops the run with a :class:`NonFiniteError` before it reaches the
+        weights or any file; the checkpoints written so far stay.
+        """
+        lock = RunLock(self.run_dir) if self.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._train(resume)
+        except NonFiniteError as e:
+            last = latest_checkpoint(self.run_dir) if self.is_main else None
+            raise NonFiniteError(stopped_message(e, self.run_dir, last[0] if last else None)) from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, resume: bool) -> Path:
         from reinlm.progress import step_bar, task
         from reinlm.trainer.inputs import check_resume_inputs, describe_inputs, write_inputs
 
         cfg = self.cfg
         inputs = describe_inputs(self.full_prompts, self.reward_set)
+        if self.is_main:
+            for where in (self.run_dir, self.run_dir / "checkpoints"):
+                for name in remove_stale_temps(where):  # leftovers of a killed write (we hold the lock)
+                    log.info("removed %s/%s, left by an interrupted write", where, name)
         if resume:
             check_resume_inputs(self.run_dir, inputs)  # refuse to continue on other prompts or rewards
             self.resume()
@@ -613,12 +648,14 @@ class Trainer:
             prepare_fresh_run_dir(self.run_dir, cfg.overwrite)
             write_inputs(self.run_dir, inputs)
         if self.is_main:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         logger = RunLogger(self.run_dir, cfg.log, config_to_dict(cfg), enabled=self.is_main,
                            resume_step=self.start_step if resume else None)
         evaluation: dict[str, Any] = {}
+        eval_path = self.run_dir / "train_eval.json"
         if self.is_main and not resume:
             evaluation["before"] = self.evaluate_held_out("before")
+            write_json(eval_path, evaluation)  # now, so a resumed run keeps the "before" half
         bar = None
         if self.is_main:  # a tqdm bar, or with --progress false one plain line per step
             bar = step_bar(cfg.steps, f"{cfg.algo}/{cfg.space}", initial=self.start_step, enabled=cfg.progress)
@@ -657,22 +694,26 @@ class Trainer:
             if stopped_reason is None:
                 with task(f"saving checkpoint step-{cfg.steps} and the final model in {self.run_dir / 'final'}"):
                     self._save(cfg.steps)
-                    self.policy.save_final(self.run_dir / "final")
+                    with atomic_dir(self.run_dir / "final") as tmp:
+                        self.policy.save_final(tmp)
             elif self.last_healthy_ckpt is not None:
                 from reinlm.trainer.checkpoint import checkpoint_dir
 
                 self.policy.load(checkpoint_dir(self.run_dir, self.last_healthy_ckpt) / "policy")
-                self.policy.save_final(self.run_dir / "final")
+                with atomic_dir(self.run_dir / "final") as tmp:
+                    self.policy.save_final(tmp)
             evaluation["after"] = self.evaluate_held_out("after")
             if stopped_reason:
                 evaluation["stopped"] = stopped_reason
             evaluation["final_step"] = final_step
-            prev = self.run_dir / "train_eval.json"
-            if resume and prev.is_file():
-                import json
+            if eval_path.is_file():  # the "before" half, written at the start (possibly by an earlier process)
+                from reinlm.utils import json_file_problem
 
-                evaluation = {**json.loads(prev.read_text()), **evaluation}
-            write_json(prev, evaluation)
+                if json_file_problem(eval_path) is None:
+                    import json
+
+                    evaluation = {**json.loads(eval_path.read_text()), **evaluation}
+            write_json(eval_path, evaluation)
         logger.close()
         self.accelerator.wait_for_everyone()
         return self.run_dir

@@ -23,6 +23,7 @@ from reinlm.errors import ReinlmError
 log = logging.getLogger("reinlm")
 
 LOCK_NAME = ".lock"
+_held_here: dict[str, int] = {}  # run dirs this process holds -> nesting depth (the CLI, then the Trainer)
 
 
 class RunDirLocked(ReinlmError):
@@ -59,9 +60,16 @@ class RunLock:
         self.what = what
         self._fd: int | None = None
         self._created = False
+        self._nested = False
 
     def acquire(self) -> "RunLock":
-        """Take the lock (creating the run directory); raises :class:`RunDirLocked` naming the holder's pid."""
+        """Take the lock (creating the run directory); raises :class:`RunDirLocked` naming the holder's pid.
+        Re-entrant within one process (``reinlm train`` locks before loading models, the Trainer again)."""
+        key = str(self.run_dir.resolve())
+        if _held_here.get(key):
+            _held_here[key] += 1
+            self._nested = True
+            return self
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
@@ -95,12 +103,19 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        _held_here[key] = 1
         return self
 
     def release(self) -> None:
         """Release the lock (the file stays: removing it could let two processes lock two different files)."""
+        key = str(self.run_dir.resolve())
+        if self._nested:
+            self._nested = False
+            _held_here[key] -= 1
+            return
         if self._fd is None:
             return
+        _held_here.pop(key, None)
         import fcntl
 
         try:
