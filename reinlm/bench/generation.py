@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reinlm.bench.common import emit_result, ratio, run_child
-from reinlm.config import check_range, opt
+from reinlm.config import Config, check_range, opt
 from reinlm.errors import ConfigError
 
 BACKENDS = ("reinlm-float32", "reinlm-bfloat16", "latent-bfloat16", "vllm-bfloat16", "vllm-float32", "hf-float32",
@@ -37,19 +37,19 @@ DEFAULT_BACKENDS = ["reinlm-float32", "reinlm-bfloat16", "latent-bfloat16", "vll
 
 
 @dataclass
-class GenerationBenchConfig:
+class GenerationBenchConfig(Config):
     """Flags of ``reinlm bench generation``."""
 
     model: str = opt("smollm2-135m", "model: embedded alias, local dir or HF id (the latent backbone too)")
     backends: list[str] = opt(default_factory=lambda: list(DEFAULT_BACKENDS),
                               help="comma-separated backends: " + ", ".join(BACKENDS))
-    batch_sizes: list[int] = opt(default_factory=lambda: [8, 16, 64], help="comma-separated batch sizes B (rows)")
+    batch_sizes: list[int] = opt(default_factory=lambda: [8, 16, 64], help="comma-separated batch sizes B (rows)", lo=1)
     group: int = opt(8, "samples per prompt G (B / G distinct prompts; each B must be a multiple of G)")
     new_tokens: int = opt(20, "tokens generated per row (EOS ignored)")
     repeats: int = opt(3, "timed calls per batch size (median reported), after one warm-up call")
     latent: str | None = opt(None, "latent model directory for latent-bfloat16 (default: fresh cpu-preset heads)")
     threads: int = opt(0, "torch CPU threads per backend process (0: torch's default)")
-    seed: int = opt(0, "sampling seed")
+    seed: int = opt(0, "sampling seed", lo=0)
 
     def __post_init__(self) -> None:
         self.backends = [b.strip() for b in ([self.backends] if isinstance(self.backends, str) else self.backends)]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reinlm.config import check_range, opt
+from reinlm.config import Config, opt
 from reinlm.errors import ConfigError, ReinlmError
 
 __all__ = ["SamplingConfig", "draw_uniforms", "inverse_cdf_sample", "filter_logits", "choose", "Chooser"]
@@ -45,27 +45,19 @@ __all__ = ["SamplingConfig", "draw_uniforms", "inverse_cdf_sample", "filter_logi
 
 # ----------------------------------------------------------------------------------------------- config
 @dataclass
-class SamplingConfig:
+class SamplingConfig(Config):
     """How completions are drawn (one per sample; ``samples_per_prompt`` is an argument of the engine)."""
 
-    temperature: float = opt(1.0, "sampling temperature; log-probs are of softmax(logits / temperature)")
-    top_k: int = opt(0, "keep only the k most likely tokens when sampling (0: off)")
-    top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens whose mass reaches p (1.0: off)")
-    max_new_tokens: int = opt(64, "maximum number of generated tokens per completion")
+    temperature: float = opt(1.0, "sampling temperature; log-probs are of softmax(logits / temperature)", lo=0, lo_open=True)
+    top_k: int = opt(0, "keep only the k most likely tokens when sampling (0: off)", lo=0)
+    top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens whose mass reaches p (1.0: off)", lo=0, lo_open=True, hi=1)
+    max_new_tokens: int = opt(64, "maximum number of generated tokens per completion", lo=1)
     stop_strings: list[str] = opt(default_factory=list,
                                   help="stop a completion after the token that completes any of these strings")
     greedy: bool = opt(False, "take the most likely token instead of sampling (log-probs still at temperature)")
     ignore_eos: bool = opt(False, "do not stop at EOS (fixed-length generation, for benchmarks)")
 
     def __post_init__(self):
-        check_range("temperature", self.temperature, 0, lo_open=True)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise ConfigError(f"top_k: got {self.top_k!r}; allowed: an integer >= 0 (0: off).")
-        check_range("top_k", self.top_k, 0)
-        check_range("top_p", self.top_p, 0, 1, lo_open=True)
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
-            raise ConfigError(f"max_new_tokens: got {self.max_new_tokens!r}; allowed: an integer >= 1.")
-        check_range("max_new_tokens", self.max_new_tokens, 1)
         if isinstance(self.stop_strings, str):
             self.stop_strings = [self.stop_strings]
         self.stop_strings = list(self.stop_strings or [])
