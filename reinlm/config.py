@@ -690,6 +690,11 @@ def build_config(cls: type[T], flags: argparse.Namespace | dict | None = None,
             layer = {k: v for k, v in layer.items() if k.replace("-", "_") in known}
         for k, v in normalize_keys(classes, layer, src).items():
             if k in mine:
+                ff = mine[k]
+                try:  # each file's own values are checked, even those a flag overrides
+                    v = check_field(k, v, ff.type, ff.meta, ff.optional)
+                except ConfigError as e:
+                    raise ConfigError(f"config {src!r}: {e}" if src else str(e), field=k) from None
                 values[k] = v
                 origin[k] = src
     given = vars(flags) if isinstance(flags, argparse.Namespace) else (flags or {})

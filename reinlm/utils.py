@@ -211,20 +211,40 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[str]:
     return done
 
 
-def ensure_writable_dir(path: str | os.PathLike, what: str = "out") -> Path:
-    """Create directory ``path`` (and parents) and check that a file can be written in it, before any heavy
-    work; a path that is a file, lies under a file, or is not writable raises a one-paragraph ReinlmError."""
+def check_output_dir(path: str | os.PathLike, what: str = "out") -> Path:
+    """Check, without creating anything, that directory ``path`` can be written (it, or its nearest existing
+    parent, is a writable directory): call it before any model loads. A path that is a file, lies under a
+    file, or is not writable raises a one-paragraph ReinlmError."""
     from reinlm.errors import ReinlmError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ReinlmError(f"{what}: {str(path)!r} is a file, not a directory; choose another path.")
+    probe_dir = path
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise ReinlmError(f"{what}: {str(path)!r} lies under {str(parent)!r}, which is a file, not a directory; "
                               "choose another path.")
         if parent.exists():
             break
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".write-check{TEMP_MARK}", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ReinlmError(f"{what}: cannot write in {str(probe_dir)!r} ({_os_reason(e)}); choose a writable "
+                          "directory (check its permissions and free space).") from None
+    return path
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "out") -> Path:
+    """Create directory ``path`` (and parents) and check that a file can be written in it, before any heavy
+    work; a path that is a file, lies under a file, or is not writable raises a one-paragraph ReinlmError."""
+    from reinlm.errors import ReinlmError
+
+    path = check_output_dir(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".write-check{TEMP_MARK}", dir=path)
@@ -316,6 +336,9 @@ def describe_os_error(e: OSError, path: str | os.PathLike | None = None, doing: 
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (f"cannot write{target}{doing}: {_os_reason(e)}; make it writable or choose another path (--out); "
                 "files written before are intact.")
+    if isinstance(e, FileExistsError):
+        return (f"{(where and repr(str(where))) or 'a path'} already exists{doing} (a file where a directory was "
+                "expected?); choose another path.")
     if isinstance(e, FileNotFoundError):
         return f"{(where and repr(str(where))) or 'a file'} does not exist{doing}."
     if isinstance(e, IsADirectoryError):

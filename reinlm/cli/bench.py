@@ -78,6 +78,10 @@ def _run_token_rl(mod, args: argparse.Namespace) -> int:
     from reinlm.config import build_config
 
     cfg = build_config(mod.TokenRLBenchConfig, args)
+    if cfg.out:
+        from reinlm.utils import check_output_dir
+
+        check_output_dir(cfg.out)
     report = mod.run_bench(cfg)
     if args.json:
         print(dumps(report))

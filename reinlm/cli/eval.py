@@ -29,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from reinlm.evaluation.evaluate import EvalConfig, evaluate, format_table
 
     cfg = build_config(EvalConfig, args, load_yaml(args.config))
+    if cfg.out:
+        from reinlm.utils import check_output_dir
+
+        check_output_dir(cfg.out)  # before any model loads
     result = evaluate(cfg)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))  # the same object as eval.json

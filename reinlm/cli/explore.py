@@ -24,6 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from reinlm.latent.explore import explore, format_exploration
     from reinlm.latent.model import LatentActionModel
 
+    from reinlm.config import check_device, check_field
+
+    for name, lo in (("new_tokens", 1), ("top", 1)):
+        check_field(name, getattr(args, name), int, {"lo": lo})
+    check_device("device", args.device)
     model = LatentActionModel.from_pretrained(args.latent, device=args.device)
     ex = explore(model, args.prompt, new_tokens=args.new_tokens, top=args.top)
     print(json.dumps(asdict(ex), indent=2) if args.json else format_exploration(ex))

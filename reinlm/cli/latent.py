@@ -8,6 +8,7 @@ import argparse
 import json
 
 from reinlm.config import add_dataclass_args, build_config, load_yaml
+from reinlm.utils import check_output_dir
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         values = load_yaml(args.config)
         cfg = build_config(PretrainConfig, args, values, also=(LatentConfig,))
         latent = build_config(LatentConfig, args, values, also=(PretrainConfig,))
+        check_output_dir(cfg.out)  # before the backbone loads
         try:
             out = pretrain(cfg, latent)
         except Interrupted as e:  # --stop-after-steps: not an error, but not finished either
@@ -68,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if args.latent_command == "import-cola":
         from reinlm.latent.import_cola import ImportColaConfig, import_cola
 
-        summary = import_cola(build_config(ImportColaConfig, args))
+        imp_cfg = build_config(ImportColaConfig, args)
+        check_output_dir(imp_cfg.out)
+        summary = import_cola(imp_cfg)
         print(json.dumps(summary, indent=2))
         print(f"latent model: {summary['out']}   (try: reinlm explore --latent {summary['out']} \"I like eating\")")
         return 0

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from reinlm.config import add_dataclass_args, build_config, load_yaml
+from reinlm.utils import check_output_dir
 
 
 def add_post_parsers(sub) -> None:
@@ -37,6 +38,7 @@ def run_post(args: argparse.Namespace) -> int:
         from reinlm.latent.finetune import FinetuneConfig, finetune, format_result, load_result
 
         cfg = build_config(FinetuneConfig, args, load_yaml(args.config))
+        check_output_dir(cfg.out)  # before any model loads
         out = finetune(cfg)
         result = load_result(out)
         print(json.dumps(result, indent=2) if args.json else format_result(result))
@@ -45,6 +47,7 @@ def run_post(args: argparse.Namespace) -> int:
     from reinlm.latent.qmodel import QTrainConfig, format_q_result, train_q
 
     cfg = build_config(QTrainConfig, args, load_yaml(args.config))
+    check_output_dir(cfg.out)
     result = train_q(cfg)
     print(json.dumps(result, indent=2) if args.json else format_q_result(result))
     return 0

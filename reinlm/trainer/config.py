@@ -219,6 +219,9 @@ class TrainConfig(FlatNames, Config):
                               "made by `reinlm latent pretrain`.")
         if self.space == "token" and self.num_actions is not None:
             raise ConfigError(f"num_actions: got {self.num_actions}, a latent-space option; use it with --space latent.")
+        if self.lora_r > 0 and not [t for t in self.lora_targets.split(",") if t.strip()]:
+            raise ConfigError(f"lora_targets: got {self.lora_targets!r} with --lora-r {self.lora_r}; allowed: "
+                              "comma-separated module names, e.g. q_proj,v_proj.", field="lora_targets")
         if self.space == "latent":
             token_only = {"lora_r": 0, "value_model": "shared"}
             for name, neutral in token_only.items():

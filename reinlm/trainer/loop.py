@@ -641,6 +641,11 @@ class Trainer:
             for where in (self.run_dir, self.run_dir / "checkpoints"):
                 for name in remove_stale_temps(where):  # leftovers of a killed write (we hold the lock)
                     log.info("removed %s/%s, left by an interrupted write", where, name)
+        evaluation: dict[str, Any] = {}
+        eval_path = self.run_dir / "train_eval.json"
+        if self.is_main and not resume:
+            # before anything is written: a reward or prompt that fails on the first samples leaves no run behind
+            evaluation["before"] = self.evaluate_held_out("before")
         if resume:
             check_resume_inputs(self.run_dir, inputs)  # refuse to continue on other prompts or rewards
             self.resume()
@@ -649,13 +654,10 @@ class Trainer:
             write_inputs(self.run_dir, inputs)
         if self.is_main:
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            if not resume:
+                write_json(eval_path, evaluation)  # now, so a resumed run keeps the "before" half
         logger = RunLogger(self.run_dir, cfg.log, config_to_dict(cfg), enabled=self.is_main,
                            resume_step=self.start_step if resume else None)
-        evaluation: dict[str, Any] = {}
-        eval_path = self.run_dir / "train_eval.json"
-        if self.is_main and not resume:
-            evaluation["before"] = self.evaluate_held_out("before")
-            write_json(eval_path, evaluation)  # now, so a resumed run keeps the "before" half
         bar = None
         if self.is_main:  # a tqdm bar, or with --progress false one plain line per step
             bar = step_bar(cfg.steps, f"{cfg.algo}/{cfg.space}", initial=self.start_step, enabled=cfg.progress)
