@@ -6,7 +6,9 @@ through :func:`reinlm.critic.local.chat_generate`, the same greedy generation Lo
 - ``server.delay_next(seconds, count=1)``: the next ``count`` requests sleep first (to provoke timeouts);
 - ``server.malform_next(count=1)``: the next ``count`` requests get a body that is not JSON;
 - ``server.fail_next(status, count=1)``: the next ``count`` requests get that HTTP status;
-- ``server.requests``: every request seen (JSON body + the Authorization header), ``server.max_in_flight``.
+- ``server.requests``: every request seen (JSON body + the Authorization header), ``server.max_in_flight``;
+- ``server.echo = "answer"`` / ``"error"``: every reply quotes the request's headers (Authorization included),
+  as the answer's content or in an HTTP 500 body after 250 characters of padding (a leaky server).
 
 Usage::
 
@@ -60,6 +62,14 @@ class _Handler(BaseHTTPRequestHandler):
             malformed = owner._take("malformed")
             fail = owner._take("fail")
         try:
+            if owner.echo:
+                headers = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+                auth = self.headers.get("Authorization", "")
+                if owner.echo == "error":
+                    return self._send(500, ("x" * 250 + f" Authorization: {auth}; {headers}").encode())
+                content = f'Positive: "{auth}", "Authorization: {auth}"\nNegative: none. ({headers})'
+                reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+                return self._send(200, json.dumps(reply).encode())
             if delay:
                 time.sleep(delay)
             if fail:
@@ -92,6 +102,7 @@ class CriticServer:
         self.lock, self.model_lock = threading.Lock(), threading.Lock()
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
+        self.echo: str | None = None
         self._queues: dict[str, list] = {"delay": [], "malformed": [], "fail": []}
         self._httpd = _Server((host, port), _Handler)
         self._httpd.owner = self
