@@ -262,10 +262,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    """Append one JSON object as a line (flushed, so a crash keeps every finished line)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, default=_json_default) + "\n")
-        f.flush()
+    """Append one JSON object as a line (flushed, so a crash keeps every finished line; a line torn by a
+    crash or a full disk is dropped by :func:`read_jsonl_tolerant`). An OS error names the file."""
+    line = json.dumps(obj, default=_json_default) + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

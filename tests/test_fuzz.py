@@ -75,6 +75,17 @@ def inputs(tmp_path_factory, smol_tokenizer):
                        "def exits(completions, **kw):\n    sys.exit(3)\n"
                        "def nan(completions, **kw):\n    return [float('nan') for _ in completions]\n")
     paths["bad_rewards"] = rewards
+    run_bad_eval = root / "run_bad_eval"
+    (run_bad_eval / "checkpoints").mkdir(parents=True)
+    (run_bad_eval / "config.yaml").write_text("steps: 1\n")
+    (run_bad_eval / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n')
+    (run_bad_eval / "train_eval.json").write_text('{"before": {"reward_mean": 0.1')
+    paths["run_bad_eval"] = run_bad_eval
+    lat = root / "latent_badcfg"
+    lat.mkdir()
+    (lat / "config.json").write_text("{oops")
+    (lat / "heads.safetensors").write_bytes(b"")
+    paths["latent_badcfg"] = lat
     paths["under_file"] = paths["afile"] / "sub" / "run"
     paths["missing"] = root / "does-not-exist"
     return paths
@@ -255,6 +266,13 @@ CASES = [
     (["explore", "--latent", "{missing}", "hello"], ["does-not-exist"]),
     (["explore", "--latent", "{missing}", "--new-tokens", "-1", "hello"], ["new_tokens"]),
     (["explore", "--latent", "{missing}", "--top", "0", "hello"], ["top"]),
+    # --- damaged files inside directories
+    (["report", "{run_bad_eval}"], ["train_eval.json"]),
+    (["explore", "--latent", "{latent_badcfg}", "hello"], ["config.json"]),
+    (["generate", "--latent", "{latent_badcfg}", "--prompt", "hi"], ["config.json"]),
+    (["critique", "--task", "{latin1_yaml}", "text"], ["not UTF-8"]),
+    (["critique", "--task", "{malformed_yaml}", "text"], ["YAML"]),
+    (["latent", "pretrain", "--backbone", "{tiny}", "--corpus", "{binary}", "--out", "{out}"], ["binary"]),
     # --- report / compare
     (["report", "{missing}"], ["does-not-exist"]),
     (["compare", "{missing}", "{missing}"], ["does-not-exist"]),

@@ -312,3 +312,47 @@ def test_guards_stop_on_nan_loss_grad_or_weight():
         check_weights(model.named_parameters(), 5)
     msg = stopped_message(e.value, "runs/x", 4)
     assert "runs/x/checkpoints/step-4" in msg and "--resume runs/x" in msg
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_old_ones(tmp_path, monkeypatch):
+    import reinlm.trainer.checkpoint as ck
+
+    model = torch.nn.Linear(4, 3)
+    _save(tmp_path, 1, model)
+
+    def torch_full(obj, f, *a, **k):  # what torch.save raises when the disk fills
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 460230592 vs 460230484")
+
+    monkeypatch.setattr(ck.torch, "save", torch_full)
+    monkeypatch.setattr(ck, "disk_full_at", lambda path: True)
+    with pytest.raises(ReinlmError, match=r"^disk full while writing checkpoint step-2: no space left .*--resume"):
+        _save(tmp_path, 2, model)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1] and checkpoint_problem(tmp_path / "checkpoints" / "step-1") is None
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-1"]  # no temp dir left
+
+
+def test_full_disk_while_logging_names_the_file(tmp_path, monkeypatch):
+    import builtins
+
+    from reinlm.utils import append_jsonl
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: Full() if str(p).endswith("metrics.jsonl") else real_open(p, *a, **k))
+    with pytest.raises(OSError) as e:
+        append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
+    assert e.value.filename == str(tmp_path / "metrics.jsonl")
+    assert describe_os_error(e.value).startswith("disk full") and "metrics.jsonl" in describe_os_error(e.value)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import atomic_write_text, read_jsonl, write_json
+from reinlm.utils import atomic_write_text, json_file_problem, read_jsonl, read_text, write_json
 
 # Curves a report draws, in order; ``reward/<component>/mean`` keys are inserted after ``reward/mean``.
 CURVE_KEYS = ("reward/mean", "kl/mean", "kl/beta", "policy/entropy", "response/length_mean", "perf/completions_per_s")
@@ -90,10 +90,21 @@ def load_run(run_dir: str | Path) -> RunData:
                           "training step.")
     cfg = run / "config.yaml"
     samples = read_jsonl(run / "samples.jsonl") if (run / "samples.jsonl").is_file() else []
-    ev = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else None
-    tev = json.loads((run / "train_eval.json").read_text()) if (run / "train_eval.json").is_file() else None
-    return RunData(run_dir=run, config_text=cfg.read_text() if cfg.is_file() else "", metrics=metrics,
+    ev, tev = (_read_run_json(run / name) for name in ("eval.json", "train_eval.json"))
+    config_text = read_text(cfg, "run") if cfg.is_file() else ""
+    return RunData(run_dir=run, config_text=config_text, metrics=metrics,
                    samples=samples, evaluation=ev, train_eval=tev)
+
+
+def _read_run_json(path: Path) -> dict | None:
+    """A run's JSON summary (``None`` when absent); a damaged one is a ReinlmError naming it."""
+    if not path.is_file():
+        return None
+    problem = json_file_problem(path)
+    if problem:
+        raise ReinlmError(f"run: {str(path)!r} cannot be read: {problem}; restore it or remove it (the report then "
+                          "leaves that part out).")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def curve_keys(runs: list[RunData]) -> list[str]:

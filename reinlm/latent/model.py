@@ -201,9 +201,16 @@ class LatentActionModel(nn.Module):
         if not cfg_path.is_file() or not heads_path.is_file():
             raise ReinlmError(f"latent: {str(model_dir)!r} is not a latent model directory (it needs {CONFIG_FILE} "
                               f"and {HEADS_FILE}); create one with `reinlm latent pretrain --out DIR`.")
+        from reinlm.utils import json_file_problem, safetensors_problem
+
+        problem = json_file_problem(cfg_path) or safetensors_problem(heads_path)
+        if problem:
+            raise ReinlmError(f"latent: {str(model_dir)!r} is a latent model directory, but {problem}; write it "
+                              "again (`reinlm latent pretrain`) or copy it again.")
         raw = json.loads(cfg_path.read_text())
-        if raw.get("model_type") != "reinlm-latent":
-            raise ReinlmError(f"latent: {str(cfg_path)!r} has model_type {raw.get('model_type')!r}; allowed: "
+        model_type = raw.get("model_type") if isinstance(raw, dict) else None
+        if model_type != "reinlm-latent":
+            raise ReinlmError(f"latent: {str(cfg_path)!r} has model_type {model_type!r}; allowed: "
                               f"'reinlm-latent' (a directory written by `reinlm latent pretrain`).")
         config = LatentConfig.from_dict(raw)  # saved fields are explicit; older directories lack the new
         # architecture fields, which then take their preset's (cpu / large) values: the architecture they had
