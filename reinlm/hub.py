@@ -161,9 +161,8 @@ def model_dir_problem(model_dir: str | os.PathLike) -> str | None:
     if cfg.is_file():
         import json
 
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not (data.get("model_type") or data.get("architectures")):
-            return "config.json names no model_type or architectures"
+        if not isinstance(json.loads(cfg.read_text(encoding="utf-8")), dict):
+            return "config.json is not a JSON object"
     for f in sorted(d.glob("*.safetensors")):
         problem = safetensors_problem(f)
         if problem:
