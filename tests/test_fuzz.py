@@ -210,7 +210,7 @@ CASES = [
     (["eval", "--model", "{tiny}", "--device", "cuda"], ["no CUDA device"]),
     # --- latent
     (["latent", "pretrain", "--max-len", "0", "--out", "{out}"], ["max_len: got 0"]),
-    (["latent", "pretrain", "--threads", "0", "--out", "{out}"], ["threads: got 0"]),
+    (["latent", "pretrain", "--threads", "-1", "--out", "{out}"], ["threads: got -1"]),
     (["latent", "pretrain", "--lr", "-1", "--out", "{out}"], ["lr: got -1"]),
     (["latent", "pretrain", "--lr", "nan", "--out", "{out}"], ["lr: got nan"]),
     (["latent", "pretrain", "--window", "1", "--out", "{out}"], ["window: got 1"]),
