@@ -57,11 +57,16 @@ def parse_corpus_spec(spec: str) -> CorpusSpec:
 def _text_blocks(path: Path) -> Iterator[str]:
     """A text file in blocks of about BLOCK_CHARS characters, each cut after a line end (bad bytes replaced)."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        rest = ""
+        rest, first = "", True
         while True:
             chunk = f.read(BLOCK_CHARS)
             if not chunk:
                 break
+            if first and ("\x00" in chunk or chunk.count("\ufffd") > len(chunk) // 10):
+                raise ReinlmError(f"corpus: {str(path)!r} looks binary, not text (NUL bytes or mostly bytes that are not "
+                                  "UTF-8 in its first block); allowed: UTF-8 text files, .jsonl, a dataset directory "
+                                  "or hf:NAME.")
+            first = False
             text = rest + chunk
             cut = text.rfind("\n")
             if cut < 0 or cut < len(text) // 4:  # no line end nearby: cut at the block size
