@@ -272,7 +272,8 @@ CASES = [
     (["generate", "--latent", "{latent_badcfg}", "--prompt", "hi"], ["config.json"]),
     (["critique", "--task", "{latin1_yaml}", "text"], ["not UTF-8"]),
     (["critique", "--task", "{malformed_yaml}", "text"], ["YAML"]),
-    (["latent", "pretrain", "--backbone", "{tiny}", "--corpus", "{binary}", "--out", "{out}"], ["binary"]),
+    (["latent", "pretrain", "--backbone", "{tiny}", "--corpus", "{binary}", "--out", "{out}"], ["binary"],
+     "pretrain makes OUT before it reads the corpus; nothing is trained"),
     # --- report / compare
     (["report", "{missing}"], ["does-not-exist"]),
     (["compare", "{missing}", "{missing}"], ["does-not-exist"]),

@@ -29,6 +29,21 @@ REWARD = f"{ASSETS / 'toy_rewards.py'}:space_share"
 STEPS = 5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def two_threads():
+    """Every run here (in this process and in tests/assets/kill_train.py) uses 2 torch threads: float sums
+    depend on the thread count, and other tests may change it (e.g. --threads), so bit-identity needs this."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads_each_test(two_threads):
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, smol_tokenizer):
     from reinlm.testing import save_tiny_model
