@@ -146,3 +146,11 @@ def test_frozen_perplexity_is_logged_every_step_in_both_spaces(tiny_lm, tmp_path
     assert isinstance(tr.policy, Policy)
     m = tr.train_step(0)["metrics"]
     assert 1.0 < m["response/perplexity_frozen"] < 1e6
+
+
+def test_held_out_kl_is_zero_before_training_with_bf16_rollouts(tiny_lm, tmp_path):
+    """The evaluation KL compares the training model with the frozen start: a bfloat16 sampler's rounding must not
+    show up as KL."""
+    tr = trainer(tiny_lm, tmp_path, VARIED + CONSTANT, rollout_dtype="bfloat16", eval_prompts=2, eval_samples=2,
+                 held_out_fraction=0.3)
+    assert tr.evaluate_held_out("before")["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)
