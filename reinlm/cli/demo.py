@@ -79,6 +79,14 @@ def token_grpo(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reinlm.config import check_field
+    from reinlm.utils import check_output_dir
+
+    if args.steps is not None:  # checked before any model loads (0 used to mean the default, silently)
+        check_field("steps", args.steps, int, {"lo": 1})
+    check_field("seed", args.seed, int, {"lo": 0})
+    if not args.quick:
+        check_output_dir(args.out)
     t_start = time.perf_counter()
     generation_and_rewards(args.seed)
     if args.quick:
