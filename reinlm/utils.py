@@ -108,6 +108,26 @@ def cast_parameters(model: torch.nn.Module, dtype: str | torch.dtype) -> torch.n
 TEMP_MARK = ".tmp-"  # the infix of every temporary name written by atomic_dir / atomic_write_*
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), since a set-and-restore
+    would briefly affect files other threads create."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(directory: bool) -> int:
+    """The mode a plain ``mkdir`` / ``open(..., "w")`` would give under the current umask (tempfile's
+    mkdtemp / mkstemp use 0o700 / 0o600, which would make every atomically written output private)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 def _fsync_tree(root: Path) -> None:
     """Flush every file under ``root`` (and the directories) to disk, so a rename never publishes data the
     kernel still holds only in memory."""
@@ -148,6 +168,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMP_MARK}", dir=final.parent))
     try:
         yield tmp
+        tmp.chmod(_default_mode(directory=True))
         _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,6 +189,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
     try:
+        os.fchmod(fd, _default_mode(directory=False))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -90,7 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    # handler threads are joined by server_close(): a delayed handler must not still be generating with torch
+    # when the interpreter exits (that aborts the process: "terminate called without an active exception")
+    daemon_threads = False
+    block_on_close = True
     owner: "CriticServer"
 
 

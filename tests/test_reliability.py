@@ -356,3 +356,18 @@ def test_full_disk_while_logging_names_the_file(tmp_path, monkeypatch):
         append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
     assert e.value.filename == str(tmp_path / "metrics.jsonl")
     assert describe_os_error(e.value).startswith("disk full") and "metrics.jsonl" in describe_os_error(e.value)
+
+
+def test_atomic_outputs_get_the_umask_default_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "final") as d:
+            (d / "w").write_text("x")
+        atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+        plain_dir, plain_file = tmp_path / "plain", tmp_path / "plain.txt"
+        plain_dir.mkdir()
+        plain_file.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "final").stat().st_mode & 0o777 == plain_dir.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == plain_file.stat().st_mode & 0o777 == 0o644
