@@ -154,3 +154,14 @@ def test_held_out_kl_is_zero_before_training_with_bf16_rollouts(tiny_lm, tmp_pat
     tr = trainer(tiny_lm, tmp_path, VARIED + CONSTANT, rollout_dtype="bfloat16", eval_prompts=2, eval_samples=2,
                  held_out_fraction=0.3)
     assert tr.evaluate_held_out("before")["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_overlong_penalty_gets_completion_ids_from_the_trainer(tiny_lm, tmp_path):
+    from reinlm.rewards import parse_reward_spec
+
+    model, tok = tiny_lm
+    tr = Trainer(make_cfg(tmp_path), model=copy.deepcopy(model), tokenizer=tok, prompt_set=PromptSet(VARIED),
+                 reward_set=parse_reward_spec("overlong_penalty:6,2"))
+    m = tr.train_step(0)["metrics"]
+    # a random tiny model writes all 6 tokens: (6 - 2 - 6) / 2 = -1 for every completion
+    assert m["reward/mean"] == pytest.approx(-1.0) and m["response/truncated_frac"] == 1.0
