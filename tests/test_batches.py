@@ -17,7 +17,7 @@ from reinlm.trainer.loop import Trainer
 from reinlm.utils import read_jsonl
 
 CONSTANT = ["Flat one:", "Flat two:", "Flat three:"]
-VARIED = ["Tell me about red.", "Tell me about blue.", "Tell me about green."]
+VARIED = ["Tell me about red.", "Write a long and careful story about the colour blue.", "Green?"]
 
 
 def crc_or_constant(prompts, completions, **columns):
@@ -49,6 +49,7 @@ def test_dynamic_sampling_drops_zero_spread_groups_and_refills(tiny_lm, tmp_path
         assert m["batch/zero_spread_kept"] == 0 and m["reward/frac_zero_std"] == 0.0
         assert not any(p.startswith("Flat") for p in batch.prompts)
         assert m["batch/refill_rollouts"] >= (1 if m["batch/dropped_groups"] else 0)
+        assert m["mismatch/max_abs_logp_diff"] < 1e-4  # the joined batch re-scores to the sampling log-probs
         dropped += m["batch/dropped_groups"]
     assert dropped > 0  # some step drew a constant prompt, dropped it and refilled
     # without dynamic sampling the constant groups stay in the batch
@@ -165,3 +166,22 @@ def test_overlong_penalty_gets_completion_ids_from_the_trainer(tiny_lm, tmp_path
     m = tr.train_step(0)["metrics"]
     # a random tiny model writes all 6 tokens: (6 - 2 - 6) / 2 = -1 for every completion
     assert m["reward/mean"] == pytest.approx(-1.0) and m["response/truncated_frac"] == 1.0
+
+
+def test_dynamic_sampling_joins_latent_batches(tmp_path, tiny_latent_dir):
+    """Refilled latent groups (prompts of other lengths) are joined with their backbone states and action
+    distributions padded in place, and the update runs on the joined batch."""
+    cfg = make_cfg(tmp_path, model="unused", space="latent", latent=str(tiny_latent_dir), dynamic_sampling=True,
+                   dynamic_sampling_max_tries=6, kl_coef=0.05)
+    tr = Trainer(cfg, reward_set=RewardSet.from_functions([crc_or_constant]), prompt_set=PromptSet(CONSTANT + VARIED))
+    refills = 0
+    for step in range(3):
+        out = tr.train_step(step)
+        batch, m = out["batch"], out["metrics"]
+        assert len(batch) == 8 and batch.hidden.shape[1] == batch.prompt_ids.shape[1] + batch.response_ids.shape[1] - 1
+        assert not any(p.startswith("Flat") for p in batch.prompts)
+        assert m["kl/mean"] == m["kl/mean"] and m["loss/policy"] == m["loss/policy"]  # finite, not NaN
+        # the joined batch re-scores to the rollout's own action log-probs: the padding kept every position
+        assert m["mismatch/max_abs_logp_diff"] < 1e-4
+        refills += m["batch/refill_rollouts"]
+    assert refills > 0
