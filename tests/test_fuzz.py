@@ -272,6 +272,9 @@ CASES = [
     (["generate", "--latent", "{latent_badcfg}", "--prompt", "hi"], ["config.json"]),
     (["critique", "--task", "{latin1_yaml}", "text"], ["not UTF-8"]),
     (["critique", "--task", "{malformed_yaml}", "text"], ["YAML"]),
+    (["latent", "pretrain", "--backbone", "{tiny}", "--corpus", "{broken_jsonl}", "--text-column", "prompt", "--out",
+      "{out}"], ["line 2"],
+     "pretrain makes OUT before it reads the corpus; nothing is trained"),
     (["latent", "pretrain", "--backbone", "{tiny}", "--corpus", "{binary}", "--out", "{out}"], ["binary"],
      "pretrain makes OUT before it reads the corpus; nothing is trained"),
     # --- more latent / search / bench inputs
