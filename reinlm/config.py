@@ -494,7 +494,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, group: str
             kwargs["metavar"] = ff.meta["metavar"]
         target.add_argument("--" + name.replace("_", "-"), **kwargs)
         for alias in dict.fromkeys(class_aliases.get(name, [])):  # opt(aliases=...) and the class's __aliases__
-            target.add_argument("--" + alias.replace("_", "-"), **{**kwargs, "help": argparse.SUPPRESS})
+            spellings = dict.fromkeys(["--" + alias.replace("_", "-"), "--" + alias])  # TRL's CLI: --learning_rate
+            target.add_argument(*spellings, **{**kwargs, "help": argparse.SUPPRESS})
 
 
 # ------------------------------------------------------------------------------------------ YAML

@@ -308,6 +308,9 @@ def test_trl_alias_flags_are_hidden_but_work():
     assert "--learning-rate" not in parser.format_help()
     args = parser.parse_args(["--learning-rate", "3e-6"])
     assert build_config(TrainConfig, args).lr == 3e-6
+    args = parser.parse_args(["--num_generations", "4", "--max_completion_length", "16"])  # TRL's CLI spelling
+    cfg = build_config(TrainConfig, args)
+    assert (cfg.samples_per_prompt, cfg.max_new_tokens) == (4, 16)
 
 
 def _trl_source_keys() -> set[str]:

@@ -75,6 +75,9 @@ def inputs(tmp_path_factory, smol_tokenizer):
                        "def exits(completions, **kw):\n    sys.exit(3)\n"
                        "def nan(completions, **kw):\n    return [float('nan') for _ in completions]\n")
     paths["bad_rewards"] = rewards
+    (root / "latin1_reward.py").write_bytes(b"def r(completions, **kw):\n    return [len('caf\xe9') for _ in completions]\n")
+    (root / "syntax_reward.py").write_text("def r(completions, **kw)\n    return [1.0]\n")
+    paths["latin1_reward"], paths["syntax_reward"] = root / "latin1_reward.py", root / "syntax_reward.py"
     run_bad_eval = root / "run_bad_eval"
     (run_bad_eval / "checkpoints").mkdir(parents=True)
     (run_bad_eval / "config.yaml").write_text("steps: 1\n")
@@ -253,6 +256,9 @@ CASES = [
     (T + ["--reward", "{bad_rewards}:exits"], ["exits"]),
     (T + ["--reward", "{bad_rewards}:nan"], ["nan"]),
     (T + ["--reward", "{bad_rewards}:nosuch"], ["nosuch"]),
+    (T + ["--reward", "{latin1_reward}:r"], ["latin1_reward.py"]),
+    (T + ["--reward", "{syntax_reward}:r"], ["syntax_reward.py"]),
+    (["reward", "--reward", "{syntax_reward}:r", "hello"], ["syntax_reward.py"]),
     (T + ["--eval-prompts", "0", "--reward", "1e38*target_length:1"], ["step 1: the loss is nan", "--score-clip"],
      "stops in step 1: config.yaml is written, no checkpoint, no final/"),
     # --- outputs checked before any model loads
