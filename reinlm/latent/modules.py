@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reinlm.rollout.token import inverse_cdf_sample
+from reinlm.rollout.sampling import filter_logits  # noqa: F401 - the one top-k / top-p filter, re-exported
+from reinlm.rollout.sampling import inverse_cdf_sample
 
 
 class RMSNorm(nn.Module):
@@ -339,20 +340,6 @@ def straight_through_gumbel(logits: torch.Tensor, tau: float) -> torch.Tensor:
     """Gumbel-softmax sample with a straight-through one-hot (Jang et al. 2017): the forward pass is a
     hard one-hot, the backward pass the soft sample's gradient. (..., K) -> (..., K)."""
     return F.gumbel_softmax(logits.float(), tau=tau, hard=True)
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus (top-p) set to -inf. (..., K) -> (..., K)."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the first token that crosses top_p
-        drop = torch.zeros_like(drop).scatter(-1, order, drop)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
 
 
 def sample_categorical(logits: torch.Tensor, greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
