@@ -129,3 +129,15 @@ def test_lora_run_writes_a_portable_adapter(tiny_model_dir, tmp_path, smol_token
     assert not torch.allclose(before, after, atol=1e-4)  # the adapter was trained
     merged, _ = load_causal_lm(str(out), device="cpu")  # a run dir loads its final/merged model
     assert torch.allclose(merged(ids).logits, after, atol=1e-4)
+
+
+def test_samples_no_reward_scores_are_invalid_and_counted(tiny_model_dir, tmp_path):
+    rewards = tmp_path / "trl_style.py"
+    rewards.write_text(REWARDS)
+    data = tmp_path / "two.jsonl"
+    rows = [ROWS[0], {"prompt": [{"role": "user", "content": "Write a haiku."}], "answer": "", "task": "poetry"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert train(tiny_model_dir, tmp_path / "run", "--reward", f"{rewards}:math_only", "--prompts", str(data),
+                 "--held-out-fraction", "0") == 0
+    row = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert row["reward/invalid_frac"] == 0.5  # the poetry prompt's 2 samples: no reward applies (TRL: unscorable)
