@@ -303,8 +303,11 @@ def _load_adapter(adapter_dir: str, dev: torch.device, dt: torch.dtype):
 def _cached_encoder(path: str, device: str):
     from sentence_transformers import SentenceTransformer
 
+    from reinlm.progress import task
+
     try:
-        return SentenceTransformer(path, device=device)
+        with task(f"loading sentence encoder {Path(path).name}"):
+            return SentenceTransformer(path, device=device)
     except _hub_errors() as e:
         raise _unknown_model(path, "sentence_encoder", f"not found locally or on the hub ({type(e).__name__})") from e
 

@@ -283,6 +283,16 @@ def collect_generations(cfg: EvalConfig) -> tuple[Generations, ModelSource | Non
     if not prompts:
         raise ReinlmError(f"prompts: {cfg.prompts!r} holds no prompts.")
     seed_everything(cfg.seed)
+    from reinlm.progress import task
+
+    with task(f"sampling {cfg.samples_per_prompt} completions for each of {len(prompts)} prompts"):
+        gens, ctx = _sample(cfg, source, prompts)
+    gens.columns = prompt_columns(dict(pset.columns), len(prompts), cfg.samples_per_prompt)
+    return gens, source, ctx
+
+
+def _sample(cfg: EvalConfig, source, prompts: list):
+    """Generations of ``prompts`` from the latent model or the LM of ``source`` (and the eval context)."""
     if source.latent:
         gens = sample_from_latent(source.latent, prompts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
@@ -296,8 +306,7 @@ def collect_generations(cfg: EvalConfig) -> tuple[Generations, ModelSource | Non
         prompts = render_prompts(prompts, tok, cfg.chat_template)  # conversations: the chat template
         gens = sample_from_lm(model, tok, prompts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
-    gens.columns = prompt_columns(dict(pset.columns), len(prompts), cfg.samples_per_prompt)
-    return gens, source, ctx
+    return gens, ctx
 
 
 def evaluate(cfg: EvalConfig, write: bool = True) -> EvalResult:

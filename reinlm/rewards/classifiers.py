@@ -26,10 +26,13 @@ def load_text_classifier(name_or_path: str, device: str = "cpu"):
 
     from reinlm.hub import resolve_model_dir
 
+    from reinlm.progress import task
+
     where = resolve_model_dir(name_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForSequenceClassification.from_pretrained(where)
+        with task(f"loading text classifier {name_or_path}"):
+            tok = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForSequenceClassification.from_pretrained(where)
     except (OSError, ValueError) as e:
         raise ReinlmError(
             f"reward: cannot load the text classifier {name_or_path!r} ({type(e).__name__}: {e}). Allowed: a local "

@@ -27,9 +27,12 @@ def load_reward_model(name_or_path: str, device: str = "cpu"):
 
     from reinlm.hub import load_tokenizer, resolve_model_dir
 
+    from reinlm.progress import task
+
     where = resolve_model_dir(name_or_path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(where)
+        with task(f"loading reward model {name_or_path}"):
+            model = AutoModelForSequenceClassification.from_pretrained(where)
     except (OSError, ValueError) as e:
         raise ReinlmError(
             f"reward_model: cannot load {name_or_path!r} as a sequence-classification model ({type(e).__name__}: "
