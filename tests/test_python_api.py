@@ -111,3 +111,15 @@ def test_config_errors_name_the_field():
         reinlm.Trainer(reward="sentiment", reward_funcs=[space_share])
     with pytest.raises(ConfigError, match="reward_weights: got 1 weights for 2 rewards"):
         build_reward_set([space_share, space_share], [1.0], "fail")
+
+
+def test_a_loaded_model_object_with_its_tokenizer(tiny_model_dir, tmp_path):
+    from reinlm.hub import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
+    run_dir = reinlm.train(model=model, tokenizer=tok, reward=space_share, prompts=["a b", "c d", "e f"],
+                           **{k: v for k, v in small(tiny_model_dir, tmp_path / "obj", steps=1).items() if k != "model"})
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"] == str(tiny_model_dir)  # recorded by its name_or_path
+    with pytest.raises(ConfigError, match="needs its tokenizer"):
+        reinlm.Trainer(model=model, reward=space_share, prompts=["x"])

@@ -141,3 +141,22 @@ def test_samples_no_reward_scores_are_invalid_and_counted(tiny_model_dir, tmp_pa
                  "--held-out-fraction", "0") == 0
     row = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
     assert row["reward/invalid_frac"] == 0.5  # the poetry prompt's 2 samples: no reward applies (TRL: unscorable)
+
+
+def test_conversational_prompts_in_latent_space_and_in_generate(tiny_latent_dir, tiny_model_dir, tmp_path, capsys):
+    rewards = tmp_path / "trl_style.py"
+    rewards.write_text(REWARDS)
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    code = main(["train", "--space", "latent", "--latent", str(tiny_latent_dir), "--reward",
+                 f"{rewards}:math_only + {rewards}:chat_only", "--prompts", str(data), "--steps", "1",
+                 "--batch-prompts", "2", "--samples-per-prompt", "2", "--max-new-tokens", "4", "--out",
+                 str(tmp_path / "latent"), "--device", "cpu", "--progress", "false", "--eval-prompts", "0",
+                 "--log", "none", "--sample-every", "1", "--held-out-fraction", "0"])
+    assert code == 0
+    assert read_jsonl(tmp_path / "latent" / "samples.jsonl")[0]["prompt"].startswith("<|im_start|>")
+    capsys.readouterr()
+    assert main(["generate", "--model", str(tiny_model_dir), "--prompts", str(data), "--limit", "1",
+                 "--max-new-tokens", "3", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)[0]
+    assert record["prompt"] == ROWS[0]["prompt"]  # the conversation as given; the model saw it rendered
