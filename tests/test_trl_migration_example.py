@@ -48,3 +48,18 @@ def test_trl_style_yaml_trains_three_grpo_steps(monkeypatch, tmp_path):
     sample = read_jsonl(out / "samples.jsonl")[0]
     assert "predicted" in sample["extra"]  # the reward's log_extra column
     assert json.loads((out / "train_eval.json").read_text())["final_step"] == 3
+
+
+def test_trl_dataset_script_arguments_become_an_hf_prompt_spec(tmp_path):
+    from reinlm.config import build_config
+    from reinlm.errors import ConfigError
+    from reinlm.trainer.config import TrainConfig
+
+    cfg = build_config(TrainConfig, None, {"dataset_name": "openai/gsm8k", "dataset_config": "main"})
+    assert cfg.prompts == "hf:openai/gsm8k:main:train"
+    cfg = build_config(TrainConfig, None, {"dataset_name": "trl-lib/tldr", "dataset_train_split": "validation"})
+    assert cfg.prompts == "hf:trl-lib/tldr::validation"
+    with pytest.raises(ConfigError, match="needs dataset_name"):
+        build_config(TrainConfig, None, {"dataset_config": "main"})
+    with pytest.raises(ConfigError, match="keep one"):
+        build_config(TrainConfig, None, {"dataset_name": "x", "prompts": "builtin:reviews"})

@@ -98,6 +98,10 @@ TRL_DERIVED: dict[str, str] = {
     "eval_strategy": "no is accepted; reinlm evaluates held-out prompts before and after training "
                      "(eval_prompts, eval_samples)",
     "save_strategy": "steps is accepted (save_every); others refused",
+    "dataset_name": "prompts: hf:NAME[:CONFIG][:SPLIT] with dataset_config and dataset_train_split (TRL's script "
+                    "arguments; docs/models-and-data.md)",
+    "dataset_config": "the CONFIG of prompts: hf:NAME:CONFIG:SPLIT (with dataset_name)",
+    "dataset_train_split": "the SPLIT of prompts: hf:NAME:CONFIG:SPLIT (with dataset_name; default train)",
 }
 
 _PENDING = "reinlm does not implement this TRL setting yet"
@@ -142,9 +146,6 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "adam_beta2": "AdamW uses torch's betas (0.9, 0.999); remove the key.",
     "adam_epsilon": "AdamW uses torch's eps 1e-8; remove the key.",
     "lr_scheduler_kwargs": "lr_schedule takes constant, linear or cosine without options.",
-    "dataset_name": "give prompts: hf:NAME (see docs/models-and-data.md).",
-    "dataset_config": "give prompts: hf:NAME with the config (see docs/models-and-data.md).",
-    "dataset_train_split": "give prompts: hf:NAME with the split (see docs/models-and-data.md).",
     # features being added to reinlm (the field, when it exists, takes the key)
     "use_vllm": _PENDING + " (generation uses reinlm's own decoder).",
     "vllm_mode": _PENDING + ".",
@@ -307,6 +308,12 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
                                 "eval_samples); write no or remove it.")
     if "save_strategy" in given and str(given["save_strategy"]).lower() != "steps":
         refuse("save_strategy", "allowed: steps (checkpoints every save_every steps).")
+    dataset_keys = [k for k in ("dataset_name", "dataset_config", "dataset_train_split") if k in given]
+    if dataset_keys:  # TRL's script arguments -> one prompt SPEC
+        if "dataset_name" not in given:
+            refuse(dataset_keys[0], "it needs dataset_name (the Hugging Face dataset id) too.")
+        config, split = given.get("dataset_config") or "", given.get("dataset_train_split") or "train"
+        put("prompts", f"hf:{given['dataset_name']}:{config}:{split}", "dataset_name")
     return out
 
 
