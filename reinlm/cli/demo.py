@@ -1,8 +1,10 @@
 """``reinlm demo``: the flagship run on the embedded defaults (what ``make demo`` calls).
 
-Generation with SmolLM2-135M and reward scoring; then a small latent-action model is pretrained (or
-reused from the cache), GRPO runs on the sentiment task in latent and in token space side by side
-(table + PNG), and ``reinlm explore`` shows what each latent action writes.
+Generation with SmolLM2-135M and reward scoring; a short token-space GRPO run whose reward curve rises (the
+first picture, ``OUT/reward_curve.png``: conversational prompts asking for one sentence about an everyday
+topic, rendered with the chat template, and a sentiment reward); then a small latent-action model is
+pretrained (or reused from the cache), GRPO runs on the sentiment task in latent and in token space side
+by side (table + PNG), and ``reinlm explore`` shows what each latent action writes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="where the demo writes its runs (default: runs/demo)")
     p.add_argument("--steps", type=int, default=None, help="RL steps for each training run (default: the demo's own)")
     p.add_argument("--quick", action="store_true", help="generation and rewards only, no training")
-    p.add_argument("--token-only", action="store_true", help="skip the latent-action part (token-space GRPO only)")
+    p.add_argument("--token-only", action="store_true", help="skip the latent-action part (the reward curve only)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     return p
 
@@ -56,26 +58,83 @@ def generation_and_rewards(seed: int) -> None:
         print(f"{row} | {p}{c!s}".replace("\n", " ")[:200])
 
 
-def token_grpo(args: argparse.Namespace) -> None:
-    """A short token-space GRPO run on the sentiment task, with held-out reward before/after."""
+#: The first picture's run: GRPO on SmolLM2-135M, rewarding upbeat one-sentence replies about dreary topics.
+#: Every step trains on the same 4 prompts (4 samples each), so the curve shows the policy changing rather than
+#: which prompts a step drew; 4 other topics are held out for the before/after evaluation. Measured on the
+#: 2-core CPU (README, "What make demo shows"): the reward rises on every seed tried.
+DEMO_TOPICS = ("a rainy Monday", "a traffic jam", "the office printer", "a long queue", "a power cut",
+               "a waiting room", "a tax form", "a crowded bus")  # a seeded half is held out
+REWARD_CURVE = dict(model="smollm2-135m", algo="grpo", reward="sentiment", steps=12, batch_prompts=4,
+                    samples_per_prompt=8, max_new_tokens=24, lr=3e-5, kl_coef=0.02, held_out_fraction=0.5,
+                    eval_prompts=4, eval_samples=4, save_every=1000, keep_checkpoints=1, device="cpu",
+                    frozen_dtype="auto", log="none")
+
+
+def demo_prompts():
+    """The 8 conversational prompts of :data:`DEMO_TOPICS`, from ``builtin:topics``."""
+    from reinlm.data import load_prompts
+
+    topics = load_prompts("builtin:topics")
+    rows = [i for i, t in enumerate(topics.columns["topic"]) if t in DEMO_TOPICS]
+    return topics.subset(sorted(rows, key=lambda i: DEMO_TOPICS.index(topics.columns["topic"][i])))
+
+
+def moving_average(xs: list[float], k: int = 3) -> list[float]:
+    """Mean of the last ``k`` values at each position (fewer at the start)."""
+    return [sum(xs[max(0, i - k + 1):i + 1]) / len(xs[max(0, i - k + 1):i + 1]) for i in range(len(xs))]
+
+
+def plot_reward_curve(rows: list[dict], path, title: str):
+    """The reward per step (points) and its 3-step moving average (line), as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reinlm.evaluation.report import save_step_plot
+
+    steps = [r["step"] for r in rows]
+    reward = [r["reward/mean"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.plot(steps, reward, "o", markersize=4, alpha=0.6, label="mean reward of the step's samples")
+    ax.plot(steps, moving_average(reward), linewidth=2, label="3-step moving average")
+    ax.set_title(title, fontsize=10)
+    return save_step_plot(fig, ax, "reward/mean", path, legend=True)
+
+
+def reward_curve(args: argparse.Namespace) -> None:
+    """A short token-space GRPO run whose reward clearly rises; saves ``OUT/reward_curve.png``."""
     import json
+    from pathlib import Path
 
-    from reinlm.trainer.config import TrainConfig
-    from reinlm.trainer.loop import Trainer
+    from reinlm.api import Trainer
+    from reinlm.utils import read_jsonl
 
-    _section("3. token-space GRPO on the sentiment task (SmolLM2-135M, full fine-tuning)")
-    cfg = TrainConfig(model="smollm2-135m", algo="grpo", reward="sentiment", prompts="builtin:reviews",
-                      steps=args.steps or 8, batch_prompts=2, samples_per_prompt=4, max_new_tokens=20,
-                      lr=2e-6, kl_coef=0.05, seed=args.seed, out=f"{args.out}/token-grpo", save_every=100, overwrite=True,
-                      eval_prompts=6, eval_samples=4, device="cpu")
-    run_dir = Trainer(cfg).train()
+    _section("3. RL at work: GRPO makes SmolLM2-135M's one-sentence replies more upbeat (sentiment reward)")
+    settings = {**REWARD_CURVE, "seed": args.seed, "out": f"{args.out}/token-grpo", "overwrite": True}
+    if args.steps:
+        settings["steps"] = args.steps
+    print("conversational prompts \"Write one sentence about <topic>.\" on dreary topics (a rainy Monday, a "
+          "traffic jam, ...; chat template), the same "
+          f"{settings['batch_prompts']} prompts x {settings['samples_per_prompt']} samples every step, "
+          f"{settings['steps']} steps, lr {settings['lr']:g}, KL coefficient {settings['kl_coef']:g}", flush=True)
+    run_dir = Trainer(prompts=demo_prompts(), **settings).train()
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    reward = [r["reward/mean"] for r in rows]
+    png = plot_reward_curve(rows, Path(args.out) / "reward_curve.png",
+                            f"GRPO on SmolLM2-135M: sentiment of one-sentence replies (seed {args.seed})")
+    k = min(3, len(reward))
+    print("reward per step: " + " ".join(f"{x:.2f}" for x in reward))
+    print(f"mean of the first {k} steps {sum(reward[:k]) / k:.3f} -> last {k} steps {sum(reward[-k:]) / k:.3f}; "
+          f"picture: {png}")
     ev = json.loads((run_dir / "train_eval.json").read_text())
-    b, a = ev["before"], ev["after"]
-    print(f"held-out sentiment reward {b['reward_mean']:.3f} -> {a['reward_mean']:.3f}; "
-          f"distinct-2 {b.get('distinct_2', float('nan')):.3f} -> {a.get('distinct_2', float('nan')):.3f}; "
-          f"KL to reference {a.get('kl_to_reference', float('nan')):.3f}")
-    for s in a["samples"][:3]:
-        print(f"  after: {s['prompt']}{s['completion']!s}".replace("\n", " ")[:160])
+    b, a = ev.get("before", {}), ev.get("after", {})
+    if b and a:
+        print(f"held-out prompts (never trained on): reward {b['reward_mean']:.3f} -> {a['reward_mean']:.3f}; "
+              f"distinct-2 {b.get('distinct_2', float('nan')):.3f} -> {a.get('distinct_2', float('nan')):.3f}; "
+              f"KL to the starting model {a.get('kl_to_reference', float('nan')):.2f}")
+        for tag, s in (("before", b["samples"][0]), ("after", a["samples"][0])):
+            print(f"  {tag}: {s['completion']!s}".replace("\n", " ")[:160])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,11 +155,10 @@ def run(args: argparse.Namespace) -> int:
         has_latent = True
     except ImportError:
         has_latent = False
+    reward_curve(args)
     if has_latent and not args.token_only:
         from reinlm.cli.demo_latent import run_latent_demo
 
         run_latent_demo(args, _section)
-    else:
-        token_grpo(args)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; runs under {args.out}/")
     return 0

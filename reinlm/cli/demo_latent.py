@@ -38,10 +38,10 @@ def run_latent_demo(args: argparse.Namespace, section) -> None:
     from reinlm.bench.latent_vs_token import format_report, run_bench
 
     out = Path(args.out)
-    section("3. latent-action model on SmolLM2-135M (pretrained once, then cached)")
+    section("4. latent-action model on SmolLM2-135M (pretrained once, then cached)")
     latent_dir = pretrain_demo_latent(out, args.seed)
 
-    section("4. GRPO on the sentiment task: latent space vs token space (same work, one process each)")
+    section("5. GRPO on the sentiment task: latent space vs token space (same work, one process each)")
     steps = args.steps or 8
     # each space gets the learning rate that suits what it trains: token space fine-tunes all 135M
     # parameters (lr 2e-6), latent space a policy of about 2M parameters from behaviour-cloned weights (lr 1e-4;
@@ -54,7 +54,7 @@ def run_latent_demo(args: argparse.Namespace, section) -> None:
         eval_prompts=8, eval_samples=4, device="cpu", frozen_dtype="auto")
     print(format_report(run_bench(bench_args)))
 
-    section("5. reinlm explore: what the world model writes under each latent action")
+    section("6. reinlm explore: what the world model writes under each latent action")
     from reinlm.latent.explore import explore, format_exploration
     from reinlm.latent.model import LatentActionModel
 

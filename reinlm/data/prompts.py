@@ -3,7 +3,8 @@ Python objects (a ``datasets.Dataset``, a list of dicts, a list of strings).
 
 A spec string names where prompts come from (see docs/models-and-data.md):
 
-- ``builtin:neutral`` | ``builtin:reviews`` | ``builtin:summaries`` (written for reinlm, shipped in the package);
+- ``builtin:neutral`` | ``builtin:reviews`` | ``builtin:summaries`` | ``builtin:topics`` (conversational; written
+  for reinlm, shipped in the package);
 - ``path.txt``: one prompt a line, blank lines ignored;
 - ``path.jsonl`` | ``path.csv`` | ``path.parquet``: a table; ``column`` holds the prompt, other columns are kept;
 - a directory written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict``: its ``train`` split);
@@ -35,6 +36,7 @@ BUILTIN_SETS = {
     "neutral": "neutral.txt",  # ~200 neutral sentence openings for open-ended generation
     "reviews": "reviews.txt",  # ~100 neutral-ish movie-review openings, for sentiment steering
     "summaries": "summaries.jsonl",  # ~30 passages + "TL;DR:"; columns reference, passage
+    "topics": "topics.jsonl",  # 60 conversational prompts "Write one sentence about <topic>."; column topic
 }
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 #: Columns TRL does not pass to rewards ("prompt" goes as ``prompts``); a "completion" column is kept out too.
