@@ -155,7 +155,7 @@ def test_vllm_logprobs_equal_a_fresh_forward_after_a_weight_push_smollm2(smol_lm
 
 @needs_vllm
 @pytest.mark.integration
-def test_grpo_with_vllm_pushes_the_weights_after_every_step(tmp_path):
+def test_grpo_with_vllm_pushes_the_weights_after_every_step(tmp_path, monkeypatch):
     """GRPO on SmolLM2 with --generation-backend vllm: before every rollout after an optimiser step the engine
     gets the new weights, and at the end vLLM samples from exactly the trained model (float32, 1e-4)."""
     from reinlm.trainer.config import TrainConfig
@@ -168,12 +168,23 @@ def test_grpo_with_vllm_pushes_the_weights_after_every_step(tmp_path):
     trainer = Trainer(cfg)
     policy = trainer.policy
     engine = policy.rollout_engine
+    # the vLLM engine is shared by the process (another test may have pushed into it): count this run's pushes
+    from reinlm.rollout.vllm_backend import VLLMEngine
+
+    loads = []
+    real_load = VLLMEngine.load_weights
+
+    def counting_load(self, named_tensors):
+        loads.append(1)
+        return real_load(self, named_tensors)
+
+    monkeypatch.setattr(VLLMEngine, "load_weights", counting_load)
     pushes = []
     real_sync = engine.sync
 
     def counting_sync():
         real_sync()
-        pushes.append(engine._vllm.pushes)
+        pushes.append(len(loads))
 
     engine.sync = counting_sync
     trainer.train()

@@ -20,7 +20,9 @@ class RolloutConfig(Config):
                 "bfloat16 (a copy in that dtype, re-synced from the trained weights before the first rollout after "
                 "an optimiser step), auto (bfloat16 where the device computes it natively, e.g. AVX512-BF16 CPUs and "
                 "recent GPUs, else same). Sampling log-probs are recorded in this dtype; the trainer recomputes its "
-                "own and --tis corrects the mismatch")
+                "own and --tis corrects the mismatch. bfloat16 rollouts are deterministic but not batch-composition "
+                "invariant (a prompt's samples can change with the other prompts of the batch): data-parallel runs "
+                "equal one process exactly only with same/float32")
     vllm_kv_cache_mb: int = opt(512, "vLLM backend: memory reserved for vLLM's KV cache, in MB", lo=16)
     vllm_max_model_len: int = opt(2048, "vLLM backend: longest prompt + completion, in tokens (capped by the "
                                         "model's context)", lo=16)

@@ -18,10 +18,13 @@ space, path, out, reward, expected = sys.argv[1:6]
 steps = int(sys.argv[6]) if len(sys.argv) > 6 else 3
 resume = len(sys.argv) > 7 and sys.argv[7] == "resume"
 where = {"model": path} if space == "token" else {"latent": path}
+# float32 rollouts ("same"): bfloat16 rollouts (the default "auto" on AVX512-BF16 CPUs) are not batch-composition
+# invariant (a prompt's samples can change with the other rows of the batch), so N processes = 1 holds only in float32
+extra = {"rollout_dtype": "same", **json.loads(os.environ.get("DDP_TRAIN_EXTRA", "{}"))}
 cfg = TrainConfig(space=space, **where, reward=reward, prompts="builtin:neutral", steps=steps, batch_prompts=2,
                   samples_per_prompt=4, max_new_tokens=6, lr=3e-3 if space == "token" else 1e-2, kl_coef=0.01,
                   seed=0, out=out, device="cpu", progress=False, eval_prompts=0, save_every=1, log="none",
-                  algo="grpo", **json.loads(os.environ.get("DDP_TRAIN_EXTRA", "{}")))
+                  algo="grpo", **extra)
 trainer = Trainer(cfg)
 if trainer.world != int(expected):
     sys.exit(f"expected {expected} processes, the trainer sees {trainer.world}")
