@@ -185,3 +185,19 @@ def test_dynamic_sampling_joins_latent_batches(tmp_path, tiny_latent_dir):
         assert m["mismatch/max_abs_logp_diff"] < 1e-4
         refills += m["batch/refill_rollouts"]
     assert refills > 0
+
+
+@pytest.mark.parametrize("kl_in", ["loss", "reward"])
+def test_inexact_rollouts_recompute_log_probs_only_when_something_reads_them_first(tiny_lm, tmp_path, kl_in):
+    """bfloat16 rollouts, one optimiser step: the update's first pass gives the trainer's log-probs; the no-grad
+    recompute runs only for a KL reward. Either way the logged KL is the trainer's (float32 policy = float32
+    reference before the first update: 0), not the bfloat16 sampler's (its rounding would show as KL)."""
+    tr = trainer(tiny_lm, tmp_path, VARIED, steps=1, kl_coef=0.05, kl_in=kl_in, kl_estimator="k1",
+                 rollout_dtype="bfloat16")
+    assert not tr.policy.rollout_logprobs_exact
+    calls = []
+    real = tr.policy.score
+    tr.policy.score = lambda batch, **kw: (calls.append(torch.is_grad_enabled()), real(batch, **kw))[1]
+    m = tr.train_step(0)["metrics"]
+    assert calls == ([False, True] if kl_in == "reward" else [True])  # [no-grad recompute,] the update's pass
+    assert abs(m["kl/mean"]) < 1e-5 and m["mismatch/max_abs_logp_diff"] > 1e-3

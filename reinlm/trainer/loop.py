@@ -405,14 +405,21 @@ class Trainer:
         off_policy = cfg.update_epochs > 1 or mb < B  # several optimiser steps on this batch
         t_reward = time.perf_counter()  # rollouts and rewards done (interleaved with dynamic-sampling refills)
 
-        # the trainer's own log-probs at the sampling parameters: free from the update's single pass when the
-        # rollout log-probs are exact and there is one optimiser step; recomputed otherwise (and with values)
+        # the trainer's own log-probs at the sampling parameters: with one optimiser step on the batch they come
+        # free from the update's first pass (old = its detached log-probs; TIS compares them with the sampler's).
+        # One no-grad forward recomputes them before the update only when something reads them first: values
+        # (PPO), several optimiser steps, or a KL *reward* on rollouts from another numeric path (bf16 copy, vLLM)
         ref = self.policy.reference(batch)
+        exact = self.policy.rollout_logprobs_exact
         old = None
-        if self.needs.values or off_policy or not self.policy.rollout_logprobs_exact:
+        if self.needs.values or off_policy or (not exact and ref is not None and cfg.kl_in == "reward"):
             with torch.no_grad():
                 old = self.policy.score(batch, need_values=self.needs.values)
-        kl = self.policy.rollout_kl(batch, ref, cfg.kl_estimator, old=None if old is None else old.logp)
+        # KL of the sampled tokens to the reference: before the update when it enters the reward; with kl_in=loss
+        # on inexact rollouts (no recompute) it is a metric only, taken after the update from the first pass
+        kl_after = old is None and not exact and ref is not None
+        kl = None if kl_after else self.policy.rollout_kl(batch, ref, cfg.kl_estimator,
+                                                          old=None if old is None else old.logp)
         kl = kl * mask if kl is not None else None
         beta = self.kl_ctl.value
         baseline_scores = None
@@ -431,6 +438,8 @@ class Trainer:
         t_update = time.perf_counter()
 
         trainer_logp = old_logp if old_logp is not None else seen_old
+        if kl_after:
+            kl = self.policy.rollout_kl(batch, ref, cfg.kl_estimator, old=seen_old) * mask
         mismatch = mismatch_stats(trainer_logp, batch.logprobs, loss_mask)
         n = len(batch.completions) * self.world
         lengths = batch.response_mask.float().sum(-1)
