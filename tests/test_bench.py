@@ -203,3 +203,22 @@ def test_bench_both_sides_tiny(tiny_model_dir):
     assert report["memory_ratio"] > 0
     assert set(report["trl"]["profile_s"]) == {"generate", "reward", "score_other", "loss_forward",
                                                "backward_optim_other"}
+
+
+def test_bench_generation_interleaved_measures_every_backend_in_one_process(tiny_model_dir):
+    """`reinlm bench generation` (default --interleave): every backend timed in one process, calls alternating,
+    each batch size's tokens counted; ratios to the reference backend in the report."""
+    from reinlm.bench import generation
+
+    cfg = generation.GenerationBenchConfig(model=tiny_model_dir, backends=["reinlm-float32", "reinlm-bfloat16",
+                                                                           "hf-float32"],
+                                           batch_sizes=[2, 4], group=2, new_tokens=3, repeats=2)
+    out = generation.run_child_interleaved(cfg)["backends"]
+    assert list(out) == ["reinlm-float32", "reinlm-bfloat16", "hf-float32"]
+    for r in out.values():
+        assert set(r["batches"]) == {"2", "4"}
+        for B, b in r["batches"].items():
+            assert b["tokens"] == int(B) * 3 and len(b["seconds"]) == 2 and b["tokens_per_s"] > 0
+    report = {"config": {**vars(cfg), "backends": list(out)}, "backends": out, "ratios": {},
+              "load_average": {"before": 0.0, "after": 0.0}}
+    assert "calls alternating" in generation.format_report(report)

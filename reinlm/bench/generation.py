@@ -1,6 +1,6 @@
 """``reinlm bench generation``: decoding speed (tokens/s) of every generation backend, side by side.
 
-Backends (``--backends``, each measured in its own process, one after another):
+Backends (``--backends``; by default all in one process with their calls alternating, see below):
 
 - ``reinlm-float32`` / ``reinlm-bfloat16``: reinlm's rollout engine (``TokenRolloutEngine``, what training
   samples with) on the float32 weights themselves (``--rollout-dtype same``), or on its bfloat16 copy
@@ -10,6 +10,10 @@ Backends (``--backends``, each measured in its own process, one after another):
   the ``cpu`` preset: their speed does not depend on training);
 - ``vllm-bfloat16`` / ``vllm-float32``: vLLM in the process (``reinlm.rollout.vllm_backend``, eager mode);
 - ``hf-float32`` / ``hf-bfloat16``: Hugging Face ``model.generate`` (sampling, KV cache).
+
+With ``--interleave`` (the default) every backend is loaded in one process and their timed calls alternate
+(round robin, the order rotating each round), so the ratios are measured side by side even while the load of a
+shared machine changes; ``--interleave false`` runs each backend in its own process, one after another.
 
 Every backend generates the same shape, the one of an RL step: ``batch / group`` prompts of
 ``builtin:reviews`` x ``group`` samples each, exactly ``new_tokens`` tokens per row (EOS ignored), sampling
@@ -50,6 +54,9 @@ class GenerationBenchConfig(Config):
     latent: str | None = opt(None, "latent model directory for latent-bfloat16 (default: fresh cpu-preset heads)")
     threads: int = opt(0, "torch CPU threads per backend process (0: torch's default)")
     seed: int = opt(0, "sampling seed", lo=0)
+    interleave: bool = opt(True, "load every backend in ONE process and alternate their timed calls (round robin, "
+                                 "rotating the order), so a shared machine's changing load hits all of them alike "
+                                 "(the ratios are side by side); false: one process per backend, one after another")
 
     def __post_init__(self) -> None:
         self.backends = [b.strip() for b in ([self.backends] if isinstance(self.backends, str) else self.backends)]
@@ -174,6 +181,42 @@ def run_child_backend(cfg: GenerationBenchConfig, backend: str) -> dict[str, Any
     return {"backend": backend, "batches": per_batch, **info}
 
 
+def run_child_interleaved(cfg: GenerationBenchConfig) -> dict[str, Any]:
+    """Measure every backend in this process, alternating their calls: for each batch size, one warm-up call per
+    backend, then ``repeats`` rounds in which every backend runs once (the order rotates each round)."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    runners, results = {}, {}
+    for backend in cfg.backends:
+        t0 = time.perf_counter()
+        run, info = _make_runner(cfg, backend)
+        info["setup_s"] = time.perf_counter() - t0
+        runners[backend] = run
+        results[backend] = {"backend": backend, "batches": {}, **info}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    names = list(runners)
+    for B in cfg.batch_sizes:
+        prompts = _prompts(B // cfg.group)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        tokens: dict[str, int] = {}
+        for n in names:
+            runners[n](prompts, cfg.group)  # warm-up
+        for r in range(cfg.repeats):
+            for n in names[r % len(names):] + names[: r % len(names)]:
+                t = time.perf_counter()
+                tokens[n] = runners[n](prompts, cfg.group)
+                times[n].append(time.perf_counter() - t)
+        for n in names:
+            med = statistics.median(times[n])
+            results[n]["batches"][str(B)] = {"tokens_per_s": tokens[n] / med, "seconds": times[n], "tokens": tokens[n]}
+    for n in names:
+        results[n]["threads"] = torch.get_num_threads()
+    return {"backends": results}
+
+
 # ----------------------------------------------------------------------------------------------- parent side
 def run_bench(args_or_cfg) -> dict[str, Any]:
     """Run every backend in its own process, one after another; -> ``{"backends": {...}, "ratios": {...}}``."""
@@ -183,19 +226,28 @@ def run_bench(args_or_cfg) -> dict[str, Any]:
 
     cfg = args_or_cfg if isinstance(args_or_cfg, GenerationBenchConfig) else build_config(GenerationBenchConfig,
                                                                                          args_or_cfg)
+    from reinlm.rollout.vllm_backend import vllm_available
+
     load = {"before": os.getloadavg()[0]}
     results, skipped = {}, {}
+    runnable = []
     for backend in cfg.backends:
-        if backend.startswith("vllm"):
-            from reinlm.rollout.vllm_backend import vllm_available
-
-            if not vllm_available():
-                skipped[backend] = "vLLM is not installed (pip install 'reinlm[vllm]')"
-                continue
-        print(f"bench generation: {backend} ...", flush=True)
-        results[backend] = run_child("reinlm.bench.generation",
-                                     ["--child", backend, "--child-config", json.dumps(asdict(cfg))],
-                                     label=backend, timeout=3600, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+        if backend.startswith("vllm") and not vllm_available():
+            skipped[backend] = "vLLM is not installed (pip install 'reinlm[vllm]')"
+        else:
+            runnable.append(backend)
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if cfg.interleave and runnable:
+        print(f"bench generation: {', '.join(runnable)} in one process, calls alternating ...", flush=True)
+        child_cfg = json.dumps({**asdict(cfg), "backends": runnable})
+        results = run_child("reinlm.bench.generation", ["--child", "interleaved", "--child-config", child_cfg],
+                            label="generation", timeout=3600 * len(runnable), env=env)["backends"]
+    else:
+        for backend in runnable:
+            print(f"bench generation: {backend} ...", flush=True)
+            results[backend] = run_child("reinlm.bench.generation",
+                                         ["--child", backend, "--child-config", json.dumps(asdict(cfg))],
+                                         label=backend, timeout=3600, env=env)
     load["after"] = os.getloadavg()[0]
     ref = next((b for b in ("vllm-bfloat16", "vllm-float32") if b in results), None)
     ratios = {}
@@ -209,8 +261,9 @@ def run_bench(args_or_cfg) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     sizes = [str(b) for b in report["config"]["batch_sizes"]]
     cfg = report["config"]
+    how = "one process, calls alternating" if cfg.get("interleave") else "one process per backend"
     lines = [f"generation tokens/s, {cfg['model']}, {cfg['new_tokens']} new tokens per row, groups of {cfg['group']} "
-             f"(median of {cfg['repeats']}; load average {report['load_average']['before']:.1f} -> "
+             f"(median of {cfg['repeats']}, {how}; load average {report['load_average']['before']:.1f} -> "
              f"{report['load_average']['after']:.1f})"]
     head = f"{'backend':<18}" + "".join(f"{'B=' + b:>10}" for b in sizes) + "   setup s"
     lines += [head, "-" * len(head)]
@@ -232,11 +285,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reinlm.bench.generation")
-    p.add_argument("--child", required=True, choices=BACKENDS)
+    p.add_argument("--child", required=True, choices=BACKENDS + ("interleaved",))
     p.add_argument("--child-config", required=True)
     a = p.parse_args(argv)
     cfg = GenerationBenchConfig(**json.loads(a.child_config))
-    emit_result(run_child_backend(cfg, a.child))
+    emit_result(run_child_interleaved(cfg) if a.child == "interleaved" else run_child_backend(cfg, a.child))
     return 0
 
 

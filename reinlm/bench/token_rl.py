@@ -54,6 +54,10 @@ class TokenRLBenchConfig(Config):
                                             "pushed after every step); see `reinlm train --help`")
     rollout_dtype: str = opt("auto", "reinlm side: auto|same|float32|bfloat16 (auto: a bfloat16 rollout copy where "
                                      "native; same: sample with the float32 trained weights)")
+    train_precision: str = opt("same", "reinlm side: same (float32 forward/backward) or bf16-autocast (bfloat16 mixed "
+                                       "precision, float32 weights and AdamW); see `reinlm train --help`")
+    trl_bf16: bool = opt(False, "TRL side: bf16=True, TRL's bfloat16 mixed precision (autocast through accelerate; "
+                                "float32 weights and AdamW), the counterpart of --train-precision bf16-autocast")
     sides: list[str] = opt(default_factory=lambda: list(SIDES), help="sides to run, comma-separated: reinlm,trl")
     out: str | None = opt(None, "keep each side's run directory and results.json here (default: a temp dir, removed)")
     timeout: int = opt(3600, "seconds allowed per side before it is stopped", lo=1)
@@ -67,6 +71,8 @@ class TokenRLBenchConfig(Config):
         check_range("threads", self.threads, 0)
         if self.generation_backend not in ("reinlm", "vllm"):
             raise ConfigError(f"generation_backend: got {self.generation_backend!r}; allowed: reinlm, vllm.")
+        if self.train_precision not in ("same", "bf16-autocast"):
+            raise ConfigError(f"train_precision: got {self.train_precision!r}; allowed: same, bf16-autocast.")
         if self.rollout_dtype not in ("auto", "same", "float32", "bfloat16"):
             raise ConfigError(f"rollout_dtype: got {self.rollout_dtype!r}; allowed: auto, same, float32, bfloat16.")
         if isinstance(self.sides, str):
@@ -128,6 +134,7 @@ def run_reinlm_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
         device="cpu", dtype="float32", seed=cfg.seed, out=str(run_dir), save_every=cfg.steps,
         keep_checkpoints=1, sample_every=0, log="none", eval_prompts=0, progress=False, overwrite=True,
         generation_backend=cfg.generation_backend, rollout_dtype=cfg.rollout_dtype,
+        train_precision=cfg.train_precision,
     )
     t0 = time.perf_counter()
     trainer = Trainer(train_cfg)
@@ -203,7 +210,7 @@ def run_trl_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
     reward_fn = _reward_fn(cfg, extra_cols)
 
     args = GRPOConfig(
-        output_dir=str(run_dir), use_cpu=True, bf16=False, fp16=False, report_to=[], seed=cfg.seed,
+        output_dir=str(run_dir), use_cpu=True, bf16=bool(cfg.trl_bf16), fp16=False, report_to=[], seed=cfg.seed,
         max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1,
         num_generations=cfg.samples_per_prompt, max_completion_length=cfg.max_new_tokens, temperature=1.0,
         top_p=1.0, top_k=0, beta=cfg.kl_coef, num_iterations=1, epsilon=0.2, scale_rewards="group",

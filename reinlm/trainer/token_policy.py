@@ -6,6 +6,7 @@ H = hidden size, V = vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -108,8 +109,16 @@ class TokenPolicy:
     @property
     def rollout_logprobs_exact(self) -> bool:
         """True when rollouts run the training model itself, in its dtype (then equal within 1e-4, tested);
-        False with a rollout copy in another dtype or vLLM (``--rollout-dtype``, ``--generation-backend``)."""
-        return not self.rollout_engine.uses_copy
+        False with a rollout copy in another dtype or vLLM (``--rollout-dtype``, ``--generation-backend``), or
+        when training runs in mixed precision (``--train-precision bf16-autocast``)."""
+        return not self.rollout_engine.uses_copy and self.cfg.train_precision == "same"
+
+    def train_autocast(self):
+        """Context of the training forward: ``torch.autocast`` to bfloat16 with ``--train-precision
+        bf16-autocast`` (float32 weights, gradients and optimiser state), else nothing."""
+        if self.cfg.train_precision == "bf16-autocast":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def frozen_logprobs(self, batch, temperature: float = 1.0) -> torch.Tensor:
@@ -178,14 +187,16 @@ class TokenPolicy:
         """Training forward: logp (B, R), entropy (B, R) and values (B, R) if asked, with gradients."""
         R = batch.response_ids.shape[1]
         shared_values = need_values and self.value_head is not None and self.value_model is None
-        logp, entropy, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
-                                               self.cfg.temperature, return_entropy=True, return_hidden=shared_values)
-        values = None
-        if need_values and self.value_head is not None:
-            if self.value_model is not None:
-                hidden = token_logprobs(self.value_model, batch.input_ids, batch.attention_mask, R,
-                                        self.cfg.temperature, return_hidden=True).hidden
-            values = self.value_head(hidden)
+        with self.train_autocast():  # the backward runs outside, as torch.autocast wants
+            logp, entropy, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
+                                                   self.cfg.temperature, return_entropy=True,
+                                                   return_hidden=shared_values)
+            values = None
+            if need_values and self.value_head is not None:
+                if self.value_model is not None:
+                    hidden = token_logprobs(self.value_model, batch.input_ids, batch.attention_mask, R,
+                                            self.cfg.temperature, return_hidden=True).hidden
+                values = self.value_head(hidden).float()
         return PolicyScores(logp, entropy, values)
 
     @torch.no_grad()
