@@ -40,14 +40,20 @@ class LatentStepper:
         self.tok = token_chooser
         self.use_policy = action_chooser.mode in ("sample", "greedy")
         self.K = lam.config.num_actions
+        self.fused, self.wm = None, lam.world_model  # context() may switch both to their fast forms
 
     def context(self):
-        """Around the loop: the backbone's single-token steps use the decode attention; a bfloat16 backbone on a
-        CPU with native bfloat16 gets pre-packed linears (once; they re-pack if its weights change)."""
+        """Around the loop. A bfloat16 Llama-family backbone on a CPU with native bfloat16 decodes with the fused
+        decoder (:mod:`reinlm.rollout.fused`: packed fused projections, float32 key/value buffers, its packed LM
+        head) and the world model runs on a bfloat16 copy (:func:`generation_world_model`); another bfloat16
+        backbone gets pre-packed linears and the decode attention; anything else runs as it is."""
         from reinlm.rollout.fast import decode_attention_on, pack_linears, packing_supported
+        from reinlm.rollout.fused import fused_decoder
 
         bb = self.lam.backbone
-        if next(bb.parameters()).dtype == torch.bfloat16 and packing_supported():
+        self.fused = fused_decoder(bb)
+        self.wm = generation_world_model(self.lam)
+        if self.fused is None and next(bb.parameters()).dtype == torch.bfloat16 and packing_supported():
             pack_linears(bb)
         return decode_attention_on(bb)
 
@@ -67,6 +73,9 @@ class LatentStepper:
             if self.pol_cache is not None:
                 self.pol_cache = self.pol_cache.repeat(G)
                 self.pol_logits = self.pol_logits.repeat_interleave(G, 0)
+        if self.fused is not None:  # single-token steps from here on: the fused decoder's own buffers
+            self.fused.begin(past, capacity)
+            past = None
         self.past, self.P = past, P
         self.hidden = h0.new_zeros(B, capacity, h0.shape[-1])  # (B, cap, H)
         self.hidden[:, :P] = h0
@@ -79,22 +88,55 @@ class LatentStepper:
         if self.use_policy and t > 0:  # the policy reads the state fed at the previous step
             self.pol_logits = lam.policy_step(self.h_last, self.attn[:, : self.P + t], self.pol_cache, self.P + t - 1)
         a, lp = self.act(self.pol_logits, None if u is None else u[:, 0], rows, self.K)
-        logits = lam.token_logits(lam.world_model(self.h_last, a[:, None]))[:, 0]  # (b, V)
+        state = self.wm(self.h_last, a[:, None])[:, 0]  # (b, H)
+        logits = self.fused.logits(state).float() if self.fused is not None else lam.token_logits(state)  # (b, V)
         nxt, _ = self.tok(logits, None if u is None else u[:, 1], rows)
         return nxt, lp, {"action": a}
 
     def feed(self, tok: torch.Tensor, rows: torch.Tensor, t: int) -> None:
         P = self.P
-        h_new, self.past = self.lam.backbone_hidden(tok[:, None], self.attn[:, : P + t + 1], past_key_values=self.past,
-                                                    position_ids=self.next_pos, use_cache=True)  # (b, 1, H)
+        if self.fused is not None:
+            h_new = self.fused.step(tok, self.next_pos[:, 0], self.attn[:, : P + t + 1]).float()[:, None]
+        else:
+            h_new, self.past = self.lam.backbone_hidden(tok[:, None], self.attn[:, : P + t + 1],
+                                                        past_key_values=self.past, position_ids=self.next_pos,
+                                                        use_cache=True)  # (b, 1, H)
         self.hidden[rows, P + t] = h_new[:, 0]
         self.h_last, self.next_pos = h_new, self.next_pos + 1
 
     def keep(self, idx: torch.Tensor) -> None:
-        self.past.batch_select_indices(idx)
+        if self.fused is not None:
+            self.fused.select(idx)
+        else:
+            self.past.batch_select_indices(idx)
         self.attn, self.next_pos, self.h_last = self.attn[idx], self.next_pos[idx], self.h_last[idx]
         if self.pol_cache is not None:
             self.pol_cache = self.pol_cache.select(idx)
 
     def finish(self, R: int) -> dict[str, torch.Tensor]:
         return {"hidden": self.hidden[:, : self.P + max(R - 1, 0)]}
+
+
+def generation_world_model(lam):
+    """The world model generation runs: a bfloat16 copy with pre-packed linears when the backbone is bfloat16 and
+    the heads are float32 on a CPU with native bfloat16 (the world model is frozen while generating and its
+    state goes to the bfloat16 LM head anyway; the policy, whose log-probs are recorded, stays as it is), else
+    the world model itself. The copy is kept on the model and re-made when a world-model weight changed."""
+    from reinlm.rollout.fast import pack_linears, packing_supported
+    from reinlm.utils import cast_parameters
+
+    wm = lam.world_model
+    wm = getattr(wm, "module", wm)
+    bb_dtype = next(lam.backbone.parameters()).dtype
+    if bb_dtype != torch.bfloat16 or wm.dtype == torch.bfloat16 or lam.device.type != "cpu" or not packing_supported():
+        return wm
+    key = tuple((p.data_ptr(), p._version) for p in wm.parameters())
+    cached = lam.__dict__.get("_reinlm_wm16")
+    if cached is None or cached[0] != key:
+        import copy
+
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors (the decode loop is in inference mode)
+            copy16 = cast_parameters(copy.deepcopy(wm), torch.bfloat16).eval().requires_grad_(False)
+            pack_linears(copy16)
+        lam.__dict__["_reinlm_wm16"] = cached = (key, copy16)
+    return cached[1]

@@ -86,6 +86,9 @@ class LMStepper:
         chooser: :class:`~reinlm.rollout.sampling.Chooser` for the next token.
         record_hidden: keep the final normalised hidden state of every fed position, as ``states["hidden"]``
             (B, P + R, H) (the backbone runs without its LM head, which is applied to the last position).
+        fused: single-token steps of a bfloat16 Llama-family model on a CPU run :class:`reinlm.rollout.fused.
+            FusedDecoder` (fused packed projections, a float32 key/value buffer); False, or a model it does not
+            support, keeps the Hugging Face step.
 
     A stepper's protocol (what :func:`decode` calls): ``n_streams`` (uniform columns per step),
     ``records_states``, ``start(ids, mask, G, capacity)``, ``choose(t, rows, u) -> (token, logp, extras)``,
@@ -93,13 +96,16 @@ class LMStepper:
     manager entered around the loop; here: :func:`reinlm.rollout.fast.decode_attention_on`).
     """
 
-    def __init__(self, model, chooser: Chooser, record_hidden: bool = False):
+    def __init__(self, model, chooser: Chooser, record_hidden: bool = False, fused: bool = True):
+        from reinlm.rollout.fused import fused_decoder
+
         self.model = model
         self.chooser = chooser
         self.records_states = bool(record_hidden)
         self.n_streams = 1 if chooser.uses_uniforms else 0
         self._kw = hf_cache_kwarg(model.base_model if record_hidden else model)
         self._head = model.get_output_embeddings() if record_hidden else None
+        self.fused = fused_decoder(model) if fused else None
 
     def context(self):
         """Entered by :func:`decode` around the whole loop: single-token steps use the decode attention."""
@@ -129,6 +135,9 @@ class LMStepper:
             cache.batch_repeat_interleave(G)  # (N, ...) -> (B, ...)
             logits = logits.repeat_interleave(G, 0)
         self.cache, self.logits, self.P = cache, logits, P  # logits (b, V)
+        if self.fused is not None:  # single-token steps from here on: the fused decoder's own buffers
+            self.fused.begin(cache, capacity)
+            self.cache = None
         self.attn = torch.cat([mask.repeat_interleave(G, 0), mask.new_ones(B, capacity - P)], dim=1)  # (b, cap)
         self.next_pos = pos[:, -1:].repeat_interleave(G, 0) + 1  # (b, 1)
         if self.records_states:
@@ -141,14 +150,22 @@ class LMStepper:
 
     def feed(self, tok: torch.Tensor, rows: torch.Tensor, t: int) -> None:
         P = self.P
-        self.logits, h, self.cache = self._forward(tok[:, None], self.attn[:, : P + t + 1], self.next_pos,
-                                                   self.cache)
+        if self.fused is not None:
+            h = self.fused.step(tok, self.next_pos[:, 0], self.attn[:, : P + t + 1])  # (b, H)
+            self.logits = self.fused.logits(h)
+            h = h[:, None]
+        else:
+            self.logits, h, self.cache = self._forward(tok[:, None], self.attn[:, : P + t + 1], self.next_pos,
+                                                       self.cache)
         if self.records_states:
             self.hidden[rows, P + t] = h[:, 0]
         self.next_pos = self.next_pos + 1
 
     def keep(self, idx: torch.Tensor) -> None:
-        self.cache.batch_select_indices(idx)
+        if self.fused is not None:
+            self.fused.select(idx)
+        else:
+            self.cache.batch_select_indices(idx)
         self.logits, self.attn, self.next_pos = self.logits[idx], self.attn[idx], self.next_pos[idx]
 
     def finish(self, R: int) -> dict[str, torch.Tensor]:

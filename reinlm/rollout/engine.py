@@ -121,11 +121,15 @@ class TokenRolloutEngine:
         else:
             base = copy.deepcopy(model)
         from reinlm.rollout.fast import pack_linears, packing_supported
+        from reinlm.rollout.fused import unsupported_reason
         from reinlm.utils import cast_parameters
 
         base = cast_parameters(base, self.dtype).eval().requires_grad_(False)
-        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and packing_supported():
-            pack_linears(base)  # oneDNN-packed linears; each re-packs itself after a sync changed its weight
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and packing_supported() and \
+                unsupported_reason(base) is not None:
+            # oneDNN-packed linears; each re-packs itself after a sync changed its weight. A Llama-family copy
+            # decodes with reinlm.rollout.fused instead (its own packed, fused weights, rebuilt after a sync)
+            pack_linears(base)
         return base
 
     @torch.no_grad()
