@@ -264,6 +264,13 @@ def test_trl_renames_and_derived_keys(tmp_path):
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.seed) == (16, 32, "q_proj,k_proj", 3)
 
 
+def test_trl_bf16_and_use_vllm_map_onto_mixed_precision_and_the_vllm_backend():
+    cfg = build_config(TrainConfig, None, {"bf16": True, "use_vllm": True, "vllm_mode": "colocate"})
+    assert (cfg.train_precision, cfg.generation_backend) == ("bf16-autocast", "vllm")
+    cfg = build_config(TrainConfig, None, {"bf16": False, "use_vllm": False})
+    assert (cfg.train_precision, cfg.generation_backend) == ("same", "reinlm")
+
+
 def test_warmup_steps_as_a_share_like_transformers_5():
     assert build_config(TrainConfig, None, {"warmup_steps": 0.1, "steps": 20}).warmup_steps == 2
     assert build_config(TrainConfig, None, {"warmup_steps": 3}).warmup_steps == 3
@@ -280,10 +287,11 @@ def test_trl_generation_batch_with_several_optimiser_steps():
     ({"learning_rate": 1e-5, "lr": 1e-4}, ["'lr' is given twice", "learning_rate"]),
     ({"max_steps": 5, "steps": 4}, ["max_steps", "'steps' is given too"]),
     ({"num_generations": 3, "per_device_train_batch_size": 8}, ["not a multiple of num_generations = 3"]),
-    ({"bf16": True}, ["bf16", "no bf16 mixed precision", "dtype: bfloat16"]),
+    ({"bf16": True, "train_precision": "same"}, ["bf16", "sets train_precision", "keep one"]),
+    ({"vllm_mode": "server"}, ["vllm_mode", "allowed: colocate"]),
     ({"num_train_epochs": 3}, ["'num_train_epochs' has no meaning in reinlm", "max_steps"]),
     ({"logging_steps": 10}, ["has no meaning in reinlm"]),
-    ({"use_vllm": True}, ["does not implement this TRL setting yet"]),
+    ({"vllm_server_base_url": "http://x"}, ["in the training process only"]),
     ({"loss_type": "sapo"}, ["loss_type", "grpo", "dapo"]),
     ({"vllm_importance_sampling_mode": "sequence_mask"}, ["token_truncate", "no masking modes"]),
     ({"lr_scheduler_type": "polynomial"}, ["lr_scheduler_type", "constant, constant_with_warmup, linear, cosine"]),

@@ -91,7 +91,10 @@ TRL_DERIVED: dict[str, str] = {
                                            "turns it on whenever rollouts run another numeric path than training)",
     "vllm_importance_sampling_mode": "token_truncate -> tis: token; sequence_truncate -> tis: sequence; the "
                                      "*_mask modes are refused (not implemented)",
-    "bf16": "false is accepted (float32 is reinlm's default); true has no exact equivalent (see the error)",
+    "bf16": "true -> train_precision: bf16-autocast (bfloat16 mixed precision, float32 weights and AdamW, as TRL's); "
+            "false -> train_precision: same",
+    "use_vllm": "true -> generation_backend: vllm (in the training process, TRL's colocate mode); false -> reinlm",
+    "vllm_mode": "colocate is accepted (reinlm's vLLM runs in the training process); server is refused",
     "fp16": "false is accepted; true is refused (no fp16 mixed precision)",
     "gradient_checkpointing": "false is accepted; true is refused (not implemented)",
     "optim": "adamw_torch, adamw_torch_fused, adamw_hf accepted (reinlm's optimiser is AdamW); others refused",
@@ -147,10 +150,8 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "adam_epsilon": "AdamW uses torch's eps 1e-8; remove the key.",
     "lr_scheduler_kwargs": "lr_schedule takes constant, linear or cosine without options.",
     # features being added to reinlm (the field, when it exists, takes the key)
-    "use_vllm": _PENDING + " (generation uses reinlm's own decoder).",
-    "vllm_mode": _PENDING + ".",
-    "vllm_gpu_memory_utilization": _PENDING + ".",
-    "vllm_server_base_url": _PENDING + ".",
+    "vllm_gpu_memory_utilization": "reinlm's vLLM backend reserves vllm_kv_cache_mb of KV cache instead; remove the key.",
+    "vllm_server_base_url": "reinlm runs vLLM in the training process only (vllm_mode: colocate); remove the key.",
     "cast_lm_head_to_fp32": _PENDING + ".",
     "max_tool_calling_iterations": _PENDING + " (single-turn generation only).",
 }
@@ -293,10 +294,12 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
     elif "vllm_importance_sampling_correction" in given:
         on = _bool("vllm_importance_sampling_correction", given["vllm_importance_sampling_correction"])
         put("tis", "token" if on else "none", "vllm_importance_sampling_correction")
-    if "bf16" in given and _bool("bf16", given["bf16"]):
-        refuse("bf16", "reinlm has no bf16 mixed precision: dtype: bfloat16 stores and trains the weights in "
-                       "bfloat16 (not mixed), frozen_dtype: bfloat16 runs only the frozen reference in bfloat16; "
-                       "write one of those, or bf16: false.")
+    if "bf16" in given:
+        put("train_precision", "bf16-autocast" if _bool("bf16", given["bf16"]) else "same", "bf16")
+    if "use_vllm" in given:
+        put("generation_backend", "vllm" if _bool("use_vllm", given["use_vllm"]) else "reinlm", "use_vllm")
+    if "vllm_mode" in given and str(given["vllm_mode"]) != "colocate":
+        refuse("vllm_mode", "allowed: colocate (reinlm runs vLLM in the training process; no server mode).")
     if "fp16" in given and _bool("fp16", given["fp16"]):
         refuse("fp16", "reinlm has no fp16 mixed precision; use dtype: float32 or bfloat16.")
     if "gradient_checkpointing" in given and _bool("gradient_checkpointing", given["gradient_checkpointing"]):
