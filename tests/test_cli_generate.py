@@ -44,7 +44,11 @@ def test_prompts_file_batch_size_does_not_change_samples(capsys, tmp_path, tiny_
     base = ["--model", tiny_dir, "--prompts", str(f), "--num-samples", "2", "--max-new-tokens", "4", "--temperature", "0.7"]
     one = _gen_json(capsys, *base, "--batch-size", "1")
     three = _gen_json(capsys, *base, "--batch-size", "3")
-    assert one == three and len(one) == 6
+    # the same samples; their summed log-probs agree to float32 rounding (prompts padded to another length round
+    # the attention's sums differently in the last bits)
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "logprob"} for r in recs]  # noqa: E731
+    assert strip(one) == strip(three) and len(one) == 6
+    assert [r["logprob"] for r in one] == pytest.approx([r["logprob"] for r in three], abs=1e-4)
     assert [r["prompt_index"] for r in one] == [0, 0, 1, 1, 2, 2]
     limited = _gen_json(capsys, *base, "--limit", "1", "--prompt", "First")
     assert [r["prompt"] for r in limited] == ["First", "First", "The old lighthouse", "The old lighthouse"]
