@@ -590,3 +590,30 @@ def json_file_problem(path: str | os.PathLike) -> str | None:
     except ValueError as e:
         return f"{path.name} is not valid JSON ({e})" if path.stat().st_size else f"{path.name} is empty"
     return None
+
+
+_PROCESS_GROUP_EXIT_HOOK = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy torch.distributed's default process group at interpreter exit (once per process; a no-op when it
+    is not initialised or was destroyed already).
+
+    A gloo process group left alive until interpreter teardown can abort the process ("terminate called without
+    an active exception", SIGABRT) after the work is done, which torchrun reports as a failed run (pytorch issue
+    190489). Registered by whatever builds an ``Accelerator`` for several processes.
+    """
+    global _PROCESS_GROUP_EXIT_HOOK
+    if _PROCESS_GROUP_EXIT_HOOK:
+        return
+    import atexit
+
+    def _destroy() -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+    atexit.register(_destroy)
+    _PROCESS_GROUP_EXIT_HOOK = True

@@ -35,10 +35,11 @@ def _loss_and_grads(policy: TokenPolicy, batch, adv: torch.Tensor):
 
 
 def test_bf16_autocast_loss_and_gradients_stay_close_to_float32(tiny_lm, tmp_path):
-    model, tok = tiny_lm
-    fp32 = TokenPolicy(_cfg(tmp_path), torch.device("cpu"), model=copy.deepcopy(model), tokenizer=tok)
+    model, tok = tiny_lm  # shared by the session: another test may have frozen its parameters
+    fp32 = TokenPolicy(_cfg(tmp_path), torch.device("cpu"), model=copy.deepcopy(model).requires_grad_(True),
+                       tokenizer=tok)
     mixed = TokenPolicy(_cfg(tmp_path, train_precision="bf16-autocast"), torch.device("cpu"),
-                        model=copy.deepcopy(model), tokenizer=tok)
+                        model=copy.deepcopy(model).requires_grad_(True), tokenizer=tok)
     batch = fp32.rollout(PROMPTS, 4, seeds=[1, 2, 3])
     adv = torch.linspace(-1.0, 1.0, len(batch))
     loss32, logp32, g32 = _loss_and_grads(fp32, batch, adv)

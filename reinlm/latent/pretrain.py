@@ -42,7 +42,8 @@ from reinlm.config import Config, check_device, config_to_dict, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.latent.model import LatentActionModel
-from reinlm.utils import append_jsonl, atomic_dir, read_jsonl, seed_everything, write_json
+from reinlm.utils import (append_jsonl, atomic_dir, destroy_process_group_at_exit, read_jsonl, seed_everything,
+                          write_json)
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +488,10 @@ def _accelerator(cfg: PretrainConfig):
     from accelerate import Accelerator
 
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-    return Accelerator(cpu=cpu)
+    accelerator = Accelerator(cpu=cpu)
+    if accelerator.num_processes > 1:
+        destroy_process_group_at_exit()
+    return accelerator
 
 
 def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:

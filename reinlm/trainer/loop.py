@@ -43,8 +43,8 @@ from reinlm.trainer.logging import RunLogger
 from reinlm.trainer.policy import PolicyScores
 from reinlm.trainer.guards import NonFiniteError, check_grad_norm, check_loss, check_weights, stopped_message
 from reinlm.trainer.runlock import RunLock
-from reinlm.utils import (atomic_dir, atomic_write_text, peak_rss_mb, remove_stale_temps, seed_everything,
-                          set_rng_state, write_json)
+from reinlm.utils import (atomic_dir, atomic_write_text, destroy_process_group_at_exit, peak_rss_mb,
+                          remove_stale_temps, seed_everything, set_rng_state, write_json)
 
 log = logging.getLogger("reinlm")
 
@@ -155,6 +155,8 @@ class Trainer:
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        if self.world > 1:
+            destroy_process_group_at_exit()
         if cfg.batch_prompts % self.world:
             raise ConfigError(f"batch_prompts: got {cfg.batch_prompts} with {self.world} processes; allowed: a "
                               "multiple of the number of processes (each process takes whole prompt groups).")
