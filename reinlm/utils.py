@@ -251,14 +251,21 @@ def check_output_dir(path: str | os.PathLike, what: str = "out") -> Path:
             break
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
         probe_dir = probe_dir.parent
+    _check_can_write_in(probe_dir, what)
+    return path
+
+
+def _check_can_write_in(directory: Path, what: str) -> None:
+    """Create and remove a probe file in the existing ``directory``; a one-paragraph ReinlmError if it cannot."""
+    from reinlm.errors import ReinlmError
+
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".write-check{TEMP_MARK}", dir=probe_dir)
+        fd, probe = tempfile.mkstemp(prefix=f".write-check{TEMP_MARK}", dir=directory)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ReinlmError(f"{what}: cannot write in {str(probe_dir)!r} ({_os_reason(e)}); choose a writable "
+        raise ReinlmError(f"{what}: cannot write in {str(directory)!r} ({_os_reason(e)}); choose a writable "
                           "directory (check its permissions and free space).") from None
-    return path
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "out") -> Path:
@@ -269,12 +276,10 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "out") -> Path:
     path = check_output_dir(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".write-check{TEMP_MARK}", dir=path)
-        os.close(fd)
-        os.unlink(probe)
     except OSError as e:
         raise ReinlmError(f"{what}: cannot write in {str(path)!r} ({_os_reason(e)}); choose a writable directory "
                           "(check its permissions and free space).") from None
+    _check_can_write_in(path, what)
     return path
 
 
