@@ -106,8 +106,17 @@ class VLLMEngine:
         weights = [(name, t.detach().to("cpu")) for name, t in named_tensors]
         # vLLM's in-place reload (not ``model.load_weights``): on the CPU backend the linear weights are repacked
         # for its kernels after loading, and ``reload_weights`` restores, loads and repacks them again
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
-                                                          "is_checkpoint_format": True})
+        # vLLM warns "RotaryEmbedding / ParallelLMHead: Failed to load weights" on every reload: the rotary cache
+        # has no checkpoint weights and the tied head is refreshed just below; both are expected (the pushed
+        # model's log-probs are tested equal to a fresh forward), so those warnings are muted during the reload
+        layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        level = layerwise.level
+        layerwise.setLevel(logging.ERROR)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
+                                                              "is_checkpoint_format": True})
+        finally:
+            layerwise.setLevel(level)
         self.llm.apply_model(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()
         self.pushes += 1
