@@ -371,3 +371,18 @@ def test_atomic_outputs_get_the_umask_default_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / "final").stat().st_mode & 0o777 == plain_dir.stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == plain_file.stat().st_mode & 0o777 == 0o644
+
+
+def test_peak_rss_of_a_child_is_its_own_not_its_large_parents():
+    """A benchmark side started by a large process (the demo after training) must report its own peak: ru_maxrss
+    carries the parent's peak across fork + exec (measured: 7,926 MB on both sides of the demo's comparison)."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(600 * 1024 * 1024)
+    ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])  # touch every page: the parent's peak is now > 600 MB
+    code = "from reinlm.utils import peak_rss_mb; print(peak_rss_mb())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    child_mb = float(done.stdout.strip().splitlines()[-1])
+    del ballast
+    assert child_mb < 500, child_mb  # importing reinlm.utils needs well under 500 MB

@@ -2,7 +2,7 @@
 and the side-by-side table.
 
 Each side of a benchmark runs in its own Python process so that its peak resident memory
-(``ru_maxrss`` of that process) is its own, and so that one library's import-time state (threads, patched
+(``VmHWM`` of that process, see ``utils.peak_rss_mb``) is its own, and so that one library's import-time state (threads, patched
 classes, caches) cannot slow the other. The child prints exactly one result line,
 ``REINLM_BENCH_RESULT {json}``, on stdout; everything else it prints (library logs, progress) is ignored.
 """
