@@ -261,3 +261,32 @@ def test_other_layouts_fail_clearly(smol_tokenizer, tmp_path):
 
     (tmp_path / "o6").mkdir()
     assert main(["latent", "import-cola", str(ok), str(tmp_path / "o6")]) == 2
+
+
+def test_latent_rl_on_bfloat16_heads_trains_a_float32_policy(smol_tokenizer, tmp_path):
+    """An imported bfloat16 CoLA model: latent RL trains the policy in float32 (AdamW steps of lr 1e-4 are below
+    bfloat16's resolution for most weights: trained in bfloat16, most policy weights would not move at all); the
+    frozen heads stay bfloat16 and bit-identical."""
+    from safetensors.torch import load_file
+
+    from reinlm.trainer.config import TrainConfig
+    from reinlm.trainer.loop import Trainer
+
+    src, _, _ = write_cola_checkpoint(smol_tokenizer, tmp_path / "cola", "safetensors", dtype=torch.bfloat16)
+    lat = tmp_path / "lat"
+    import_cola(ImportColaConfig(src=str(src), out=str(lat)))
+    reward = f"{Path(__file__).parent / 'assets' / 'toy_rewards.py'}:space_share"
+    cfg = TrainConfig(space="latent", latent=str(lat), reward=reward, prompts="builtin:neutral", steps=2,
+                      batch_prompts=2, samples_per_prompt=2, max_new_tokens=4, lr=1e-4, kl_coef=0.05, seed=0,
+                      out=str(tmp_path / "rl"), device="cpu", progress=False, eval_prompts=0, save_every=100,
+                      log="none")
+    trainer = Trainer(cfg)
+    policy = trainer.policy
+    assert all(p.dtype == torch.float32 for p in policy.policy.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in policy.lam.world_model.parameters())
+    run = trainer.train()
+    before, after = load_file(str(lat / "heads.safetensors")), load_file(str(Path(run) / "final" / "heads.safetensors"))
+    moved = [float((after[k].float() != before[k].float()).float().mean()) for k in before
+             if k.startswith("policy.") and before[k].dim() == 2]
+    assert min(moved) > 0.5, moved  # float32 training moves (almost) every weight of every matrix
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("policy."))

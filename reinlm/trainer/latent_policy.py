@@ -52,6 +52,13 @@ class LatentPolicy:
                                                                          dtype=cfg.frozen_dtype_name,
                                                                          num_actions=cfg.num_actions)
         self.lam.requires_grad_(False)
+        if cfg.dtype == "float32" and any(p.dtype != torch.float32 for p in self.lam.policy.parameters()):
+            # bfloat16 heads (an imported CoLA model): the trained policy gets float32 weights and AdamW state, as
+            # the token policy does; an update of lr 1e-4 is below bfloat16's resolution for most weights. The
+            # frozen heads stay in their dtype; the policy casts its inputs to its own dtype.
+            from reinlm.utils import cast_parameters
+
+            cast_parameters(self.lam.policy, torch.float32)
         self.lam.policy.requires_grad_(True)
         self.tokenizer = self.lam.tokenizer
         if self.tokenizer is None:
