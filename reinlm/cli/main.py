@@ -148,4 +148,8 @@ def _quiet_third_party() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    from reinlm.utils import exit_distributed_process
+
+    exit_distributed_process(_code)  # a torchrun / accelerate worker ends here (no-op in one process)
+    sys.exit(_code)
