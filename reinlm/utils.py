@@ -628,15 +628,19 @@ def destroy_process_group_at_exit() -> None:
         return
     import atexit
 
-    def _destroy() -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-
-    atexit.register(_destroy)
+    atexit.register(_destroy_process_group)
     _PROCESS_GROUP_EXIT_HOOK = True
+
+
+def _destroy_process_group() -> bool:
+    """Destroy torch.distributed's default process group if one is up; whether one was."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+    return True
 
 
 def exit_distributed_process(code: int) -> None:
@@ -652,12 +656,8 @@ def exit_distributed_process(code: int) -> None:
     import logging
     import sys
 
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _destroy_process_group():
         return
-    with contextlib.suppress(Exception):
-        dist.destroy_process_group()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
