@@ -128,3 +128,15 @@ def test_self_cache_states_match_a_fresh_forward_and_eos_rows_leave(backbone_dir
             ref = model.base_model(input_ids=ids).last_hidden_state[0]
         got = torch.from_numpy(np.asarray(cache.hidden[a:b], dtype=np.float32))
         assert torch.allclose(got, ref, atol=2e-2, rtol=1e-2), (s, (got - ref).abs().max())
+
+
+def test_pretrain_on_a_corpus_smaller_than_one_batch(backbone_dir, tmp_path):
+    """Fuzz 2026-12-07: `--corpus self:10` (fewer windows than one batch) crashed in stage 1 (Gumbel noise drawn
+    for --batch-windows rows, the batch holding fewer). It trains on what there is."""
+    out = tmp_path / "lat"
+    cfg = PretrainConfig(backbone=backbone_dir, corpus="self:40", out=str(out),
+                         **{**FAST, "batch_windows": 64, "stage1_epochs": 1, "stage2_epochs": 1})
+    pretrain(cfg, LatentConfig(**SMALL))
+    s = json.loads((out / "summary.json").read_text())
+    assert 1 <= s["train_windows"] < 64 and s["eval_tokens"] > 0
+    assert np.isfinite(s["nll_world_model_idm"]) and 1 <= s["codes_used"] <= 8

@@ -156,7 +156,7 @@ class Reducer:
 def stage1_loss(model: LatentActionModel, h, ids, mask, cfg: PretrainConfig, w_short, lookup, noise,
                 reduce: Reducer):
     """Loss (this process's part) and global stats of one stage-1 batch. h (b, L, H), ids / mask (b, L),
-    noise (b, >= L-1, K) Gumbel noise.
+    noise (>= b, >= L-1, K) Gumbel noise (row i for window i of this process's batch).
 
     With N valid steps in the global batch, per-step CE c_i, IDM distributions p_i and m = (1/N) sum p_i:
     L = (1/N) sum c_i - entropy_coef (1/N) sum H(p_i) - marginal_entropy_coef H(m). This process returns
@@ -164,8 +164,8 @@ def stage1_loss(model: LatentActionModel, h, ids, mask, cfg: PretrainConfig, w_s
     global m (fixed): averaging W processes' gradients (DDP) gives exactly dL/dtheta.
     """
     logits = model.idm_logits_from_hidden(h, mask)  # (b, L-1, K)
-    T1 = logits.shape[1]
-    onehot = straight_through_gumbel_with(logits, noise[:, :T1].to(logits.device), cfg.gumbel_tau)
+    b, T1 = logits.shape[:2]  # b < batch_windows / W when the corpus has fewer windows than one batch
+    onehot = straight_through_gumbel_with(logits, noise[:b, :T1].to(logits.device), cfg.gumbel_tau)
     state = model.world_model_state_from_hidden(h[:, :-1], onehot)  # (b, L-1, H)
     valid = (mask[:, :-1] * mask[:, 1:]).bool()  # (b, L-1) both positions real
     target = ids[:, 1:][valid]
