@@ -47,7 +47,7 @@ def test_only_the_policy_moves(algo, tiny_latent_dir, tmp_path):
     for k, v in trainer.policy.lam.backbone.state_dict().items():
         assert torch.equal(backbone_before[k], v), k
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    assert rows[-1]["step"] == 2 and "kl/mean" in rows[0]
+    assert rows[-1]["step"] == 2 and "kl/mean" in rows[0] and rows[0]["latent/distinct_actions"] >= 1
     ev = json.loads((run_dir / "train_eval.json").read_text())
     assert ev["before"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)  # untrained policy == BC policy
     assert ev["after"]["perplexity_frozen"] > 1.0
@@ -102,3 +102,26 @@ def test_frozen_dtype_bfloat16_puts_the_backbone_in_bf16_and_keeps_the_policy_fl
     # the BC reference sees the same bf16 states as the policy: the exact KL still starts at 0
     assert rows[0]["kl/mean"] == pytest.approx(0.0, abs=1e-6)
     assert rows[-1]["kl/mean"] > 1e-4
+
+
+def test_action_stats_count_the_actions_a_batch_used():
+    """The collapse diagnostics: distinct actions, effective number of actions, top action probability, padding
+    ignored (a collapsed batch reads 1 / 1.0 / near 1)."""
+    import math
+    from types import SimpleNamespace
+
+    from reinlm.trainer.latent_policy import LatentPolicy
+
+    actions = torch.tensor([[0, 0, 1, 3], [2, 2, 2, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # the 3 is padding
+    probs = torch.full((2, 4, 4), 0.1)
+    probs[..., 0] = 0.7
+    batch = SimpleNamespace(actions=actions, response_mask=mask, old_logp_all=probs.log())
+    st = LatentPolicy.action_stats(SimpleNamespace(num_actions=4), batch)
+    assert st["latent/distinct_actions"] == 3
+    p = torch.tensor([3, 1, 3]) / 7  # actions 0, 1, 2 taken 3, 1, 3 times
+    assert st["latent/action_perplexity"] == pytest.approx(math.exp(float(-(p * p.log()).sum())), rel=1e-5)
+    assert st["latent/max_action_prob"] == pytest.approx(0.7, rel=1e-5)
+    collapsed = SimpleNamespace(actions=torch.full((2, 4), 5), response_mask=mask, old_logp_all=probs.log())
+    st = LatentPolicy.action_stats(SimpleNamespace(num_actions=8), collapsed)
+    assert st["latent/distinct_actions"] == 1 and st["latent/action_perplexity"] == pytest.approx(1.0)

@@ -13,6 +13,7 @@ D = policy width.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,27 @@ class LatentPolicy:
     def kl_loss(self, batch: LatentRolloutBatch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
         """Exact per-step KL(pi_theta || pi_BC), (B, R), differentiable in the policy."""
         return categorical_kl(scores.dist, ref.dist)
+
+    @torch.no_grad()
+    def action_stats(self, batch: LatentRolloutBatch) -> dict[str, float]:
+        """How the rollout used its K actions (the collapse diagnostics of docs/latent.md):
+
+        - ``latent/distinct_actions``: how many of the K actions were taken at least once in the batch;
+        - ``latent/action_perplexity``: exp of the entropy of the batch's action frequencies (effective number
+          of actions used; K = all used equally, 1 = one action everywhere);
+        - ``latent/max_action_prob``: the policy's mean probability of its most likely action per step
+          (from the (B, R, K) sampling distributions; near 1 = a deterministic policy).
+        """
+        mask = batch.response_mask.bool()  # (B, R)
+        taken = batch.actions[mask]  # (n,)
+        if taken.numel() == 0:
+            return {}
+        freq = torch.bincount(taken, minlength=self.num_actions).float()
+        p = freq / freq.sum()
+        ent = float(-(p[p > 0] * p[p > 0].log()).sum())
+        top = batch.old_logp_all.exp().amax(-1)[mask]  # (n,)
+        return {"latent/distinct_actions": int((freq > 0).sum()), "latent/action_perplexity": math.exp(ent),
+                "latent/max_action_prob": float(top.mean())}
 
     def token_spans(self, batch) -> list[list[tuple[int, int]]]:
         from reinlm.rollout.token import token_char_spans

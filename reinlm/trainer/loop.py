@@ -485,6 +485,8 @@ class Trainer:
         ppl = self.policy.reference_perplexity(batch, ref, mask)
         if ppl is not None:
             metrics["response/perplexity_ref"] = ppl
+        if hasattr(self.policy, "action_stats"):  # latent space: how many of the K actions the batch used
+            metrics.update(self.policy.action_stats(batch))
         if cfg.log_frozen_perplexity:
             with torch.no_grad():
                 frozen = self.policy.frozen_logprobs(batch)
