@@ -291,7 +291,7 @@ def test_trl_generation_batch_with_several_optimiser_steps():
     ({"vllm_mode": "server"}, ["vllm_mode", "allowed: colocate"]),
     ({"num_train_epochs": 3}, ["'num_train_epochs' has no meaning in reinlm", "max_steps"]),
     ({"logging_steps": 10}, ["has no meaning in reinlm"]),
-    ({"vllm_server_base_url": "http://x"}, ["in the training process only"]),
+    ({"vllm_server_base_url": "http://x"}, ["in the training process", "no vLLM server"]),
     ({"loss_type": "sapo"}, ["loss_type", "grpo", "dapo"]),
     ({"vllm_importance_sampling_mode": "sequence_mask"}, ["token_truncate", "no masking modes"]),
     ({"lr_scheduler_type": "polynomial"}, ["lr_scheduler_type", "constant, constant_with_warmup, linear, cosine"]),

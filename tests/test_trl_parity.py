@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
+import trl.trainer.grpo_trainer as trl_grpo  # pinned in the test extra: never skipped
 
-from reinlm.algorithms import AlgorithmConfig, LossInputs, LossNorm, Targets, build_algorithm  # noqa: E402
-from reinlm.algorithms.kl import kl_estimate  # noqa: E402
+from reinlm.algorithms import AlgorithmConfig, LossInputs, LossNorm, Targets, build_algorithm
+from reinlm.algorithms.kl import kl_estimate
 
 B, R, MAX_LEN = 6, 7, 8
 

@@ -22,6 +22,7 @@ import math
 from typing import Any
 
 from reinlm.errors import ConfigError
+from reinlm.trainer.trl_refused import TRL_UNSUPPORTED
 
 #: TRL key -> note (the key is also a reinlm field of the same meaning)
 TRL_SAME: dict[str, str] = {
@@ -34,7 +35,7 @@ TRL_SAME: dict[str, str] = {
     "warmup_steps": "linear warm-up; TRL counts optimiser steps, reinlm rollout steps (the same when "
                     "num_iterations is 1 and per_device_train_batch_size covers the whole rollout batch); a "
                     "float in (0, 1) is a share of the steps, as in transformers 5",
-    "entropy_coef": "entropy bonus coefficient (TRL's adaptive entropy control is not implemented)",
+    "entropy_coef": "entropy bonus coefficient",
     "lora_r": "LoRA rank (0: full fine-tuning; TRL's default with use_peft is 16)",
     "lora_alpha": "LoRA alpha (TRL's default is 32, reinlm's 16)",
     "loss_type": "grpo, bnpo, dr_grpo, dapo, cispo with TRL's definitions (sapo, luspo, vespo are not implemented); "
@@ -105,55 +106,6 @@ TRL_DERIVED: dict[str, str] = {
                     "arguments; docs/models-and-data.md)",
     "dataset_config": "the CONFIG of prompts: hf:NAME:CONFIG:SPLIT (with dataset_name)",
     "dataset_train_split": "the SPLIT of prompts: hf:NAME:CONFIG:SPLIT (with dataset_name; default train)",
-}
-
-_PENDING = "reinlm does not implement this TRL setting yet"
-#: TRL key -> why it has no meaning in reinlm
-TRL_UNSUPPORTED: dict[str, str] = {
-    "num_train_epochs": "reinlm counts rollout steps, not dataset epochs; give max_steps (or steps).",
-    "logging_steps": "reinlm logs every step to metrics.jsonl; remove the key.",
-    "logging_strategy": "reinlm logs every step to metrics.jsonl; remove the key.",
-    "logging_dir": "TensorBoard logs go to OUT/tb; remove the key.",
-    "eval_steps": "reinlm evaluates held-out prompts before and after training (eval_prompts, eval_samples).",
-    "per_device_eval_batch_size": "the held-out evaluation uses eval_prompts x eval_samples; remove the key.",
-    "num_generations_eval": "the held-out evaluation draws eval_samples per prompt; use eval_samples.",
-    "push_to_hub": "reinlm never uploads; the model is in OUT/final.",
-    "hub_model_id": "reinlm never uploads; the model is in OUT/final.",
-    "run_name": "the run is named by its directory (out).",
-    "remove_unused_columns": "every dataset column reaches the reward functions; remove the key.",
-    "shuffle_dataset": "each step draws a seeded random set of prompts; remove the key.",
-    "dataloader_num_workers": "prompts are held in memory; remove the key.",
-    "disable_dropout": "the embedded models have no dropout at training; remove the key.",
-    "model_init_kwargs": "models load in dtype (--dtype) on device (--device); remove the key.",
-    "torch_dtype": "use dtype: float32 or bfloat16.",
-    "trust_remote_code": "reinlm loads only standard architectures; remove the key.",
-    "attn_implementation": "reinlm uses the model's default attention; remove the key.",
-    "use_liger_kernel": "not supported; remove the key.",
-    "deepspeed": "not supported; reinlm runs one process or torchrun/accelerate data parallel.",
-    "fsdp": "not supported; reinlm runs one process or torchrun/accelerate data parallel.",
-    "reward_weights": "weights go in the reward SPEC, e.g. reward: 0.5*sentiment+target_length:80.",
-    "multi_objective_aggregation": "rewards are summed with their SPEC weights (sum_then_normalize).",
-    "min_p": "sampling supports temperature, top_k and top_p.",
-    "repetition_penalty": "not supported at sampling; remove the key.",
-    "generation_kwargs": "sampling supports temperature, top_k and top_p.",
-    "chat_template_kwargs": "not supported; use chat_template: true for the model's template.",
-    "max_prompt_length": "prompts are never truncated; over-long prompts are refused before training.",
-    "sync_ref_model": "the reference stays frozen (kl_target gives adaptive KL control instead).",
-    "ref_model_mixup_alpha": "the reference stays frozen.",
-    "ref_model_sync_steps": "the reference stays frozen.",
-    "top_entropy_quantile": "not supported; remove the key.",
-    "use_adaptive_entropy": "not supported; entropy_coef is constant.",
-    "log_completions": "sample completions go to samples.jsonl every sample_every steps.",
-    "num_completions_to_print": "sample completions go to samples.jsonl every sample_every steps.",
-    "adam_beta1": "AdamW uses torch's betas (0.9, 0.999); remove the key.",
-    "adam_beta2": "AdamW uses torch's betas (0.9, 0.999); remove the key.",
-    "adam_epsilon": "AdamW uses torch's eps 1e-8; remove the key.",
-    "lr_scheduler_kwargs": "lr_schedule takes constant, linear or cosine without options.",
-    # features being added to reinlm (the field, when it exists, takes the key)
-    "vllm_gpu_memory_utilization": "reinlm's vLLM backend reserves vllm_kv_cache_mb of KV cache instead; remove the key.",
-    "vllm_server_base_url": "reinlm runs vLLM in the training process only (vllm_mode: colocate); remove the key.",
-    "cast_lm_head_to_fp32": _PENDING + ".",
-    "max_tool_calling_iterations": _PENDING + " (single-turn generation only).",
 }
 
 #: keys of older TRL / transformers versions, still recognised (not in TRL 1.16 / transformers 5)
