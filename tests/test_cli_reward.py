@@ -75,6 +75,25 @@ def test_nan_reward_fails_by_default_and_is_skipped_on_request(capsys, tmp_path)
     assert "skipped" in out.splitlines()[2] and out.count("skipped: reward 'half_nan' returned nan") == 1
 
 
+def test_a_weight_that_overflows_float32_is_refused(capsys):
+    """Issue 26's fuzz: 1e38 * target_length:1 (= -10 on 'hello world') is -1e39, beyond float32: it printed -inf
+    and exited 0. Values in range, weights in range, and yet the total is not: refused as training refuses it."""
+    code, out, err = run(capsys, "--reward", "1e38*target_length:1", "hello world")
+    err = " ".join(err.split())
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "the weighted total of sample 0 (completion 'hello world') is -inf" in err
+    assert "1e+38 * -10 (target_length) overflows the float32 range" in err and "smaller weights" in err
+    # two in-range terms whose sum overflows: 3e38 + 3e38
+    code, _, err = run(capsys, "--reward", "3e38*contains_words:a+3e38*contains_words:b", "a b")
+    err = " ".join(err.split())
+    assert code == 2 and "is inf: 3e+38 * 1 (contains_words) + 3e+38 * 1 (contains_words_2)" in err
+    # the largest weight that stays in range still scores: 3.4e37 * -10 = -3.4e38
+    code, out, _ = run(capsys, "--reward", "3.4e37*target_length:1", "--json", "hello world")
+    assert code == 0 and json.loads(out)[0] == pytest.approx(-3.4e38, rel=1e-6)
+    code, out, err = run(capsys, "--reward", "1e38*target_length:1", "--on-error", "skip", "--json", "hello world", "a")
+    assert code == 0 and json.loads(out) == [None, 0.0]
+
+
 def test_yaml_config_with_flag_override(capsys, tmp_path):
     cfg = tmp_path / "reward.yaml"
     cfg.write_text("reward: contains_words:red\nprompt: ignored\n")

@@ -280,6 +280,9 @@ class RewardSet:
             ok = ~torch.isnan(vec)
             total += torch.where(ok, comp.weight * vec, torch.zeros_like(vec))  # nansum, as TRL
             scored |= ok
+        for i in (~torch.isfinite(total) & valid).nonzero().flatten().tolist():  # finite values, overflowing weights
+            problems.append(self._overflow(i, comps, total, texts))
+            valid[i] = False
         unscorable = int((~scored & valid).sum()) if seq else 0
         if seq:
             self._report_unscorable(scored, valid, texts, cols)
@@ -494,6 +497,20 @@ class RewardSet:
                               "on_error='skip' (CLI: --on-error skip, training: --reward-on-error skip) to skip the "
                               "samples it cannot score.") from cause
         bad[i] = problem
+
+    def _overflow(self, i: int, comps: dict[str, torch.Tensor], total: torch.Tensor, texts: list[str]) -> str:
+        """Sample ``i``'s weighted total left the float32 range though every value was in it: refused with
+        ``on_error="fail"`` (as training would otherwise stop on a NaN loss), else described for the warning."""
+        terms = " + ".join(f"{c.weight:g} * {comps[c.name][i].item():g} ({c.name})" for c in self.sequence
+                           if not math.isnan(comps[c.name][i].item()))
+        msg = (f"reward: the weighted total of sample {i} (completion {_short(texts[i])!r}) is "
+               f"{total[i].item():g}: {terms} overflows the float32 range (|total| <= 3.4e38) rewards are "
+               f"computed in")
+        if self.on_error == "fail":
+            raise ReinlmError(msg + "; allowed: weights whose weighted sum stays within that range (use smaller "
+                                    "weights), or on_error='skip' (CLI: --on-error skip, training: "
+                                    "--reward-on-error skip) to skip such samples.")
+        return msg
 
     @staticmethod
     def _describe(comp, i, completions, problem) -> str:
