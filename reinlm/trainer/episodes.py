@@ -1,0 +1,178 @@
+"""The trainer's side of environments: episodes instead of completions, their scores, their credit.
+
+The loop holds one :class:`EpisodeRunner` when ``--environment`` is set and asks it for three things: a
+step's (or the evaluation's) rollouts (:meth:`EpisodeRunner.rollout`, an
+:class:`~reinlm.rollout.multiturn.EpisodeBatch`), their scores (:meth:`EpisodeRunner.score`: the episode
+returns, plus reward functions when given, which receive the instances as ``environments=``), and the
+update's targets under ``--turn-credit`` (:meth:`EpisodeRunner.targets`). Everything else (losses, KL,
+entropy, checkpoints, resume) is the loop's ordinary path: the batch's response mask is the model mask.
+
+Seeds: the G episodes of a row share the environment seed the loop derived for that row from the run seed
+and the step (``step_seed``), so a group plays one game and a resumed run replays the same games; each
+episode samples from its own generator.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from reinlm.algorithms.turn_credit import check_turn_credit, credit_targets
+from reinlm.data.prompts import PromptSet
+from reinlm.envs.spec import EnvSpec, resolve_environment
+from reinlm.errors import ConfigError, ReinlmError
+from reinlm.rollout.multiturn import (EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics, episodes_to_batch,
+                                      run_episodes)
+from reinlm.rollout.sampling import SamplingConfig
+
+__all__ = ["EpisodeRunner", "synthetic_rows", "check_env_settings"]
+
+
+def synthetic_rows(n: int) -> PromptSet:
+    """The rows of a run without a dataset: ``n`` empty prompts (each episode is reset from its seed)."""
+    return PromptSet([""] * n, {}, source=f"environment seeds ({n})")
+
+
+def check_env_settings(cfg) -> None:
+    """Settings that do not go with ``--environment`` (ConfigError naming them)."""
+    if cfg.space != "token":
+        raise ConfigError("environment: --space latent with an environment is not wired yet; use --space token "
+                          "(docs/environments.md lists what is missing).", field="environment")
+    if cfg.generation_backend != "reinlm":
+        raise ConfigError(f"generation_backend: got {cfg.generation_backend!r} with --environment; episodes decode "
+                          "through reinlm's engine (--generation-backend reinlm).", field="generation_backend")
+    if cfg.algo == "remax":
+        raise ConfigError("algo: remax's greedy-rollout baseline is not defined for episodes; use grpo, rloo, "
+                          "reinforce, reinforce_pp or ppo with --environment.", field="algo")
+    if cfg.dynamic_sampling:
+        raise ConfigError("dynamic_sampling: not wired for episodes yet; leave it off with --environment.",
+                          field="dynamic_sampling")
+    from reinlm.algorithms import get_algorithm
+
+    check_turn_credit(cfg.turn_credit, get_algorithm(cfg.algo).needs.values, cfg.algo)
+
+
+class EpisodeRunner:
+    """Plays a step's episodes with the policy's rollout model and turns them into the loop's inputs.
+
+    Args:
+        cfg: the TrainConfig (its ``env`` settings, sampling, ``max_new_tokens`` = the episode's model tokens).
+        policy: the token policy (its rollout engine's model samples).
+        spec: an :class:`~reinlm.envs.spec.EnvSpec` (None: resolved from ``cfg.environment``).
+        reward_set: reward functions added to the return (called with ``environments=``), or None.
+    """
+
+    def __init__(self, cfg, policy, spec: EnvSpec | None = None, reward_set=None):
+        self.cfg = cfg
+        self.policy = policy
+        self.spec = spec or resolve_environment(cfg.environment, tools=cfg.tools, opponent=cfg.opponent,
+                                                max_tool_calling_iterations=cfg.max_tool_calling_iterations)
+        self.reward_set = reward_set
+        self.fmt = TurnFormat(policy.tokenizer)
+        self.limits = EpisodeLimits(max_turns=cfg.max_turns, turn_tokens=min(cfg.turn_tokens, cfg.max_new_tokens),
+                                    max_completion_length=cfg.max_new_tokens, env_timeout=cfg.env_timeout or None,
+                                    context=policy.context_length)
+        self.opponent = None
+        if self.spec.needs_opponent:
+            self.opponent = FrozenOpponent(policy, self.fmt, cfg)
+
+    def probe(self, rows: PromptSet) -> None:
+        """Reset one environment on the first row before anything is written: a reset that raises or returns
+        something other than text is bad input (``ReinlmError``, exit 2)."""
+        from reinlm.envs.protocol import call_reset
+
+        row = self.row(rows, 0)
+        env = self._make(row)
+        try:
+            first = call_reset(env, row, 0)
+        except Exception as e:  # noqa: BLE001
+            raise ReinlmError(f"environment: {self.spec.spec}: reset raised {type(e).__name__}: {e}") from e
+        if first is not None and not isinstance(first, str):
+            raise ReinlmError(f"environment: {self.spec.spec}: reset returned {type(first).__name__} "
+                              f"({first!r:.60}); an observation must be text (str) or None.")
+
+    @staticmethod
+    def row(rows: PromptSet, i: int) -> dict:
+        """Row ``i`` as ``reset`` gets it: its prompt (when there is one) and every column."""
+        out = {k: v[i] for k, v in rows.columns.items()}
+        if rows.prompts[i] != "":
+            out["prompt"] = rows.prompts[i]
+        return out
+
+    def _make(self, row: dict):
+        env = self.spec.make(row)
+        if self.opponent is not None and hasattr(env, "opponent"):
+            env.opponent = self.opponent
+        return env
+
+    def rollout(self, rows: PromptSet, idx: list[int], G: int, seeds: list[int]) -> EpisodeBatch:
+        """Play G episodes of each row ``idx[j]`` with environment seed ``seeds[j]`` -> EpisodeBatch."""
+        cfg = self.cfg
+        row_dicts = [self.row(rows, i) for i in idx]
+        envs = [self._make(r) for r in row_dicts for _ in range(G)]
+        gens = [torch.Generator(device="cpu").manual_seed((s * 1_000_003 + g) % (2**63 - 1))
+                for s in seeds for g in range(G)]
+        sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                  max_new_tokens=self.limits.turn_tokens)
+        engine = self.policy.rollout_engine
+        model = engine.rollout_model
+        was_training = model.training
+        model.eval()
+        try:
+            episodes = run_episodes(model, self.policy.tokenizer, envs, row_dicts, seeds, G, sampling, self.limits,
+                                    gens, self.fmt)
+        finally:
+            model.train(was_training)
+        tok = self.policy.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self.policy.eos_token_ids[0]
+        return episodes_to_batch(episodes, tok, G, cfg.temperature, pad, device=self.policy.device)
+
+    def score(self, batch: EpisodeBatch, raw_prompts: list, columns: dict[str, list], step: int | None,
+              **reward_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float],
+                                        dict[str, list]]:
+        """-> scores (B,) (returns + reward functions), valid (B,), components, metrics, per-sample columns
+        (``transcript``: each episode's turns, rewards and trained tokens, written to samples.jsonl)."""
+        eps = batch.episodes
+        device = batch.response_ids.device
+        valid = torch.tensor([ep.valid for ep in eps], dtype=torch.bool, device=device)
+        if not bool(valid.any()):
+            where = f" at step {step + 1}" if step is not None else ""
+            raise ReinlmError(f"environment: every episode{where} was invalid ({len(eps)} of {len(eps)}); the "
+                              f"first fault: {eps[0].fault}. Check the environment, or raise --env-timeout.")
+        returns = torch.tensor([ep.ret for ep in eps], dtype=torch.float32, device=device)
+        components = {"env_return": returns.clone()}
+        scores = returns
+        if self.reward_set is not None:
+            result = self.reward_set.score(raw_prompts, batch.completions,
+                                           {**columns, "environments": [ep.env for ep in eps]}, **reward_kwargs)
+            valid = valid & result.valid.to(device).bool()
+            scores = scores + result.total.to(device, torch.float32).nan_to_num(0.0)
+            components.update({k: v.to(device).float() for k, v in result.components.items()})
+        metrics = episode_metrics(eps)
+        return scores * valid, valid, components, metrics, {"transcript": [ep.transcript() for ep in eps]}
+
+    def targets(self, algorithm, inputs, batch: EpisodeBatch):
+        """The update's targets under ``--turn-credit`` (:mod:`reinlm.algorithms.turn_credit`)."""
+        cfg = self.cfg
+        return credit_targets(algorithm, inputs, batch.turn_ids, batch.turn_rewards.to(inputs.mask.device),
+                              cfg.turn_credit, cfg.gamma, cfg.lam, cfg.whiten_advantages)
+
+
+class FrozenOpponent:
+    """``--opponent frozen``: a frozen copy of the starting policy answers the opponent's observations."""
+
+    def __init__(self, policy, fmt: TurnFormat, cfg):
+        import copy
+
+        self.model = copy.deepcopy(policy.rollout_engine.rollout_model).eval().requires_grad_(False)
+        self.tok, self.fmt = policy.tokenizer, fmt
+        self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=min(cfg.turn_tokens, 32))
+        self.rng = random.Random(cfg.seed)
+
+    def __call__(self, observation: str) -> str:
+        from reinlm.rollout.token import generate_rollouts
+
+        gen = torch.Generator().manual_seed(self.rng.randrange(2**31))
+        prompt = self.tok.decode(self.fmt.first(observation[-2000:]))
+        return generate_rollouts(self.model, self.tok, [prompt], 1, self.sampling, generator=gen).completions[0]
