@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,26 +124,48 @@ def test_double_dqn_loss_matches_a_hand_computed_three_step_example():
     assert g[1, 2].abs().sum().item() == 0.0 and g[:, 3].abs().sum().item() == 0.0
 
 
-def test_train_q_from_sampled_and_from_jsonl_rollouts(tiny_latent_dir, tmp_path, lam):
-    cfg = QTrainConfig(latent=str(tiny_latent_dir), out=str(tmp_path / "q"), reward="contains_words:the",
+def _q_loss_at_zero(rows: list[dict]) -> float:
+    """TD loss of a Q-model that outputs 0 everywhere (the start: zero output layer): every target is 0 but the
+    last step's, which is the reward, so the loss is sum(reward^2) / (number of steps)."""
+    return sum(r["reward"] ** 2 for r in rows) / sum(len(r["actions"]) for r in rows)
+
+
+def test_train_q_learns_a_reward_the_tiny_model_earns(tiny_latent_dir, tmp_path, lam):
+    """target_length:20 (normalised) varies between the tiny model's rollouts, unlike contains_words:the (always
+    0, so every TD loss was 0 and the old test passed on a Q-model that learnt nothing)."""
+    cfg = QTrainConfig(latent=str(tiny_latent_dir), out=str(tmp_path / "q"), reward="target_length:20,normalize=true",
                        prompts="builtin:reviews", num_prompts=4, samples_per_prompt=4, max_new_tokens=6, epochs=30,
                        batch_size=8, lr=1e-3, target_every=5, held_out_fraction=0.25, progress=False)
     result = train_q(cfg, lam=lam)
     from reinlm.latent.qmodel import format_q_result
 
-    assert "held-out TD loss" in format_q_result(result)
-    q = QModel.from_pretrained(tmp_path / "q", lam)
-    assert q.gamma == 0.99
     rows = [json.loads(x) for x in (tmp_path / "q" / "rollouts.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and all(len(r["actions"]) == len(r["response_ids"]) for r in rows)
-    assert result["train_after"]["td_loss"] < result["held_out_before"]["td_loss"] or \
-        result["held_out_before"]["td_loss"] == 0
+    rewards = [r["reward"] for r in rows]
+    # each reward is -|len(completion) - 20| / 20, and they differ: there is something to learn
+    assert rewards == [pytest.approx(-abs(len(r["completion"]) - 20) / 20) for r in rows]
+    assert len(set(rewards)) >= 4 and max(rewards) - min(rewards) > 0.5
+    order = np.random.default_rng(cfg.seed).permutation(16)  # train_q's split: 4 held out, 12 trained on
+    held, train = [rows[i] for i in order[:4]], [rows[i] for i in order[4:]]
+    before = result["held_out_before"]["td_loss"]
+    assert before == pytest.approx(_q_loss_at_zero(held), rel=1e-5) and before > 0.01
+    assert result["held_out_before"]["reward_mean"] == pytest.approx(sum(r["reward"] for r in held) / 4, rel=1e-5)
+    # learning: on the rollouts it trained on, the TD loss falls to under a tenth of where it started
+    train_before, train_after = _q_loss_at_zero(train), result["train_after"]["td_loss"]
+    assert train_before > 0.05 and train_after < 0.1 * train_before, (train_before, train_after)
+    # and Q at the last step follows the reward there (12 rollouts of 4 prompts; the held-out 4 are too few and
+    # a random tiny model gives them nothing in common to generalise from, so no held-out claim is made)
+    assert result["train_after"]["corr_last_step"] > 0.3
+    assert f"held-out TD loss {before:.4f} -> {result['held_out_after']['td_loss']:.4f}" in format_q_result(result)
+    q = QModel.from_pretrained(tmp_path / "q", lam)
+    assert q.gamma == 0.99
     # the same rollouts as a JSONL, actions dropped (the IDM labels them)
     path = tmp_path / "scored.jsonl"
     path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "completion", "reward")}) + "\n" for r in rows))
     res2 = train_q(QTrainConfig(latent=str(tiny_latent_dir), out=str(tmp_path / "q2"), rollouts=str(path), epochs=2,
                                 progress=False), lam=lam)
     assert res2["rollouts"]["train"] + res2["rollouts"]["held_out"] == 16
+    assert res2["held_out_before"]["reward_mean"] != 0.0  # the file's rewards reached the Q-model
 
 
 # ---------------------------------------------------------------------------------------------- the tree
