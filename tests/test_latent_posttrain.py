@@ -85,6 +85,48 @@ def test_finetune_changes_exactly_the_parts_it_claims(tiny_latent_dir, corpus, t
         assert torch.equal(v, model.state_dict()[k]), k
 
 
+@pytest.mark.parametrize("mode", ["fta-i", "fta-p"])
+def test_finetune_modes_train_under_their_own_actions(tiny_latent_dir, corpus, tmp_path, monkeypatch, mode):
+    """Stage 1's actions: fta-i = the frozen IDM's argmax, fta-p = samples of the frozen (pre-fine-tuning) policy.
+
+    The policy is sharpened (output layer x 30) so that its samples mostly equal its own argmax, which agrees
+    with the IDM's argmax on few steps: the two modes then give visibly different actions. (fta-p made to use
+    the IDM's actions passed all six older finetune tests.)"""
+    import copy
+
+    import reinlm.latent.finetune as ft
+
+    model = LatentActionModel.from_pretrained(tiny_latent_dir)
+    with torch.no_grad():
+        model.policy.out.weight.mul_(30.0)
+    policy0 = copy.deepcopy(model.policy).eval()
+    seen = []
+    inner = ft.lm_loss
+
+    def recording(lam, h, ids, mask, actions):
+        seen.append((h.detach().clone(), mask.clone(), actions.clone()))
+        return inner(lam, h, ids, mask, actions)
+
+    monkeypatch.setattr(ft, "lm_loss", recording)
+    cfg = FinetuneConfig(latent=str(tiny_latent_dir), data=str(corpus), out=str(tmp_path / "o"), mode=mode,
+                         epochs=2, bc_epochs=0, batch_size=4, max_len=24, progress=False)
+    finetune(cfg, lam=model)
+    same_idm = same_pol = n = 0
+    with torch.no_grad():
+        for h, mask, a in seen:
+            valid = (mask[:, :-1] * mask[:, 1:]).bool()  # (B, L-1) steps with a next token
+            idm = model.idm_logits_from_hidden(h, mask).argmax(-1)  # the IDM is never trained
+            pol = policy0(h, mask)[:, :-1].argmax(-1)
+            same_idm += int((a == idm)[valid].sum())
+            same_pol += int((a == pol)[valid].sum())
+            n += int(valid.sum())
+    assert len(seen) == 5 and n > 100  # ceil(2 epochs x 9 training documents / batches of 4)
+    if mode == "fta-i":
+        assert same_idm == n and same_pol / n < 0.5, (same_pol / n, same_idm / n)  # every step: the IDM's argmax
+    else:
+        assert same_pol / n > 0.8 and same_idm / n < 0.5, (same_pol / n, same_idm / n)
+
+
 def test_finetune_bad_input_is_clear(tiny_latent_dir, tmp_path):
     from reinlm.errors import ReinlmError
 
