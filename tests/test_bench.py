@@ -171,7 +171,7 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer):
     return save_tiny_model(smol_tokenizer, tmp_path_factory.mktemp("tiny-bench-model"))
 
 
-def test_bench_reinlm_side_in_a_subprocess(tiny_model_dir, tmp_path, capsys):
+def test_bench_reinlm_side_in_a_subprocess(tiny_model_dir, tmp_path, capfd):
     """``reinlm bench token-rl --sides reinlm --steps 2 --json`` on a tiny model: one JSON object, sane figures."""
     from reinlm.cli.main import main
 
@@ -179,7 +179,7 @@ def test_bench_reinlm_side_in_a_subprocess(tiny_model_dir, tmp_path, capsys):
     status = main(["bench", "token-rl", "--model", tiny_model_dir, "--sides", "reinlm", "--steps", "2",
                    "--samples-per-prompt", "2", "--max-new-tokens", "4", "--out", str(out_dir), "--json"])
     assert status == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capfd.readouterr().out)  # the whole of stdout (descriptor 1) is the JSON
     r = report["reinlm"]
     assert "trl" not in report
     assert report["speedup"] is None  # one side only

@@ -315,7 +315,7 @@ def test_search_cli_compare_best_of_n(tiny_latent_dir, capsys):
 
 # ---------------------------------------------------------------------------------------------- the stress test
 
-def test_reward_hacking_bench_runs_both_spaces_without_kl(tiny_latent_dir, tmp_path, capsys):
+def test_reward_hacking_bench_runs_both_spaces_without_kl(tiny_latent_dir, tmp_path, capfd):
     from reinlm.cli.main import main
 
     out = tmp_path / "stress"
@@ -323,7 +323,7 @@ def test_reward_hacking_bench_runs_both_spaces_without_kl(tiny_latent_dir, tmp_p
             "contains_words:the", "--steps", "2", "--batch-prompts", "1", "--samples-per-prompt", "2",
             "--max-new-tokens", "4", "--eval-prompts", "1", "--eval-samples", "2", "--out", str(out), "--json"]
     assert main(argv) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capfd.readouterr().out)
     assert [(r["space"], r["seed"]) for r in report["runs"]] == [("latent", 3), ("token", 3)]
     for r in report["runs"]:
         assert [s["step"] for s in r["steps"]] == [1, 2]

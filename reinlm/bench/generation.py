@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -238,13 +239,14 @@ def run_bench(args_or_cfg) -> dict[str, Any]:
             runnable.append(backend)
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     if cfg.interleave and runnable:
-        print(f"bench generation: {', '.join(runnable)} in one process, calls alternating ...", flush=True)
+        print(f"bench generation: {', '.join(runnable)} in one process, calls alternating ...", file=sys.stderr,
+              flush=True)
         child_cfg = json.dumps({**asdict(cfg), "backends": runnable})
         results = run_child("reinlm.bench.generation", ["--child", "interleaved", "--child-config", child_cfg],
                             label="generation", timeout=3600 * len(runnable), env=env)["backends"]
     else:
         for backend in runnable:
-            print(f"bench generation: {backend} ...", flush=True)
+            print(f"bench generation: {backend} ...", file=sys.stderr, flush=True)
             results[backend] = run_child("reinlm.bench.generation",
                                          ["--child", backend, "--child-config", json.dumps(asdict(cfg))],
                                          label=backend, timeout=3600, env=env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from reinlm.bench.common import dumps
+from reinlm.cli.jsonout import print_json
 from reinlm.errors import ReinlmError
 
 # name -> (module, one-line help); each module defines add_arguments(parser) and run_bench(...)
@@ -69,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
     result = mod.run_bench(args)  # latent-vs-token: run_bench(args) -> report dict or exit status
     if isinstance(result, dict):
         formatter = getattr(mod, "format_report", None)
-        print(dumps(result) if args.json or formatter is None else formatter(result))
+        if args.json or formatter is None:
+            print_json(None, text=dumps(result))
+        else:
+            print(formatter(result))
         return 0
     return int(result or 0)
 
@@ -84,7 +88,7 @@ def _run_token_rl(mod, args: argparse.Namespace) -> int:
         check_output_dir(cfg.out)
     report = mod.run_bench(cfg)
     if args.json:
-        print(dumps(report))
+        print_json(None, text=dumps(report))
     else:
         print(mod.format_report(report))
     return 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
+from reinlm.cli.jsonout import print_json
 from reinlm.config import add_dataclass_args, build_config
 
 GREEN, RED, DIM, BOLD, RESET = "\033[32m", "\033[31m", "\033[2m", "\033[1m", "\033[0m"
@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.tokenizer)
     result, tokens, reward = critique_text(cfg, args.text, args.source, args.score, tokenizer)
     if args.json:
-        print(json.dumps({"status": result.status, "spans": [sp.to_dict() for sp in result.spans],
-                          "missing": [{"label": lab, "text": t} for lab, t in result.missing],
-                          "tokens": [[t, s, e, round(r, 6)] for t, s, e, r in tokens],
-                          **({"raw": result.raw} if args.raw else {})}, ensure_ascii=False))
+        print_json({"status": result.status, "spans": [sp.to_dict() for sp in result.spans],
+                    "missing": [{"label": lab, "text": t} for lab, t in result.missing],
+                    "tokens": [[t, s, e, round(r, 6)] for t, s, e, r in tokens],
+                    **({"raw": result.raw} if args.raw else {})}, ensure_ascii=False)
         return 0
     colour = _use_colour(sys.stdout)
     paint = (lambda code, s: f"{code}{s}{RESET}") if colour else (lambda code, s: s)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from reinlm.cli.jsonout import print_json
 from reinlm.config import add_dataclass_args, build_config, load_yaml
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(cfg.out)  # before any model loads
     result = evaluate(cfg)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2, default=str))  # the same object as eval.json
+        print_json(result.to_json(), indent=2, default=str)  # the same object as eval.json
     else:
         print(format_table(result.metrics, result.info))
         print(f"wrote {result.out_dir / 'eval.json'} and {result.out_dir / 'samples.jsonl'}")

@@ -4,8 +4,9 @@ policy's most likely actions for the prompt (the BWArea card's "I like eating" t
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
+
+from reinlm.cli.jsonout import print_json
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -31,5 +32,8 @@ def run(args: argparse.Namespace) -> int:
     check_device("device", args.device)
     model = LatentActionModel.from_pretrained(args.latent, device=args.device)
     ex = explore(model, args.prompt, new_tokens=args.new_tokens, top=args.top)
-    print(json.dumps(asdict(ex), indent=2) if args.json else format_exploration(ex))
+    if args.json:
+        print_json(asdict(ex), indent=2)
+    else:
+        print(format_exploration(ex))
     return 0

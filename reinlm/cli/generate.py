@@ -8,12 +8,12 @@ prompt's samples do not depend on the other prompts or on ``--batch-size``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from dataclasses import dataclass
 
+from reinlm.cli.jsonout import print_json
 from reinlm.config import DTYPE_CHOICES, Config, add_dataclass_args, build_config, check_device, load_yaml, opt
 from reinlm.errors import ConfigError
 
@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
     t_gen = time.perf_counter() - t0
     print(f"reinlm: loaded {cfg.model} in {t_load:.1f} s; {len(records)} sample(s) in {t_gen:.1f} s",
           file=sys.stderr)
-    print(json.dumps(records, indent=1) if args.json else format_samples(records, cfg.num_samples))
+    if args.json:
+        print_json(records, indent=1)
+    else:
+        print(format_samples(records, cfg.num_samples))
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from reinlm.cli.jsonout import print_json
 from reinlm.config import add_dataclass_args, build_config, load_yaml
 from reinlm.utils import check_output_dir
 
@@ -80,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
         from reinlm.latent.qd import QDConfig, format_table, run_qd
 
         result = run_qd(build_config(QDConfig, args))
-        print(json.dumps(result, indent=2) if args.json else format_table(result))
+        if args.json:
+            print_json(result, indent=2)
+        else:
+            print(format_table(result))
         return 0
     from reinlm.cli.latent_post import run_post
 

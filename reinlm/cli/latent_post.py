@@ -4,8 +4,7 @@ Q-model over latent actions for ``reinlm search``). Flags are the fields of Fine
 from __future__ import annotations
 
 import argparse
-import json
-
+from reinlm.cli.jsonout import print_json
 from reinlm.config import add_dataclass_args, build_config, load_yaml
 from reinlm.utils import check_output_dir
 
@@ -41,7 +40,10 @@ def run_post(args: argparse.Namespace) -> int:
         check_output_dir(cfg.out)  # before any model loads
         out = finetune(cfg)
         result = load_result(out)
-        print(json.dumps(result, indent=2) if args.json else format_result(result))
+        if args.json:
+            print_json(result, indent=2)
+        else:
+            print(format_result(result))
         print(f"latent model: {out}   (try: reinlm generate --latent {out} --prompt \"...\")")
         return 0
     from reinlm.latent.qmodel import QTrainConfig, format_q_result, train_q
@@ -49,5 +51,8 @@ def run_post(args: argparse.Namespace) -> int:
     cfg = build_config(QTrainConfig, args, load_yaml(args.config))
     check_output_dir(cfg.out)
     result = train_q(cfg)
-    print(json.dumps(result, indent=2) if args.json else format_q_result(result))
+    if args.json:
+        print_json(result, indent=2)
+    else:
+        print(format_q_result(result))
     return 0

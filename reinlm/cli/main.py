@@ -120,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     install_redaction()
     if not args.debug:
         _quiet_third_party()
+    from reinlm.cli.jsonout import json_only_stdout
+
     try:
-        return int(args._run(args) or 0)
+        with json_only_stdout(bool(getattr(args, "json", False))):  # --json: nothing else on stdout
+            return int(args._run(args) or 0)
     except Exception as e:  # noqa: BLE001 - a user's problem is explained, a bug re-raised
         explained = _user_error(e)
         if args.debug or explained is None:

@@ -9,10 +9,10 @@ of totals, one number per text (``null`` for a text that no reward scored or tha
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from typing import Literal
 
+from reinlm.cli.jsonout import print_json
 from reinlm.config import Config, add_dataclass_args, build_config, check_choice, check_device, load_yaml, opt
 from reinlm.errors import ConfigError
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     scores = reward_set.score(prompts, texts, columns or None, completion_ids=completion_ids)
     totals = [t if ok else None for t, ok in zip(scores.total.tolist(), scores.valid.tolist())]
     if args.json:
-        print(json.dumps(totals))
+        print_json(totals)
         return 0
     shown = [completion_text(t) for t in texts]
     print(format_table(shown, totals, {k: v.tolist() for k, v in scores.components.items()}))

@@ -4,8 +4,8 @@ Flags are the fields of :class:`reinlm.latent.search.SearchConfig`."""
 from __future__ import annotations
 
 import argparse
-import json
 
+from reinlm.cli.jsonout import print_json
 from reinlm.config import add_dataclass_args, build_config, load_yaml
 
 
@@ -32,5 +32,8 @@ def run(args: argparse.Namespace) -> int:
         values["prompt"] = args.prompt_text
     cfg = build_config(SearchConfig, args, values)
     report = run_search(cfg)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.json:
+        print_json(report, indent=2)
+    else:
+        print(format_report(report))
     return 0

@@ -7,10 +7,10 @@ world model's tokens are decoded greedily.
 
 from __future__ import annotations
 
-import json
 
 import torch
 
+from reinlm.cli.jsonout import print_json
 from reinlm.errors import ConfigError
 
 
@@ -61,7 +61,7 @@ def run_latent_generate(args) -> int:
             records.append({"prompt": prompt, "sample": j, "completion": text,
                             "actions": out.actions[j][live].tolist()})
     if getattr(args, "json", False):
-        print(json.dumps(records, indent=2))
+        print_json(records, indent=2)
         return 0
     for r in records:
         shown = r["prompt"] if isinstance(r["prompt"], str) else f"[{r['prompt'][-1]['role']}] {r['prompt'][-1]['content']}\n"
