@@ -177,7 +177,8 @@ def test_bench_reinlm_side_in_a_subprocess(tiny_model_dir, tmp_path, capfd):
 
     out_dir = tmp_path / "bench"
     status = main(["bench", "token-rl", "--model", tiny_model_dir, "--sides", "reinlm", "--steps", "2",
-                   "--samples-per-prompt", "2", "--max-new-tokens", "4", "--out", str(out_dir), "--json"])
+                   "--samples-per-prompt", "2", "--max-new-tokens", "4", "--out", str(out_dir), "--profile",
+                   "--json"])
     assert status == 0
     report = json.loads(capfd.readouterr().out)  # the whole of stdout (descriptor 1) is the JSON
     r = report["reinlm"]
@@ -190,6 +191,11 @@ def test_bench_reinlm_side_in_a_subprocess(tiny_model_dir, tmp_path, capfd):
     assert len(r["reward_per_step"]) == 2
     assert (out_dir / "results.json").is_file() and (out_dir / "reinlm" / "metrics.jsonl").is_file()
     assert report["settings"]["model_dir"] == tiny_model_dir
+    phases = {row["phase"]: row for row in r["phases"]}  # --profile
+    assert {"generate", "reward", "forward", "backward", "optimiser", "other", "step"} <= set(phases)
+    assert sum(row["seconds"] for row in r["phases"][:-1]) == pytest.approx(phases["step"]["seconds"])
+    assert phases["forward"]["flops"] > 0 and phases["backward"]["flops"] == 2 * phases["forward"]["flops"]
+    assert r["limits"]["bandwidth_gb_s"] > 0 and r["limits"]["matmul_gflop_s"]
 
 
 @pytest.mark.slow

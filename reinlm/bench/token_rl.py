@@ -58,6 +58,9 @@ class TokenRLBenchConfig(Config):
                                        "precision, float32 weights and AdamW); see `reinlm train --help`")
     trl_bf16: bool = opt(False, "TRL side: bf16=True, TRL's bfloat16 mixed precision (autocast through accelerate; "
                                 "float32 weights and AdamW), the counterpart of --train-precision bf16-autocast")
+    profile: bool = opt(False, "reinlm side: time every phase of the step (generate, sync, reward, reference, old "
+                               "log-probs, forward, backward, optimiser) and set each against this machine's "
+                               "limit at the phase's own shapes and dtype (docs/benchmarks.md)")
     sides: list[str] = opt(default_factory=lambda: list(SIDES), help="sides to run, comma-separated: reinlm,trl")
     out: str | None = opt(None, "keep each side's run directory and results.json here (default: a temp dir, removed)")
     timeout: int = opt(3600, "seconds allowed per side before it is stopped", lo=1)
@@ -139,6 +142,10 @@ def run_reinlm_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer = Trainer(train_cfg)
     load_s = time.perf_counter() - t0
+    if cfg.profile:
+        from reinlm.bench.token_rl_profile import instrument
+
+        clock, shapes = instrument(trainer)
     trainer.train()
     rows = read_jsonl(Path(trainer.run_dir) / "metrics.jsonl")
     rows = [r for r in rows if "perf/step_s" in r]
@@ -157,7 +164,28 @@ def run_reinlm_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
     result["peak_rss_train_mb"] = max((float(r.get("perf/peak_rss_mb", 0.0)) for r in rows), default=None)
     result["peak_rss_mb"] = peak_rss_mb()
     result["load_s"] = load_s
+    if cfg.profile:
+        result.update(_roofline_profile(trainer, clock, shapes))
     return result
+
+
+def _roofline_profile(trainer, clock, shapes) -> dict[str, Any]:
+    """The per-phase profile of the timed steps (``--profile``): ``phases`` rows and the measured ``limits``."""
+    from reinlm.bench.roofline import Limits, profile_rows
+    from reinlm.bench.token_rl_profile import PHASES, mean_shape, model_shapes_of, phase_work, trainer_dtypes
+
+    idx, _ = steady_state([s["step"] for s in clock.steps])
+    seconds = {p: sum(clock.steps[i][p] for i in idx) / len(idx) for p in PHASES}
+    step_s = sum(clock.steps[i]["step"] for i in idx) / len(idx)
+    shape = mean_shape([shapes[i] for i in idx])
+    limits = Limits()
+    trainable = sum(p.numel() for p in trainer.policy.trainable_parameters())
+    dtypes = trainer_dtypes(trainer)
+    work = phase_work(shape, model_shapes_of(trainer), dtypes, trainable, limits)
+    return {"phases": profile_rows(seconds, work, step_s),
+            "profile_shape": dataclasses.asdict(shape),
+            "profile_dtypes": {k: str(v).replace("torch.", "") for k, v in dataclasses.asdict(dtypes).items()},
+            "limits": {"bandwidth_gb_s": limits.bandwidth / 1e9, "matmul_gflop_s": limits.measured()}}
 
 
 # ---------------------------------------------------------------------------------------------- TRL side
@@ -353,6 +381,13 @@ def format_report(report: dict[str, Any]) -> str:
         parts = ", ".join(f"{k} {v:.2f}s ({100 * v / total:.0f}%)" if total else f"{k} {v:.2f}s"
                           for k, v in prof.items() if v is not None)
         lines.append(f"{name} step profile (mean of timed steps, {total:.2f}s): {parts}")
+    if sides.get("reinlm", {}).get("phases"):
+        from reinlm.bench.roofline import format_profile
+
+        r = sides["reinlm"]
+        lines += ["", f"reinlm phases against this machine's limit (shape {r['profile_shape']}, dtypes "
+                      f"{r['profile_dtypes']}, bandwidth {r['limits']['bandwidth_gb_s']:.1f} GB/s):",
+                  format_profile(r["phases"])]
     skipped = next((s.get("warmup_steps_skipped") for s in sides.values()), 0)
     lines.append(f"timing: model loading excluded; {skipped} warm-up step(s) skipped per side.")
     return "\n".join(lines)
