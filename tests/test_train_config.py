@@ -54,7 +54,17 @@ def test_trl_names_of_the_algorithm_settings():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(loss_type="sapo"), ["loss_type", "dapo"]),
+    (dict(loss_type="sapoo"), ["loss_type", "sapo"]),
+    (dict(sapo_temperature_pos=0.0), ["sapo_temperature_pos: got 0.0", "> 0"]),
+    (dict(vespo_lambda_neg=-1.0), ["vespo_lambda_neg: got -1.0", ">= 0"]),
+    (dict(off_policy_mask_threshold=-0.1), ["off_policy_mask_threshold: got -0.1", ">= 0"]),
+    (dict(top_entropy_quantile=1.5), ["top_entropy_quantile: got 1.5", "<= 1"]),
+    (dict(use_adaptive_entropy=True, entropy_coef_min=0.5, entropy_coef_max=0.1), ["entropy_coef_min: got 0.5",
+                                                                                    "<= entropy_coef_max"]),
+    (dict(entropy_coef_delta=-0.1), ["entropy_coef_delta: got -0.1"]),
+    (dict(tis_clip_min=3.0, tis_cap=2.0), ["tis_clip_min: got 3.0", "< tis_cap"]),
+    (dict(tis_mode="clip"), ["tis_mode: got 'clip'", "truncate, mask"]),
+    (dict(loss_type="vespo", tis="sequence"), ["tis: got sequence with --loss-type vespo", "token"]),
     (dict(clip_ratio_c=0.9), ["clip_ratio_c"]),
     (dict(tis_cap=0.0), ["tis_cap"]),
     (dict(dynamic_sampling=True, samples_per_prompt=1, algo="reinforce", baseline="none"), ["dynamic_sampling"]),

@@ -23,7 +23,10 @@ from typing import Callable, ClassVar
 import torch
 
 from reinlm.algorithms.config import AlgorithmConfig, PPOConfig
-from reinlm.algorithms.losses import LossNorm, aggregate, masked_mean, policy_loss, token_mean_share
+from reinlm.algorithms.entropy_control import AdaptiveEntropyController
+from reinlm.algorithms.losses import (LossNorm, aggregate, log_importance_weights, masked_mean, policy_loss,
+                                      token_mean_share)
+from reinlm.algorithms.token_selection import high_entropy_mask, off_policy_mask
 from reinlm.algorithms.shaping import per_token_rewards
 from reinlm.errors import ConfigError
 
@@ -109,6 +112,7 @@ class LossInputs:
     kl_coef: float = 0.0  # its coefficient beta
     entropy: torch.Tensor | None = None  # per-token entropy of the current policy
     values: torch.Tensor | None = None  # current values (algorithms with needs.values), with gradients
+    sampler_logp: torch.Tensor | None = None  # (b, R) the sampler's log-probs (the off-policy mask; else old_logp)
 
 
 # ----------------------------------------------------------------------------------------------- base class
@@ -121,6 +125,23 @@ class Algorithm:
     def __init__(self, cfg: AlgorithmConfig | None = None, ppo: PPOConfig | None = None):
         self.cfg = cfg or AlgorithmConfig()
         self.ppo = ppo or PPOConfig()
+        c = self.cfg
+        self.entropy_ctl = (AdaptiveEntropyController(c.entropy_coef, c.entropy_target, c.entropy_coef_min,
+                                                      c.entropy_coef_max, c.entropy_coef_delta)
+                            if c.use_adaptive_entropy else None)
+
+    def end_optimizer_step(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _no_reduce) -> None:
+        """Called by the trainer after every optimiser step (adaptive entropy control updates here)."""
+        if self.entropy_ctl is not None:
+            self.entropy_ctl.end_step(reduce_sum)
+
+    def state_dict(self) -> dict:
+        """Controller state a resume must restore (empty without adaptive entropy control)."""
+        return {"entropy": self.entropy_ctl.state_dict()} if self.entropy_ctl is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.entropy_ctl is not None and "entropy" in state:
+            self.entropy_ctl.load_state_dict(state["entropy"])
 
     def advantages(self, batch: AdvantageInputs) -> Targets:
         """Per-token advantages (and returns) for the batch."""
@@ -134,23 +155,43 @@ class Algorithm:
     def loss(self, mb: LossInputs, norm: LossNorm) -> tuple[torch.Tensor, dict[str, float]]:
         """Policy surrogate (+ KL loss term) (+ entropy bonus) of one micro-batch (module docstring)."""
         cfg = self.cfg
+        keep, bonus_mask, stats = None, mb.mask, {}
+        if cfg.off_policy_mask_threshold is not None:
+            sampler = mb.sampler_logp if mb.sampler_logp is not None else mb.old_logp
+            keep = off_policy_mask(mb.targets.advantages, mb.logp, sampler, mb.mask, cfg.off_policy_mask_threshold)
+            stats["policy/off_policy_masked_fraction"] = float(1.0 - masked_mean(keep.expand_as(mb.mask), mb.mask))
+        if cfg.top_entropy_quantile < 1.0 and mb.entropy is not None:
+            high = high_entropy_mask(mb.entropy.detach(), mb.mask, cfg.top_entropy_quantile).to(mb.logp.dtype)
+            keep = high if keep is None else keep * high
+            bonus_mask = mb.mask * high
         pg, pg_stats = policy_loss(mb.logp, mb.old_logp, mb.targets.advantages, mb.mask, norm,
                                    loss_type=cfg.loss_type, clipped=self.clipped(mb.off_policy),
                                    clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
                                    clip_ratio_c=cfg.clip_ratio_c,
                                    importance_sampling_level=cfg.importance_sampling_level,
-                                   is_weights=mb.is_weights)
-        stats = {f"policy/{k}": v for k, v in pg_stats.items()}
+                                   is_weights=mb.is_weights, keep=keep,
+                                   sapo_temperatures=(cfg.sapo_temperature_pos, cfg.sapo_temperature_neg),
+                                   vespo_params=(cfg.vespo_k_pos, cfg.vespo_lambda_pos, cfg.vespo_k_neg,
+                                                 cfg.vespo_lambda_neg))
+        stats.update({f"policy/{k}": v for k, v in pg_stats.items()})
         stats["loss/policy"] = float(pg.detach())
         loss = pg
         if mb.kl is not None and mb.kl_coef > 0:
-            kl_term = aggregate(mb.kl, mb.mask, cfg.loss_type, norm)  # same normaliser as the policy term
+            kl = mb.kl
+            if cfg.use_bias_correction_kl:  # DeepSeek-V3.2: the ratio (with gradient) times the KL estimate
+                kl = kl * log_importance_weights(mb.logp, mb.old_logp, mb.mask, cfg.importance_sampling_level).exp()
+            kl_term = aggregate(kl, mb.mask, cfg.loss_type, norm)  # same normaliser as the policy term
             loss = loss + mb.kl_coef * kl_term
             stats["loss/kl"] = float(kl_term.detach())
         if mb.entropy is not None:
             stats["policy/entropy"] = float(masked_mean(mb.entropy.detach(), mb.mask))
-            if cfg.entropy_coef:  # Mnih et al. 2016: L - c H, the mean per-token entropy
-                loss = loss - cfg.entropy_coef * token_mean_share(mb.entropy, mb.mask, norm)
+            coef = cfg.entropy_coef
+            if self.entropy_ctl is not None:
+                coef = self.entropy_ctl.applied()
+                self.entropy_ctl.observe(mb.entropy, bonus_mask)
+                stats["policy/entropy_coef"] = self.entropy_ctl.coef
+            if coef:  # Mnih et al. 2016: L - c H, the mean per-token entropy
+                loss = loss - coef * token_mean_share(mb.entropy, bonus_mask, norm)
         return loss, stats
 
 

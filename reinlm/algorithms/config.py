@@ -21,10 +21,26 @@ class AlgorithmConfig(Config):
         "group_mean", "REINFORCE and REINFORCE++ baseline subtracted from the return (rloo always uses leave_one_out)")
     scale_rewards: Literal["group", "batch", "none"] = opt(
         "group", "GRPO: divide the group-centred return by the std of its group, of the whole batch, or not at all")
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo"] = opt(
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] = opt(
         "grpo", "how per-token losses become one number (TRL's definitions): grpo sequence mean; bnpo token mean "
         "per micro-batch; dr_grpo sum / (sequences x max_new_tokens); dapo token mean over the whole step (all "
-        "micro-batches and processes); cispo clipped detached weights times log-probs, dapo's normaliser")
+        "micro-batches and processes); cispo clipped detached weights times log-probs, dapo's normaliser; sapo "
+        "soft sigmoid gate instead of the clip, grpo's normaliser; luspo the clipped surrogate summed over each "
+        "sequence, mean over sequences; vespo gamma-shaped sequence weight times log-probs, dapo's normaliser")
+    sapo_temperature_pos: float = opt(1.0, "sapo: gate temperature of tokens with a positive advantage", lo=0,
+                                      lo_open=True)
+    sapo_temperature_neg: float = opt(1.05, "sapo: gate temperature of tokens with a non-positive advantage", lo=0,
+                                      lo_open=True)
+    vespo_k_pos: float = opt(2.0, "vespo: power k of the weight w^k e^(lambda (1 - w)) for advantages >= 0", lo=0)
+    vespo_lambda_pos: float = opt(3.0, "vespo: decay lambda of the weight for advantages >= 0", lo=0)
+    vespo_k_neg: float = opt(3.0, "vespo: power k of the weight for negative advantages", lo=0)
+    vespo_lambda_neg: float = opt(2.0, "vespo: decay lambda of the weight for negative advantages", lo=0)
+    off_policy_mask_threshold: float | None = opt(
+        None, "off-policy sequence mask (DeepSeek-V3.2 eq. 9): drop sequences with a negative advantage whose mean "
+        "log pi_sampler - log pi is above this (None: off)", lo=0)
+    top_entropy_quantile: float = opt(
+        1.0, "keep in the policy loss only the top share of tokens by entropy (Wang et al. 2025, 'Beyond the 80/20 "
+        "rule'; 1.0: all tokens, 0.0: the highest-entropy token)", lo=0, hi=1)
     clip_eps: float = opt(0.2, "ratio clip: the lower bound is 1 - clip_eps (and the upper one unless --clip-eps-high)",
                            lo=0, lo_open=True, hi=1)
     clip_eps_high: float | None = opt(
@@ -34,14 +50,39 @@ class AlgorithmConfig(Config):
         None, "dual clip: for negative advantages the loss is at most -c A (c > 1, e.g. 3.0; None: off)", lo=1, lo_open=True)
     importance_sampling_level: Literal["token", "sequence"] = opt(
         "token", "ratio per token, or one per sequence from its mean log-ratio (GSPO)")
-    entropy_coef: float = opt(0.0, "entropy bonus coefficient (mean per-token entropy)", lo=0)
+    entropy_coef: float = opt(0.0, "entropy bonus coefficient (mean per-token entropy); with --use-adaptive-entropy "
+                                    "its starting value", lo=0)
+    use_adaptive_entropy: bool = opt(
+        False, "adaptive entropy control (Skywork-OR1, He et al. 2025): after each optimiser step entropy_coef moves by "
+        "--entropy-coef-delta, up when the step's mean entropy is at or below --entropy-target, down otherwise; the "
+        "bonus applies only while the last step's entropy was at or below the target")
+    entropy_target: float = opt(0.2, "adaptive entropy control: target mean per-token entropy (nats)", lo=0)
+    entropy_coef_min: float = opt(0.0, "adaptive entropy control: lower bound of entropy_coef", lo=0)
+    entropy_coef_max: float = opt(1.0, "adaptive entropy control: upper bound of entropy_coef", lo=0)
+    entropy_coef_delta: float = opt(0.005, "adaptive entropy control: step of entropy_coef per optimiser step", lo=0)
+    use_bias_correction_kl: bool = opt(
+        False, "with --kl-in loss: multiply the per-token KL by the importance ratio pi / pi_old (DeepSeek-V3.2), "
+        "the unbiased reverse-KL gradient (TRL's default is true)")
     tis: Literal["auto", "none", "token", "sequence"] = opt(
         "auto", "truncated importance sampling against the sampler/trainer mismatch: weight each token's loss by "
         "min(pi_trainer / pi_sampler, --tis-cap), per token or per sequence (product of token ratios); auto: token "
         "when the rollouts run another numeric path than training (a bfloat16 copy, vLLM), else none")
-    tis_cap: float = opt(2.0, "the cap C of the truncated importance weights", lo=0, lo_open=True)
+    tis_cap: float = opt(2.0, "the upper bound C_max of the importance weights", lo=0, lo_open=True)
+    tis_clip_min: float | None = opt(None, "the lower bound C_min of the importance weights (None: none)", lo=0)
+    tis_mode: Literal["truncate", "mask"] = opt(
+        "truncate", "weights outside [C_min, C_max]: truncate (clamp into the range) or mask (weight 0; TRL's *_mask "
+        "modes, the sequence-level one drops the whole sequence)")
 
     def __post_init__(self) -> None:
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ConfigError(f"entropy_coef_min: got {self.entropy_coef_min} > entropy_coef_max "
+                              f"{self.entropy_coef_max}; allowed: entropy_coef_min <= entropy_coef_max.")
+        if self.tis_clip_min is not None and self.tis_clip_min >= self.tis_cap:
+            raise ConfigError(f"tis_clip_min: got {self.tis_clip_min} >= tis_cap {self.tis_cap}; allowed: "
+                              "0 <= tis_clip_min < tis_cap.")
+        if self.loss_type == "vespo" and self.tis == "sequence":
+            raise ConfigError("tis: got sequence with --loss-type vespo; allowed: auto, none or token (vespo folds "
+                              "token-level importance weights into its sequence weight, as TRL requires).")
         if self.clip_eps_high is None and self.loss_type == "cispo":
             self.clip_eps_high = 5.0  # ScaleRL's eps_max (TRL would fall back to clip_eps = 0.2 as the cap)
 

@@ -16,8 +16,10 @@ enter the loss. Advantages are per sequence (B,) (broadcast over the tokens) or 
         l_it = -sg(min(w, eps_high)) A_it log pi(x_it)                  (eps_high is the cap eps_max itself)
     unclipped (REINFORCE, Williams 1992; one on-policy update, w = 1):
         l_it = -A_it log pi(x_it)
+    sapo, vespo: :mod:`reinlm.algorithms.surrogates`; luspo uses the clipped surrogate.
 
-then ``l_it *= rho_it`` (truncated importance weights against the sampler, :mod:`reinlm.algorithms.mismatch`).
+then ``l_it *= keep_it`` (the off-policy and high-entropy masks, :mod:`reinlm.algorithms.token_selection`) and
+``l_it *= rho_it`` (truncated importance weights against the sampler, :mod:`reinlm.algorithms.mismatch`).
 A KL loss term beta * kl_it (GRPO, Shao et al. 2024 eq. 3) is aggregated the same way and added
 (:meth:`reinlm.algorithms.base.Algorithm.loss`); aggregation is linear, so this equals TRL's per-token sum.
 
@@ -32,6 +34,9 @@ exactly the loss below. With S_loc = sequences of this process in the step, N = 
     dr_grpo  1/(S_loc L) sum_it m_it l_it                        constant normaliser (Liu et al. 2025, Dr. GRPO)
     dapo     W/N sum_it m_it l_it                                token mean over the whole step (Yu et al. 2025)
     cispo    as dapo, with the cispo per-token loss
+    sapo     as grpo, with the sapo per-token loss
+    luspo    1/S_loc sum_i sum_t m_it l_it                       sequence sums, mean over sequences (LUSPO)
+    vespo    as dapo, with the vespo per-token loss
 
 TRL divides grpo/bnpo/dr_grpo by the number of accumulation steps instead of weighting by S_loc: the same for
 equal micro-batches. A sequence with no loss token (masked) contributes 0 but still counts in S_loc (as in TRL).
@@ -44,10 +49,12 @@ from typing import Callable, Literal
 
 import torch
 
+from reinlm.algorithms.surrogates import sapo_per_token, vespo_weights
 from reinlm.config import check_choice
 
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo"]
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+CLIPPED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # the clipped ratio surrogate
 ImportanceSamplingLevel = Literal["token", "sequence"]
 IS_LEVELS = ("token", "sequence")
 
@@ -107,14 +114,16 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: LossType, 
     check_choice("loss_type", loss_type, LOSS_TYPES)
     mask = mask.to(per_token.dtype)
     summed = (per_token * mask).sum()
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "sapo"):
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
         return per_seq.sum() / norm.seqs
     if loss_type == "bnpo":
         return summed / mask.sum().clamp(min=1.0) * (mask.shape[0] / norm.seqs)
     if loss_type == "dr_grpo":
         return summed / (norm.seqs * norm.max_len)
-    return summed / (max(norm.tokens, 1.0) / norm.world)  # dapo, cispo (N clamped at 1 as in TRL)
+    if loss_type == "luspo":
+        return summed / norm.seqs
+    return summed / (max(norm.tokens, 1.0) / norm.world)  # dapo, cispo, vespo (N clamped at 1 as in TRL)
 
 
 def _per_token(advantages: torch.Tensor) -> torch.Tensor:
@@ -138,7 +147,10 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                 norm: LossNorm, *, loss_type: LossType = "grpo", clipped: bool = True, clip_eps: float = 0.2,
                 clip_eps_high: float | None = None, clip_ratio_c: float | None = None,
                 importance_sampling_level: ImportanceSamplingLevel = "token",
-                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                is_weights: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                sapo_temperatures: tuple[float, float] = (1.0, 1.05),
+                vespo_params: tuple[float, float, float, float] = (2.0, 3.0, 3.0, 2.0),
+                ) -> tuple[torch.Tensor, dict[str, float]]:
     """The policy loss of one micro-batch (module docstring for every formula).
 
     Args:
@@ -153,7 +165,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
             cispo, ``clip_eps_high`` is the cap on the weight itself.
         clip_ratio_c: dual-clip constant c > 1 (None: off).
         importance_sampling_level: "token" or "sequence" (GSPO).
-        is_weights: (B, R) or (B, 1) truncated importance weights against the sampler (no gradient), or None.
+        is_weights: (B, R) or (B, 1) truncated importance weights against the sampler (no gradient), or None;
+            vespo folds them into its sequence weight instead of multiplying the loss (TRL's definition).
+        keep: (B, R) or (B, 1) 0/1 multiplier of the per-token loss (token-selection masks), or None.
+        sapo_temperatures: sapo's (tau_pos, tau_neg).
+        vespo_params: vespo's (k_pos, lambda_pos, k_neg, lambda_neg).
 
     Returns ``(loss, stats)``: the micro-batch's share of the step loss, and float statistics over its loss
     tokens: ``clip_fraction`` (low or high clip active), ``clip_fraction_low`` (w < 1 - eps with A < 0),
@@ -167,13 +183,20 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     w = log_w.exp()
     if loss_type == "cispo":
         per_token = -w.clamp(max=eps_high).detach() * adv * logp  # (B, R)
+    elif loss_type == "sapo":
+        per_token = sapo_per_token(w, adv, *sapo_temperatures)
+    elif loss_type == "vespo":
+        phi = vespo_weights(adv, logp - old_logp.detach(), mask.to(logp.dtype), is_weights, *vespo_params)
+        per_token = -phi * adv * logp
     elif clipped:
         per_token = torch.maximum(-adv * w, -adv * w.clamp(1.0 - clip_eps, 1.0 + eps_high))
         if clip_ratio_c is not None:
             per_token = torch.where(adv < 0, torch.minimum(per_token, -clip_ratio_c * adv), per_token)
     else:
         per_token = -adv * logp
-    if is_weights is not None:
+    if keep is not None:
+        per_token = per_token * keep
+    if is_weights is not None and loss_type != "vespo":
         per_token = per_token * is_weights.detach()
     per_token = per_token.expand_as(logp) if per_token.shape != logp.shape else per_token
     loss = aggregate(per_token, mask, loss_type, norm)
@@ -184,9 +207,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         high = (wt > 1.0 + eps_high) & (adv > 0)
         token_log_ratio = logp - old_logp
         stats = {
-            "clip_fraction": float(masked_mean((low | high).to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
-            "clip_fraction_low": float(masked_mean(low.to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
-            "clip_fraction_high": float(masked_mean(high.to(m.dtype), m)) if clipped and loss_type != "cispo" else 0.0,
+            "clip_fraction": float(masked_mean((low | high).to(m.dtype), m)) if clipped and loss_type in CLIPPED_LOSS_TYPES else 0.0,
+            "clip_fraction_low": float(masked_mean(low.to(m.dtype), m)) if clipped and loss_type in CLIPPED_LOSS_TYPES else 0.0,
+            "clip_fraction_high": float(masked_mean(high.to(m.dtype), m)) if clipped and loss_type in CLIPPED_LOSS_TYPES else 0.0,
             "ratio_mean": float(masked_mean(wt, m)),
             "ratio_max": float((wt * m).max()) if bool(m.any()) else 1.0,
             "approx_kl": float(masked_mean(token_log_ratio.exp() - 1.0 - token_log_ratio, m)),

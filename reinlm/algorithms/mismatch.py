@@ -10,7 +10,9 @@ Off-Policy RL Training"; TRL's ``vllm_importance_sampling_correction``) reweight
     rho_t = min( pi_trainer(x_t) / pi_sampler(x_t), C )                         (``--tis token``)
     rho_i = min( prod_t pi_trainer(x_it) / pi_sampler(x_it), C )                 (``--tis sequence``)
 
-with pi_trainer taken at the parameters that sampled (no gradient). The mismatch itself is measured by a k3
+with pi_trainer taken at the parameters that sampled (no gradient). TRL 1.16's ``vllm_importance_sampling_mode``
+adds a lower bound C_min and a second way to treat weights outside [C_min, C_max]: ``truncate`` clamps them into
+the range, ``mask`` sets them to 0 (the token, or at sequence level the whole sequence, leaves the loss). The mismatch itself is measured by a k3
 estimate of KL(pi_sampler || pi_trainer) on the sampled tokens (Schulman 2020): with d = log pi_trainer -
 log pi_sampler, k3 = exp(d) - 1 - d >= 0.
 """
@@ -27,21 +29,30 @@ TISLevel = Literal["token", "sequence"]
 
 
 def truncated_is_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
-                         level: TISLevel = "token", cap: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Truncated importance weights (module docstring) and where the cap bit.
+                         level: TISLevel = "token", cap: float = 2.0, clip_min: float | None = None,
+                         mode: Literal["truncate", "mask"] = "truncate") -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance weights against the sampler (module docstring) and where a bound bit.
 
     Args:
-        trainer_logp, sampler_logp: (B, R) log-probs of the sampled tokens (no gradient needed).
+        trainer_logp, sampler_logp: (B, R) log-probs of the sampled tokens (no gradient needed); a NaN sampler
+            log-prob (a token the sampler could not score) gives ratio 1, as in TRL.
         mask: (B, R) real response tokens.
+        cap, clip_min: the bounds C_max and C_min (None: no lower bound).
+        mode: truncate (clamp into [C_min, C_max]) or mask (0 outside).
     Returns:
         weights (B, R) for "token" or (B, 1) for "sequence", and a bool tensor of the same shape that is True
-        where the ratio exceeded ``cap``.
+        where the ratio was outside the bounds.
     """
-    diff = ((trainer_logp - sampler_logp) * mask).detach()  # (B, R); 0 on padding
+    diff = torch.nan_to_num(((trainer_logp - sampler_logp) * mask).detach(), nan=0.0)  # (B, R); 0 on padding
     if level == "sequence":
         diff = diff.sum(-1, keepdim=True)  # (B, 1): log of the product of token ratios
     ratio = diff.exp()
-    return ratio.clamp(max=cap), ratio > cap
+    outside = ratio > cap
+    if clip_min is not None:
+        outside = outside | (ratio < clip_min)
+    if mode == "mask":
+        return ratio.masked_fill(outside, 0.0), outside
+    return ratio.clamp(min=clip_min, max=cap), outside
 
 
 def mismatch_stats(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

@@ -254,6 +254,7 @@ class Trainer:
             self.score_moments.load_state_dict(state["score_moments"])
         if self.monitor is not None and state.get("degeneration"):
             self.monitor.load_state_dict(state["degeneration"])
+        self.algorithm.load_state_dict(state.get("algorithm") or {})
         set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
         self.start_step = step
         if self.is_main:
@@ -266,7 +267,8 @@ class Trainer:
         self._check_weights(step)
         state = {"kl_controller": self.kl_ctl.state_dict(),
                  "score_moments": self.score_moments.state_dict() if self.score_moments else None,
-                 "degeneration": self.monitor.state_dict() if self.monitor is not None else None}
+                 "degeneration": self.monitor.state_dict() if self.monitor is not None else None,
+                 "algorithm": self.algorithm.state_dict()}
         save_checkpoint(self.run_dir, step, policy_saver=self.policy.save, optimizer=self.optimizer,
                         scheduler=self.scheduler, trainer_state=state, config=config_to_dict(self.cfg),
                         value_head=self.policy.value_head, keep=self.cfg.keep_checkpoints)
@@ -547,7 +549,7 @@ class Trainer:
                     is_w = None
                     if self.tis_level != "none":
                         is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, mask[sub], self.tis_level,
-                                                             cfg.tis_cap)
+                                                             cfg.tis_cap, cfg.tis_clip_min, cfg.tis_mode)
                         sums["mismatch/tis_clip_fraction"] = sums.get("mismatch/tis_clip_fraction", 0.0) + \
                             tis_clip_fraction(clipped, mask[sub]) * len(sub)
                     kl = None
@@ -555,7 +557,8 @@ class Trainer:
                         kl = self.policy.kl_loss(sub_batch, scores, ref.select(sub))
                     inputs = LossInputs(logp=scores.logp, old_logp=old, mask=mask[sub], targets=targets.select(sub),
                                         off_policy=off_policy, is_weights=is_w, kl=kl, kl_coef=kl_coef,
-                                        entropy=scores.entropy, values=scores.values)
+                                        entropy=scores.entropy, values=scores.values,
+                                        sampler_logp=sub_batch.logprobs)
                     loss, st = self.algorithm.loss(inputs, norm)
                     if self.world == 1:  # several processes: the all-reduced gradient norm below stops them all
                         check_loss(loss, step + 1, st)
@@ -573,6 +576,7 @@ class Trainer:
                 sums["grad/norm"] = sums.get("grad/norm", 0.0) + float(gn) * len(idx)
                 self.optimizer.step()
                 self.policy.after_optimizer_step()
+                self.algorithm.end_optimizer_step(self._reduce_sum)
                 opt_steps += 1
         self.scheduler.step()
         stats = {k: v / max(rows, 1) for k, v in sums.items()}

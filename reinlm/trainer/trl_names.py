@@ -38,8 +38,24 @@ TRL_SAME: dict[str, str] = {
     "entropy_coef": "entropy bonus coefficient",
     "lora_r": "LoRA rank (0: full fine-tuning; TRL's default with use_peft is 16)",
     "lora_alpha": "LoRA alpha (TRL's default is 32, reinlm's 16)",
-    "loss_type": "grpo, bnpo, dr_grpo, dapo, cispo with TRL's definitions (sapo, luspo, vespo are not implemented); "
-                 "TRL's default is dapo, reinlm's grpo",
+    "loss_type": "grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo with TRL's definitions; TRL's default is "
+                 "dapo, reinlm's grpo",
+    "sapo_temperature_pos": "sapo's gate temperature for positive advantages",
+    "sapo_temperature_neg": "sapo's gate temperature for non-positive advantages",
+    "vespo_k_pos": "vespo's power k for advantages >= 0",
+    "vespo_lambda_pos": "vespo's decay lambda for advantages >= 0",
+    "vespo_k_neg": "vespo's power k for negative advantages",
+    "vespo_lambda_neg": "vespo's decay lambda for negative advantages",
+    "off_policy_mask_threshold": "DeepSeek-V3.2's off-policy sequence mask against the sampler's log-probs (None: off)",
+    "use_bias_correction_kl": "the KL loss term times the importance ratio (with kl_in: loss); TRL's default is "
+                              "true, reinlm's false",
+    "top_entropy_quantile": "only the top share of tokens by entropy enters the policy loss and the entropy bonus "
+                            "(quantile over this process's micro-batch; TRL's over every process's)",
+    "use_adaptive_entropy": "Skywork-OR1's adaptive entropy coefficient, updated after every optimiser step",
+    "entropy_target": "adaptive entropy control's target entropy (nats)",
+    "entropy_coef_min": "adaptive entropy control's lower bound",
+    "entropy_coef_max": "adaptive entropy control's upper bound",
+    "entropy_coef_delta": "adaptive entropy control's step",
     "importance_sampling_level": "token or sequence (GSPO)",
     "scale_rewards": "group, batch or none (TRL's true / false: group / none)",
 }
@@ -59,8 +75,9 @@ TRL_RENAMES: dict[str, tuple[str, str]] = {
     "delta": ("clip_ratio_c", "TRL's two-sided clip caps the ratio at delta; reinlm's dual clip bounds the loss of "
                               "negative advantages at -delta A, the same when delta > 1 + epsilon_high"),
     "mask_truncated_completions": ("mask_truncated", "truncated completions leave the loss"),
-    "vllm_importance_sampling_clip_max": ("tis_cap", "the cap C of the truncated importance weights (reinlm "
-                                                     "truncates; TRL's *_mask modes are not implemented)"),
+    "vllm_importance_sampling_clip_max": ("tis_cap", "the upper bound C_max of the importance weights (TRL's "
+                                                     "default 3.0, reinlm's 2.0)"),
+    "vllm_importance_sampling_clip_min": ("tis_clip_min", "the lower bound C_min of the importance weights"),
     "vllm_importance_sampling_cap": ("tis_cap", "TRL's deprecated name of vllm_importance_sampling_clip_max"),
     "gradient_accumulation_steps": ("grad_accum", "micro-batches per optimiser step"),
     "output_dir": ("out", "run directory"),
@@ -90,8 +107,8 @@ TRL_DERIVED: dict[str, str] = {
     "use_cpu": "true -> device: cpu",
     "vllm_importance_sampling_correction": "false -> tis: none; true -> tis: token (reinlm's default, tis: auto, "
                                            "turns it on whenever rollouts run another numeric path than training)",
-    "vllm_importance_sampling_mode": "token_truncate -> tis: token; sequence_truncate -> tis: sequence; the "
-                                     "*_mask modes are refused (not implemented)",
+    "vllm_importance_sampling_mode": "token_truncate / token_mask / sequence_truncate / sequence_mask -> tis: token "
+                                     "or sequence with tis_mode: truncate or mask (TRL's default is sequence_mask)",
     "bf16": "true -> train_precision: bf16-autocast (bfloat16 mixed precision, float32 weights and AdamW, as TRL's); "
             "false -> train_precision: same",
     "use_vllm": "true -> generation_backend: vllm (in the training process, TRL's colocate mode); false -> reinlm",
@@ -233,14 +250,14 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
     if "use_cpu" in given and _bool("use_cpu", given["use_cpu"]):
         put("device", "cpu", "use_cpu")
     if "vllm_importance_sampling_mode" in given:
-        modes = {"token_truncate": "token", "sequence_truncate": "sequence"}
+        modes = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
         v = str(given["vllm_importance_sampling_mode"])
         if v not in modes:
-            refuse("vllm_importance_sampling_mode", "allowed: token_truncate (tis: token) or sequence_truncate "
-                                                    "(tis: sequence); reinlm has no masking modes.")
+            refuse("vllm_importance_sampling_mode", f"allowed: {', '.join(modes)}.")
         if "vllm_importance_sampling_correction" not in given or _bool(
                 "vllm_importance_sampling_correction", given["vllm_importance_sampling_correction"]):
-            put("tis", modes[v], "vllm_importance_sampling_mode")
+            put("tis", v.split("_")[0], "vllm_importance_sampling_mode")
+            put("tis_mode", v.split("_")[1], "vllm_importance_sampling_mode")
         else:
             put("tis", "none", "vllm_importance_sampling_correction")
     elif "vllm_importance_sampling_correction" in given:

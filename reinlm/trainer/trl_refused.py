@@ -55,22 +55,6 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "chat_template_kwargs": "extra chat-template variables are not passed; chat_template: true renders the model's "
                             "template with the generation prompt.",
     "max_prompt_length": "prompts are never truncated; over-long prompts are refused before training.",
-    # ---------------------------------------------------------------- loss types not implemented yet
-    "sapo_temperature_pos": "the sapo loss type is not implemented yet.",
-    "sapo_temperature_neg": "the sapo loss type is not implemented yet.",
-    "vespo_k_pos": "the vespo loss type is not implemented yet.",
-    "vespo_lambda_pos": "the vespo loss type is not implemented yet.",
-    "vespo_k_neg": "the vespo loss type is not implemented yet.",
-    "vespo_lambda_neg": "the vespo loss type is not implemented yet.",
-    "off_policy_mask_threshold": "off-policy sequence masking (DeepSeek-V3.2) is not implemented yet.",
-    "use_bias_correction_kl": "the KL term is not weighted by the importance ratio yet.",
-    "vllm_importance_sampling_clip_min": "truncated importance weights are capped above only (tis_cap) yet.",
-    "top_entropy_quantile": "masking the loss to the highest-entropy tokens is not implemented yet.",
-    "use_adaptive_entropy": "adaptive entropy control is not implemented yet; entropy_coef is constant.",
-    "entropy_target": "adaptive entropy control is not implemented yet; entropy_coef is constant.",
-    "entropy_coef_min": "adaptive entropy control is not implemented yet; entropy_coef is constant.",
-    "entropy_coef_max": "adaptive entropy control is not implemented yet; entropy_coef is constant.",
-    "entropy_coef_delta": "adaptive entropy control is not implemented yet; entropy_coef is constant.",
     # ---------------------------------------------------------------- options not implemented yet
     "reward_weights": "weights go in the reward SPEC, e.g. reward: 0.5*sentiment+target_length:80.",
     "multi_objective_aggregation": "rewards are summed with their SPEC weights (sum_then_normalize).",
