@@ -16,7 +16,7 @@ import argparse
 
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import Trainer
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 
 def main() -> None:

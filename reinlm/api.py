@@ -155,7 +155,7 @@ class Trainer(_LoopTrainer):
 def _write_prompts(path: Path, prompt_set) -> None:
     import json
 
-    from reinlm.utils import atomic_write_text
+    from reinlm.utils.atomic import atomic_write_text
 
     lines = [json.dumps(row, ensure_ascii=False, default=str) for row in prompt_set.records()]
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -333,7 +333,7 @@ def check_field(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any] |
 def check_device(name: str, value: str) -> None:
     """A device field's check: ``cpu``, ``cpu:N``, ``cuda``, ``cuda:N`` or ``auto``, and present on this machine
     (``--device cuda`` without a GPU is refused, not silently run on the CPU)."""
-    from reinlm.utils import resolve_device
+    from reinlm.utils.devices import resolve_device
 
     try:
         resolve_device(value)
@@ -564,7 +564,7 @@ def load_yaml(path: str | Path | None, what: str = "config") -> YamlValues:
     :func:`build_config` names it in its errors."""
     if path is None:
         return YamlValues()
-    from reinlm.utils import read_text
+    from reinlm.utils.textfile import read_text
 
     text = read_text(path, what=what, hint="pass a YAML file of `field: value` lines")
     return parse_yaml_text(text, str(path), what)

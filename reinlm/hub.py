@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import atomic_dir, resolve_device, resolve_dtype
+from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.devices import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def model_dir_problem(model_dir: str | os.PathLike) -> str | None:
     """Why a local model directory cannot be loaded (``None`` when its files check out): a ``config.json``,
     ``adapter_config.json`` or tokenizer JSON that does not parse, or a truncated / non-safetensors weights
     file. Cheap (headers only), so it runs before any weights are read."""
-    from reinlm.utils import json_file_problem, safetensors_problem
+    from reinlm.utils.integrity import json_file_problem, safetensors_problem
 
     d = Path(model_dir)
     for name in ("config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",

@@ -14,7 +14,7 @@ from reinlm.rewards.combine import RewardSet
 from reinlm.trainer.batching import concat_rollouts, truncated_rows
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import Trainer
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 CONSTANT = ["Flat one:", "Flat two:", "Flat three:"]
 VARIED = ["Tell me about red.", "Write a long and careful story about the colour blue.", "Green?"]

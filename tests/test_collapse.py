@@ -21,7 +21,7 @@ import torch
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.degeneration import DegenerationConfig
 from reinlm.trainer.loop import Trainer
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 from tests_paths import SPACE_REWARD  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 

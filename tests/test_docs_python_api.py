@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.DOTALL)

@@ -13,7 +13,7 @@ from reinlm.rollout.fused import fused_decoder, unsupported_reason
 from reinlm.rollout.sampling import Chooser, SamplingConfig
 from reinlm.rollout.token import encode_prompts
 from reinlm.testing import tiny_causal_lm
-from reinlm.utils import cast_parameters
+from reinlm.utils.devices import cast_parameters
 
 PROMPTS = ["The weather today is", "Once upon a time, in a small village by the sea,", "Hi"]
 

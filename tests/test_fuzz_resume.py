@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 ASSETS = Path(__file__).parent / "assets"
 REPO = Path(__file__).resolve().parents[1]

@@ -115,7 +115,7 @@ def test_bad_device_and_dtype(tiny_dir):
 
 
 def test_resolve_device_takes_what_accelerate_reports():
-    from reinlm.utils import resolve_device
+    from reinlm.utils.devices import resolve_device
 
     # a process of multi-process CPU training (torchrun + gloo) has device cpu:N; it used to be refused
     assert resolve_device("cpu:0") == torch.device("cpu:0") and resolve_device(torch.device("cpu")).type == "cpu"

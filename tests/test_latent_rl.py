@@ -12,7 +12,7 @@ import torch
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import Trainer
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 ASSETS = Path(__file__).parent / "assets"
 SPACE_REWARD = f"{ASSETS / 'toy_rewards.py'}:space_share"

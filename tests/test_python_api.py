@@ -13,7 +13,7 @@ from reinlm.api import build_reward_set
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.rewards import contains_words, parse_reward_spec
 from reinlm.rewards.refs import reward_ref, reward_set_spec
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 
 @pytest.fixture(scope="module")

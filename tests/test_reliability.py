@@ -19,8 +19,12 @@ import torch
 from reinlm.errors import ReinlmError
 from reinlm.trainer.checkpoint import checkpoint_problem, latest_checkpoint, list_checkpoints, save_checkpoint
 from reinlm.trainer.runlock import RunDirLocked, RunLock
-from reinlm.utils import (atomic_dir, atomic_write_text, describe_os_error, ensure_writable_dir, read_jsonl,
-                          redact_secrets, register_secret, remove_stale_temps, safetensors_problem)
+from reinlm.utils.atomic import atomic_dir, atomic_write_text, remove_stale_temps
+from reinlm.utils.integrity import safetensors_problem
+from reinlm.utils.jsonio import read_jsonl
+from reinlm.utils.oserrors import describe_os_error
+from reinlm.utils.outdir import ensure_writable_dir
+from reinlm.utils.redact import redact_secrets, register_secret
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -334,7 +338,7 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_old_ones(tmp_path, monkey
 def test_full_disk_while_logging_names_the_file(tmp_path, monkeypatch):
     import builtins
 
-    from reinlm.utils import append_jsonl
+    from reinlm.utils.jsonio import append_jsonl
 
     real_open = builtins.open
 
@@ -381,8 +385,8 @@ def test_peak_rss_of_a_child_is_its_own_not_its_large_parents():
 
     ballast = bytearray(600 * 1024 * 1024)
     ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])  # touch every page: the parent's peak is now > 600 MB
-    code = "from reinlm.utils import peak_rss_mb; print(peak_rss_mb())"
+    code = "from reinlm.utils.memory import peak_rss_mb; print(peak_rss_mb())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     child_mb = float(done.stdout.strip().splitlines()[-1])
     del ballast
-    assert child_mb < 500, child_mb  # importing reinlm.utils needs well under 500 MB
+    assert child_mb < 500, child_mb  # importing reinlm.utils.memory needs well under 500 MB

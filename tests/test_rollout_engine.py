@@ -14,7 +14,7 @@ from reinlm.rollout.engine import TokenRolloutEngine, policy_weights
 from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import generate_rollouts, sequence_logprobs
 from reinlm.rollout.vllm_backend import vllm_available
-from reinlm.utils import cast_parameters
+from reinlm.utils.devices import cast_parameters
 
 PROMPTS = ["The weather today is", "Once upon a time, in a small village by the sea, there lived"]
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed (pip install 'reinlm[vllm]')")

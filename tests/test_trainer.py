@@ -17,7 +17,7 @@ import torch
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import Trainer, choose_prompts, lr_lambda
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 ASSETS = Path(__file__).parent / "assets"
 SPACE_REWARD = f"{ASSETS / 'toy_rewards.py'}:space_share"
@@ -243,7 +243,7 @@ def test_frozen_dtype_bfloat16_casts_only_the_frozen_copies(tiny_model_dir, tmp_
 
 
 def test_frozen_dtype_auto_resolves_by_hardware(monkeypatch):
-    import reinlm.utils as utils
+    import reinlm.utils.devices as utils
 
     monkeypatch.setattr(utils, "native_bfloat16", lambda device="auto": True)
     assert TrainConfig(model="m", frozen_dtype="auto", device="cpu").frozen_dtype == "bfloat16"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "trl_migration"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reinlm.cli.main import main
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 REWARDS = '''
 import asyncio

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from reinlm.bench.reward_hacking import summarize
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 SERIES = {"policy/entropy": "action entropy (nats)", "latent/distinct_actions": "distinct actions in the batch",
           "kl/mean": "KL to the BC policy (nats / sample)", "response/distinct_2": "distinct-2",

@@ -24,10 +24,10 @@ RESULT_PREFIX = "REINLM_BENCH_RESULT "
 
 
 def dumps(obj: Any) -> str:
-    """One-line JSON of a result (numpy / torch scalars and paths through reinlm.utils' JSON fallback)."""
-    from reinlm.utils import _json_default
+    """One-line JSON of a result (numpy / torch scalars and paths through reinlm.utils.jsonio.json_default)."""
+    from reinlm.utils.jsonio import json_default
 
-    return json.dumps(obj, default=_json_default)
+    return json.dumps(obj, default=json_default)
 
 
 def emit_result(result: dict[str, Any]) -> None:

@@ -93,7 +93,7 @@ def _make_runner(cfg: GenerationBenchConfig, backend: str):
 
     from reinlm.hub import load_causal_lm, resolve_model_dir
     from reinlm.rollout.sampling import SamplingConfig
-    from reinlm.utils import cast_parameters
+    from reinlm.utils.devices import cast_parameters
 
     kind, dtype = backend.split("-")
     sampling = SamplingConfig(max_new_tokens=cfg.new_tokens, ignore_eos=True)

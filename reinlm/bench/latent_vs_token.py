@@ -141,7 +141,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _child(config_json: str) -> None:
     from reinlm.trainer.loop import Trainer
-    from reinlm.utils import peak_rss_mb, read_jsonl
+    from reinlm.utils.jsonio import read_jsonl
+    from reinlm.utils.memory import peak_rss_mb
 
     cfg = TrainConfig(**json.loads(config_json))
     run_dir = Trainer(cfg).train()

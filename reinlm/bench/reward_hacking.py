@@ -180,7 +180,7 @@ def _step_perplexities(run_dir: Path, backbone: str) -> dict[int, float]:
 
     from reinlm.evaluation.lm import completion_logprobs
     from reinlm.hub import load_causal_lm
-    from reinlm.utils import read_jsonl
+    from reinlm.utils.jsonio import read_jsonl
 
     path = run_dir / "samples.jsonl"
     if not path.is_file():
@@ -201,7 +201,7 @@ def _step_perplexities(run_dir: Path, backbone: str) -> dict[int, float]:
 
 def _child(config_json: str, backbone: str) -> None:
     from reinlm.trainer.loop import Trainer
-    from reinlm.utils import read_jsonl
+    from reinlm.utils.jsonio import read_jsonl
 
     cfg = TrainConfig(**json.loads(config_json))
     run_dir = Trainer(cfg).train()

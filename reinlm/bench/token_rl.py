@@ -124,7 +124,8 @@ def run_reinlm_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
     """Train reinlm's GRPO for ``cfg.steps`` steps; returns this side's result object."""
     from reinlm.trainer.config import TrainConfig
     from reinlm.trainer.loop import Trainer
-    from reinlm.utils import peak_rss_mb, read_jsonl
+    from reinlm.utils.jsonio import read_jsonl
+    from reinlm.utils.memory import peak_rss_mb
 
     _setup_torch(cfg)
     train_cfg = TrainConfig(
@@ -226,7 +227,8 @@ def run_trl_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     from reinlm.data import load_prompts
-    from reinlm.utils import peak_rss_mb, seed_everything
+    from reinlm.utils.memory import peak_rss_mb
+    from reinlm.utils.rng import seed_everything
 
     _setup_torch(cfg)
     seed_everything(cfg.seed)
@@ -416,7 +418,7 @@ def run_bench(cfg: TokenRLBenchConfig) -> dict[str, Any]:
     report = compare(results)
     report["settings"] = {**config_to_dict(cfg), "model_dir": model_dir, "batch_size": cfg.batch_size}
     if cfg.out:
-        from reinlm.utils import write_json
+        from reinlm.utils.jsonio import write_json
 
         write_json(base / "results.json", report)
     return report

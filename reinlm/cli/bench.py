@@ -83,7 +83,7 @@ def _run_token_rl(mod, args: argparse.Namespace) -> int:
 
     cfg = build_config(mod.TokenRLBenchConfig, args)
     if cfg.out:
-        from reinlm.utils import check_output_dir
+        from reinlm.utils.outdir import check_output_dir
 
         check_output_dir(cfg.out)
     report = mod.run_bench(cfg)

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.smooth < 1:
         raise bad_value("--smooth", args.smooth, "a whole number of steps >= 1")
     if args.out:
-        from reinlm.utils import check_output_dir
+        from reinlm.utils.outdir import check_output_dir
 
         check_output_dir(args.out)
     path = write_comparison(args.run_dirs, args.out, group_seeds=args.group_seeds, smooth=args.smooth,

@@ -108,7 +108,7 @@ def reward_curve(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from reinlm.api import Trainer
-    from reinlm.utils import read_jsonl
+    from reinlm.utils.jsonio import read_jsonl
 
     _section("3. RL at work: GRPO makes SmolLM2-135M's one-sentence replies more upbeat (sentiment reward)")
     settings = {**REWARD_CURVE, "seed": args.seed, "out": f"{args.out}/token-grpo", "overwrite": True}
@@ -139,7 +139,7 @@ def reward_curve(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reinlm.config import check_field
-    from reinlm.utils import check_output_dir
+    from reinlm.utils.outdir import check_output_dir
 
     if args.steps is not None:  # checked before any model loads (0 used to mean the default, silently)
         check_field("steps", args.steps, int, {"lo": 1})

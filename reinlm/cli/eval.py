@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(EvalConfig, args, load_yaml(args.config))
     if cfg.out:
-        from reinlm.utils import check_output_dir
+        from reinlm.utils.outdir import check_output_dir
 
         check_output_dir(cfg.out)  # before any model loads
     result = evaluate(cfg)

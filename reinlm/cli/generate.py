@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from reinlm.data import check_prompt_lengths, context_length, render_prompts
     from reinlm.hub import load_causal_lm
     from reinlm.rollout.token import SamplingConfig, generate_rollouts
-    from reinlm.utils import chunked, seed_everything
+    from reinlm.utils.chunks import chunked
+    from reinlm.utils.rng import seed_everything
 
     yaml_values = load_yaml(args.config)
     cfg = build_config(GenerateConfig, args, yaml_values, also=(SamplingConfig,), extra=("prompt",))

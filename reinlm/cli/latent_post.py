@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from reinlm.cli.jsonout import print_json
 from reinlm.config import add_dataclass_args, build_config, load_yaml
-from reinlm.utils import check_output_dir
+from reinlm.utils.outdir import check_output_dir
 
 
 def add_post_parsers(sub) -> None:

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_error(message: str) -> None:
-    from reinlm.utils import redact_secrets
+    from reinlm.utils.redact import redact_secrets
 
     para = textwrap.fill(" ".join(redact_secrets(str(message)).split()), width=100)  # redact before any cut
     print(f"reinlm: error: {para}", file=sys.stderr)
@@ -63,7 +63,7 @@ class RedactSecrets(logging.Filter):
     """Logging filter: every record's message (arguments merged in) goes through ``redact_secrets``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from reinlm.utils import redact_secrets
+        from reinlm.utils.redact import redact_secrets
 
         message = record.getMessage()
         clean = redact_secrets(message)
@@ -83,7 +83,7 @@ def install_redaction() -> None:
     show = warnings.showwarning
     if not getattr(show, "_redacts", False):
         def showwarning(message, category, filename, lineno, file=None, line=None):
-            from reinlm.utils import redact_secrets
+            from reinlm.utils.redact import redact_secrets
 
             show(redact_secrets(str(message)), category, filename, lineno, file, line)
 
@@ -93,7 +93,7 @@ def install_redaction() -> None:
 
 def _user_error(e: BaseException) -> tuple[str, int] | None:
     """(message, exit status) for an exception that is a problem of the input or the environment, not a bug."""
-    from reinlm.utils import describe_os_error
+    from reinlm.utils.oserrors import describe_os_error
 
     if isinstance(e, ReinlmError):
         return str(e), e.exit_code
@@ -153,7 +153,7 @@ def _quiet_third_party() -> None:
 
 if __name__ == "__main__":
     _code = main()
-    from reinlm.utils import exit_distributed_process
+    from reinlm.utils.distributed import exit_distributed_process
 
     exit_distributed_process(_code)  # a torchrun / accelerate worker ends here (no-op in one process)
     sys.exit(_code)

@@ -8,7 +8,7 @@ retried: a server that answers badly once usually does again). Nothing here rais
 
 The API key is read from the environment variable named by ``api_key_env`` at each request and sent as
 ``Authorization: Bearer ...``; it never appears in logs, errors, answers or ``repr``: every text that comes
-back from the server (answers, error bodies) goes through :func:`reinlm.utils.redact_secrets` in full,
+back from the server (answers, error bodies) goes through :func:`reinlm.utils.redact.redact_secrets` in full,
 before any cut to a length, so a server that echoes the request headers leaks no part of the key.
 """
 
@@ -28,7 +28,7 @@ from reinlm.config import check_range
 from reinlm.critic.align import FUZZY_THRESHOLD
 from reinlm.critic.base import Completion, CriticBackend
 from reinlm.errors import ConfigError
-from reinlm.utils import redact_secrets, register_secret
+from reinlm.utils.redact import redact_secrets, register_secret
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}

@@ -11,7 +11,7 @@ import torch
 
 from reinlm.critic.align import FUZZY_THRESHOLD
 from reinlm.critic.base import Completion, CriticBackend
-from reinlm.utils import chunked
+from reinlm.utils.chunks import chunked
 
 log = logging.getLogger(__name__)
 

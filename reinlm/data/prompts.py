@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from reinlm.errors import ConfigError, ReinlmError
-from reinlm.utils import read_jsonl_objects, read_text
+from reinlm.utils.jsonio import read_jsonl_objects
+from reinlm.utils.textfile import read_text
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN_SETS = {
@@ -242,7 +243,7 @@ def _load_builtin(name: str, column: str, mapping: dict[str, str]) -> PromptSet:
 
 
 def check_utf8(path: Path, what: str = "prompts") -> str:
-    """The text of ``path`` decoded as UTF-8 (a leading byte-order mark dropped): :func:`reinlm.utils.read_text`.
+    """The text of ``path`` decoded as UTF-8 (a leading byte-order mark dropped): :func:`reinlm.utils.textfile.read_text`.
 
     A file that is not UTF-8 raises :class:`ReinlmError` naming the file, the line and the byte at fault.
     """

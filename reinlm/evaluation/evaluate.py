@@ -22,7 +22,8 @@ from reinlm.errors import ConfigError, ReinlmError
 from reinlm.evaluation import metrics as M
 from reinlm.evaluation.generations import (Generations, ModelSource, prompt_columns, read_generations, resolve_source,
                                            sample_from_latent, sample_from_lm)
-from reinlm.utils import append_jsonl, seed_everything, write_json
+from reinlm.utils.jsonio import append_jsonl, write_json
+from reinlm.utils.rng import seed_everything
 
 log = logging.getLogger("reinlm")
 

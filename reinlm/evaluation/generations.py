@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from reinlm.utils import read_jsonl_objects
+from reinlm.utils.jsonio import read_jsonl_objects
 from reinlm.errors import ReinlmError
 
 GENERATIONS_FORMAT = ('a JSONL file with one object per line holding "prompt" and "completion" (strings) and '
@@ -142,7 +142,7 @@ def sample_from_latent(latent_dir: str, prompts: list, samples_per_prompt: int, 
 
     from reinlm.latent.model import LatentActionModel
     from reinlm.rollout.token import decode_completions, encode_prompts
-    from reinlm.utils import resolve_device
+    from reinlm.utils.devices import resolve_device
 
     model = LatentActionModel.from_pretrained(latent_dir, device=str(resolve_device(device)))
     model.set_action_sampling(greedy=temperature <= 0, tau=temperature if temperature > 0 else 1.0,

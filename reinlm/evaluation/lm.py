@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from reinlm.utils import chunked
+from reinlm.utils.chunks import chunked
 
 
 def encode_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str], max_length: int | None = None

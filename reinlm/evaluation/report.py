@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import atomic_write_text, json_file_problem, read_jsonl, read_text, write_json
+from reinlm.utils.atomic import atomic_write_text
+from reinlm.utils.integrity import json_file_problem
+from reinlm.utils.jsonio import read_jsonl, write_json
+from reinlm.utils.textfile import read_text
 
 # Curves a report draws, in order; ``reward/<component>/mean`` keys are inserted after ``reward/mean``.
 CURVE_KEYS = ("reward/mean", "kl/mean", "kl/beta", "policy/entropy", "response/length_mean", "perf/completions_per_s")

@@ -32,7 +32,7 @@ def run_latent_generate(args) -> int:
     """Generate ``num_samples`` continuations per prompt with the latent model in ``args.latent``; prints text
     (and with ``show_actions`` the action ids), or a JSON list with ``--json``. Returns 0."""
     from reinlm.latent.model import LatentActionModel
-    from reinlm.utils import seed_everything
+    from reinlm.utils.rng import seed_everything
 
     seed = getattr(args, "seed", None) or 0
     n = getattr(args, "num_samples", None) or 1

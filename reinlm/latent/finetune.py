@@ -45,7 +45,9 @@ from tqdm.auto import tqdm
 
 from reinlm.config import Config, config_to_dict, opt
 from reinlm.errors import ReinlmError
-from reinlm.utils import append_jsonl, atomic_dir, seed_everything, write_json
+from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.jsonio import append_jsonl, write_json
+from reinlm.utils.rng import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class FinetuneConfig(Config):
 
 def read_documents(path: str, text_column: str = "text") -> list[str]:
     """The documents of a task corpus: a .jsonl file (column ``text_column``) or one per non-empty line."""
-    from reinlm.utils import read_jsonl_objects
+    from reinlm.utils.jsonio import read_jsonl_objects
 
     p = Path(path)
     if not p.is_file():

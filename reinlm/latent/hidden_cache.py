@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from reinlm.errors import ReinlmError
 from reinlm.latent.corpus import builtin_prompts, parse_corpus_spec
-from reinlm.utils import write_json
+from reinlm.utils.jsonio import write_json
 
 META = "meta.json"
 PARTIAL = "partial.json"  # progress of an unfinished text-cache build (removed when meta.json is written)

@@ -36,7 +36,8 @@ import torch
 from reinlm.config import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
-from reinlm.utils import atomic_dir, write_json
+from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.jsonio import write_json
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from reinlm.errors import ReinlmError
 from reinlm.latent.config import ActionSampling, LatentConfig, resolve_for_backbone
 from reinlm.latent.modules import (CausalStack, RotaryEmbedding, StackCache, WorldModel, idm_step_logits,
                                    sample_categorical)
-from reinlm.utils import atomic_dir, write_json
+from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.jsonio import write_json
 
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.json"
@@ -201,7 +202,7 @@ class LatentActionModel(nn.Module):
         if not cfg_path.is_file() or not heads_path.is_file():
             raise ReinlmError(f"latent: {str(model_dir)!r} is not a latent model directory (it needs {CONFIG_FILE} "
                               f"and {HEADS_FILE}); create one with `reinlm latent pretrain --out DIR`.")
-        from reinlm.utils import json_file_problem, safetensors_problem
+        from reinlm.utils.integrity import json_file_problem, safetensors_problem
 
         problem = json_file_problem(cfg_path) or safetensors_problem(heads_path)
         if problem:

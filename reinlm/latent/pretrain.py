@@ -42,8 +42,10 @@ from reinlm.config import Config, check_device, config_to_dict, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.latent.model import LatentActionModel
-from reinlm.utils import (append_jsonl, atomic_dir, destroy_process_group_at_exit, read_jsonl, seed_everything,
-                          write_json)
+from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.distributed import destroy_process_group_at_exit
+from reinlm.utils.jsonio import append_jsonl, read_jsonl, write_json
+from reinlm.utils.rng import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +399,7 @@ class _Data:
 def _resolve_dtype(cfg: PretrainConfig, device) -> str:
     if cfg.dtype != "auto":
         return cfg.dtype
-    from reinlm.utils import native_bfloat16
+    from reinlm.utils.devices import native_bfloat16
 
     return "bfloat16" if native_bfloat16(device) else "float32"
 
@@ -517,7 +519,7 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
         write_json(out / "pretrain_config.json", config_to_dict(cfg))
     t0 = time.time()
     dtype = _resolve_dtype(cfg, ctx.device)
-    from reinlm.utils import native_bfloat16
+    from reinlm.utils.devices import native_bfloat16
 
     ctx.autocast = cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and native_bfloat16(ctx.device))
     backbone, tok = load_causal_lm(cfg.backbone, device=str(ctx.device), dtype=dtype)

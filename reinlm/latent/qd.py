@@ -119,7 +119,7 @@ def backbone_nll(model: LatentActionModel, ids: torch.Tensor, mask: torch.Tensor
 def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) -> dict:
     """Run the protocol; returns ``{"rows": {row: {similarity, qd, perplexity, distinct_2}}, "config": ...}``."""
     from reinlm.hub import load_sentence_encoder
-    from reinlm.utils import seed_everything
+    from reinlm.utils.rng import seed_everything
 
     seed_everything(cfg.seed)
     latent_dir = Path(cfg.latent)

@@ -33,7 +33,9 @@ from tqdm.auto import tqdm
 
 from reinlm.config import Config, config_to_dict, opt
 from reinlm.errors import ReinlmError
-from reinlm.utils import append_jsonl, atomic_dir, seed_everything, write_json
+from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.jsonio import append_jsonl, write_json
+from reinlm.utils.rng import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +375,7 @@ def train_q(cfg: QTrainConfig, lam=None) -> dict:
     """Sample and score rollouts (or read ``cfg.rollouts``), fit the Q-model, write ``cfg.out``; returns the
     result dict (also ``OUT/q_result.json``)."""
     from reinlm.latent.model import LatentActionModel
-    from reinlm.utils import read_jsonl_objects
+    from reinlm.utils.jsonio import read_jsonl_objects
 
     if not cfg.latent:
         raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")

@@ -123,7 +123,7 @@ def generation_world_model(lam):
     state goes to the bfloat16 LM head anyway; the policy, whose log-probs are recorded, stays as it is), else
     the world model itself. The copy is kept on the model and re-made when a world-model weight changed."""
     from reinlm.rollout.fast import pack_linears, packing_supported
-    from reinlm.utils import cast_parameters
+    from reinlm.utils.devices import cast_parameters
 
     wm = lam.world_model
     wm = getattr(wm, "module", wm)

@@ -14,7 +14,8 @@ import torch
 from reinlm.config import check_range
 from reinlm.errors import ReinlmError
 from reinlm.rewards.base import register_reward, reward_function
-from reinlm.utils import chunked, resolve_device
+from reinlm.utils.chunks import chunked
+from reinlm.utils.devices import resolve_device
 
 
 @functools.lru_cache(maxsize=2)

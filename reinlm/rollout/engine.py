@@ -67,7 +67,7 @@ def policy_weights(model):
 def resolve_rollout_dtype(name: str, train_dtype: torch.dtype, device) -> torch.dtype:
     """``auto`` -> bfloat16 where ``device`` computes it natively (and the weights are float32), else the training
     dtype; ``same`` -> the training dtype; ``float32`` / ``bfloat16`` as named."""
-    from reinlm.utils import native_bfloat16, resolve_dtype
+    from reinlm.utils.devices import native_bfloat16, resolve_dtype
 
     if name == "same":
         return train_dtype
@@ -122,7 +122,7 @@ class TokenRolloutEngine:
             base = copy.deepcopy(model)
         from reinlm.rollout.fast import pack_linears, packing_supported
         from reinlm.rollout.fused import unsupported_reason
-        from reinlm.utils import cast_parameters
+        from reinlm.utils.devices import cast_parameters
 
         base = cast_parameters(base, self.dtype).eval().requires_grad_(False)
         if self.dtype == torch.bfloat16 and self.device.type == "cpu" and packing_supported() and \

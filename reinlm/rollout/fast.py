@@ -109,7 +109,7 @@ def decode_attention_on(model):
 def packing_supported() -> bool:
     """Whether oneDNN can pre-pack bfloat16 linear weights here (a CPU with native bfloat16)."""
     try:
-        from reinlm.utils import native_bfloat16
+        from reinlm.utils.devices import native_bfloat16
 
         return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
                 and native_bfloat16("cpu"))

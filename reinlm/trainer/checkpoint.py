@@ -25,8 +25,10 @@ import torch
 import yaml
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import (atomic_dir, describe_os_error, disk_full_at, json_file_problem, remove_stale_temps,
-                          rng_state, safetensors_problem, torch_file_problem)
+from reinlm.utils.atomic import atomic_dir, remove_stale_temps
+from reinlm.utils.integrity import json_file_problem, safetensors_problem, torch_file_problem
+from reinlm.utils.oserrors import describe_os_error, disk_full_at
+from reinlm.utils.rng import rng_state
 
 log = logging.getLogger("reinlm")
 _STEP_DIR = re.compile(r"^step-(\d+)$")

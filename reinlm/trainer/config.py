@@ -205,7 +205,7 @@ class TrainConfig(FlatNames, Config):
         from reinlm.algorithms import get_algorithm
 
         if self.frozen_dtype == "auto":  # resolved here, so config.yaml records what ran
-            from reinlm.utils import native_bfloat16
+            from reinlm.utils.devices import native_bfloat16
 
             self.frozen_dtype = "bfloat16" if native_bfloat16(self.device) else "same"
         # deprecated spellings (run directories written before --scale-rewards and --loss-type)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import write_json
+from reinlm.utils.jsonio import write_json
 
 log = logging.getLogger("reinlm")
 INPUTS_FILE = "inputs.json"

@@ -57,7 +57,7 @@ class LatentPolicy:
             # bfloat16 heads (an imported CoLA model): the trained policy gets float32 weights and AdamW state, as
             # the token policy does; an update of lr 1e-4 is below bfloat16's resolution for most weights. The
             # frozen heads stay in their dtype; the policy casts its inputs to its own dtype.
-            from reinlm.utils import cast_parameters
+            from reinlm.utils.devices import cast_parameters
 
             cast_parameters(self.lam.policy, torch.float32)
         self.lam.policy.requires_grad_(True)

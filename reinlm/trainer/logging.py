@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.errors import ReinlmError
-from reinlm.utils import append_jsonl, atomic_write_text, read_jsonl_tolerant
+from reinlm.utils.atomic import atomic_write_text
+from reinlm.utils.jsonio import append_jsonl, read_jsonl_tolerant
 
 log = logging.getLogger("reinlm")
 

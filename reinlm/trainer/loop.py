@@ -43,8 +43,11 @@ from reinlm.trainer.logging import RunLogger
 from reinlm.trainer.policy import PolicyScores
 from reinlm.trainer.guards import NonFiniteError, check_grad_norm, check_loss, check_weights, stopped_message
 from reinlm.trainer.runlock import RunLock
-from reinlm.utils import (atomic_dir, atomic_write_text, destroy_process_group_at_exit, peak_rss_mb,
-                          remove_stale_temps, seed_everything, set_rng_state, write_json)
+from reinlm.utils.atomic import atomic_dir, atomic_write_text, remove_stale_temps
+from reinlm.utils.distributed import destroy_process_group_at_exit
+from reinlm.utils.jsonio import write_json
+from reinlm.utils.memory import peak_rss_mb
+from reinlm.utils.rng import seed_everything, set_rng_state
 
 log = logging.getLogger("reinlm")
 
@@ -726,7 +729,7 @@ class Trainer:
                 evaluation["stopped"] = stopped_reason
             evaluation["final_step"] = final_step
             if eval_path.is_file():  # the "before" half, written at the start (possibly by an earlier process)
-                from reinlm.utils import json_file_problem
+                from reinlm.utils.integrity import json_file_problem
 
                 if json_file_problem(eval_path) is None:
                     import json

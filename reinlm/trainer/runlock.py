@@ -76,7 +76,7 @@ class RunLock:
             log.warning("run-directory locking is not available on this platform; do not start two runs on %s",
                         self.run_dir)
             return self
-        from reinlm.utils import ensure_writable_dir
+        from reinlm.utils.outdir import ensure_writable_dir
 
         self._created = not self.run_dir.exists()
         ensure_writable_dir(self.run_dir, self.what)

@@ -71,7 +71,7 @@ class TokenPolicy:
 
         With LoRA there is no copy: the reference is the model with its adapters disabled, in its own dtype.
         """
-        from reinlm.utils import cast_parameters
+        from reinlm.utils.devices import cast_parameters
 
         return cast_parameters(copy.deepcopy(model), self.cfg.frozen_dtype_name).eval().requires_grad_(False)
 

@@ -20,6 +20,6 @@ pretrain(cfg, LatentConfig(preset="custom", d_model=32, n_heads=2, idm_layers=1,
 seen = json.loads((Path(out) / "summary.json").read_text())["processes"]
 if seen != int(expected):
     sys.exit(f"expected {expected} processes, pretraining saw {seen}")
-from reinlm.utils import exit_distributed_process  # noqa: E402  (as `python -m reinlm.cli.main` ends a worker)
+from reinlm.utils.distributed import exit_distributed_process  # noqa: E402  (as `python -m reinlm.cli.main` ends a worker)
 
 exit_distributed_process(0)

@@ -29,6 +29,6 @@ trainer = Trainer(cfg)
 if trainer.world != int(expected):
     sys.exit(f"expected {expected} processes, the trainer sees {trainer.world}")
 trainer.train(resume=resume)
-from reinlm.utils import exit_distributed_process  # noqa: E402  (as `python -m reinlm.cli.main` ends a worker)
+from reinlm.utils.distributed import exit_distributed_process  # noqa: E402  (as `python -m reinlm.cli.main` ends a worker)
 
 exit_distributed_process(0)

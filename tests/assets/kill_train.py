@@ -38,7 +38,7 @@ if spec:
 
         torch.save = save
     elif kind == "publish":
-        import reinlm.utils as utils
+        import reinlm.utils.atomic as utils
 
         real_fsync_tree = utils._fsync_tree
 
