@@ -36,7 +36,7 @@ def make_config(config: TrainConfig | dict | None = None, **overrides: Any) -> T
     Keys are read as in a YAML config: flat names of nested settings (``kl_coef``), TRL's names
     (``learning_rate``), and an unknown key is an error naming the closest valid one.
     """
-    from reinlm.config import build_config, config_to_dict
+    from reinlm.config.build import build_config, config_to_dict
 
     if config is None:
         values: dict[str, Any] = {}

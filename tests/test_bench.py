@@ -13,7 +13,7 @@ import pytest
 
 from reinlm.bench import common, token_rl
 from reinlm.bench.token_rl import TokenRLBenchConfig
-from reinlm.config import build_config
+from reinlm.config.build import build_config
 from reinlm.errors import ConfigError, ReinlmError
 
 

@@ -14,8 +14,12 @@ from typing import Literal
 import pytest
 import yaml
 
-from reinlm.config import (Config, add_dataclass_args, build_config, check_field, config_to_dict, flat_fields,
-                           load_yaml, opt)
+from reinlm.config.build import build_config, config_to_dict
+from reinlm.config.coerce import check_field
+from reinlm.config.fields import flat_fields
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import Config, opt
+from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError
 from reinlm.trainer import trl_names
 from reinlm.trainer.config import TrainConfig
@@ -100,6 +104,7 @@ class Outer(Config):
 
     def __post_init__(self):
         # runs after the generic validator: the value is already an int
+        super().__post_init__()
         self.seen.append(type(self.steps).__name__)
 
 
@@ -412,4 +417,33 @@ def test_every_config_dataclass_derives_from_config():
             if (isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__
                     and any("help" in f.metadata for f in dataclasses.fields(obj)) and not issubclass(obj, Config)):
                 missing.append(f"{module.__name__}.{obj.__name__}")
-    assert not missing, f"config dataclasses that skip validation (derive them from reinlm.config.Config): {missing}"
+    assert not missing, f"config dataclasses that skip validation (derive them from reinlm.config.schema.Config): {missing}"
+
+
+def test_every_own_post_init_validates_first():
+    """Config.__post_init__ is the validator: a config class with its own __post_init__ must call it first, or
+    its fields go unchecked (a string for a number, nan, out of range) and its own checks see raw values."""
+    import ast
+    import importlib
+    import inspect
+    import pkgutil
+    import textwrap
+
+    import reinlm
+
+    skipping = []
+    for mod in pkgutil.walk_packages(reinlm.__path__, "reinlm."):
+        module = importlib.import_module(mod.name)
+        for obj in vars(module).values():
+            if not (isinstance(obj, type) and issubclass(obj, Config) and obj is not Config
+                    and obj.__module__ == module.__name__
+                    and "__post_init__" in vars(obj)):
+                continue
+            fn = ast.parse(textwrap.dedent(inspect.getsource(obj.__post_init__))).body[0]
+            body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+            if not body or ast.unparse(body[0]) != "super().__post_init__()":
+                skipping.append(f"{module.__name__}.{obj.__name__}")
+    assert not skipping, f"__post_init__ must start with super().__post_init__(): {skipping}"
+    assert "__post_init__" in vars(Outer)  # the nesting test's class, built in Python, validates as well:
+    with pytest.raises(ConfigError, match=r"steps: got 'x'"):
+        Outer(steps="x")

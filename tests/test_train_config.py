@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from reinlm.algorithms.config import AlgorithmConfig, KLConfig
-from reinlm.config import build_config, config_to_dict
+from reinlm.config.build import build_config, config_to_dict
 from reinlm.errors import ConfigError
 from reinlm.trainer.config import SamplingSettings, TrainConfig, add_train_args
 

@@ -12,7 +12,8 @@ import dataclasses
 import pytest
 from trl import GRPOConfig
 
-from reinlm.config import build_config, flat_fields
+from reinlm.config.build import build_config
+from reinlm.config.fields import flat_fields
 from reinlm.errors import ConfigError
 from reinlm.trainer import trl_names
 from reinlm.trainer.config import TrainConfig

@@ -51,7 +51,7 @@ def test_trl_style_yaml_trains_three_grpo_steps(monkeypatch, tmp_path):
 
 
 def test_trl_dataset_script_arguments_become_an_hf_prompt_spec(tmp_path):
-    from reinlm.config import build_config
+    from reinlm.config.build import build_config
     from reinlm.errors import ConfigError
     from reinlm.trainer.config import TrainConfig
 

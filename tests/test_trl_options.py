@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reinlm.cli.main import main
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 ASSETS = Path(__file__).parent / "assets"
 

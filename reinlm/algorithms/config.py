@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reinlm.config import Config, opt
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError
 
 
@@ -74,6 +74,7 @@ class AlgorithmConfig(Config):
         "modes, the sequence-level one drops the whole sequence)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # every field checked and coerced first
         if self.entropy_coef_min > self.entropy_coef_max:
             raise ConfigError(f"entropy_coef_min: got {self.entropy_coef_min} > entropy_coef_max "
                               f"{self.entropy_coef_max}; allowed: entropy_coef_min <= entropy_coef_max.")
@@ -113,6 +114,8 @@ class KLConfig(Config):
     kl_horizon: int = opt(10000, "adaptive KL control horizon", lo=1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # every field checked and coerced first
+        super().__post_init__()  # every field checked and coerced first
         if self.kl_target is not None and self.kl_coef == 0:
             raise ConfigError("kl_coef: got 0 with --kl-target set; the adaptive controller scales beta, "
                               "so it needs a starting --kl-coef > 0.")

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from reinlm.config import check_range
+from reinlm.config.coerce import check_range
 
 
 class ConstantKLController:

@@ -28,7 +28,7 @@ import torch
 
 from reinlm.algorithms.base import AdvantageInputs, Algorithm, Needs, Targets, register_algorithm
 from reinlm.algorithms.groups import group_mean_std
-from reinlm.config import check_choice
+from reinlm.config.coerce import check_choice
 
 ScaleRewards = Literal["group", "batch", "none"]
 

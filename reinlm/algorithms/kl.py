@@ -17,7 +17,7 @@ from typing import Callable, Literal
 
 import torch
 
-from reinlm.config import check_choice
+from reinlm.config.coerce import check_choice
 
 KLKind = Literal["k1", "k2", "k3"]
 

@@ -50,7 +50,7 @@ from typing import Callable, Literal
 import torch
 
 from reinlm.algorithms.surrogates import sapo_per_token, vespo_weights
-from reinlm.config import check_choice
+from reinlm.config.coerce import check_choice
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")

@@ -28,7 +28,7 @@ import torch
 from reinlm.algorithms.base import AdvantageInputs, Algorithm, Needs, Targets, register_algorithm
 from reinlm.algorithms.groups import group_sum
 from reinlm.algorithms.rloo import leave_one_out_baseline
-from reinlm.config import check_choice
+from reinlm.config.coerce import check_choice
 
 Baseline = Literal["none", "batch_mean", "group_mean", "leave_one_out"]
 

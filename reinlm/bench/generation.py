@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reinlm.bench.common import emit_result, ratio, run_child
-from reinlm.config import Config, check_range, opt
+from reinlm.config.coerce import check_range
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError
 
 BACKENDS = ("reinlm-float32", "reinlm-bfloat16", "latent-bfloat16", "vllm-bfloat16", "vllm-float32", "hf-float32",
@@ -60,6 +61,7 @@ class GenerationBenchConfig(Config):
                                  "(the ratios are side by side); false: one process per backend, one after another")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # every field checked and coerced first
         self.backends = [b.strip() for b in ([self.backends] if isinstance(self.backends, str) else self.backends)]
         for b in self.backends:
             if b not in BACKENDS:
@@ -223,7 +225,7 @@ def run_bench(args_or_cfg) -> dict[str, Any]:
     """Run every backend in its own process, one after another; -> ``{"backends": {...}, "ratios": {...}}``."""
     import os
 
-    from reinlm.config import build_config
+    from reinlm.config.build import build_config
 
     cfg = args_or_cfg if isinstance(args_or_cfg, GenerationBenchConfig) else build_config(GenerationBenchConfig,
                                                                                          args_or_cfg)
@@ -280,7 +282,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from reinlm.config import add_dataclass_args
+    from reinlm.config.flags import add_dataclass_args
 
     add_dataclass_args(parser, GenerationBenchConfig)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from reinlm.bench.common import (emit_result, format_table, mean_over, ratio, run_child, steady_state,
                                  throughput)
-from reinlm.config import build_config, config_to_dict
+from reinlm.config.build import build_config, config_to_dict
 from reinlm.errors import ReinlmError
 from reinlm.trainer.config import TrainConfig, add_train_args
 

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.bench.common import emit_result, run_child
-from reinlm.config import Config, add_dataclass_args, build_config, config_to_dict, opt
+from reinlm.config.build import build_config, config_to_dict
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.trainer.config import TrainConfig, add_train_args
 
@@ -51,6 +53,7 @@ class StressConfig(Config):
     plot: str = opt("", help="PNG of reward / perplexity / distinct-2 per step (default: OUT/reward_hacking.png)")
 
     def __post_init__(self):
+        super().__post_init__()  # every field checked and coerced first
         bad = [x for x in self.sides if x not in ("latent", "token")]
         if bad:
             raise ReinlmError(f"sides: got {bad[0]!r}; allowed: latent, token.")

@@ -31,7 +31,10 @@ from typing import Any
 from reinlm.bench.common import (
     emit_result, format_table, mean_over, ratio, require_module, run_child, steady_state, throughput,
 )
-from reinlm.config import Config, add_dataclass_args, build_config, check_range, config_to_dict, opt
+from reinlm.config.build import build_config, config_to_dict
+from reinlm.config.coerce import check_range
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError, ReinlmError
 
 SIDES = ("reinlm", "trl")
@@ -66,6 +69,7 @@ class TokenRLBenchConfig(Config):
     timeout: int = opt(3600, "seconds allowed per side before it is stopped", lo=1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # every field checked and coerced first
         for name in ("steps", "batch_prompts", "max_new_tokens", "timeout"):
             check_range(name, getattr(self, name), 1)
         check_range("samples_per_prompt", self.samples_per_prompt, 2)

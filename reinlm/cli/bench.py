@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_token_rl(mod, args: argparse.Namespace) -> int:
-    from reinlm.config import build_config
+    from reinlm.config.build import build_config
 
     cfg = build_config(mod.TokenRLBenchConfig, args)
     if cfg.out:

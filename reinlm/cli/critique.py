@@ -7,7 +7,8 @@ import os
 import sys
 
 from reinlm.cli.jsonout import print_json
-from reinlm.config import add_dataclass_args, build_config
+from reinlm.config.build import build_config
+from reinlm.config.flags import add_dataclass_args
 
 GREEN, RED, DIM, BOLD, RESET = "\033[32m", "\033[31m", "\033[2m", "\033[1m", "\033[0m"
 

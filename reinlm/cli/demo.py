@@ -138,7 +138,7 @@ def reward_curve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reinlm.config import check_field
+    from reinlm.config.coerce import check_field
     from reinlm.utils.outdir import check_output_dir
 
     if args.steps is not None:  # checked before any model loads (0 used to mean the default, silently)

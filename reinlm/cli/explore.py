@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from reinlm.latent.explore import explore, format_exploration
     from reinlm.latent.model import LatentActionModel
 
-    from reinlm.config import check_device, check_field
+    from reinlm.config.coerce import check_field
+    from reinlm.config.schema import check_device
 
     for name, lo in (("new_tokens", 1), ("top", 1)):
         check_field(name, getattr(args, name), int, {"lo": lo})

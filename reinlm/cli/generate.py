@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass
 
 from reinlm.cli.jsonout import print_json
-from reinlm.config import DTYPE_CHOICES, Config, add_dataclass_args, build_config, check_device, load_yaml, opt
+from reinlm.config.build import build_config
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import DTYPE_CHOICES, Config, check_device, opt
+from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError
 
 log = logging.getLogger(__name__)

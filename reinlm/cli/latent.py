@@ -8,7 +8,9 @@ import argparse
 import json
 
 from reinlm.cli.jsonout import print_json
-from reinlm.config import add_dataclass_args, build_config, load_yaml
+from reinlm.config.build import build_config
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.yamlfile import load_yaml
 from reinlm.utils.outdir import check_output_dir
 
 

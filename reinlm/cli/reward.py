@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reinlm.cli.jsonout import print_json
-from reinlm.config import Config, add_dataclass_args, build_config, check_choice, check_device, load_yaml, opt
+from reinlm.config.build import build_config
+from reinlm.config.coerce import check_choice
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import Config, check_device, opt
+from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError
 
 
@@ -34,6 +38,7 @@ class RewardCommandConfig(Config):
     device: str = opt("cpu", "device for rewards that run a model (cpu, cuda, auto)", check=check_device)
 
     def __post_init__(self):
+        super().__post_init__()  # every field checked and coerced first
         if not self.reward or not str(self.reward).strip():
             raise ConfigError("reward: got no SPEC; allowed: --reward SPEC, e.g. --reward sentiment or "
                               "--reward '0.5*sentiment+contains_words:red'.")

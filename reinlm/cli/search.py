@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 
 from reinlm.cli.jsonout import print_json
-from reinlm.config import add_dataclass_args, build_config, load_yaml
+from reinlm.config.build import build_config
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.yamlfile import load_yaml
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

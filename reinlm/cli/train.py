@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from reinlm.config import build_config, load_yaml
+from reinlm.config.build import build_config
+from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.trainer.config import TrainConfig, add_train_args
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from reinlm.config import Config, check_device, opt
+from reinlm.config.schema import Config, check_device, opt
 from reinlm.errors import ConfigError, bad_value
 from reinlm.critic.align import FUZZY_THRESHOLD
 
@@ -51,6 +51,7 @@ class CriticConfig(Config):
                                          lo=0, lo_open=True, hi=1)
 
     def __post_init__(self):
+        super().__post_init__()  # every field checked and coerced first
         if self.critic and self.critic_url:
             raise ConfigError("critic: give either --critic (a local model) or --critic-url (an endpoint), not both.")
         if self.critic_url and not self.critic_model:

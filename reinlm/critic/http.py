@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from reinlm.config import check_range
+from reinlm.config.coerce import check_range
 from reinlm.critic.align import FUZZY_THRESHOLD
 from reinlm.critic.base import Completion, CriticBackend
 from reinlm.errors import ConfigError

@@ -20,7 +20,7 @@ import math
 from collections import Counter, OrderedDict
 from typing import Sequence
 
-from reinlm.config import check_choice
+from reinlm.config.coerce import check_choice
 from reinlm.critic.align import Span, token_values
 from reinlm.critic.base import CriticBackend, CritiqueResult
 from reinlm.critic.template import load_template

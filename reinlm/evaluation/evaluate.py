@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from reinlm.config import DTYPE_CHOICES, Config, check_device, config_to_dict, opt
+from reinlm.config.build import config_to_dict
+from reinlm.config.schema import DTYPE_CHOICES, Config, check_device, opt
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.evaluation import metrics as M
 from reinlm.evaluation.generations import (Generations, ModelSource, prompt_columns, read_generations, resolve_source,
@@ -64,6 +65,7 @@ class EvalConfig(Config):
     out: str | None = opt(None, "output directory for eval.json and samples.jsonl (default: evals/<name>-seed<S>)")
 
     def __post_init__(self):
+        super().__post_init__()  # every field checked and coerced first
         if not (self.model or self.latent or self.generations):
             raise ConfigError("eval: nothing to evaluate; allowed: --model MODEL|RUN_DIR, --latent DIR, or "
                               "--generations FILE.jsonl.")

@@ -25,7 +25,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from reinlm.config import Config, check_choice, check_range, opt
+from reinlm.config.coerce import check_choice, check_range
+from reinlm.config.schema import Config, opt
 
 _REINLM_ARCH = dict(n_kv_heads=0, head_dim=0, mlp_ffn=0, norm_eps=1e-6, input_proj=True, rope=False,
                     head_bias=True, wm_norm=True, wm_output="state")
@@ -91,6 +92,7 @@ class LatentConfig(Config):
 
     def __post_init__(self):
         # types, ranges and choices of every field are checked by Config before this runs
+        super().__post_init__()
         for k, v in PRESETS[self.preset].items():
             if getattr(self, k) is None:
                 setattr(self, k, v)

@@ -33,7 +33,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from reinlm.config import Config, opt
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.utils.atomic import atomic_dir

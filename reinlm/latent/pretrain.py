@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reinlm.config import Config, check_device, config_to_dict, opt
+from reinlm.config.build import config_to_dict
+from reinlm.config.schema import Config, check_device, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.latent.model import LatentActionModel

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reinlm.config import Config, check_device, opt
+from reinlm.config.schema import Config, check_device, opt
 from reinlm.latent.hidden_cache import left_pad
 from reinlm.latent.model import LatentActionModel
 from reinlm.textstats import distinct_n, quality_diversity

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reinlm.config import Config, config_to_dict, opt
+from reinlm.config.build import config_to_dict
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.jsonio import append_jsonl, write_json

@@ -38,7 +38,7 @@ from typing import Literal
 
 import torch
 
-from reinlm.config import Config, opt
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.stepper import LatentStepper
 from reinlm.rollout.sampling import Chooser

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from reinlm.config import check_choice, check_range
+from reinlm.config.coerce import check_choice, check_range
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.rewards.base import register_reward, reward_function
 from reinlm.utils.chunks import chunked

@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from reinlm.config import check_choice
+from reinlm.config.coerce import check_choice
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.rewards.base import is_token_level, reward_name, wants_text
 from reinlm.rewards.call import (RESERVED_KWARGS, Outcome, RewardLog, RewardTrainerState, run_calls,

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from reinlm.config import check_choice, check_range
+from reinlm.config.coerce import check_choice, check_range
 from reinlm.errors import bad_value
 from reinlm.rewards.base import register_reward, reward_function
 

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from reinlm.config import check_range
+from reinlm.config.coerce import check_range
 from reinlm.errors import ReinlmError
 from reinlm.rewards.base import register_reward, reward_function
 from reinlm.utils.chunks import chunked

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from reinlm.config import check_choice
+from reinlm.config.coerce import check_choice
 from reinlm.errors import ReinlmError
 from reinlm.rewards.base import register_reward, reward_function
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from reinlm.config import check_choice
+from reinlm.config.coerce import check_choice
 from reinlm.errors import bad_value
 from reinlm.rewards.base import register_reward, reward_function
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reinlm.config import Config, opt
+from reinlm.config.schema import Config, opt
 
 
 @dataclass

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reinlm.config import Config, opt
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError, ReinlmError
 
 __all__ = ["SamplingConfig", "draw_uniforms", "inverse_cdf_sample", "filter_logits", "choose", "Chooser"]
@@ -58,6 +58,7 @@ class SamplingConfig(Config):
     ignore_eos: bool = opt(False, "do not stop at EOS (fixed-length generation, for benchmarks)")
 
     def __post_init__(self):
+        super().__post_init__()  # every field checked and coerced first
         if isinstance(self.stop_strings, str):
             self.stop_strings = [self.stop_strings]
         self.stop_strings = list(self.stop_strings or [])

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reinlm.algorithms.config import AlgorithmConfig, KLConfig, PPOConfig
-from reinlm.config import Config, add_dataclass_args, check_device, flat_fields, is_config_class, opt
+from reinlm.config.fields import flat_fields, is_config_class
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import Config, check_device, opt
 from reinlm.critic.config import CriticConfig
 from reinlm.errors import ConfigError
 from reinlm.rollout.config import RolloutConfig
@@ -201,7 +203,8 @@ class TrainConfig(FlatNames, Config):
         return trl_names.translate_trl_keys(values, defaults)
 
     def __post_init__(self) -> None:
-        # every field's type and range is checked first (reinlm.config.Config); here: checks across fields
+        # every field's type and range is checked first (reinlm.config.schema.Config); here: checks across fields
+        super().__post_init__()
         from reinlm.algorithms import get_algorithm
 
         if self.frozen_dtype == "auto":  # resolved here, so config.yaml records what ran

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from reinlm.config import Config, opt
+from reinlm.config.schema import Config, opt
 from reinlm.textstats import distinct_n, punctuation_fraction, repeated_ngram_fraction
 
 SIGNALS = ("distinct_2", "repetition", "punctuation", "perplexity")

@@ -34,7 +34,7 @@ from reinlm.algorithms.groups import zero_spread
 from reinlm.algorithms.losses import masked_mean
 from reinlm.algorithms.mismatch import mismatch_stats, tis_clip_fraction, truncated_is_weights
 from reinlm.algorithms.shaping import RunningMoments
-from reinlm.config import config_to_dict
+from reinlm.config.build import config_to_dict
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.trainer.batching import concat_rollouts, rows_of_groups, select_groups, truncated_rows
 from reinlm.trainer.checkpoint import latest_checkpoint, load_trainer_state, load_value_head, save_checkpoint

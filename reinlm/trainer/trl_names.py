@@ -146,7 +146,7 @@ def _bool(key: str, value: Any) -> bool:
 
 
 def _int(key: str, value: Any, lo: int = 1) -> int:
-    from reinlm.config import check_field
+    from reinlm.config.coerce import check_field
 
     return check_field(key, value, int, {"lo": lo})
 
@@ -225,7 +225,7 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
                                         "linear or cosine after warmup_steps).")
         put("lr_schedule", _LR_SCHEDULES[v], "lr_scheduler_type")
     if "warmup_ratio" in given:
-        from reinlm.config import check_field
+        from reinlm.config.coerce import check_field
 
         ratio = check_field("warmup_ratio", given["warmup_ratio"], float, {"lo": 0, "hi": 1})
         steps = out.get("steps", current("steps"))
