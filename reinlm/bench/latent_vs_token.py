@@ -21,6 +21,7 @@ from reinlm.bench.common import (emit_result, format_table, mean_over, ratio, ru
                                  throughput)
 from reinlm.config.build import build_config, config_to_dict
 from reinlm.errors import ReinlmError
+from reinlm.evaluation.plots import pyplot
 from reinlm.trainer.config import TrainConfig, add_train_args
 
 TIMING_KEYS = ("perf/generate_s", "perf/reward_s", "perf/ref_and_values_s", "perf/update_s")
@@ -89,11 +90,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def plot_reward_vs_time(report: dict[str, Any], path: Path) -> Path:
     """Reward per step against cumulative wall-clock seconds, one line per side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for side in ("latent", "token"):

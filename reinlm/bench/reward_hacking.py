@@ -29,6 +29,7 @@ from reinlm.config.build import build_config, config_to_dict
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
+from reinlm.evaluation.plots import pyplot
 from reinlm.trainer.config import TrainConfig, add_train_args
 
 CLAIM = ("CoLA (ICML 2025): RL in the latent action space stays stable without a KL penalty, where token-level "
@@ -125,11 +126,7 @@ def summarize(runs: list[dict]) -> dict[str, Any]:
 
 def plot_steps(runs: list[dict], path: Path) -> Path:
     """Three panels (reward, perplexity under the backbone, distinct-2) against the step, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for r in runs:

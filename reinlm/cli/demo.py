@@ -86,16 +86,11 @@ def moving_average(xs: list[float], k: int = 3) -> list[float]:
 
 def plot_reward_curve(rows: list[dict], path, title: str):
     """The reward per step (points) and its 3-step moving average (line), as a PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from reinlm.evaluation.report import save_step_plot
+    from reinlm.evaluation.plots import save_step_plot, step_figure
 
     steps = [r["step"] for r in rows]
     reward = [r["reward/mean"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, ax = step_figure()
     ax.plot(steps, reward, "o", markersize=4, alpha=0.6, label="mean reward of the step's samples")
     ax.plot(steps, moving_average(reward), linewidth=2, label="3-step moving average")
     ax.set_title(title, fontsize=10)

@@ -13,9 +13,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import mean, stdev
 from typing import Any
 
 from reinlm.errors import ReinlmError
+from reinlm.evaluation.plots import save_step_plot, step_figure
+from reinlm.evaluation.seed_groups import group_runs, plot_groups, steps_to_reach
 from reinlm.utils.atomic import atomic_write_text
 from reinlm.utils.integrity import json_file_problem
 from reinlm.utils.jsonio import read_jsonl, write_json
@@ -130,12 +133,7 @@ def plot_file_name(key: str) -> str:
 
 def plot_curves(runs: list[RunData], key: str, path: Path) -> Path:
     """One PNG of ``key`` against the step, one line per run (same axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, ax = step_figure()
     for r in runs:
         xs, ys = r.series(key)
         if xs:
@@ -148,22 +146,6 @@ def curve_title(key: str) -> str:
     """Human title of a curve key: ``reward/sentiment/mean`` -> ``reward component: sentiment``."""
     m = _COMPONENT.match(key)
     return f"reward component: {m.group(1)}" if m else CURVE_TITLES.get(key, key)
-
-
-def save_step_plot(fig, ax, key: str, path: Path, legend: bool) -> Path:
-    """Label a curve-against-step plot (x: step, y: ``key``, grid, optional legend) and save it as ``path``."""
-    import matplotlib.pyplot as plt
-
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.grid(True, alpha=0.3)
-    if legend:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def pick_sample_steps(samples: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -313,10 +295,6 @@ def _held_out(run: RunData, tag: str, key: str = "reward_mean") -> float | None:
 
 
 def _write_group_comparison(runs: list[RunData], out: Path, smooth: int, target_key: str) -> Path:
-    from statistics import mean, stdev
-
-    from reinlm.evaluation.seed_groups import group_runs, plot_groups, steps_to_reach
-
     groups = group_runs(runs)
     names = [g.name for g in groups]
     parts = [f"# Comparison of seed groups: {', '.join(names)}", "",

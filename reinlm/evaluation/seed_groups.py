@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from reinlm.errors import ReinlmError
+from reinlm.evaluation.plots import save_step_plot, step_figure
 
 IGNORED_KEYS = ("seed", "out")
 _SEED_SUFFIX = re.compile(r"[-_.]?(s|seed)[-_]?\d+$")
@@ -111,18 +112,11 @@ def steps_to_reach(groups: list[SeedGroup], key: str, smooth: int) -> list[dict]
 
 def plot_groups(groups: list[SeedGroup], key: str, path: Path, smooth: int, title: str) -> Path:
     """One PNG: each group's mean smoothed curve with its min-max band over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, ax = step_figure()
     for g in groups:
         steps, mean, lo, hi = group_curve(g, key, smooth)
         if len(steps):
             line = ax.plot(steps, mean, linewidth=1.8, label=f"{g.name} (n={len(g.runs)})")[0]
             ax.fill_between(steps, lo, hi, alpha=0.15, color=line.get_color())
     ax.set_title(f"{title}  ({key}; mean of seeds, {smooth}-step moving average, band = min-max)", fontsize=9)
-    from reinlm.evaluation.report import save_step_plot
-
     return save_step_plot(fig, ax, key, path, legend=True)
