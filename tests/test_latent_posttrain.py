@@ -265,27 +265,59 @@ def _count_world_model_forwards(lam):
     return counter
 
 
-@pytest.mark.parametrize("budget,use_q", [(7, False), (40, False), (100, True), (333, True)])
+EARNED = "target_length:20,normalize=true"  # -|len - 20| / 20: differs between the tiny model's texts (unlike
+# contains_words:the, which it never writes: search and best-of-N then both scored 0 and any comparison passed)
+
+
+@pytest.mark.parametrize("budget,use_q", [(40, False), (100, True), (333, True)])
 def test_search_never_spends_more_than_its_budget(lam, tmp_path, budget, use_q):
     from reinlm.rewards import parse_reward_spec
 
     q = QModel.from_policy(lam) if use_q else None  # output layer zero: Q = 0, every TD error is 0
     counter = _count_world_model_forwards(lam)
-    cfg = SearchConfig(latent="x", reward="contains_words:the", budget=budget, max_depth=8, rounds=32,
+    cfg = SearchConfig(latent="x", reward=EARNED, budget=budget, max_depth=8, rounds=32,
                        branching_root=3, branching=2, segment_tokens=2, max_segment=3, td_threshold=1e-3)
-    res = LatentSearch(lam, parse_reward_spec("contains_words:the"), cfg, q).search("The old house")
+    reward = parse_reward_spec(EARNED)
+    res = LatentSearch(lam, reward, cfg, q).search("The old house")
     assert res.stats["wm_forwards"] == counter["n"] <= budget
-    if budget < cfg.max_depth:
-        assert res.stats["stopped_by"] == "budget" and res.stats["rollouts"] == 0
-    else:
-        assert res.stats["rollouts"] >= 3 and len(res.actions) >= 1
-        assert res.reward == max(c["reward"] for c in res.candidates)
-        # node lengths: segment_tokens without a Q-model; with one, nodes grow while the TD error stays small
-        segs = [n.depth - n.parent.depth for n in tree_nodes(res.root)[1:] if not n.terminal]
-        assert segs and set(segs) == {cfg.max_segment if use_q else cfg.segment_tokens}
+    # stopped by the budget only when not even one more child's worst case (at most max_depth) fits
+    assert res.stats["stopped_by"] == ("budget" if budget == 40 else "tree exhausted")
+    if res.stats["stopped_by"] == "budget":
+        assert budget - res.stats["wm_forwards"] < cfg.max_depth
+    assert res.stats["rollouts"] >= 3 and len(res.actions) >= 1
+    rewards = [c["reward"] for c in res.candidates]
+    assert res.reward == max(rewards) and len(set(rewards)) >= 2 and max(rewards) > -1.0
+    assert res.reward == pytest.approx(-abs(len(res.text) - 20) / 20)
+    # node lengths: segment_tokens without a Q-model; with one, nodes grow while the TD error stays small
+    segs = [n.depth - n.parent.depth for n in tree_nodes(res.root)[1:] if not n.terminal]
+    assert segs and set(segs) == {cfg.max_segment if use_q else cfg.segment_tokens}
+    # best-of-N at the search's spend: from above and from below (within one sample's worst case)
+    spent = res.stats["wm_forwards"]
     counter["n"] = 0
-    bon = best_of_n(lam, parse_reward_spec("contains_words:the"), "The old house", res.stats["wm_forwards"], 8)
-    assert bon["wm_forwards"] == counter["n"] <= res.stats["wm_forwards"]
+    bon = best_of_n(lam, reward, "The old house", spent, cfg.max_depth)
+    assert bon["wm_forwards"] == counter["n"] and spent - cfg.max_depth < bon["wm_forwards"] <= spent
+    assert bon["n"] >= spent // cfg.max_depth and bon["reward"] >= bon["mean_reward"] > -1.5
+
+
+def test_a_budget_too_small_for_one_rollout_is_refused(lam, tiny_latent_dir, capsys):
+    from reinlm.cli.main import main
+    from reinlm.errors import ConfigError, ReinlmError
+    from reinlm.rewards import parse_reward_spec
+
+    # budget 7 < max_depth 8: the search could never start one rollout (it used to stop at once and report 0)
+    with pytest.raises(ConfigError, match=r"budget: got 7, fewer world-model forwards than one rollout can cost "
+                                          r"\(max_depth = 8\); allowed: 0 \(no limit\) or at least 8"):
+        SearchConfig(latent="x", reward=EARNED, budget=7, max_depth=8)
+    SearchConfig(latent="x", reward=EARNED, budget=8, max_depth=8)
+    SearchConfig(latent="x", reward=EARNED, budget=0, max_depth=8)
+    assert main(["search", "--latent", str(tiny_latent_dir), "--reward", EARNED, "--budget", "7", "--max-depth",
+                 "8", "hi"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "budget: got 7" in err and "at least 8" in err and "Traceback" not in err
+    # best-of-N with fewer forwards than one sample drew nothing and returned reward nan; now refused
+    with pytest.raises(ReinlmError, match=r"best-of-N: got 7 world-model forwards.*max_new_tokens = 8"):
+        best_of_n(lam, parse_reward_spec(EARNED), "The old house", 7, 8)
+    assert best_of_n(lam, parse_reward_spec(EARNED), "The old house", 8, 8)["n"] == 1
 
 
 def test_budget_refuses_an_overrun():
@@ -293,24 +325,67 @@ def test_budget_refuses_an_overrun():
     b.charge(10)
     with pytest.raises(AssertionError):
         b.charge(1)
+    assert Budget(0).remaining == math.inf and Budget(10, 3).remaining == 7
 
 
 def test_search_cli_compare_best_of_n(tiny_latent_dir, capsys):
     from reinlm.cli.main import main
+    from reinlm.latent.search import format_report
+    from reinlm.rewards import parse_reward_spec
 
-    rc = main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the", "--budget", "64",
-               "--max-depth", "6", "--compare", "best-of-n", "--json", "A quiet street"])
+    rc = main(["search", "--latent", str(tiny_latent_dir), "--reward", EARNED, "--budget", "64", "--max-depth", "6",
+               "--compare", "best-of-n", "--prompts", "builtin:reviews", "--num-prompts", "3", "--json"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
-    s = report["summary"]
-    assert s["prompts"] == 1 and s["best_of_n_wm_forwards_mean"] <= s["search_wm_forwards_mean"] <= 64
-    from reinlm.latent.search import format_report
-
+    rows, s = report["prompts"], report["summary"]
+    assert s["prompts"] == len(rows) == 3
+    score = parse_reward_spec(EARNED)
+    for r in rows:
+        srch, bon = r["search"], r["best_of_n"]
+        # the reported rewards are real scores of the reported texts, not 0 = 0
+        for side in (srch, bon):
+            assert side["reward"] == pytest.approx(score([srch["prompt"]], [side["text"]])[0], abs=1e-6)
+            assert side["reward"] == pytest.approx(-abs(len(side["text"]) - 20) / 20)
+        spent = srch["stats"]["wm_forwards"]
+        assert spent <= 64 and spent - 6 < bon["wm_forwards"] <= spent and bon["n"] >= 1
+    srch_r, bon_r = [r["search"]["reward"] for r in rows], [r["best_of_n"]["reward"] for r in rows]
+    assert any(x != 0 for x in srch_r + bon_r) and srch_r != bon_r
+    wins = sum(x > y for x, y in zip(srch_r, bon_r))
+    ties = sum(x == y for x, y in zip(srch_r, bon_r))
+    assert (s["search_wins"], s["ties"], s["best_of_n_wins"]) == (wins, ties, 3 - wins - ties)
+    assert s["search_mean_best_reward"] == pytest.approx(sum(srch_r) / 3)
+    assert s["best_of_n_mean_best_reward"] == pytest.approx(sum(bon_r) / 3)
     text = format_report(report)
-    assert "search wins" in text and "best-of-" in text
-    assert main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the", "--c-puct", "-1",
-                 "x"]) == 2
-    assert main(["search", "--latent", str(tiny_latent_dir), "--reward", "contains_words:the"]) == 2
+    # the summary line carries the numbers of this run (a fixed label such as "search wins" proves nothing)
+    assert (f"mean best reward search {sum(srch_r) / 3:.3f} vs best-of-N {sum(bon_r) / 3:.3f}; search wins {wins}, "
+            f"ties {ties}, best-of-N wins {3 - wins - ties}") in text
+    for r in rows:
+        assert f"search      reward {r['search']['reward']:.3f}" in text
+        assert f"best-of-{r['best_of_n']['n']:<3d} reward {r['best_of_n']['reward']:.3f}" in text
+    assert main(["search", "--latent", str(tiny_latent_dir), "--reward", EARNED, "--c-puct", "-1", "x"]) == 2
+    assert main(["search", "--latent", str(tiny_latent_dir), "--reward", EARNED]) == 2
+
+
+def test_search_summary_counts_wins_ties_and_losses(lam, monkeypatch):
+    """The summary's arithmetic on chosen rewards: one win, one tie, one loss (the run above has no tie)."""
+    import reinlm.latent.search as search
+
+    ours, theirs = iter([0.5, 0.2, 0.3]), iter([0.5, 0.4, 0.1])
+
+    def fake_search(self, prompt, columns=None):
+        stats = {"wm_forwards": 12, "seconds": 1.0, "rounds": 1, "nodes": 3, "rollouts": 2, "stopped_by": "budget"}
+        return search.SearchResult(prompt, "t", [], next(ours), stats, [])
+
+    monkeypatch.setattr(search.LatentSearch, "search", fake_search)
+    monkeypatch.setattr(search, "best_of_n", lambda *a, **k: {"n": 2, "wm_forwards": 10, "reward": next(theirs),
+                                                             "text": "b", "actions": [], "mean_reward": 0.0})
+    report = search.run_search(SearchConfig(latent="x", reward=EARNED, prompts="builtin:reviews", num_prompts=3,
+                                            max_depth=6, budget=12, compare="best-of-n"), lam=lam)
+    s = report["summary"]
+    assert (s["search_wins"], s["ties"], s["best_of_n_wins"]) == (1, 1, 1)
+    assert s["search_mean_best_reward"] == pytest.approx(1.0 / 3) and s["best_of_n_mean_best_reward"] == pytest.approx(1.0 / 3)
+    assert (s["search_wm_forwards_mean"], s["best_of_n_wm_forwards_mean"]) == (12, 10)
+    assert "search wins 1, ties 1, best-of-N wins 1" in search.format_report(report)
 
 
 # ---------------------------------------------------------------------------------------------- the stress test

@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 
 from reinlm.config.schema import Config, opt
-from reinlm.errors import ReinlmError
+from reinlm.errors import ConfigError, ReinlmError
 from reinlm.latent.stepper import LatentStepper
 from reinlm.rollout.sampling import Chooser
 
@@ -57,7 +57,8 @@ class SearchConfig(Config):
     held_out_fraction: float = opt(0.0, lo=0.0, hi=0.9, help="with --prompts: search only the held-out split (seeded like "
                                              "`reinlm train` and `reinlm latent train-q`: the same split)")
     num_prompts: int = opt(0, lo=0, help="with --prompts: search at most this many (0 = all)")
-    budget: int = opt(2048, lo=0, help="most world-model token forwards per prompt (0 = no limit)")
+    budget: int = opt(2048, lo=0, help="most world-model token forwards per prompt (0 = no limit; else at "
+                                                 "least --max-depth, one rollout's worst case)")
     c_puct: float = opt(0.7, lo=0.0, help="exploration weight of the selection score (CoLA: 0.7)")
     branching_root: int = opt(5, lo=1, help="children of the root (CoLA: 5)")
     branching: int = opt(4, lo=1, help="children of every other node (CoLA: 4)")
@@ -79,6 +80,11 @@ class SearchConfig(Config):
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto")
     threads: int = opt(0, lo=0, help="torch CPU threads (0 = leave as is)")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if 0 < self.budget < self.max_depth:  # the first expansion alone may cost max_depth: it would never start
+            raise ConfigError(f"budget: got {self.budget}, fewer world-model forwards than one rollout can cost "
+                              f"(max_depth = {self.max_depth}); allowed: 0 (no limit) or at least {self.max_depth}.")
 
 
 # ---------------------------------------------------------------------------------------------- the tree
@@ -376,7 +382,12 @@ def best_of_n(lam, reward_set, prompt: str, forwards: int, max_new_tokens: int, 
               seed: int = 0, columns: dict | None = None, chunk: int = 32) -> dict:
     """Best-of-N with the policy (actions sampled at ``temperature``, greedy world-model tokens) spending at most
     ``forwards`` world-model token forwards: samples are drawn in chunks while a chunk's worst case
-    (rows x ``max_new_tokens``) still fits, so the spend is within one sample's length of ``forwards``."""
+    (rows x ``max_new_tokens``) still fits, so the spend is within one sample's length of ``forwards``:
+    ``forwards - max_new_tokens < spend <= forwards``. Fewer ``forwards`` than ``max_new_tokens`` is refused
+    (not one sample would fit)."""
+    if forwards < max_new_tokens:
+        raise ReinlmError(f"best-of-N: got {forwards} world-model forwards, fewer than one sample can cost "
+                          f"(max_new_tokens = {max_new_tokens}); allowed: at least {max_new_tokens}.")
     tok = lam.tokenizer
     enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
     ids, mask = enc["input_ids"].to(lam.device), enc["attention_mask"].to(lam.device)
@@ -448,8 +459,9 @@ def run_search(cfg: SearchConfig, lam=None) -> dict:
         row = {"search": res.to_dict()}
         if cfg.compare == "best-of-n":
             t = time.time()
-            row["best_of_n"] = best_of_n(lam, reward_set, p, res.stats["wm_forwards"], cfg.max_depth,
-                                         cfg.temperature, cfg.seed + i, c)
+            spent = res.stats["wm_forwards"]  # < max_depth only when every rollout ended early: shorter samples
+            row["best_of_n"] = best_of_n(lam, reward_set, p, spent, min(cfg.max_depth, spent), cfg.temperature,
+                                         cfg.seed + i, c)
             row["best_of_n"]["seconds"] = round(time.time() - t, 2)
         rows.append(row)
     bar.close()
