@@ -22,6 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint "
                    "(its config.yaml is the base; flags such as --steps override it)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything (keys, types, files, rewards importable, model resolvable, --out), print "
+                        "the resolved config and what each TRL key became, write nothing, exit 0")
     add_train_args(p)
     return p
 
@@ -55,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from reinlm.trainer.runlock import RunLock, is_main_process
 
     cfg = config_from_args(args)
+    if getattr(args, "dry_run", False):
+        from reinlm.cli.dry_run import dry_run
+
+        return dry_run(cfg, args.config, bool(args.resume))
     out = cfg.out or cfg.default_out
     # one writer per run directory, taken (and --out checked for writability) before any model loads
     with RunLock(out) if is_main_process() else contextlib.nullcontext():

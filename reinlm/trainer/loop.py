@@ -189,6 +189,9 @@ class Trainer:
         from reinlm.rewards import parse_reward_spec
 
         self.reward_set = reward_set if reward_set is not None else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
+        from reinlm.rewards.precheck import check_reward_inputs
+
+        check_reward_inputs(self.reward_set, full.columns)  # a missing column fails here, before any model loads
         self.critic = None
         if cfg.critic or cfg.critic_url:
             self.critic = cfg.llm_critic.build()

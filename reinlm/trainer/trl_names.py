@@ -289,6 +289,32 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
     return out
 
 
+def describe_trl_keys(values: dict[str, Any]) -> list[str]:
+    """One line per TRL key of a config mapping: the reinlm field and value it became, and the table's note
+    (``reinlm train --dry-run`` prints them, so a TRL config's meaning here is visible before a run)."""
+    from reinlm.config import flat_fields
+    from reinlm.trainer.config import TrainConfig
+
+    ff = flat_fields(TrainConfig)
+    defaults = {n: ff[n].default for n in ("samples_per_prompt", "grad_accum", "update_epochs", "steps")}
+    lines = []
+    for key, value in values.items():
+        if key in TRL_RENAMES:
+            field, note = TRL_RENAMES[key]
+            lines.append(f"{key}: {value!r} -> {field}: {value!r}  ({note})")
+        elif key in TRL_SAME:
+            lines.append(f"{key}: {value!r} (the same name; {TRL_SAME[key]})")
+    derived = {k: v for k, v in values.items() if k in TRL_DERIVED}
+    if derived:
+        context = {k: v for k, v in values.items() if k not in derived}
+        made = {k: v for k, v in translate_trl_keys(values, defaults).items() if k not in context}
+        shown = ", ".join(f"{k}: {v!r}" for k, v in derived.items())
+        became = ", ".join(f"{k}: {v!r}" for k, v in made.items()) or "no change (accepted as is)"
+        lines.append(f"{shown} -> {became}")
+        lines += [f"  {k}: {TRL_DERIVED[k]}" for k in derived]
+    return lines
+
+
 def render_trl_table() -> str:
     """The Markdown table TRL name -> reinlm name -> behaviour (the body of docs/trl-migration.md's table)."""
     rows = ["| TRL key | reinlm | notes |", "| --- | --- | --- |"]

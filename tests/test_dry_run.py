@@ -1,0 +1,78 @@
+"""``reinlm train --dry-run`` checks everything that needs no model weights, prints the resolved config and what
+each TRL key became, writes nothing and exits 0; each bad input exits 2 naming it. A reward needing a column the
+prompts lack is refused before any model loads (dry run or not)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reinlm.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "trl_migration" / "grpo.yaml"
+NEEDS_ANSWER = "def needs_answer(completions, answer, **kwargs):\n    return [1.0 for _ in completions]\n"
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_dry_run_of_a_trl_config_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the example's paths are relative to the repository root
+    before = sorted(p.name for p in REPO.iterdir())
+    code, out, err = _run(["train", "--config", str(EXAMPLE), "--dry-run", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    assert "kl_coef: 0.04" in out and "lr: 5.0e-06" in out  # the resolved config
+    assert "beta: 0.04 -> kl_coef: 0.04" in out and "TRL adds the k3 KL to the loss" in out
+    assert "per_device_train_batch_size: 8, max_steps: 3" in out and "batch_prompts: 2" in out
+    assert "checks passed: 20 prompts (columns: answer); rewards: correctness, answer_format" in out
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in REPO.iterdir()) == before
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"prompts": "missing.jsonl"}, ["prompts: 'missing.jsonl' does not exist"]),
+    ({"reward": "REWARDS:needs_answer", "prompts": "builtin:neutral"},
+     ["reward 'needs_answer' requires the argument(s) 'answer'", "dataset columns (none)"]),
+    ({"model_name_or_path": "no-such-org/no-such-model"}, ["model: 'no-such-org/no-such-model'", "no local directory"]),
+    ({"reward": "REWARDS:nope"}, ["nope"]),
+    ({"num_generations": 3}, ["not a multiple of num_generations = 3"]),
+])
+def test_dry_run_refuses_each_bad_input(tmp_path, capsys, monkeypatch, change, words):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rewards = tmp_path / "rewards.py"
+    rewards.write_text(NEEDS_ANSWER)
+    values = yaml.safe_load(EXAMPLE.read_text())
+    values.update({k: v.replace("REWARDS", str(rewards)) if isinstance(v, str) else v for k, v in change.items()})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    code, out, err = _run(["train", "--config", str(cfg), "--dry-run", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and all(w in err for w in words), err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_dry_run_refuses_an_out_that_holds_a_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    code, _, err = _run(["train", "--config", str(EXAMPLE), "--dry-run", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "already holds a run" in err
+
+
+def test_a_missing_reward_column_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import reinlm.trainer.loop as loop
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the reward check")
+
+    monkeypatch.setattr(loop, "make_policy", no_model)
+    rewards = tmp_path / "rewards.py"
+    rewards.write_text(NEEDS_ANSWER)
+    code, _, err = _run(["train", "--reward", f"{rewards}:needs_answer", "--prompts", "builtin:neutral",
+                         "--out", str(tmp_path / "run"), "--device", "cpu"], capsys)
+    assert code == 2 and "requires the argument(s) 'answer'" in err, err
+
