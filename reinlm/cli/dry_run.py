@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from reinlm.config import config_to_dict
+from reinlm.config.build import config_to_dict
 from reinlm.errors import ReinlmError
 from reinlm.trainer.config import TrainConfig
 
@@ -44,7 +44,7 @@ def dry_run(cfg: TrainConfig, config_file: str | None, resume: bool) -> int:
     from reinlm.rewards import parse_reward_spec
     from reinlm.rewards.precheck import check_reward_inputs
     from reinlm.trainer.trl_names import describe_trl_keys
-    from reinlm.utils import check_output_dir
+    from reinlm.utils.outdir import check_output_dir
 
     out = cfg.out or cfg.default_out
     check_output_dir(out)

@@ -292,7 +292,7 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
 def describe_trl_keys(values: dict[str, Any]) -> list[str]:
     """One line per TRL key of a config mapping: the reinlm field and value it became, and the table's note
     (``reinlm train --dry-run`` prints them, so a TRL config's meaning here is visible before a run)."""
-    from reinlm.config import flat_fields
+    from reinlm.config.fields import flat_fields
     from reinlm.trainer.config import TrainConfig
 
     ff = flat_fields(TrainConfig)
