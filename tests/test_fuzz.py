@@ -176,7 +176,7 @@ CASES = [
     (T + ["--config", "{typo_yaml}", "--steps", "1"], ["unknown key 'stpes'"]),
     (T + ["--config", "{abc_steps_yaml}", "--steps", "1"], ["steps: got 'abc'"]),  # a flag does not excuse the file
     (["train", "--resume", "{empty_run}"], ["is empty", "checkpoint"]),
-    (["train", "--resume", "{corrupt_run}"], ["resume"]),
+    (["train", "--resume", "{corrupt_run}"], ["is not UTF-8 text", "line 2"]),
     (["train", "--resume", "{missing}"], ["not a run directory"]),
     # --- generate
     (["generate", "--model", "{tiny}", "--prompt", "Hi", "--temperature", "nan"], ["temperature: got nan"]),
@@ -195,8 +195,8 @@ CASES = [
     (["generate", "--model", "{tiny}", "--prompts", "{latin1_txt}"], ["not UTF-8", "line 2"]),
     (["generate", "--model", "{tiny}", "--prompts", "{broken_jsonl}"], ["line 2"]),
     # --- reward
-    (["reward", "--reward", "", "hello"], ["reward"]),
-    (["reward", "--reward", "nosuch_reward", "hello"], ["nosuch_reward"]),
+    (["reward", "--reward", "", "hello"], ["reward: got no SPEC"]),
+    (["reward", "--reward", "nosuch_reward", "hello"], ["is not a registered reward. Allowed: a registered reward"]),
     (["reward", "--reward", "sentiment", "--config", "{empty_yaml}", "hello"], ["is empty"]),
     (["reward", "--reward", "sentiment", "--config", "{typo_yaml}", "hello"], ["unknown key 'stpes'"]),
     (["reward", "--reward", "sentiment", "--data", "{broken_jsonl}"], ["line 2"]),
@@ -227,7 +227,7 @@ CASES = [
     (["latent", "finetune", "--epochs", "-1", "--out", "{out}"], ["epochs: got -1"]),
     (["latent", "train-q", "--gamma", "2", "--out", "{out}"], ["gamma: got 2"]),
     (["latent", "train-q", "--lr", "inf", "--out", "{out}"], ["lr: got inf"]),
-    (["latent", "import-cola", "{missing}", "{out}"], ["does-not-exist"]),
+    (["latent", "import-cola", "{missing}", "{out}"], ["is not a directory", "a CoLA checkpoint directory"]),
     # --- search, critique, bench
     (["search", "--budget", "-1", "hello"], ["budget: got -1"]),
     (["search", "--c-puct", "nan", "hello"], ["c_puct: got nan"]),
@@ -251,14 +251,14 @@ CASES = [
     (T + ["--prompts", "{latin1_txt}"], ["not UTF-8", "line 2"]),
     (T + ["--prompts", "{broken_jsonl}"], ["line 2"]),
     (T + ["--prompts", "{list_jsonl}"], ["line 1"]),
-    (T + ["--reward", "{bad_rewards}:huge_int"], ["huge_int"]),
-    (T + ["--reward", "{bad_rewards}:over_f32"], ["over_f32"]),
-    (T + ["--reward", "{bad_rewards}:exits"], ["exits"]),
-    (T + ["--reward", "{bad_rewards}:nan"], ["nan"]),
-    (T + ["--reward", "{bad_rewards}:nosuch"], ["nosuch"]),
-    (T + ["--reward", "{latin1_reward}:r"], ["latin1_reward.py"]),
-    (T + ["--reward", "{syntax_reward}:r"], ["syntax_reward.py"]),
-    (["reward", "--reward", "{syntax_reward}:r", "hello"], ["syntax_reward.py"]),
+    (T + ["--reward", "{bad_rewards}:huge_int"], ["an integer with 401 digits", "beyond the float32 range"]),
+    (T + ["--reward", "{bad_rewards}:over_f32"], ["returned 1e+39", "beyond the float32 range"]),
+    (T + ["--reward", "{bad_rewards}:exits"], ["called sys.exit(3)", "would end the run without a message"]),
+    (T + ["--reward", "{bad_rewards}:nan"], ["returned nan on sample 0"]),
+    (T + ["--reward", "{bad_rewards}:nosuch"], ["defines no 'nosuch'", "allowed: one of its functions"]),
+    (T + ["--reward", "{latin1_reward}:r"], ["failed with SyntaxError", "can't decode byte 0xe9"]),
+    (T + ["--reward", "{syntax_reward}:r"], ["failed with SyntaxError: expected ':'", "line 1"]),
+    (["reward", "--reward", "{syntax_reward}:r", "hello"], ["failed with SyntaxError: expected ':'", "line 1"]),
     (T + ["--eval-prompts", "0", "--reward", "1e38*target_length:1"], ["overflows the float32 range", "smaller weights"],
      "stops in step 1: config.yaml is written, no checkpoint, no final/"),
     # --- outputs checked before any model loads
@@ -269,9 +269,9 @@ CASES = [
     (["compare", "{nockpt_run}", "{nockpt_run}", "--out", "{afile}"], ["is a file"]),
     (["bench", "token-rl", "--out", "{afile}"], ["is a file"]),
     # --- explore
-    (["explore", "--latent", "{missing}", "hello"], ["does-not-exist"]),
+    (["explore", "--latent", "{missing}", "hello"], ["is not a latent model directory", "config.json and heads.safetensors"]),
     (["explore", "--latent", "{missing}", "--new-tokens", "-1", "hello"], ["new_tokens"]),
-    (["explore", "--latent", "{missing}", "--top", "0", "hello"], ["top"]),
+    (["explore", "--latent", "{missing}", "--top", "0", "hello"], ["top: got 0", "an integer >= 1"]),  # "top" alone: in the usage text
     # --- damaged files inside directories
     (["report", "{run_bad_eval}"], ["train_eval.json"]),
     (["explore", "--latent", "{latent_badcfg}", "hello"], ["config.json"]),
@@ -281,20 +281,20 @@ CASES = [
     (["latent", "pretrain", "--backbone", "{tiny}", "--corpus", "{broken_jsonl}", "--text-column", "prompt", "--out",
       "{out}"], ["line 2"],
      "pretrain makes OUT before it reads the corpus; nothing is trained"),
-    (["latent", "pretrain", "--backbone", "{tiny}", "--corpus", "{binary}", "--out", "{out}"], ["binary"],
+    (["latent", "pretrain", "--backbone", "{tiny}", "--corpus", "{binary}", "--out", "{out}"], ["looks binary, not text"],
      "pretrain makes OUT before it reads the corpus; nothing is trained"),
     # --- more latent / search / bench inputs
-    (["search", "--latent", "{missing}", "--reward", "sentiment", "hello"], ["does-not-exist"]),
+    (["search", "--latent", "{missing}", "--reward", "sentiment", "hello"], ["is not a latent model directory"]),
     (["search", "--latent", "{latent_badcfg}", "--reward", "sentiment", "hello"], ["config.json"]),
     (["search", "--reward", "sentiment", "--config", "{typo_yaml}", "hello"], ["unknown key 'stpes'"]),
     (["latent", "qd", "--latent", "{latent_badcfg}"], ["config.json"]),
     (["latent", "finetune", "--latent", "{latent_badcfg}", "--data", "{good_txt}", "--out", "{out}"], ["config.json"]),
     (["latent", "train-q", "--latent", "{latent_badcfg}", "--reward", "sentiment", "--out", "{out}"], ["config.json"]),
     (["latent", "finetune", "--config", "{malformed_yaml}", "--out", "{out}"], ["not valid YAML"]),
-    (["generate", "--latent", "{missing}", "--prompt", "hi"], ["does-not-exist"]),
+    (["generate", "--latent", "{missing}", "--prompt", "hi"], ["is not a latent model directory"]),
     (["generate", "--model", "{tiny}", "--prompt", "hi", "--show-actions"], ["--latent"]),
-    (["bench", "generation", "--backends", "nosuch"], ["backends"]),
-    (["bench", "token-rl", "--sides", "nosuch"], ["sides"]),
+    (["bench", "generation", "--backends", "nosuch"], ["backends: got 'nosuch'; allowed:"]),
+    (["bench", "token-rl", "--sides", "nosuch"], ["sides: got 'nosuch'; allowed: a comma"]),
     (["bench", "token-rl", "--timeout", "0"], ["timeout: got 0"]),
     # --- demo (its flags are checked before the embedded model loads)
     (["demo", "--steps", "0"], ["steps: got 0"]),
@@ -302,8 +302,8 @@ CASES = [
     (["demo", "--seed", "-1"], ["seed: got -1"]),
     (["demo", "--out", "{afile}"], ["is a file"]),
     # --- report / compare
-    (["report", "{missing}"], ["does-not-exist"]),
-    (["compare", "{missing}", "{missing}"], ["does-not-exist"]),
+    (["report", "{missing}"], ["is not a directory; allowed: a run directory"]),
+    (["compare", "{missing}", "{missing}"], ["is not a directory; allowed: a run directory"]),
 ]
 
 
@@ -323,15 +323,29 @@ def run_case(argv, inputs, out: Path, capsys) -> tuple[int, str]:
     return code, " ".join(capsys.readouterr().err.split())
 
 
+def _written(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
-def test_bad_input_exits_2_naming_the_problem(case, inputs, tmp_path, capsys):
+def test_bad_input_exits_2_naming_the_problem(case, inputs, tmp_path, capsys, monkeypatch):
+    """Exit 2, the keywords (the problem, not an echo of the input), no traceback, and nothing written: neither
+    ``{out}`` nor the default output folders (runs/demo, runs/latent, runs/bench-..., relative to the working
+    directory, which is an empty folder here) nor anything beside the inputs (compare's default is beside RUN_A)."""
     argv, words, started = case[0], case[1], case[2] if len(case) > 2 else None
     out = tmp_path / "out"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    root = inputs["missing"].parent
+    beside = sorted(p.name for p in root.iterdir())
     code, err = run_case(argv, inputs, out, capsys)
     assert code == 2, f"exit {code}: {err[-600:]}"
     assert "Traceback" not in err
     for w in words:
         assert w in err, f"{w!r} not in: {err[-600:]}"
+    assert _written(cwd) == [], "a refused command wrote into the working directory (a default output folder)"
+    assert sorted(p.name for p in root.iterdir()) == beside, "a refused command wrote beside its inputs"
     if started:
         assert not (out / "final").exists() and not (out / "checkpoints").exists()
     else:
