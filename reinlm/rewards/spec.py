@@ -26,10 +26,12 @@ Rules:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin
 
 from reinlm.errors import ConfigError, ReinlmError
@@ -48,8 +50,9 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 def _error(spec: str, why: str) -> ConfigError:
     return ConfigError(
-        f"reward: cannot parse {spec!r}: {why}. Allowed: a registered reward ({', '.join(available_rewards())}) "
-        f"or path/to/file.py:function, with arguments after ':' (positional or key=value, comma-separated, text "
+        f"reward: cannot parse {spec!r}: {why}. Allowed: a registered reward ({', '.join(available_rewards())}), "
+        f"path/to/file.py:function, or MODULE:QUALNAME of an importable module (trl.rewards:think_format_reward), "
+        f"with arguments after ':' (positional or key=value, comma-separated, text "
         f"with ',' or '+' in quotes), joined by '+' with optional weights, e.g. "
         f"0.5*sentiment+contains_words:red,blue or embedding_similarity:target=\"Hi, there!\"."
     )
@@ -197,6 +200,9 @@ def _parse_reward(body: str, spec: str, defaults: dict[str, Any]) -> Callable:
     name, sep, rest = body.strip().partition(":")
     name = name.strip()
     m = _MODULE.match(body.strip())
+    if m and name not in available_rewards() and not _is_module(name) and Path(f"{name}.py").is_file():
+        # rewards:correctness with rewards.py in the working directory (not on sys.path under the console script)
+        return _parse_reward(f"{name}.py:{body.strip()[len(name) + 1:]}", spec, defaults)
     if m and name not in available_rewards() and ("." in name or _is_module(name)):
         module, qualname, rest = m.group(1), m.group(2), m.group(3)
         fn = import_attribute(module, qualname, f"{module}:{qualname}")
@@ -210,13 +216,30 @@ def _parse_reward(body: str, spec: str, defaults: dict[str, Any]) -> Callable:
                               f"{type(built).__name__}; a function given arguments must be a factory that returns "
                               f"a reward function.")
         return built
+    if body.strip().endswith(".py"):
+        raise _error(spec, f"{body.strip()!r} is a Python file: name the function in it, "
+                           f"{body.strip()}:FUNCTION{_functions_in(body.strip())}")
     if not _NAME.match(name):
         raise _error(spec, f"{body.strip()!r} is not a reward name")
     if name not in available_rewards():
-        raise _error(spec, f"{name!r} is not a registered reward")
+        near = difflib.get_close_matches(name, available_rewards(), n=1, cutoff=0.6)
+        raise _error(spec, f"{name!r} is not a registered reward" + (f" (did you mean {near[0]!r}?)" if near else ""))
     entry: RewardEntry = get_reward_entry(name)
     raw_args = split_top(rest, ",", spec) if sep else []
     return _bind(name, entry.factory, entry.variadic, raw_args, spec, defaults)
+
+
+def _functions_in(path: str) -> str:
+    """`` (functions in it: a, b)`` from the file's top-level definitions (read, not imported), or ''."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+             and not n.name.startswith("_")]
+    return f" (functions in it: {', '.join(names)})" if names else ""
 
 
 def _is_module(name: str) -> bool:
