@@ -30,23 +30,29 @@ log = logging.getLogger("reinlm")
 PROMPTS_FILE = "prompts.jsonl"  # where a run started from Python objects keeps its prompts
 
 
-def make_config(config: TrainConfig | dict | None = None, **overrides: Any) -> TrainConfig:
-    """A validated :class:`TrainConfig` from a config (or a dict of its fields) plus keyword overrides.
+def make_config(config: TrainConfig | dict | str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a config (a TrainConfig, a dict of its fields, or the path of a YAML
+    file as ``reinlm train --config`` reads it) plus keyword overrides.
 
     Keys are read as in a YAML config: flat names of nested settings (``kl_coef``), TRL's names
     (``learning_rate``), and an unknown key is an error naming the closest valid one.
     """
     from reinlm.config.build import build_config, config_to_dict
 
+    if isinstance(config, (str, Path)):
+        from reinlm.config.yamlfile import load_yaml
+
+        values: dict[str, Any] = load_yaml(config)
+        return build_config(TrainConfig, None, [values, overrides] if overrides else [values])
     if config is None:
-        values: dict[str, Any] = {}
+        values = {}
     elif isinstance(config, TrainConfig):
         values = config_to_dict(config)
     elif isinstance(config, dict):
         values = dict(config)
     else:
-        raise ConfigError(f"config: got a {type(config).__name__}; allowed: a reinlm.TrainConfig or a dict of its "
-                          f"fields.")
+        raise ConfigError(f"config: got a {type(config).__name__}; allowed: a reinlm.TrainConfig, a dict of its "
+                          f"fields, or the path of a YAML config file.")
     return build_config(TrainConfig, None, [values, overrides], source="the Python API")
 
 
@@ -98,7 +104,8 @@ class Trainer(_LoopTrainer):
     ``PreTrainedModel`` with its ``tokenizer``), and any :class:`TrainConfig` field as a keyword argument.
     """
 
-    def __init__(self, config: TrainConfig | dict | None = None, *, reward: Any = None, prompts: Any = None,
+    def __init__(self, config: TrainConfig | dict | str | Path | None = None, *, reward: Any = None,
+                 prompts: Any = None,
                  reward_weights: Sequence[float] | None = None, model: Any = None, tokenizer: Any = None,
                  args: TrainConfig | dict | None = None, reward_funcs: Any = None, train_dataset: Any = None,
                  **overrides: Any):
@@ -137,13 +144,25 @@ class Trainer(_LoopTrainer):
         cfg = make_config(cfg, **record)
         super().__init__(cfg, model=model_obj, tokenizer=tokenizer, reward_set=reward_set, prompt_set=prompt_set)
 
-    def train(self, resume: bool = False) -> Path:
+    def train(self, resume: bool = False, resume_from_checkpoint: bool | str | Path | None = None) -> Path:
         """Run (or, with ``resume=True``, continue) training; returns the run directory.
 
-        A fresh run started from Python prompts first writes them to ``RUN_DIR/prompts.jsonl`` (what
-        config.yaml names); a resume is checked against the run's ``inputs.json`` by the loop.
+        ``resume_from_checkpoint`` is TRL's name: True, or the run directory (or one of its checkpoints), resumes
+        from the run's newest complete checkpoint. A fresh run started from Python prompts first writes them to
+        ``RUN_DIR/prompts.jsonl`` (what config.yaml names); a resume is checked against the run's ``inputs.json``
+        by the loop.
         """
         from reinlm.trainer.loop import previous_run_outputs
+
+        if resume_from_checkpoint not in (None, False):
+            if not isinstance(resume_from_checkpoint, bool):
+                given = Path(resume_from_checkpoint).resolve()
+                run = self.run_dir.resolve()
+                if given != run and run not in given.parents:
+                    raise ConfigError(f"resume_from_checkpoint: got {str(resume_from_checkpoint)!r}, which is not in "
+                                      f"this run's directory {str(self.run_dir)!r}; allowed: True, the run directory "
+                                      f"or one of its checkpoints (the run resumes from its newest complete one).")
+            resume = True
 
         if not resume and self.is_main and self.prompts_from_python:
             previous_run_outputs(self.run_dir, self.cfg.overwrite)
@@ -169,7 +188,7 @@ def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
 
 def train(config: TrainConfig | dict | None = None, *, reward: Any = None, prompts: Any = None,
           reward_weights: Sequence[float] | None = None, model: Any = None, tokenizer: Any = None,
-          resume: bool = False, **overrides: Any) -> Path:
+          resume: bool = False, **overrides: Any) -> Path:  # config may be a YAML path
     """Train in one call: ``reinlm.train(model="smollm2-135m", reward=fn, prompts=rows, steps=10, out="runs/x")``.
 
     Arguments as :class:`Trainer`; ``resume=True`` continues the run in ``out`` from its newest checkpoint.

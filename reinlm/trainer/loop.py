@@ -264,7 +264,9 @@ class Trainer:
         set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
         self.start_step = step
         if self.is_main:
-            log.info("resumed %s from step %d", self.run_dir, step)
+            from reinlm.progress import note
+
+            note(f"resumed {self.run_dir} from step {step}")  # printed from Python as from the CLI
         return step
 
     def _save(self, step: int) -> None:
