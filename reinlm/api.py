@@ -22,9 +22,17 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from reinlm.config.build import build_config, config_to_dict
+from reinlm.config.yamlfile import load_yaml
+from reinlm.data import load_prompts
 from reinlm.errors import ConfigError
+from reinlm.rewards import RewardSet, parse_reward_spec
+from reinlm.rewards.base import reward_name
+from reinlm.rewards.combine import RewardComponent
+from reinlm.rewards.refs import reward_set_spec
 from reinlm.trainer.config import TrainConfig
-from reinlm.trainer.loop import Trainer as _LoopTrainer
+from reinlm.trainer.loop import Trainer as _LoopTrainer, previous_run_outputs
+from reinlm.utils.atomic import atomic_write_text
 
 log = logging.getLogger("reinlm")
 PROMPTS_FILE = "prompts.jsonl"  # where a run started from Python objects keeps its prompts
@@ -37,11 +45,7 @@ def make_config(config: TrainConfig | dict | str | Path | None = None, **overrid
     Keys are read as in a YAML config: flat names of nested settings (``kl_coef``), TRL's names
     (``learning_rate``), and an unknown key is an error naming the closest valid one.
     """
-    from reinlm.config.build import build_config, config_to_dict
-
     if isinstance(config, (str, Path)):
-        from reinlm.config.yamlfile import load_yaml
-
         values: dict[str, Any] = load_yaml(config)
         return build_config(TrainConfig, None, [values, overrides] if overrides else [values])
     if config is None:
@@ -58,9 +62,6 @@ def make_config(config: TrainConfig | dict | str | Path | None = None, **overrid
 
 def build_reward_set(reward: Any, weights: Sequence[float] | None, on_error: str):
     """A :class:`RewardSet` from a SPEC string, a callable, a list of them, or a RewardSet."""
-    from reinlm.rewards import RewardSet, parse_reward_spec
-    from reinlm.rewards.combine import RewardComponent
-
     if isinstance(reward, RewardSet):
         if weights is not None:
             raise ConfigError("reward_weights: given with a RewardSet, which holds its own weights; allowed: "
@@ -84,8 +85,6 @@ def build_reward_set(reward: Any, weights: Sequence[float] | None, on_error: str
             for c in parse_reward_spec(item, on_error=on_error).components:
                 comps.append(RewardComponent(c.name, c.fn, c.weight * float(w), c.spec))
         elif callable(item):
-            from reinlm.rewards.base import reward_name
-
             comps.append(RewardComponent(reward_name(item), item, float(w)))
         else:
             raise ConfigError(f"reward: got a {type(item).__name__}; allowed: a reward function (TRL's signature), "
@@ -109,9 +108,6 @@ class Trainer(_LoopTrainer):
                  reward_weights: Sequence[float] | None = None, model: Any = None, tokenizer: Any = None,
                  args: TrainConfig | dict | None = None, reward_funcs: Any = None, train_dataset: Any = None,
                  **overrides: Any):
-        from reinlm.data import load_prompts
-        from reinlm.rewards.refs import reward_set_spec
-
         config = _one_of("config", config, "args", args)
         reward = _one_of("reward", reward, "reward_funcs", reward_funcs)
         prompts = _one_of("prompts", prompts, "train_dataset", train_dataset)
@@ -152,8 +148,6 @@ class Trainer(_LoopTrainer):
         ``RUN_DIR/prompts.jsonl`` (what config.yaml names); a resume is checked against the run's ``inputs.json``
         by the loop.
         """
-        from reinlm.trainer.loop import previous_run_outputs
-
         if resume_from_checkpoint not in (None, False):
             if not isinstance(resume_from_checkpoint, bool):
                 given = Path(resume_from_checkpoint).resolve()
@@ -173,8 +167,6 @@ class Trainer(_LoopTrainer):
 
 def _write_prompts(path: Path, prompt_set) -> None:
     import json
-
-    from reinlm.utils.atomic import atomic_write_text
 
     lines = [json.dumps(row, ensure_ascii=False, default=str) for row in prompt_set.records()]
     atomic_write_text(path, "\n".join(lines) + "\n")

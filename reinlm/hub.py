@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 
 from reinlm.errors import ReinlmError
+from reinlm.progress import task
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.devices import resolve_device, resolve_dtype
+from reinlm.utils.integrity import json_file_problem, safetensors_problem
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +151,6 @@ def model_dir_problem(model_dir: str | os.PathLike) -> str | None:
     """Why a local model directory cannot be loaded (``None`` when its files check out): a ``config.json``,
     ``adapter_config.json`` or tokenizer JSON that does not parse, or a truncated / non-safetensors weights
     file. Cheap (headers only), so it runs before any weights are read."""
-    from reinlm.utils.integrity import json_file_problem, safetensors_problem
-
     d = Path(model_dir)
     for name in ("config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
                  "generation_config.json", "model.safetensors.index.json"):
@@ -257,8 +257,6 @@ def load_causal_lm(name_or_path: str | os.PathLike, device: str = "auto", dtype:
     ``bfloat16`` | ``float16``), in eval mode and trainable (never a quantized GGUF model). A LoRA adapter
     directory is loaded onto its base model and merged. The tokenizer pads on the left.
     """
-    from reinlm.progress import task
-
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     model_dir = resolve_model_dir(name_or_path)
     with task(f"loading model {name_or_path}"):
@@ -303,8 +301,6 @@ def _load_adapter(adapter_dir: str, dev: torch.device, dt: torch.dtype):
 @functools.lru_cache(maxsize=4)
 def _cached_encoder(path: str, device: str):
     from sentence_transformers import SentenceTransformer
-
-    from reinlm.progress import task
 
     try:
         with task(f"loading sentence encoder {Path(path).name}"):

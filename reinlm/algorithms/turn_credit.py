@@ -24,6 +24,8 @@ import dataclasses
 
 import torch
 
+from reinlm.algorithms.base import Targets
+from reinlm.algorithms.losses import masked_whiten
 from reinlm.errors import ConfigError
 
 __all__ = ["TURN_CREDITS", "discounted_returns", "turn_gae", "broadcast_turns", "turn_values",
@@ -80,8 +82,6 @@ def turn_values(values: torch.Tensor, turn_ids: torch.Tensor, K: int) -> torch.T
 def per_turn_advantages(algorithm, inputs, turn_ids: torch.Tensor, returns: torch.Tensor):
     """``discounted`` credit for a critic-free algorithm: one ``advantages`` call per turn index k, with G_k as
     the score of the episodes that reached turn k and turn k's tokens as the mask. -> Targets (B, R)."""
-    from reinlm.algorithms.base import Targets
-
     adv = torch.zeros_like(inputs.mask, dtype=torch.float32)
     for k in range(returns.shape[1]):
         tok = (turn_ids == k + 1).to(inputs.mask.dtype)  # (B, R)
@@ -99,9 +99,6 @@ def gae_targets(inputs, turn_ids: torch.Tensor, turn_rewards: torch.Tensor, gamm
                 whiten: bool = True):
     """``gae`` credit: PPO's targets from turn-level GAE. ``inputs.values`` (B, R) are the rollout-time values;
     a KL reward penalty (``beta`` > 0) is charged to the turn its tokens belong to. -> Targets."""
-    from reinlm.algorithms.base import Targets
-    from reinlm.algorithms.losses import masked_whiten
-
     K = turn_rewards.shape[1]
     rewards = turn_rewards.float().clone()
     if inputs.kl is not None and inputs.beta > 0:

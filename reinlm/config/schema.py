@@ -10,6 +10,7 @@ from reinlm.config.build import build_config
 from reinlm.config.coerce import check_field
 from reinlm.config.fields import is_config_class, type_hints, unwrap_optional
 from reinlm.errors import ConfigError
+from reinlm.utils.devices import resolve_device
 
 T = TypeVar("T")
 
@@ -89,8 +90,6 @@ def validate_fields(cfg: Any) -> None:
 def check_device(name: str, value: str) -> None:
     """A device field's check: ``cpu``, ``cpu:N``, ``cuda``, ``cuda:N`` or ``auto``, and present on this machine
     (``--device cuda`` without a GPU is refused, not silently run on the CPU)."""
-    from reinlm.utils.devices import resolve_device
-
     try:
         resolve_device(value)
     except ConfigError as e:

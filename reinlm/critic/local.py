@@ -11,6 +11,10 @@ import torch
 
 from reinlm.critic.align import FUZZY_THRESHOLD
 from reinlm.critic.base import Completion, CriticBackend
+from reinlm.hub import load_causal_lm
+from reinlm.rollout.decode import LMStepper, decode
+from reinlm.rollout.sampling import Chooser
+from reinlm.rollout.token import decode_completions, encode_prompts
 from reinlm.utils.chunks import chunked
 
 log = logging.getLogger(__name__)
@@ -32,10 +36,6 @@ def chat_generate(model, tokenizer, conversations: list[list[dict]], max_new_tok
     Runs reinlm's decode engine (:func:`reinlm.rollout.decode.decode`, greedy chooser), the same loop as
     rollouts; each answer is decoded with special tokens skipped and stripped.
     """
-    from reinlm.rollout.decode import LMStepper, decode
-    from reinlm.rollout.sampling import Chooser
-    from reinlm.rollout.token import decode_completions, encode_prompts
-
     device = next(model.parameters()).device
     stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
             if isinstance(t, int) and t >= 0 and t != tokenizer.unk_token_id]
@@ -76,8 +76,6 @@ class LocalCritic(CriticBackend):
     def load(self):
         """``(model, tokenizer)``, loading them on first use."""
         if self._model is None:
-            from reinlm.hub import load_causal_lm
-
             self._model, self._tokenizer = load_causal_lm(self.name, device=self.device, dtype=self.dtype)
         return self._model, self._tokenizer
 

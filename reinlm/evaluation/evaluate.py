@@ -23,6 +23,11 @@ from reinlm.errors import ConfigError, ReinlmError
 from reinlm.evaluation import metrics as M
 from reinlm.evaluation.generations import (Generations, ModelSource, prompt_columns, read_generations, resolve_source,
                                            sample_from_latent, sample_from_lm)
+from reinlm.evaluation.lm import completion_logprobs, same_vocabulary
+from reinlm.progress import task
+from reinlm.rewards import parse_reward_spec
+from reinlm.rewards.classifiers import classifier_scores, toxicity_probability, vader_scores
+from reinlm.rewards.rouge import rouge_f
 from reinlm.utils.jsonio import append_jsonl, write_json
 from reinlm.utils.rng import seed_everything
 
@@ -148,8 +153,6 @@ class EvalContext:
         """Teacher-forced completion log-probs under model ``name`` (cached)."""
         key = f"logprobs::{name}"
         if key not in self._models:
-            from reinlm.evaluation.lm import completion_logprobs
-
             model, tok = self.lm(name)
             self._models[key] = (completion_logprobs(model, tok, self.gens.prompts, self.gens.completions,
                                                      self.cfg.batch_size),)
@@ -161,8 +164,6 @@ class EvalContext:
 
 def metric_reward(ctx: EvalContext) -> MetricOutput:
     """Reward statistics of ``--reward SPEC`` (total and each component)."""
-    from reinlm.rewards import parse_reward_spec
-
     g = ctx.gens
     scores = parse_reward_spec(ctx.cfg.reward).score(g.prompts, g.completions, g.columns)
     valid = [bool(v) for v in scores.valid.tolist()]
@@ -207,8 +208,6 @@ def metric_perplexity(ctx: EvalContext) -> MetricOutput:
 
 def metric_kl(ctx: EvalContext) -> MetricOutput:
     """KL(policy || reference) on the sampled completions, teacher-forced on both models."""
-    from reinlm.evaluation.lm import same_vocabulary
-
     policy = ctx.policy_name
     if policy is None:
         raise ConfigError("metrics: 'kl' needs the policy's log-probs, so --model (a model or a token-space run "
@@ -226,8 +225,6 @@ def metric_kl(ctx: EvalContext) -> MetricOutput:
 
 def metric_sentiment(ctx: EvalContext) -> MetricOutput:
     """Share of positive samples: P(positive) > 0.5 (HF classifier) or VADER compound > 0.05."""
-    from reinlm.rewards.classifiers import classifier_scores, vader_scores
-
     backend = ctx.cfg.sentiment_backend
     texts = list(ctx.gens.completions)
     if backend == "vader":
@@ -242,8 +239,6 @@ def metric_sentiment(ctx: EvalContext) -> MetricOutput:
 
 def metric_toxicity(ctx: EvalContext) -> MetricOutput:
     """Expected maximum toxicity over each prompt's samples and the share of prompts with any >= 0.5."""
-    from reinlm.rewards.classifiers import toxicity_probability
-
     backend = ctx.cfg.toxicity_backend
     probs = toxicity_probability(list(ctx.gens.completions), backend, ctx.cfg.toxicity_label, "cpu", ctx.cfg.batch_size)
     return MetricOutput(values=M.toxicity_stats(probs, ctx.gens.group_ids), per_sample={"toxicity": probs},
@@ -252,8 +247,6 @@ def metric_toxicity(ctx: EvalContext) -> MetricOutput:
 
 def metric_rouge(ctx: EvalContext) -> MetricOutput:
     """ROUGE-1/2/L F-measure of each completion against its reference (best of several references)."""
-    from reinlm.rewards.rouge import rouge_f
-
     col = ctx.cfg.reference_column
     if col not in ctx.gens.columns:
         raise ConfigError(f"metrics: 'rouge' needs a {col!r} column (got columns: "
@@ -286,7 +279,6 @@ def collect_generations(cfg: EvalConfig) -> tuple[Generations, ModelSource | Non
     if not prompts:
         raise ReinlmError(f"prompts: {cfg.prompts!r} holds no prompts.")
     seed_everything(cfg.seed)
-    from reinlm.progress import task
 
     with task(f"sampling {cfg.samples_per_prompt} completions for each of {len(prompts)} prompts"):
         gens, ctx = _sample(cfg, source, prompts)

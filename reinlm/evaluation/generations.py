@@ -14,8 +14,11 @@ from typing import Any
 
 import yaml
 
-from reinlm.utils.jsonio import read_jsonl_objects
 from reinlm.errors import ReinlmError
+from reinlm.latent.model import LatentActionModel
+from reinlm.rollout.token import SamplingConfig, decode_completions, encode_prompts, generate_rollouts
+from reinlm.utils.devices import resolve_device
+from reinlm.utils.jsonio import read_jsonl_objects
 
 GENERATIONS_FORMAT = ('a JSONL file with one object per line holding "prompt" and "completion" (strings) and '
                       'optionally "reference" or other columns')
@@ -111,8 +114,6 @@ def sample_from_lm(model, tokenizer, prompts: list[str], samples_per_prompt: int
     """
     import torch
 
-    from reinlm.rollout.token import SamplingConfig, generate_rollouts
-
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
     completions: list[str] = []
     for start in range(0, len(prompts), batch_prompts):
@@ -139,10 +140,6 @@ def sample_from_latent(latent_dir: str, prompts: list, samples_per_prompt: int, 
     world model emits tokens greedily. Prompt i draws from its own generator seeded ``seed * 100003 + i``
     (as ``sample_from_lm`` and the trainer), so its samples do not depend on the batching."""
     import torch
-
-    from reinlm.latent.model import LatentActionModel
-    from reinlm.rollout.token import decode_completions, encode_prompts
-    from reinlm.utils.devices import resolve_device
 
     model = LatentActionModel.from_pretrained(latent_dir, device=str(resolve_device(device)))
     model.set_action_sampling(greedy=temperature <= 0, tau=temperature if temperature > 0 else 1.0,

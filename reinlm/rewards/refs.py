@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from reinlm.errors import ReinlmError
+
 UNREBUILDABLE = "python:"  # prefix of a recorded reward or prompt set that cannot be rebuilt from its name
 
 
@@ -163,8 +165,6 @@ def reward_set_spec(reward_set) -> str:
 
 def import_attribute(module: str, qualname: str, where: str) -> Any:
     """``module:qualname`` -> the object (``ReinlmError`` naming what is missing)."""
-    from reinlm.errors import ReinlmError
-
     try:
         target: Any = importlib.import_module(module)
     except ImportError as e:

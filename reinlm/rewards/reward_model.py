@@ -13,6 +13,7 @@ import torch
 
 from reinlm.config.coerce import check_range
 from reinlm.errors import ReinlmError
+from reinlm.progress import task
 from reinlm.rewards.base import register_reward, reward_function
 from reinlm.utils.chunks import chunked
 from reinlm.utils.devices import resolve_device
@@ -27,8 +28,6 @@ def load_reward_model(name_or_path: str, device: str = "cpu"):
     from transformers import AutoModelForSequenceClassification
 
     from reinlm.hub import load_tokenizer, resolve_model_dir
-
-    from reinlm.progress import task
 
     where = resolve_model_dir(name_or_path)
     try:

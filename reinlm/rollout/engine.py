@@ -24,8 +24,12 @@ import time
 import torch
 
 from reinlm.rollout.config import RolloutConfig
+from reinlm.rollout.fast import pack_linears, packing_supported
+from reinlm.rollout.fused import unsupported_reason
 from reinlm.rollout.sampling import SamplingConfig
-from reinlm.rollout.token import RolloutBatch, generate_rollouts
+from reinlm.rollout.token import RolloutBatch, context_length, generate_rollouts
+from reinlm.rollout.vllm_backend import get_engine
+from reinlm.utils.devices import cast_parameters, native_bfloat16, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +71,6 @@ def policy_weights(model):
 def resolve_rollout_dtype(name: str, train_dtype: torch.dtype, device) -> torch.dtype:
     """``auto`` -> bfloat16 where ``device`` computes it natively (and the weights are float32), else the training
     dtype; ``same`` -> the training dtype; ``float32`` / ``bfloat16`` as named."""
-    from reinlm.utils.devices import native_bfloat16, resolve_dtype
-
     if name == "same":
         return train_dtype
     if name == "auto":
@@ -120,9 +122,6 @@ class TokenRolloutEngine:
             base = copy.deepcopy(model).merge_and_unload()
         else:
             base = copy.deepcopy(model)
-        from reinlm.rollout.fast import pack_linears, packing_supported
-        from reinlm.rollout.fused import unsupported_reason
-        from reinlm.utils.devices import cast_parameters
 
         base = cast_parameters(base, self.dtype).eval().requires_grad_(False)
         if self.dtype == torch.bfloat16 and self.device.type == "cpu" and packing_supported() and \
@@ -151,9 +150,6 @@ class TokenRolloutEngine:
 
     def _vllm_backend(self):
         if self._vllm is None:
-            from reinlm.rollout.token import context_length
-            from reinlm.rollout.vllm_backend import get_engine
-
             self._vllm = get_engine(self.model_dir, self.tokenizer, dtype=self.dtype, cfg=self.cfg, seed=self.seed,
                                     context=context_length(_unwrap(self.model)))
         return self._vllm

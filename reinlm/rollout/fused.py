@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from reinlm.rollout.fast import packing_supported
+
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 STATIC_ROPE = ("default", "linear", "llama3")
 
@@ -55,8 +57,6 @@ def _base_and_head(model):
 
 def unsupported_reason(model) -> str | None:
     """Why :class:`FusedDecoder` cannot run ``model`` (a ``*ForCausalLM``), or None when it can."""
-    from reinlm.rollout.fast import packing_supported
-
     conf = getattr(model, "config", None)
     base, head = _base_and_head(model)
     if conf is None or getattr(conf, "model_type", None) not in SUPPORTED_TYPES:
