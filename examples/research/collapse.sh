@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Why does the latent policy collapse in `reinlm bench reward-hacking`? The stress test's latent recipe
-# (reinforce, embedding_similarity:target=Hi there!, builtin:neutral, 15 steps of 2 x 4, 20 tokens, eval 6 x 4,
+# (reinforce, embedding_similarity:target=Hi there!, builtin:neutral, steps of 2 x 4, 20 tokens, eval 4 x 4 here
+# (the stress test: 15 steps, eval 6 x 4; STEPS=10 EVAL_PROMPTS=4 by default to fit a shared 2-core CPU),
 # no KL, lr 3e-2) trained with `reinlm train` directly, once per hypothesis and seed, each step logging the
 # action entropy (policy/entropy), distinct actions (latent/distinct_actions), exact KL to the BC policy
 # (kl/mean), distinct-2 and the samples' perplexity under the backbone (--log-frozen-perplexity).
@@ -25,8 +26,8 @@ for seed in $SEEDS; do for c in $CONFIGS; do
   [ -f "$out/train_eval.json" ] && { echo "done: $out"; continue; }
   echo "$(date -u +%T) run $c seed $seed (load $(cut -d' ' -f1-3 /proc/loadavg))"
   nice -n 19 timeout ${TIMEOUT:-1500} $REINLM train --space latent --latent "$LATENT" --algo reinforce \
-    --reward "embedding_similarity:target=Hi there!" --prompts builtin:neutral --steps 15 --batch-prompts 2 \
-    --samples-per-prompt 4 --max-new-tokens 20 --lr 3e-2 --kl-coef 0 --eval-prompts 6 --eval-samples 4 \
+    --reward "embedding_similarity:target=Hi there!" --prompts builtin:neutral --steps ${STEPS:-10} --batch-prompts 2 \
+    --samples-per-prompt 4 --max-new-tokens 20 --lr 3e-2 --kl-coef 0 --eval-prompts ${EVAL_PROMPTS:-4} --eval-samples 4 \
     --sample-every 1 --log-frozen-perplexity --progress false --log none --overwrite --seed $seed \
     $(flags_of $c) --out "$out" > "$RUNS/$c-seed$seed.log" 2>&1 || echo "  failed (rc $?): see $RUNS/$c-seed$seed.log"
 done; done
