@@ -16,6 +16,8 @@ flags_of() {  # hypothesis -> the flags that differ from the stress test's laten
   case $1 in
     base) echo "" ;;                                  # the stress test as it is: lr 3e-2, no KL, no entropy bonus
     lr*) echo "--lr ${1#lr}" ;;                       # H1: the 64-way head's learning rate
+    klloss*) echo "--kl-coef ${1#klloss} --kl-in loss" ;;  # H2b: the same exact KL as a loss term (a reward
+                                                      # penalty that is equal for every sample cancels in the baseline)
     kl*) echo "--kl-coef ${1#kl}" ;;                  # H2: the KL to the BC policy CoLA keeps (0.01, in the reward)
     ent*) echo "--entropy-coef ${1#ent}" ;;           # H3: an entropy bonus on the action distribution
     *) echo "unknown config $1" >&2; exit 2 ;;

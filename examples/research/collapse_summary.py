@@ -18,11 +18,13 @@ SERIES = {"policy/entropy": "action entropy (nats)", "latent/distinct_actions": 
 
 
 def load_run(run_dir: Path) -> dict | None:
-    """The figures of one finished run directory (None while it has no train_eval.json)."""
+    """The figures of one finished run directory (None while it is still training)."""
     ev_path = run_dir / "train_eval.json"
     if not ev_path.is_file():
         return None
     ev = json.loads(ev_path.read_text())
+    if "after" not in ev:  # still training (the file holds the 'before' evaluation only)
+        return None
     rows = read_jsonl(run_dir / "metrics.jsonl")
     before, after = ev.get("before", {}), ev.get("after", {})
     alarms = [r["step"] for r in rows if r.get("alarm/degeneration")]

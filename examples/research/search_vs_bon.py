@@ -4,13 +4,14 @@ equal wall-clock, with and without the Q-model; paired Wilcoxon signed-rank test
 For every (seed, prompt, with/without Q-model):
 1. the search (``LatentSearch``) spends at most ``--budget`` world-model token forwards: reward, forwards, seconds;
 2. best-of-N at the search's own forwards (``best_of_n``): the equal-compute baseline;
-3. best-of-N at the search's own wall-clock: its forwards scaled by (search seconds / step-2 seconds), both
-   measured one after the other in this process (batched best-of-N decodes more tokens per second).
+3. best-of-N at the search's own wall-clock: step 2's samples plus more, until its forwards reach the search's
+   scaled by (search seconds / step-2 seconds), both measured one after the other in this process (batched
+   best-of-N decodes more tokens per second).
 Rows go to OUT.jsonl as they finish; re-running skips the finished ones. ``--analyze`` prints the tables.
 
 Usage:
   python examples/research/search_vs_bon.py --latent DIR --q QDIR --out OUT.jsonl [--seeds 0 1 2]
-  python examples/research/search_vs_bon.py --analyze OUT.jsonl
+  python examples/research/search_vs_bon.py --analyze OUT.jsonl [OUT2.jsonl ...]
 """
 import argparse
 import json
@@ -47,6 +48,7 @@ def run(a) -> None:
     qmodels = {False: None}
     if a.q:
         qmodels[True] = QModel.from_pretrained(a.q, lam)
+    qmodels = {k: v for k, v in qmodels.items() if a.which == "both" or (a.which == "with") == k}
     prompts = held_out_prompts()[: a.num_prompts or None]
     print(f"{len(prompts)} held-out prompts, seeds {a.seeds}, Q-model: {bool(a.q)}", flush=True)
     with out.open("a") as fh:
@@ -62,10 +64,12 @@ def run(a) -> None:
                     t = time.perf_counter()
                     bon_f = best_of_n(lam, reward, p, s_fw, a.max_depth, 1.0, seed * 1000 + i)
                     bon_f["seconds"] = time.perf_counter() - t
-                    fw_t = max(s_fw, int(s_fw * s_sec / max(bon_f["seconds"], 1e-3)))  # never below equal forwards
+                    # equal wall-clock: more samples drawn until best-of-N has spent the search's seconds, at the
+                    # rate just measured; the equal-forwards samples are its first part (samples are i.i.d.)
+                    extra_fw = int(s_fw * s_sec / max(bon_f["seconds"], 1e-3)) - bon_f["wm_forwards"]
                     t = time.perf_counter()
-                    bon_t = best_of_n(lam, reward, p, fw_t, a.max_depth, 1.0, seed * 1000 + i + 500)
-                    bon_t["seconds"] = time.perf_counter() - t
+                    extra = best_of_n(lam, reward, p, max(extra_fw, 0), a.max_depth, 1.0, seed * 1000 + i + 500)
+                    bon_t = _merge(bon_f, extra, time.perf_counter() - t)
                     row = {"seed": seed, "prompt_index": i, "prompt": p, "q_model": use_q,
                            "search": {"reward": res.reward, "text": res.text, **res.stats},
                            "bon_equal_forwards": {k: bon_f[k] for k in ("n", "wm_forwards", "reward", "mean_reward", "seconds", "text")},
@@ -76,6 +80,17 @@ def run(a) -> None:
                     print(f"seed {seed} prompt {i} q={use_q}: search {res.reward:.3f} ({s_fw} fw, {s_sec:.1f} s) | "
                           f"bon@fw {bon_f['reward']:.3f} (n={bon_f['n']}, {bon_f['seconds']:.1f} s) | "
                           f"bon@time {bon_t['reward']:.3f} (n={bon_t['n']}, {bon_t['seconds']:.1f} s)", flush=True)
+
+
+def _merge(first: dict, extra: dict, extra_seconds: float) -> dict:
+    """Best-of-(n1 + n2) from two best-of-N draws (``extra`` may be empty: n = 0)."""
+    if not extra["n"]:
+        return dict(first)
+    n = first["n"] + extra["n"]
+    best = first if first["reward"] >= extra["reward"] else extra
+    return {"n": n, "wm_forwards": first["wm_forwards"] + extra["wm_forwards"], "reward": best["reward"],
+            "text": best["text"], "seconds": first["seconds"] + extra_seconds,
+            "mean_reward": (first["mean_reward"] * first["n"] + extra["mean_reward"] * extra["n"]) / n}
 
 
 def paired(x: np.ndarray, y: np.ndarray) -> dict:
@@ -96,8 +111,8 @@ def paired(x: np.ndarray, y: np.ndarray) -> dict:
             "wilcoxon_p": p, "rank_biserial": float((wp - wm) / (wp + wm)) if wp + wm else 0.0}
 
 
-def analyze(path: str) -> None:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+def analyze(paths: list[str]) -> None:
+    rows = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines()]
     print("| Q-model | baseline | unit | pairs | search / best-of-N mean best reward | diff [95% CI] | "
           "wins / losses / ties | Wilcoxon p | rank-biserial r | forwards search / BoN | seconds search / BoN |")
     print("|" + " --- |" * 11)
@@ -158,6 +173,8 @@ if __name__ == "__main__":
     ap.add_argument("--max-depth", type=int, default=16)
     ap.add_argument("--td-threshold", type=float, default=0.001)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--analyze", default="")
+    ap.add_argument("--which", choices=["both", "with", "without"], default="both", help="searches with the "
+                    "Q-model, without, or both (two processes can split the work: separate --out files)")
+    ap.add_argument("--analyze", nargs="*", default=[])
     a = ap.parse_args()
     analyze(a.analyze) if a.analyze else run(a)
