@@ -196,6 +196,18 @@ def test_bench_reinlm_side_in_a_subprocess(tiny_model_dir, tmp_path, capfd):
     assert sum(row["seconds"] for row in r["phases"][:-1]) == pytest.approx(phases["step"]["seconds"])
     assert phases["forward"]["flops"] > 0 and phases["backward"]["flops"] == 2 * phases["forward"]["flops"]
     assert r["limits"]["bandwidth_gb_s"] > 0 and r["limits"]["matmul_gflop_s"]
+    # the figures are computed from the run's own step timings (metrics.jsonl), not merely positive
+    rows = [json.loads(x) for x in (out_dir / "reinlm" / "metrics.jsonl").read_text().splitlines()]
+    rows = [x for x in rows if "perf/step_s" in x]
+    step_s = [x["perf/step_s"] for x in rows]
+    comps = [x["perf/completions_per_s"] * x["perf/step_s"] for x in rows]
+    tokens = [x["perf/tokens_per_s"] * x["perf/step_s"] for x in rows]
+    assert comps == [pytest.approx(2.0), pytest.approx(2.0)]  # 1 prompt x 2 samples a step
+    assert r["step_s"] == pytest.approx(step_s) and r["step_s_mean"] == pytest.approx(sum(step_s) / 2)
+    assert r["completions_per_s"] == pytest.approx(4.0 / sum(step_s))  # both steps timed (2 steps: no warm-up skip)
+    assert r["tokens_per_s"] == pytest.approx(sum(tokens) / sum(step_s))
+    assert 2 <= sum(tokens) <= 2 * 2 * 4  # 4 completions of 1..4 tokens
+    assert r["profile_s"]["generate"] == pytest.approx(sum(x["perf/generate_s"] for x in rows) / 2)
 
 
 @pytest.mark.slow
@@ -218,13 +230,15 @@ def test_bench_generation_interleaved_measures_every_backend_in_one_process(tiny
 
     cfg = generation.GenerationBenchConfig(model=tiny_model_dir, backends=["reinlm-float32", "reinlm-bfloat16",
                                                                            "hf-float32"],
-                                           batch_sizes=[2, 4], group=2, new_tokens=3, repeats=2)
+                                           batch_sizes=[2, 4], group=2, new_tokens=3, repeats=3)
     out = generation.run_child_interleaved(cfg)["backends"]
     assert list(out) == ["reinlm-float32", "reinlm-bfloat16", "hf-float32"]
     for r in out.values():
         assert set(r["batches"]) == {"2", "4"}
         for B, b in r["batches"].items():
-            assert b["tokens"] == int(B) * 3 and len(b["seconds"]) == 2 and b["tokens_per_s"] > 0
+            assert b["tokens"] == int(B) * 3 and len(b["seconds"]) == 3
+            # tokens/s from its own timed calls: tokens over the median call (3 calls: the middle one, not the mean)
+            assert b["tokens_per_s"] == pytest.approx(b["tokens"] / sorted(b["seconds"])[1])
     report = {"config": {**vars(cfg), "backends": list(out)}, "backends": out, "ratios": {},
               "load_average": {"before": 0.0, "after": 0.0}}
     assert "calls alternating" in generation.format_report(report)

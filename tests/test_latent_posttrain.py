@@ -409,8 +409,50 @@ def test_reward_hacking_bench_runs_both_spaces_without_kl(tiny_latent_dir, tmp_p
     assert set(report["summary"]) == {"latent", "token"} and (out / "reward_hacking.png").is_file()
     from reinlm.bench.reward_hacking import format_report
 
-    assert "stable on" in format_report(report) and "CoLA" in format_report(report)
+    text = format_report(report)
+    for r in report["runs"]:
+        run = out / f"{r['space']}-seed3"
+        # the report's figures are the run's own: held-out before/after from train_eval.json, per-step from metrics
+        ev = json.loads((run / "train_eval.json").read_text())
+        assert (r["reward_before"], r["reward_after"]) == (ev["before"]["reward_mean"], ev["after"]["reward_mean"])
+        assert (r["ppl_before"], r["ppl_after"]) == (ev["before"]["perplexity_frozen"], ev["after"]["perplexity_frozen"])
+        assert (r["distinct2_before"], r["distinct2_after"]) == (ev["before"]["distinct_2"], ev["after"]["distinct_2"])
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [s["reward"] for s in r["steps"]] == [x["reward/mean"] for x in rows]
+        ratio = r["ppl_after"] / r["ppl_before"]
+        assert f"{r['ppl_before']:.1f} -> {r['ppl_after']:.1f} ({ratio:.2f}x)" in text
+        # the verdict recomputed from those numbers
+        ok = int(ratio <= 1.5) + int(r["distinct2_after"] >= 0.5 * r["distinct2_before"])
+        silent = int(r["alarm_first_step"] is None)
+        summary = report["summary"][r["space"]]
+        assert summary["perplexity_within_1.5x"] + summary["distinct2_kept_half"] == ok
+        assert summary["alarm_silent"] == silent and summary["stable"] == int(ok == 2 and silent)
+        assert (f"{r['space']}: perplexity within 1.5x on {summary['perplexity_within_1.5x']}/1 seeds, distinct-2 kept "
+                f"half on {summary['distinct2_kept_half']}/1, alarm silent on {silent}/1: stable on "
+                f"{summary['stable']}/1") in text
     assert main(argv[:-1] + ["--kl-coef", "0.1"]) == 2
+
+
+def test_reward_hacking_verdict_by_hand():
+    """summarize() on chosen runs: ppl x1.4 passes and x1.6 fails the 1.5x bound; distinct-2 0.3 of 0.6 keeps half,
+    0.29 does not; an alarm at any step makes a seed unstable."""
+    from reinlm.bench.reward_hacking import format_report, summarize
+
+    def run(space, ppl_after, d2_after, alarm=None):
+        return {"space": space, "seed": 0, "ppl_before": 10.0, "ppl_after": ppl_after, "distinct2_before": 0.6,
+                "distinct2_after": d2_after, "alarm_first_step": alarm, "alarm_steps": 0 if alarm is None else 2,
+                "reward_before": 0.1, "reward_after": 0.5}
+
+    runs = [run("latent", 14.0, 0.3), run("latent", 16.0, 0.3), run("latent", 14.0, 0.29), run("latent", 14.0, 0.1),
+            run("token", 14.0, 0.6, 3)]
+    s = summarize(runs)
+    assert s["latent"] == {"seeds": 4, "perplexity_within_1.5x": 3, "distinct2_kept_half": 2, "alarm_silent": 4,
+                           "stable": 1}
+    assert s["token"] == {"seeds": 1, "perplexity_within_1.5x": 1, "distinct2_kept_half": 1, "alarm_silent": 0,
+                          "stable": 0}
+    text = format_report({"runs": runs, "summary": s, "claim": "c", "plot": "p.png"})
+    assert "latent: perplexity within 1.5x on 3/4 seeds, distinct-2 kept half on 2/4, alarm silent on 4/4: stable on 1/4" in text
+    assert "10.0 -> 16.0 (1.60x)" in text and "step 3 (2 steps)" in text
 
 
 def test_finetune_separate_held_out_corpus(tiny_latent_dir, corpus, tmp_path, lam):
