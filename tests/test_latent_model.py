@@ -190,7 +190,7 @@ def test_explore_and_latent_generate_cli(model, tmp_path, capsys):
 
 
 def test_categorical_kl_exact():
-    from reinlm.latent.modules import categorical_kl
+    from reinlm.algorithms.kl import categorical_kl  # the one exact KL over actions (latent RL uses it)
 
     p = torch.tensor([[0.5, 0.5]]).log()
     q = torch.tensor([[0.9, 0.1]]).log()

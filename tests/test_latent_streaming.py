@@ -213,7 +213,7 @@ def test_interrupted_text_cache_build_continues_where_it_stopped(backbone_dir, d
     meta = {"backbone": "tiny", "corpus": str(docs), "max_tokens": 0}
     straight = hc.build_text_cache(model, tok, str(docs), tmp_path / "straight", meta, max_len=24, batch_size=4,
                                    checkpoint_every=1)
-    real, calls = hc._base_forward, []
+    real, calls = hc.backbone_forward, []
 
     def failing(*a, **k):
         calls.append(1)
@@ -221,7 +221,7 @@ def test_interrupted_text_cache_build_continues_where_it_stopped(backbone_dir, d
             raise KeyboardInterrupt  # the build dies in its fifth batch
         return real(*a, **k)
 
-    monkeypatch.setattr(hc, "_base_forward", failing)
+    monkeypatch.setattr(hc, "backbone_forward", failing)
     with pytest.raises(KeyboardInterrupt):
         hc.build_text_cache(model, tok, str(docs), tmp_path / "resumed", meta, max_len=24, batch_size=4,
                             checkpoint_every=1)
@@ -233,7 +233,7 @@ def test_interrupted_text_cache_build_continues_where_it_stopped(backbone_dir, d
         counted.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(hc, "_base_forward", counting)
+    monkeypatch.setattr(hc, "backbone_forward", counting)
     resumed = hc.build_cache(model, tok, "tiny", str(docs), tmp_path / "resumed", max_len=24, batch_size=16)
     assert not (tmp_path / "resumed" / "partial.json").exists()
     batches = -(-straight.n_sequences // 4)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from reinlm.errors import ReinlmError
+from reinlm.latent.backbone import backbone_forward
 from reinlm.latent.corpus import TokenSource, is_held_out
 
 
@@ -41,8 +42,7 @@ def pad_windows(windows: list[np.ndarray], device="cpu") -> tuple[torch.Tensor, 
 def backbone_states(backbone, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The backbone's final normalised hidden states of right-padded windows: (b, L) -> (b, L, H) float32."""
     pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    out = backbone.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    return out.last_hidden_state.float()
+    return backbone_forward(backbone, ids, mask, pos)[0].float()
 
 
 def epoch_order(n: int, batch: int, epochs: float, seed: int) -> tuple[np.ndarray, int]:

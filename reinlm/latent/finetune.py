@@ -46,6 +46,9 @@ from tqdm.auto import tqdm
 from reinlm.config.build import config_to_dict
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
+from reinlm.latent.backbone import backbone_forward
+from reinlm.latent.modules import sample_actions
+from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.jsonio import append_jsonl, write_json
 from reinlm.utils.rng import seed_everything
@@ -169,9 +172,7 @@ def hidden_states(lam, ids: torch.Tensor, mask: torch.Tensor, grad: bool) -> tor
     """The backbone's final normalised states h (B, L, H) float32; with ``grad`` the graph is kept."""
     if not grad:
         return lam.backbone_hidden(ids, mask)[0]
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = lam.backbone.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    return out.last_hidden_state.float()
+    return backbone_forward(lam.backbone, ids, mask)[0].float()
 
 
 def step_actions(lam, h: torch.Tensor, mask: torch.Tensor, mode: str, frozen_policy=None, tau: float = 1.0,
@@ -182,11 +183,8 @@ def step_actions(lam, h: torch.Tensor, mask: torch.Tensor, mode: str, frozen_pol
         h = h.detach()
         if mode == "fta-i":
             return lam.idm_logits_from_hidden(h, mask).argmax(-1)  # (B, L-1)
-        logits = frozen_policy(h, mask)[:, :-1].float() / tau  # (B, L-1, K) step t from x_<=t
-        B, T, K = logits.shape
-        u = torch.rand(B * T, 1, generator=generator, device=logits.device)
-        cdf = logits.softmax(-1).reshape(B * T, K).cumsum(-1)
-        return torch.searchsorted(cdf, u).clamp(max=K - 1).view(B, T)
+        logits = frozen_policy(h, mask)[:, :-1]  # (B, L-1, K) step t from x_<=t
+        return sample_actions(logits, tau=tau, generator=generator)  # (B, L-1)
 
 
 def lm_loss(lam, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -238,10 +236,6 @@ def evaluate_task(lam, data: TaskTokens, batch_size: int = 16, seed: int = 0, ta
             "bc_top5_accuracy": s["top5"] / n, "codes_used": len(codes)}
 
 
-def _cosine(total: int):
-    return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / max(total, 1)))
-
-
 def _run_stage(name: str, params: list[torch.nn.Parameter] | list[dict], n_docs: int, epochs: float,
                cfg: FinetuneConfig, step_fn, metrics_path: Path, lr: float, salt: int) -> int:
     """``epochs`` passes of AdamW over shuffled document batches; ``step_fn(idx) -> (loss, stats)``."""
@@ -250,7 +244,7 @@ def _run_stage(name: str, params: list[torch.nn.Parameter] | list[dict], n_docs:
         return 0
     groups = params if params and isinstance(params[0], dict) else [{"params": params}]
     opt_ = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt_, _cosine(total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lr_multiplier(total, 0, "cosine"))
     rng = np.random.default_rng([cfg.seed, salt])
     order = np.concatenate([rng.permutation(n_docs) for _ in range(int(math.ceil(epochs)) + 1)])
     all_params = [p for g in groups for p in g["params"]]

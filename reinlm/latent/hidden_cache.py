@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reinlm.errors import ReinlmError
+from reinlm.latent.backbone import backbone_forward
 from reinlm.latent.corpus import builtin_prompts, parse_corpus_spec
 from reinlm.utils.jsonio import write_json
 
@@ -156,15 +157,6 @@ def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask
 
 
-def _base_forward(model, ids, mask, pos, cache=None, use_cache: bool = True):
-    from reinlm.latent.model import _cache_kwarg
-
-    base = model.base_model
-    kw = _cache_kwarg(base)
-    out = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache, **{kw: cache})
-    return out.last_hidden_state, (getattr(out, kw) if use_cache else None)
-
-
 @torch.no_grad()
 def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len: int = 256, batch_size: int = 8,
                      max_tokens: int = 0, text_column: str = "text", checkpoint_every: int = 32) -> HiddenCache:
@@ -201,8 +193,7 @@ def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len
             return
         ids, mask = left_pad([list(c) for c in group], pad)  # left padding, like every prompt batch in reinlm
         L = ids.shape[1]
-        p = (mask.cumsum(-1) - 1).clamp(min=0)
-        h, _ = _base_forward(model, ids.to(dev), mask.to(dev), p.to(dev), use_cache=False)
+        h, _ = backbone_forward(model, ids.to(dev), mask.to(dev))
         for j, c in enumerate(group):
             writer.add(ids[j, L - len(c):], h[j, L - len(c):])
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reinlm.rollout.sampling import filter_logits  # noqa: F401 - the one top-k / top-p filter, re-exported
-from reinlm.rollout.sampling import inverse_cdf_sample
+from reinlm.rollout.decode import position_ids_from_mask
 
 
 class RMSNorm(nn.Module):
@@ -90,7 +90,7 @@ def positions_from_mask(mask: torch.Tensor | None, B: int, T: int, device) -> to
     """Positions (B, T) counting real tokens only (left padding gets 0), as the backbone's ``position_ids``."""
     if mask is None:
         return torch.arange(T, device=device).expand(B, T)
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return position_ids_from_mask(mask)
 
 
 def attention_mask_4d(mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
@@ -176,6 +176,41 @@ class StackCache:
         return self.k[0].shape[0] if self.k else 0
 
 
+def prefill_blocks(blocks, x: torch.Tensor, mask: torch.Tensor, capacity: int,
+                   rotary: RotaryEmbedding | None = None) -> tuple[torch.Tensor, StackCache]:
+    """Causal ``blocks`` over x (N, P, D) under ``mask`` (N, P) (left padding), keeping every block's keys/values
+    (rotated when ``rotary``) in buffers of ``capacity`` >= P positions. -> (output (N, P, D), cache)."""
+    N, P = x.shape[:2]
+    attn = attention_mask_4d(mask, N, P, x.device)  # (N, 1, P, P)
+    rope = rotary(positions_from_mask(mask, N, P, x.device)) if rotary is not None else None
+    ks, vs = [], []
+    for blk in blocks:
+        q, k, v = blk.qkv_heads(x, rope)  # k, v (N, nkv, P, hs)
+        kb = k.new_zeros(N, blk.n_kv_heads, capacity, blk.head_dim)
+        vb = torch.zeros_like(kb)
+        kb[:, :, :P], vb[:, :, :P] = k, v
+        ks.append(kb)
+        vs.append(vb)
+        x = blk.finish(x, q, k, v, attn)
+    return x, StackCache(ks, vs)
+
+
+def step_blocks(blocks, x: torch.Tensor, key_mask: torch.Tensor, cache: StackCache, t: int,
+                rotary: RotaryEmbedding | None = None) -> torch.Tensor:
+    """One new position t per row through causal ``blocks``: x (b, 1, D), ``key_mask`` (b, t+1) over positions
+    0..t (1 = real) -> (b, 1, D); writes position t of ``cache``. The query sees the unmasked keys <= t and
+    itself (as :func:`attention_mask_4d`); its rotary position is the number of real tokens before t."""
+    attn = key_mask.bool().clone()
+    attn[:, t] = True
+    attn = attn[:, None, None, :]  # (b, 1, 1, t+1)
+    rope = rotary(key_mask[:, :t].long().sum(-1, keepdim=True)) if rotary is not None else None  # (b, 1) positions
+    for blk, kb, vb in zip(blocks, cache.k, cache.v):
+        q, k, v = blk.qkv_heads(x, rope)  # (b, nh|nkv, 1, hs)
+        kb[:, :, t: t + 1], vb[:, :, t: t + 1] = k, v
+        x = blk.finish(x, q, kb[:, :, : t + 1], vb[:, :, : t + 1], attn)
+    return x
+
+
 class CausalStack(nn.Module):
     """[``Linear(H -> D)``], causal blocks, norm, ``Linear(D -> K)``: per-position action logits from h.
 
@@ -199,6 +234,11 @@ class CausalStack(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.norm.weight.dtype
 
+    def embed_input(self, h: torch.Tensor) -> torch.Tensor:
+        """What the blocks read: ``inp(h)`` in the heads' dtype, (B, T, H) -> (B, T, D). A stack that owns its
+        token embeddings (BWArea's, :mod:`reinlm.latent.bwarea`) overrides this to embed token ids (B, T)."""
+        return self.inp(h.to(self.dtype))
+
     def _rope(self, positions: torch.Tensor):
         return self.rotary(positions) if self.rotary is not None else None
 
@@ -207,10 +247,10 @@ class CausalStack(nn.Module):
         return self._features(h, mask).float()
 
     def _features(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, T, _ = h.shape
+        B, T = h.shape[:2]
         attn = attention_mask_4d(mask, B, T, h.device)
         rope = self._rope(positions_from_mask(mask, B, T, h.device))
-        x = self.inp(h.to(self.dtype))  # (B, T, D)
+        x = self.embed_input(h)  # (B, T, D)
         for block in self.blocks:
             x = block(x, attn, rope)
         return self.norm(x)
@@ -228,22 +268,11 @@ class CausalStack(nn.Module):
         Returns (cache, logits of the last position (N, K) float32). Same arithmetic as :meth:`forward`, which
         the RL update uses to recompute log-probs.
         """
-        N, P, _ = h.shape
+        N, P = h.shape[:2]
         if mask is None:
             mask = torch.ones(N, P, dtype=torch.long, device=h.device)
-        attn = attention_mask_4d(mask, N, P, h.device)  # (N, 1, P, P)
-        rope = self._rope(positions_from_mask(mask, N, P, h.device))
-        x = self.inp(h.to(self.dtype))  # (N, P, D)
-        ks, vs = [], []
-        for blk in self.blocks:
-            q, k, v = blk.qkv_heads(x, rope)  # k, v (N, nkv, P, hs)
-            kb = k.new_zeros(N, blk.n_kv_heads, capacity, blk.head_dim)
-            vb = torch.zeros_like(kb)
-            kb[:, :, :P], vb[:, :, :P] = k, v
-            ks.append(kb)
-            vs.append(vb)
-            x = blk.finish(x, q, k, v, attn)
-        return StackCache(ks, vs), self.out(self.norm(x[:, -1])).float()  # (N, K)
+        x, cache = prefill_blocks(self.blocks, self.embed_input(h), mask, capacity, self.rotary)  # (N, P, D)
+        return cache, self.out(self.norm(x[:, -1])).float()  # (N, K)
 
     @torch.no_grad()
     def step(self, h: torch.Tensor, key_mask: torch.Tensor, cache: StackCache, t: int) -> torch.Tensor:
@@ -253,17 +282,7 @@ class CausalStack(nn.Module):
         The query sees the unmasked keys <= t and itself (as :func:`attention_mask_4d`); its rotary position is
         the number of real tokens before t (as the backbone's ``position_ids``).
         """
-        b = h.shape[0]
-        attn = key_mask.bool().clone()
-        attn[:, t] = True
-        attn = attn[:, None, None, :]  # (b, 1, 1, t+1)
-        pos = key_mask[:, :t].long().sum(-1, keepdim=True)  # (b, 1)
-        rope = self._rope(pos)
-        x = self.inp(h.to(self.dtype))  # (b, 1, D)
-        for blk, kb, vb in zip(self.blocks, cache.k, cache.v):
-            q, k, v = blk.qkv_heads(x, rope)  # (b, nh|nkv, 1, hs)
-            kb[:, :, t: t + 1], vb[:, :, t: t + 1] = k, v
-            x = blk.finish(x, q, kb[:, :, : t + 1], vb[:, :, : t + 1], attn)
+        x = step_blocks(self.blocks, self.embed_input(h), key_mask, cache, t, self.rotary)  # (b, 1, D)
         return self.out(self.norm(x[:, 0])).float()  # (b, K)
 
 
@@ -342,32 +361,21 @@ def straight_through_gumbel(logits: torch.Tensor, tau: float) -> torch.Tensor:
     return F.gumbel_softmax(logits.float(), tau=tau, hard=True)
 
 
-def sample_categorical(logits: torch.Tensor, greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, generator: torch.Generator | None = None, u: torch.Tensor | None = None):
-    """Draw one index per row from ``logits`` (N, C) -> (index (N,), log-prob (N,), probs (N, C)).
+def sample_actions(logits: torch.Tensor, u: torch.Tensor | None = None, *, greedy: bool = False, tau: float = 1.0,
+                   top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The one action sampler of latent code: one action per step from the policy's logits (..., K) -> (...) long.
 
-    The log-prob and probabilities are those of the temperature-scaled, filtered distribution that was
-    sampled (greedy: the temperature-scaled distribution, index = argmax). ``u`` (N,): the uniform draws to
-    use (drawn from ``generator`` when None).
+    Temperature ``tau``, then top-k / top-p (:func:`reinlm.rollout.sampling.choose`, the token sampler's
+    conventions: an inverse-CDF draw from one uniform per step); ``greedy`` takes the argmax. ``u`` (...,): the
+    uniforms to use (drawn from ``generator`` when None). Generation draws its actions through the same
+    ``choose`` (a :class:`~reinlm.rollout.sampling.Chooser` in :mod:`reinlm.latent.stepper`).
     """
-    scaled = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = scaled.softmax(-1)  # (N, C)
-    if greedy:
-        idx = scaled.argmax(-1)
-    else:
-        # inverse-CDF draw from one uniform per row: torch.multinomial costs ~20x more on a 49k vocabulary on CPU
-        if u is None:
-            u = torch.rand(probs.shape[0], generator=generator, device=probs.device)
-        idx = inverse_cdf_sample(probs, u.to(probs.device))
-    logp = scaled.log_softmax(-1).gather(-1, idx[:, None]).squeeze(-1)
-    return idx, logp, probs
+    from reinlm.rollout.sampling import choose
 
-
-def categorical_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """Exact KL(pi || pi_ref) over the K actions (no sampling estimator): (..., K), (..., K) -> (...).
-
-    Latent RL (issue 6) penalises the policy's drift from the frozen behaviour-cloned policy with this at every
-    step; with K = 64 the sum is cheap.
-    """
-    logp, logq = logits.float().log_softmax(-1), ref_logits.float().log_softmax(-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    shape, K = logits.shape[:-1], logits.shape[-1]
+    flat = logits.reshape(-1, K)
+    if not greedy and u is None:
+        u = torch.rand(flat.shape[0], generator=generator, device=flat.device)
+    idx, _ = choose(flat, None if greedy else u.reshape(-1).to(flat.device), temperature=tau, top_k=top_k,
+                    top_p=top_p, greedy=greedy)
+    return idx.view(shape)

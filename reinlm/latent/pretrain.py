@@ -43,6 +43,7 @@ from reinlm.config.schema import Config, check_device, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.latent.model import LatentActionModel
+from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.distributed import destroy_process_group_at_exit
 from reinlm.utils.jsonio import append_jsonl, read_jsonl, write_json
@@ -117,8 +118,8 @@ class Interrupted(Exception):
 
 
 def _lr_lambda(total: int):
-    warm = max(1, int(0.03 * total))
-    return lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / max(total, 1)))
+    """Cosine decay over the stage's steps with a 3% linear warm-up inside it."""
+    return lr_multiplier(total, max(1, int(0.03 * total)), "cosine", warmup_inside=True)
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from reinlm.rollout.decode import position_ids_from_mask
 from reinlm.rollout.sampling import Chooser
 
 
@@ -62,7 +63,7 @@ class LatentStepper:
         N, P = ids.shape
         B = N * G
         mask = mask.long()
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+        pos = position_ids_from_mask(mask)  # (N, P)
         h0, past = lam.backbone_hidden(ids, mask, position_ids=pos, use_cache=True)  # (N, P, H)
         self.pol_cache = self.pol_logits = None
         if self.use_policy and capacity > P:
