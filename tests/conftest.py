@@ -48,21 +48,26 @@ def smol_lm():
     return load_causal_lm("smollm2-135m", device="cpu", dtype="float32")
 
 
-@pytest.fixture(scope="session")
-def tiny_latent_dir(tmp_path_factory, smol_tokenizer):
-    """A tiny backbone directory and an (untrained) latent model on it, K = 8."""
+def make_tiny_latent_dir(root, tokenizer, num_actions: int = 8):
+    """A tiny backbone directory ``root/backbone`` and an (untrained) latent model on it, ``root/lam``."""
     from reinlm.latent.config import LatentConfig
     from reinlm.latent.model import LatentActionModel
     from reinlm.testing import tiny_causal_lm
 
-    root = tmp_path_factory.mktemp("latent")
-    backbone = tiny_causal_lm(smol_tokenizer, seed=3)
+    backbone = tiny_causal_lm(tokenizer, seed=3)
     backbone.save_pretrained(root / "backbone")
-    smol_tokenizer.save_pretrained(root / "backbone")
+    tokenizer.save_pretrained(root / "backbone")
     torch.manual_seed(0)
-    cfg = LatentConfig(backbone=str(root / "backbone"), num_actions=8, preset="custom", d_model=32, n_heads=2,
-                       idm_layers=1, policy_layers=1, wm_layers=1, wm_ffn=64)
-    lam = LatentActionModel(cfg, backbone, smol_tokenizer)
+    cfg = LatentConfig(backbone=str(root / "backbone"), num_actions=num_actions, preset="custom", d_model=32,
+                       n_heads=2, idm_layers=1, policy_layers=1, wm_layers=1, wm_ffn=64)
+    return LatentActionModel(cfg, backbone, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny backbone directory and an (untrained) latent model on it, K = 8."""
+    root = tmp_path_factory.mktemp("latent")
+    lam = make_tiny_latent_dir(root, smol_tokenizer)
     with torch.no_grad():  # an untrained world model ignores actions (zero-initialised merge); make them matter
         for p in lam.world_model.parameters():
             if not p.abs().sum():

@@ -1,5 +1,5 @@
-"""``reinlm latent``: ``pretrain`` (IDM + world model, behaviour cloning), ``import-cola`` (a CoLA checkpoint
-as a latent model directory) and ``qd`` (the CoLA quality-diversity table). Flags are the fields of
+"""``reinlm latent``: ``pretrain`` (IDM + world model, behaviour cloning), ``import-cola`` / ``import-bwarea``
+(a CoLA / BWArea checkpoint as a latent model directory) and ``qd`` (the CoLA quality-diversity table). Flags are the fields of
 PretrainConfig / LatentConfig / ImportColaConfig / QDConfig."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from reinlm.latent.pretrain import PretrainConfig
     from reinlm.latent.qd import QDConfig
 
-    p = subparsers.add_parser("latent", help="latent-action model: pretrain, import-cola, quality-diversity",
+    p = subparsers.add_parser("latent", help="latent-action model: pretrain, import-cola, import-bwarea, quality-diversity",
                               description="Latent-action model (CoLA / BWArea) on a frozen backbone.")
     sub = p.add_subparsers(dest="latent_command", metavar="ACTION")
     pre = sub.add_parser("pretrain", help="build the hidden-state cache, train IDM + world model, then the BC policy",
@@ -41,6 +41,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     imp.add_argument("src", metavar="SRC", help="CoLA checkpoint directory (Hugging Face format)")
     imp.add_argument("out", metavar="OUT", help="latent model directory to write")
     add_dataclass_args(imp, ImportColaConfig)
+    from reinlm.latent.import_bwarea import ImportBWAreaConfig
+
+    imb = sub.add_parser("import-bwarea", help="convert a BWArea checkpoint (e.g. Pretrained_BWArea_2.7B_30G) into a "
+                                               "latent model directory",
+                         description="Example: reinlm latent import-bwarea ./Pretrained_BWArea_2.7B_30G runs/bwarea. "
+                                     "SRC: a directory in BWArea's layout (config.json with num_code, num_dim, "
+                                     "action_dim; safetensors or .bin, sharded or not) or a hub id in the local "
+                                     "Hugging Face cache. The world model, inverse dynamics model and policy keep "
+                                     "their own embeddings; RL trains only the policy.")
+    imb.add_argument("src", metavar="SRC", help="BWArea checkpoint directory (Hugging Face format) or cached hub id")
+    imb.add_argument("out", metavar="OUT", help="latent model directory to write")
+    add_dataclass_args(imb, ImportBWAreaConfig)
     qd = sub.add_parser("qd", help="quality-diversity: latent sampling vs token sampling vs random tokens",
                         description="Example: reinlm latent qd --latent runs/latent --num-prefixes 16 --samples 8")
     add_dataclass_args(qd, QDConfig)
@@ -70,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         print(f"latent model: {out}   (try: reinlm explore --latent {out} \"I like eating\")")
         return 0
-    if args.latent_command == "import-cola":
+    if args.latent_command in ("import-cola", "import-bwarea"):
+        from reinlm.latent.import_bwarea import ImportBWAreaConfig, import_bwarea
         from reinlm.latent.import_cola import ImportColaConfig, import_cola
 
-        imp_cfg = build_config(ImportColaConfig, args)
+        cls, convert = ((ImportColaConfig, import_cola) if args.latent_command == "import-cola"
+                        else (ImportBWAreaConfig, import_bwarea))
+        imp_cfg = build_config(cls, args)
         check_output_dir(imp_cfg.out)
-        summary = import_cola(imp_cfg)
+        summary = convert(imp_cfg)
         print(json.dumps(summary, indent=2))
         print(f"latent model: {summary['out']}   (try: reinlm explore --latent {summary['out']} \"I like eating\")")
         return 0

@@ -31,8 +31,7 @@ def explore(model: LatentActionModel, prompt: str, new_tokens: int = 4, top: int
     seqs = model.generate(ids.expand(K, -1), mask.expand(K, -1), max_new_tokens=new_tokens,
                           fixed_action=torch.arange(K, device=model.device))  # (K, P+R)
     texts = tok.batch_decode(seqs[:, ids.shape[1]:], skip_special_tokens=True)
-    h, _ = model.backbone_hidden(ids, mask)
-    probs = model.policy_logits_from_hidden(h, mask)[0, -1].softmax(-1)  # (K,)
+    probs = model.policy_logits_from_hidden(model.head_input(ids, mask), mask)[0, -1].softmax(-1)  # (K,)
     p, a = probs.topk(min(top, K))
     model.reset_action_info()
     return Exploration(prompt, texts, [(int(i), float(q)) for i, q in zip(a, p)])

@@ -37,6 +37,7 @@ from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
 from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.integrity import safetensors_problem
 from reinlm.utils.jsonio import write_json
 
 log = logging.getLogger(__name__)
@@ -67,37 +68,51 @@ class ImportColaConfig(Config):
 # ---------------------------------------------------------------------------------------------- reading
 
 class CheckpointReader:
-    """Tensors of a HF checkpoint directory by name, read lazily (safetensors or torch .bin, sharded or not)."""
+    """Tensors of a HF checkpoint directory by name, read lazily (safetensors or torch .bin, sharded or not).
 
-    def __init__(self, src: Path):
-        self.src = src
+    ``tool`` and ``allowed`` word its errors (``import-cola`` / ``import-bwarea``). Every safetensors file is
+    checked to be complete before it is read: a truncated shard is refused by name."""
+
+    def __init__(self, src: Path, tool: str = "import-cola", allowed: str = ALLOWED):
+        self.src, self.tool, self.allowed = src, tool, allowed
         self.files = self._weight_files(src)  # key -> file
         self._open: dict[Path, object] = {}
 
-    @staticmethod
-    def _weight_files(src: Path) -> dict[str, Path]:
+    def _weight_files(self, src: Path) -> dict[str, Path]:
         for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (src / index).is_file():
                 try:
                     weight_map = json.loads((src / index).read_text())["weight_map"]
                 except (ValueError, KeyError) as e:
-                    raise ReinlmError(f"import-cola: {str(src / index)!r} is not a weight index ({e}); {ALLOWED}.")
+                    raise ReinlmError(f"{self.tool}: {str(src / index)!r} is not a weight index ({e}); "
+                                      f"{self.allowed}.")
+                for f in sorted(set(weight_map.values())):
+                    if not (src / f).is_file():
+                        raise ReinlmError(f"{self.tool}: the shard {f!r} named in {index} is missing from "
+                                          f"{str(src)!r}; copy the checkpoint again.")
+                    self._check_file(src / f)
                 return {k: src / f for k, f in weight_map.items()}
         for single in ("model.safetensors", "pytorch_model.bin"):
             if (src / single).is_file():
-                return {k: src / single for k in CheckpointReader._keys_of(src / single)}
+                self._check_file(src / single)
+                return {k: src / single for k in self._keys_of(src / single)}
         found = sorted(p.name for p in src.iterdir())[:12]
-        raise ReinlmError(f"import-cola: {str(src)!r} has no model.safetensors, pytorch_model.bin or shard index "
-                          f"(it holds: {', '.join(found) or 'nothing'}); {ALLOWED}.")
+        raise ReinlmError(f"{self.tool}: {str(src)!r} has no model.safetensors, pytorch_model.bin or shard index "
+                          f"(it holds: {', '.join(found) or 'nothing'}); {self.allowed}.")
 
-    @staticmethod
-    def _keys_of(path: Path) -> list[str]:
+    def _check_file(self, path: Path) -> None:
+        problem = safetensors_problem(path) if path.suffix == ".safetensors" else None
+        if problem:
+            raise ReinlmError(f"{self.tool}: the weight file {str(path)!r} is damaged: {problem}; copy the "
+                              f"checkpoint again.")
+
+    def _keys_of(self, path: Path) -> list[str]:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
                 return list(f.keys())
-        return list(_torch_load(path).keys())
+        return list(_torch_load(path, self.tool).keys())
 
     def keys(self) -> list[str]:
         return list(self.files)
@@ -110,7 +125,7 @@ class CheckpointReader:
 
                 self._open[path] = safe_open(str(path), "pt")
             else:
-                self._open[path] = _torch_load(path)
+                self._open[path] = _torch_load(path, self.tool)
         f = self._open[path]
         return f.get_tensor(key) if path.suffix == ".safetensors" else f[key]
 
@@ -124,11 +139,12 @@ class CheckpointReader:
             self._open.pop(p, None)
 
 
-def _torch_load(path: Path) -> dict:
+def _torch_load(path: Path, tool: str = "import-cola") -> dict:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear error
-        raise ReinlmError(f"import-cola: cannot read {str(path)!r} ({type(e).__name__}: {e}); {ALLOWED}.") from e
+        raise ReinlmError(f"{tool}: cannot read the weight file {str(path)!r} (truncated or not a torch checkpoint: "
+                          f"{type(e).__name__}: {e}); copy the checkpoint again.") from e
 
 
 # ---------------------------------------------------------------------------------------------- layout checks
@@ -143,6 +159,10 @@ def read_cola_config(src: Path, keys: list[str] | None = None) -> dict:
         cfg = json.loads((src / "config.json").read_text())
     except ValueError as e:
         raise ReinlmError(f"import-cola: {str(src / 'config.json')!r} is not valid JSON ({e}); {ALLOWED}.") from e
+    if "num_dim" in cfg and "num_action_layer" not in cfg:
+        raise ReinlmError(f"import-cola: {str(src)!r} is a BWArea checkpoint (LAMDA-RL/BWArea layout: config.json "
+                          f"has num_code, num_dim and action_dim; its parts own their embeddings), not CoLA's; "
+                          f"import it with `reinlm latent import-bwarea {src} OUT`.")
     missing = [k for k in COLA_KEYS if k not in cfg]
     if missing:
         raise ReinlmError(f"import-cola: {str(src)!r} is not a CoLA checkpoint: its config.json lacks "
@@ -160,12 +180,21 @@ def read_cola_config(src: Path, keys: list[str] | None = None) -> dict:
     if v == 0:
         raise ReinlmError(f"import-cola: {str(src)!r} is CoLA's policy-only variant (IntentionModel_v1a, 'v': 0): "
                           f"it has no inverse dynamics model, which a reinlm latent model needs; {ALLOWED}.")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ReinlmError(f"import-cola: hidden_act {cfg.get('hidden_act')!r}; allowed: silu (Llama's SwiGLU).")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise ReinlmError("import-cola: the checkpoint's layers have attention or MLP biases; allowed: bias-free "
-                          "Llama layers (reinlm's cola preset has no bias).")
+    check_llama_layers(cfg, "import-cola")
     return cfg
+
+
+def check_llama_layers(cfg: dict, tool: str, plain_rope: bool = False) -> None:
+    """The checkpoint's decoder layers are bias-free SwiGLU Llama layers (what reinlm's blocks compute), with
+    plain RoPE when ``plain_rope`` (BWArea's own layers; CoLA's heads take the backbone's RoPE, scaling included);
+    raises naming the config field otherwise."""
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ReinlmError(f"{tool}: hidden_act {cfg.get('hidden_act')!r}; allowed: silu (Llama's SwiGLU).")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise ReinlmError(f"{tool}: the checkpoint's layers have attention or MLP biases; allowed: bias-free "
+                          f"Llama layers.")
+    if plain_rope and cfg.get("rope_scaling"):
+        raise ReinlmError(f"{tool}: rope_scaling {cfg['rope_scaling']!r}; allowed: none (plain RoPE).")
 
 
 def latent_config_from_cola(cfg: dict, backbone: str, heads_dtype: str) -> LatentConfig:
@@ -336,5 +365,8 @@ def import_cola(cfg: ImportColaConfig) -> dict:
 
         write_json(tmp / "config.json", {**latent.to_dict(), "imported_from": str(src)})
         save_file(heads, str(tmp / "heads.safetensors"), metadata={"format": "pt"})
+        for f in TOKENIZER_FILES:  # beside the heads too: the CoLA card's AutoTokenizer.from_pretrained(OUT)
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
     summary["backbone"] = backbone_name
     return summary

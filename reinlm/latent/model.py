@@ -63,6 +63,17 @@ def backbone_final_norm(backbone) -> nn.Module:
                       f"--wm-output state.")
 
 
+def latent_family(model_dir: str | Path) -> str:
+    """``"bwarea"`` for a BWArea directory (``reinlm latent import-bwarea``), else ``"backbone"`` (heads over a
+    frozen backbone: pretrained by reinlm or imported from CoLA). Every latent command loads through
+    :meth:`LatentActionModel.from_pretrained`, which returns the family's model."""
+    try:
+        raw = json.loads((Path(model_dir) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return "backbone"
+    return "bwarea" if isinstance(raw, dict) and raw.get("model_type") == "reinlm-latent-bwarea" else "backbone"
+
+
 class LatentActionModel(SeedAPI, nn.Module):
     """Heads over a frozen backbone. Only ``idm``, ``policy`` and ``world_model`` hold trainable weights."""
 
@@ -135,13 +146,16 @@ class LatentActionModel(SeedAPI, nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
-        """Write ``config.json`` and ``heads.safetensors`` (atomically; the backbone is never copied)."""
+        """Write ``config.json``, ``heads.safetensors`` and the tokenizer's files (atomically; the backbone is
+        never copied; the tokenizer files let the CoLA card's ``AutoTokenizer.from_pretrained(DIR)`` run)."""
         from safetensors.torch import save_file
 
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / CONFIG_FILE, self.config.to_dict())
             save_file({k: v.detach().contiguous().cpu() for k, v in self.heads_state_dict().items()},
                       str(tmp / HEADS_FILE))
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp))
         return Path(out_dir)
 
     @classmethod
@@ -149,6 +163,7 @@ class LatentActionModel(SeedAPI, nn.Module):
                         backbone=None, num_actions: int | None = None,
                         heads_dtype: str | None = None) -> "LatentActionModel":
         """Load a latent model directory; ``backbone`` = ``(model, tokenizer)`` to reuse a loaded backbone.
+        A BWArea directory loads as a :class:`~reinlm.latent.bwarea.BWAreaModel` (``heads_dtype``: its weights').
 
         ``dtype``: the backbone's (default: bfloat16 when the heads are stored in bfloat16, as an imported
         CoLA model, else float32); ``heads_dtype``: the heads' (default: ``config.json``'s ``heads_dtype``).
@@ -159,6 +174,10 @@ class LatentActionModel(SeedAPI, nn.Module):
 
         model_dir = Path(model_dir)
         cfg_path, heads_path = model_dir / CONFIG_FILE, model_dir / HEADS_FILE
+        if latent_family(model_dir) == "bwarea":  # the family with its own embeddings (reinlm.latent.bwarea)
+            from reinlm.latent.bwarea import BWAreaModel
+
+            return BWAreaModel.from_pretrained(model_dir, device=device, dtype=heads_dtype, num_actions=num_actions)
         if not cfg_path.is_file() or not heads_path.is_file():
             raise ReinlmError(f"latent: {str(model_dir)!r} is not a latent model directory (it needs {CONFIG_FILE} "
                               f"and {HEADS_FILE}); create one with `reinlm latent pretrain --out DIR`.")
@@ -214,6 +233,16 @@ class LatentActionModel(SeedAPI, nn.Module):
                                         use_cache)
         return h.float(), cache
 
+    def head_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What the IDM and the policy read: the frozen backbone's states h (B, T, H) float32, no gradient
+        (BWArea's parts read the token ids: :meth:`reinlm.latent.bwarea.BWAreaModel.head_input`)."""
+        return self.backbone_hidden(input_ids, attention_mask)[0]
+
+    def world_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     actions: torch.Tensor) -> torch.Tensor:
+        """The state the LM head reads (B, T, H) under ``actions`` (B, T) long."""
+        return self.world_model_state_from_hidden(self.head_input(input_ids, attention_mask), actions)
+
     def token_logits(self, state: torch.Tensor) -> torch.Tensor:
         """Frozen LM head: (..., H) -> (..., V) float32 logits."""
         w = self.lm_head.weight
@@ -236,31 +265,6 @@ class LatentActionModel(SeedAPI, nn.Module):
         return self.token_logits(self.world_model(h, action))
 
     # ------------------------------------------------------------------ the seeds' API
-
-    def forward_world_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                            action_idx: int | torch.Tensor = 0) -> torch.Tensor:
-        """Next-token logits (B, T, V) when action ``action_idx`` (int, (B,) or (B, T)) is taken at every step."""
-        h, _ = self.backbone_hidden(input_ids, attention_mask)
-        B, T, _ = h.shape
-        a = torch.as_tensor(action_idx, dtype=torch.long, device=h.device)
-        a = a.view(B, 1).expand(B, T) if a.dim() == 1 else a.expand(B, T)
-        self._check_actions(a)
-        return self.world_model_logits_from_hidden(h, a)
-
-    def forward_inverse(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> InverseOutput:
-        """IDM argmax actions of steps 0..T-2 (step t explains token t+1) and their probabilities."""
-        h, _ = self.backbone_hidden(input_ids, attention_mask)
-        logits = self.idm_logits_from_hidden(h, attention_mask)  # (B, T-1, K)
-        return InverseOutput(logits.argmax(-1), logits.softmax(-1), logits)
-
-    def forward_policy(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> PolicyOutput:
-        """Policy logits (B, T, K) and actions sampled with the current ``set_action_sampling`` settings."""
-        h, _ = self.backbone_hidden(input_ids, attention_mask)
-        logits = self.policy_logits_from_hidden(h, attention_mask)
-        s = self.action_sampling
-        idx = sample_actions(logits, greedy=s.greedy, tau=s.tau, top_k=s.top_k, top_p=s.top_p, generator=generator)
-        return PolicyOutput(logits, idx)
 
     def _make_stepper(self, action_chooser, token_chooser):
         from reinlm.latent.stepper import LatentStepper

@@ -3,7 +3,9 @@
 ``set_action_sampling``, ``reset_action_info`` / ``get_action_info`` and ``generate`` are written once here; a
 family (:class:`~reinlm.latent.model.LatentActionModel` over a frozen backbone,
 :class:`~reinlm.latent.bwarea.BWAreaModel`) supplies ``config.num_actions``, ``tokenizer``, ``device`` and
-``_make_stepper(action_chooser, token_chooser)`` (its stepper for :func:`reinlm.rollout.decode.decode`).
+``_make_stepper(action_chooser, token_chooser)`` (its stepper for :func:`reinlm.rollout.decode.decode`),
+``head_input(ids, mask)`` (what the IDM and the policy read), ``idm_logits_from_hidden``,
+``policy_logits_from_hidden``, ``world_states(ids, mask, actions)`` and ``token_logits(state)``.
 Legend: B = batch, T = positions, P = prompt length, R = generated length, H = hidden size, K = actions.
 """
 
@@ -15,6 +17,7 @@ import torch
 
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import ActionSampling
+from reinlm.latent.modules import sample_actions
 
 
 @dataclass
@@ -64,6 +67,28 @@ class SeedAPI:
         self.action_sampling = ActionSampling(
             greedy=s.greedy if greedy is None else greedy, tau=s.tau if tau is None else tau,
             top_k=s.top_k if top_k is None else top_k, top_p=s.top_p if top_p is None else top_p)
+
+    def forward_world_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                            action_idx: int | torch.Tensor = 0) -> torch.Tensor:
+        """Next-token logits (B, T, V) when action ``action_idx`` (int, (B,) or (B, T)) is taken at every step."""
+        B, T = input_ids.shape
+        a = torch.as_tensor(action_idx, dtype=torch.long, device=input_ids.device)
+        a = a.view(B, 1).expand(B, T) if a.dim() == 1 else a.expand(B, T)
+        self._check_actions(a)
+        return self.token_logits(self.world_states(input_ids, attention_mask, a))
+
+    def forward_inverse(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> InverseOutput:
+        """IDM argmax actions of steps 0..T-2 (step t explains token t+1), their probabilities and logits."""
+        logits = self.idm_logits_from_hidden(self.head_input(input_ids, attention_mask), attention_mask)
+        return InverseOutput(logits.argmax(-1), logits.softmax(-1), logits)  # (B, T-1), (B, T-1, K) x 2
+
+    def forward_policy(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> PolicyOutput:
+        """Policy logits (B, T, K) and actions sampled with the current ``set_action_sampling`` settings."""
+        logits = self.policy_logits_from_hidden(self.head_input(input_ids, attention_mask), attention_mask)
+        s = self.action_sampling
+        idx = sample_actions(logits, greedy=s.greedy, tau=s.tau, top_k=s.top_k, top_p=s.top_p, generator=generator)
+        return PolicyOutput(logits, idx)
 
     def _check_actions(self, a: torch.Tensor) -> None:
         K = self.config.num_actions
