@@ -40,3 +40,17 @@ def test_trainer_form_matches_trainer_lr_lambda():
     assert [f(s) for s in (0, 3, 4, 12, 20)] == pytest.approx([0.25, 1.0, 1.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="allowed: constant, linear, cosine"):
         lr_multiplier(10, 0, "step")
+
+
+def test_one_step_seed_for_the_trainer_and_latent_pretraining():
+    import numpy as np
+
+    from reinlm.utils.rng import step_seed
+
+    # the formula both used: SeedSequence([seed, a, b]) -> 63 bits; latent pretraining passes (seed, stage, step)
+    want = int(np.random.SeedSequence([7, 1, 12]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    assert step_seed(7, 1, 12) == want and 0 <= want < 2**63
+    assert step_seed(7, 12, 1) != want  # the order of step and salt matters
+    from reinlm.trainer import loop
+
+    assert loop.step_seed(3, 4, 5) == step_seed(3, 4, 5)

@@ -47,7 +47,7 @@ from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.distributed import destroy_process_group_at_exit
 from reinlm.utils.jsonio import append_jsonl, read_jsonl, write_json
-from reinlm.utils.rng import seed_everything
+from reinlm.utils.rng import seed_everything, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,6 @@ def _lr_lambda(total: int):
 def entropy(p: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of distributions along the last axis: (..., K) -> (...)."""
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
-
-
-def step_seed(seed: int, stage: int, step: int) -> int:
-    """A 63-bit seed for (run seed, stage, step): the draws of a step do not depend on resuming or on W."""
-    return int(np.random.SeedSequence([seed, stage, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def gumbel_noise(shape, seed: int) -> torch.Tensor:

@@ -18,6 +18,12 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    """A deterministic 63-bit seed for (run seed, step, salt): the draws of a step do not depend on resuming or
+    on the number of processes. (Latent pretraining passes its stage as ``step`` and its step as ``salt``.)"""
+    return int(np.random.SeedSequence([seed, step, salt]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def rng_state() -> dict[str, Any]:
     """Snapshot of every RNG state, for checkpoints."""
     state = {
