@@ -265,6 +265,10 @@ def test_trl_renames_and_derived_keys(tmp_path):
     # 10 optimiser steps with 2 iterations per rollout batch = 5 rollout steps; warm-up ceil(0.1 x 5)
     assert (cfg.steps, cfg.update_epochs, cfg.warmup_steps) == (5, 2, 1)
     assert (cfg.max_new_tokens, cfg.kl_coef, cfg.clip_eps, cfg.lr_schedule) == (16, 0.02, 0.3, "cosine")
+    # TRL's beta: a k3 KL loss term with the importance-ratio correction (TRL's defaults), not reinlm's k1 penalty
+    assert (cfg.kl_in, cfg.kl_estimator, cfg.use_bias_correction_kl) == ("loss", "k3", True)
+    assert build_config(TrainConfig, None, {"beta": 0.1, "kl_in": "reward"}).kl_in == "reward"  # given wins
+    assert build_config(TrainConfig, None, {"kl_coef": 0.1}).kl_in == "reward"  # reinlm's own name: reinlm's meaning
     assert (cfg.out, cfg.save_every, cfg.keep_checkpoints, cfg.log) == ("runs/x", 5, 3, "none")
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.seed) == (16, 32, "q_proj,k_proj", 3)
 

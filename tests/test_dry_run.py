@@ -28,7 +28,8 @@ def test_dry_run_of_a_trl_config_prints_the_plan_and_writes_nothing(tmp_path, ca
     code, out, err = _run(["train", "--config", str(EXAMPLE), "--dry-run", "--out", str(tmp_path / "run")], capsys)
     assert code == 0, err
     assert "kl_coef: 0.04" in out and "lr: 5.0e-06" in out  # the resolved config
-    assert "beta: 0.04 -> kl_coef: 0.04" in out and "TRL adds the k3 KL to the loss" in out
+    assert "kl_coef: 0.04, kl_in: 'loss', kl_estimator: 'k3', use_bias_correction_kl: True" in out
+    assert "TRL's beta defaults to 0.0" in out
     assert "per_device_train_batch_size: 8, max_steps: 3" in out and "batch_prompts: 2" in out
     assert "checks passed: 20 prompts (columns: answer); rewards: correctness, answer_format" in out
     assert not (tmp_path / "run").exists() and sorted(p.name for p in REPO.iterdir()) == before
@@ -76,3 +77,12 @@ def test_a_missing_reward_column_fails_before_the_model_loads(tmp_path, capsys, 
                          "--out", str(tmp_path / "run"), "--device", "cpu"], capsys)
     assert code == 2 and "requires the argument(s) 'answer'" in err, err
 
+
+
+def test_a_run_prints_what_its_trl_keys_became(tmp_path, capsys, monkeypatch):
+    """Printed once at the start of a fresh run (here a run that stops at once on a bad --out)."""
+
+    monkeypatch.chdir(REPO)
+    (tmp_path / "run" / "final").mkdir(parents=True)  # refused before any model loads
+    code, _, err = _run(["train", "--config", str(EXAMPLE), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and f"TRL keys in {EXAMPLE}" in err and "kl_in: 'loss'" in err

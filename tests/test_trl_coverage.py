@@ -20,6 +20,7 @@ from reinlm.trainer.config import TrainConfig
 
 #: one value per derived key that the rule in translate_trl_keys accepts (a new derived key needs one here)
 DERIVED_SAMPLES = {
+    "beta": 0.04,
     "max_steps": 4, "per_device_train_batch_size": 8, "generation_batch_size": 16, "steps_per_generation": 2,
     "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "report_to": "none", "use_peft": True, "use_cpu": True,
     "vllm_importance_sampling_correction": False, "vllm_importance_sampling_mode": "token_truncate",

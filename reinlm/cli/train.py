@@ -6,10 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 from reinlm.config.build import build_config
 from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError, ReinlmError
+from reinlm.progress import note
 from reinlm.trainer.config import TrainConfig, add_train_args
+from reinlm.trainer.runlock import is_main_process
+from reinlm.trainer.trl_names import describe_trl_keys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -63,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
         return dry_run(cfg, args.config, bool(args.resume))
     out = cfg.out or cfg.default_out
+    if args.config and not args.resume:
+        _say_what_trl_keys_became(args.config)
     # one writer per run directory, taken (and --out checked for writability) before any model loads
     with RunLock(out) if is_main_process() else contextlib.nullcontext():
         if not args.resume:  # refuse a used --out before loading any model
@@ -81,3 +88,11 @@ def run(args: argparse.Namespace) -> int:
                   f"   KL to reference: {after.get('kl_to_reference', float('nan')):.3f}")
         print(f"run directory: {run_dir}   final model: {run_dir / 'final'}")
     return 0
+
+
+def _say_what_trl_keys_became(config_file: str) -> None:
+    """Once at the start of a fresh run: each TRL key of the config file, the reinlm setting it became and the
+    table's note (where reinlm's own default differs, this is where the user sees it)."""
+    lines = describe_trl_keys(dict(yaml.safe_load(Path(config_file).read_text()) or {}))
+    if lines and is_main_process():
+        note(f"TRL keys in {config_file} (docs/trl-migration.md):\n" + "\n".join(f"  {x}" for x in lines))

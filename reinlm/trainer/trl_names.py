@@ -65,9 +65,6 @@ TRL_RENAMES: dict[str, tuple[str, str]] = {
     "learning_rate": ("lr", "AdamW learning rate"),
     "num_generations": ("samples_per_prompt", "completions per prompt, the group size G"),
     "max_completion_length": ("max_new_tokens", "most tokens per completion"),
-    "beta": ("kl_coef", "KL coefficient. TRL adds the k3 KL to the loss and defaults to 0.0; reinlm adds the KL "
-                        "to the per-token reward by default (kl_in: reward, kl_estimator: k1) with 0.05. For "
-                        "TRL's form set kl_in: loss and kl_estimator: k3"),
     "num_iterations": ("update_epochs", "passes over each rollout batch (mu in the GRPO paper)"),
     "epsilon": ("clip_eps", "ratio clip epsilon"),
     "epsilon_high": ("clip_eps_high", "upper ratio clip (DAPO's clip-higher); with loss_type cispo the weight cap "
@@ -89,6 +86,9 @@ TRL_RENAMES: dict[str, tuple[str, str]] = {
 
 #: TRL key -> how its value is mapped (see translate_trl_keys)
 TRL_DERIVED: dict[str, str] = {
+    "beta": "kl_coef = beta with TRL's meaning: the k3 KL as a loss term weighted by the importance ratio (kl_in: "
+            "loss, kl_estimator: k3, use_bias_correction_kl: true, each unless given). reinlm's own kl_coef defaults "
+            "to 0.05 as a k1 reward penalty (kl_in: reward); TRL's beta defaults to 0.0",
     "max_steps": "TRL counts optimiser steps, reinlm rollout steps: steps = ceil(max_steps / (num_iterations x "
                  "steps_per_generation / gradient_accumulation_steps)) (= max_steps with TRL's defaults)",
     "per_device_train_batch_size": "completions per device per micro-batch: batch_prompts = "
@@ -217,6 +217,12 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
             put("minibatch_size", 0 if updates == 1 else P * gas, "per_device_train_batch_size")
     if "max_steps" in given:
         put("steps", max(1, math.ceil(_int("max_steps", given["max_steps"]) / (mu * updates))), "max_steps")
+    # --- the KL anchor: TRL's beta is a k3 loss term (with the ratio correction by default)
+    if "beta" in given:
+        put("kl_coef", given["beta"], "beta")
+        for field, value in (("kl_in", "loss"), ("kl_estimator", "k3"), ("use_bias_correction_kl", True)):
+            if field not in values:
+                out[field] = value
     # --- schedule
     if "lr_scheduler_type" in given:
         v = str(given["lr_scheduler_type"])
