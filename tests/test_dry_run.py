@@ -81,7 +81,6 @@ def test_a_missing_reward_column_fails_before_the_model_loads(tmp_path, capsys, 
 
 def test_a_run_prints_what_its_trl_keys_became(tmp_path, capsys, monkeypatch):
     """Printed once at the start of a fresh run (here a run that stops at once on a bad --out)."""
-
     monkeypatch.chdir(REPO)
     (tmp_path / "run" / "final").mkdir(parents=True)  # refused before any model loads
     code, _, err = _run(["train", "--config", str(EXAMPLE), "--out", str(tmp_path / "run")], capsys)
