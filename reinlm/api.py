@@ -107,6 +107,7 @@ class Trainer(_LoopTrainer):
                  prompts: Any = None,
                  reward_weights: Sequence[float] | None = None, model: Any = None, tokenizer: Any = None,
                  args: TrainConfig | dict | None = None, reward_funcs: Any = None, train_dataset: Any = None,
+                 environment_factory: Any = None, tools: Any = None, rollout_func: Any = None,
                  **overrides: Any):
         config = _one_of("config", config, "args", args)
         reward = _one_of("reward", reward, "reward_funcs", reward_funcs)
@@ -122,11 +123,24 @@ class Trainer(_LoopTrainer):
                 overrides["model"] = str(model)
             model_obj = None
         cfg = make_config(config, **overrides)
+        environment = None  # TRL's environment_factory= / tools= (docs/environments.md)
+        if rollout_func is not None:
+            raise ConfigError("rollout_func: not supported; give environment_factory= (episodes through reinlm's "
+                              "decode engine) or a text environment as --environment path.py:Class.")
+        if environment_factory is not None or tools:
+            from reinlm.envs.spec import from_python
+
+            environment = from_python(environment_factory, tools, cfg.max_tool_calling_iterations)
 
         # prompts: recorded as given when they have a name, else as a copy in RUN_DIR/prompts.jsonl
         self.prompts_from_python = prompts is not None and not isinstance(prompts, (str, Path))
         source = cfg.prompts if prompts is None else (str(prompts) if isinstance(prompts, Path) else prompts)
-        prompt_set = load_prompts(source, column=cfg.prompt_column, rename=cfg.rename_columns)
+        if (environment is not None or cfg.environment) and prompts is None and cfg.prompts == "builtin:reviews":
+            from reinlm.trainer.episodes import synthetic_rows  # no dataset: episodes reset from their seeds
+
+            prompt_set = synthetic_rows(cfg.env_rows)
+        else:
+            prompt_set = load_prompts(source, column=cfg.prompt_column, rename=cfg.rename_columns)
         record: dict[str, Any] = {}
         if self.prompts_from_python:  # the copy holds the renamed columns and a "prompt" column
             out = Path(cfg.out or cfg.default_out).resolve()
@@ -138,7 +152,9 @@ class Trainer(_LoopTrainer):
                                       cfg.reward_on_error)
         record["reward"] = reward_set_spec(reward_set)
         cfg = make_config(cfg, **record)
-        super().__init__(cfg, model=model_obj, tokenizer=tokenizer, reward_set=reward_set, prompt_set=prompt_set)
+        with_env = environment is not None or cfg.environment
+        super().__init__(cfg, model=model_obj, tokenizer=tokenizer, reward_set=reward_set, prompt_set=prompt_set,
+                         environment=environment, env_rewards=reward_set if with_env and reward is not None else None)
 
     def train(self, resume: bool = False, resume_from_checkpoint: bool | str | Path | None = None) -> Path:
         """Run (or, with ``resume=True``, continue) training; returns the run directory.

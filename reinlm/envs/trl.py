@@ -118,6 +118,8 @@ class ToolEnv:
     def reset(self, **row) -> str:
         self.iterations = 0
         prompt = row.get("prompt", "")
+        if isinstance(prompt, list):  # conversational rows: the last message is what the model answers
+            prompt = prompt[-1].get("content", "") if prompt and isinstance(prompt[-1], dict) else ""
         prompt = prompt if isinstance(prompt, str) else ""
         first = None
         if self.env is not None:

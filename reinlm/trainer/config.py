@@ -29,6 +29,7 @@ from reinlm.config.fields import flat_fields, is_config_class
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, check_device, opt
 from reinlm.critic.config import CriticConfig
+from reinlm.envs.config import EnvConfig
 from reinlm.errors import ConfigError
 from reinlm.rollout.config import RolloutConfig
 from reinlm.trainer import trl_names
@@ -189,6 +190,7 @@ class TrainConfig(FlatNames, Config):
                                              "perplexity comes for free")
     progress: bool = opt(True, "progress bars (false: one plain line per step and per long task)")
     llm_critic: CriticConfig = opt(default_factory=CriticConfig)
+    env: EnvConfig = opt(default_factory=EnvConfig)  # --environment and its limits (docs/environments.md)
 
     # TRL's names for these settings (the one table: reinlm/trainer/trl_names.py)
     __aliases__ = trl_names.trl_aliases()
@@ -249,6 +251,10 @@ class TrainConfig(FlatNames, Config):
             raise ConfigError(f"train_precision: got bf16-autocast with --dtype {self.dtype}; allowed: --dtype float32 "
                               "(mixed precision keeps float32 weights; bfloat16 weights already train in bfloat16).",
                               field="train_precision")
+        if self.env.environment or self.env.tools:  # episodes: the settings that go with them
+            from reinlm.trainer.episodes import check_env_settings
+
+            check_env_settings(self)
         if self.loss_type == "cispo" and self.clip_eps_high is None:
             self.clip_eps_high = 5.0
 

@@ -21,6 +21,7 @@ import torch
 from reinlm.algorithms.turn_credit import check_turn_credit, credit_targets
 from reinlm.data.prompts import PromptSet
 from reinlm.envs.spec import EnvSpec, resolve_environment
+from reinlm.envs.trl import ToolEnv
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.rollout.multiturn import (EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics, episodes_to_batch,
                                       run_episodes)
@@ -51,6 +52,12 @@ def check_env_settings(cfg) -> None:
     from reinlm.algorithms import get_algorithm
 
     check_turn_credit(cfg.turn_credit, get_algorithm(cfg.algo).needs.values, cfg.algo)
+
+
+def _user_env(env):
+    """The instance a reward function should see: the user's environment inside a TRL tool wrapper."""
+    inner = getattr(env, "env", None) if isinstance(env, ToolEnv) else None
+    return inner if inner is not None else env
 
 
 class EpisodeRunner:
@@ -106,9 +113,12 @@ class EpisodeRunner:
             env.opponent = self.opponent
         return env
 
-    def rollout(self, rows: PromptSet, idx: list[int], G: int, seeds: list[int]) -> EpisodeBatch:
-        """Play G episodes of each row ``idx[j]`` with environment seed ``seeds[j]`` -> EpisodeBatch."""
+    def rollout(self, rows: PromptSet, idx: list[int], G: int, seeds: list[int],
+                step: int | None = None) -> EpisodeBatch:
+        """Play G episodes of each row ``idx[j]`` with environment seed ``seeds[j]`` -> EpisodeBatch (``step``:
+        the training step, named in errors; None in evaluations)."""
         cfg = self.cfg
+        self.step = step
         row_dicts = [self.row(rows, i) for i in idx]
         envs = [self._make(r) for r in row_dicts for _ in range(G)]
         gens = [torch.Generator(device="cpu").manual_seed((s * 1_000_003 + g) % (2**63 - 1))
@@ -128,8 +138,7 @@ class EpisodeRunner:
         pad = tok.pad_token_id if tok.pad_token_id is not None else self.policy.eos_token_ids[0]
         return episodes_to_batch(episodes, tok, G, cfg.temperature, pad, device=self.policy.device)
 
-    def score(self, batch: EpisodeBatch, raw_prompts: list, columns: dict[str, list], step: int | None,
-              **reward_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float],
+    def score(self, batch: EpisodeBatch, raw_prompts: list, columns: dict[str, list], **reward_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float],
                                         dict[str, list]]:
         """-> scores (B,) (returns + reward functions), valid (B,), components, metrics, per-sample columns
         (``transcript``: each episode's turns, rewards and trained tokens, written to samples.jsonl)."""
@@ -137,7 +146,8 @@ class EpisodeRunner:
         device = batch.response_ids.device
         valid = torch.tensor([ep.valid for ep in eps], dtype=torch.bool, device=device)
         if not bool(valid.any()):
-            where = f" at step {step + 1}" if step is not None else ""
+            step = getattr(self, "step", None)
+            where = f" at step {step + 1}" if step is not None else " in the held-out evaluation"
             raise ReinlmError(f"environment: every episode{where} was invalid ({len(eps)} of {len(eps)}); the "
                               f"first fault: {eps[0].fault}. Check the environment, or raise --env-timeout.")
         returns = torch.tensor([ep.ret for ep in eps], dtype=torch.float32, device=device)
@@ -145,7 +155,8 @@ class EpisodeRunner:
         scores = returns
         if self.reward_set is not None:
             result = self.reward_set.score(raw_prompts, batch.completions,
-                                           {**columns, "environments": [ep.env for ep in eps]}, **reward_kwargs)
+                                           {**columns, "environments": [_user_env(ep.env) for ep in eps]},
+                                           **reward_kwargs)
             valid = valid & result.valid.to(device).bool()
             scores = scores + result.total.to(device, torch.float32).nan_to_num(0.0)
             components.update({k: v.to(device).float() for k, v in result.components.items()})

@@ -148,7 +148,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, model=None, tokenizer=None, reward_set=None, prompt_set=None,
-                 accelerator=None, degeneration=None):
+                 accelerator=None, degeneration=None, environment=None, env_rewards=None):
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -168,6 +168,15 @@ class Trainer:
         # --- data (before any model: bad input fails fast) ---
         from reinlm.data import load_prompts
 
+        if cfg.environment and environment is None:  # a bad SPEC fails here, before any model loads
+            from reinlm.envs import resolve_environment
+
+            environment = resolve_environment(cfg.environment, tools=cfg.tools, opponent=cfg.opponent,
+                                              max_tool_calling_iterations=cfg.max_tool_calling_iterations)
+        if prompt_set is None and environment is not None and cfg.prompts == "builtin:reviews":
+            from reinlm.trainer.episodes import synthetic_rows  # episodes reset from their seeds: no dataset
+
+            prompt_set = synthetic_rows(cfg.env_rows)
         full = prompt_set if prompt_set is not None else load_prompts(cfg.prompts, column=cfg.prompt_column,
                                                                      rename=cfg.rename_columns)
         self.full_prompts = full
@@ -208,6 +217,12 @@ class Trainer:
         self.held_texts = (self.train_texts if self.held_out is self.train_prompts
                            else render_prompts(self.held_out.prompts, self.policy.tokenizer, cfg.chat_template))
         self._reward_state = None
+        self.episodes = None  # --environment: trainer/episodes.py plays and scores the episodes
+        if environment is not None:
+            from reinlm.trainer.episodes import EpisodeRunner
+
+            self.episodes = EpisodeRunner(cfg, self.policy, environment, reward_set=env_rewards)
+            self.episodes.probe(self.train_prompts)
         # --tis auto: correct the mismatch exactly when the rollouts come from another numeric path
         self.tis_level = cfg.tis if cfg.tis != "auto" else ("none" if self.policy.rollout_logprobs_exact else "token")
         self._check_lengths()
@@ -298,6 +313,9 @@ class Trainer:
                                self.cfg.chat_template)
         ids = [row[m.bool()].tolist() for row, m in zip(batch.response_ids.cpu(), batch.response_mask.cpu())]
         kwargs = dict(completion_ids=ids, trainer_state=self._reward_state, prompt_texts=list(batch.prompts))
+        if self.episodes is not None:  # the environment's returns (+ reward functions, given environments=)
+            scores, valid, comps, extra, cols = self.episodes.score(batch, raw, columns, **kwargs)
+            return Scored(scores, valid, None, comps, extra, cols)
         result = self.reward_set.score(raw, batch.completions, columns, **kwargs)
         valid = result.valid.to(self.device).bool()
         dense = None
@@ -330,7 +348,8 @@ class Trainer:
         salt = 1000 + 1_000_003 * attempt
         seeds = [step_seed(cfg.seed, step, salt + j) for j in range(self.rank, len(all_idx), self.world)]
         t0 = time.perf_counter()
-        batch = self.policy.rollout(prompts, cfg.samples_per_prompt, seeds)
+        batch = (self.policy.rollout(prompts, cfg.samples_per_prompt, seeds) if self.episodes is None else
+                 self.episodes.rollout(self.train_prompts, local_idx, cfg.samples_per_prompt, seeds, step))
         t1 = time.perf_counter()
         scored = self._score(batch, local_idx, cfg.samples_per_prompt)
         self._timing["generate"] += t1 - t0
@@ -442,7 +461,8 @@ class Trainer:
                                  kl=kl, beta=beta if cfg.kl_in == "reward" else 0.0, dense=scored.dense,
                                  values=None if old is None or old.values is None else old.values.detach(),
                                  baseline_scores=baseline_scores, reduce_sum=self._reduce_sum)
-        targets = self.algorithm.advantages(inputs)
+        targets = (self.algorithm.advantages(inputs) if self.episodes is None else
+                   self.episodes.targets(self.algorithm, inputs, batch))  # --turn-credit
         t_prep = time.perf_counter()
 
         old_logp = None if old is None else old.logp.detach()
@@ -614,7 +634,8 @@ class Trainer:
         cfg = self.cfg
         prompts = [self.held_texts[i] for i in idx]
         seeds = [step_seed(cfg.seed, 10**9, 2000 + i) for i in idx]
-        batch = self.policy.rollout(prompts, cfg.eval_samples, seeds)
+        batch = (self.policy.rollout(prompts, cfg.eval_samples, seeds) if self.episodes is None else
+                 self.episodes.rollout(self.held_out, idx, cfg.eval_samples, seeds))
         G = cfg.eval_samples
         result = self._score(batch, idx, G, prompt_set=self.held_out)
         vf = result.valid.float()

@@ -51,7 +51,6 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "use_transformers_paged": "TRL's deprecated name of use_transformers_continuous_batching, which reinlm does not "
                               "use.",
     "pad_to_multiple_of": "reinlm pads each rollout to its longest sequence; there is no padding multiple to set.",
-    "max_tool_calling_iterations": "reinlm generates single-turn completions (no tool calls).",
     "chat_template_kwargs": "extra chat-template variables are not passed; chat_template: true renders the model's "
                             "template with the generation prompt.",
     "max_prompt_length": "prompts are never truncated; over-long prompts are refused before training.",
