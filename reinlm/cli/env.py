@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
+
+from reinlm.cli.jsonout import print_json
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def _list(args) -> int:
     adapters = [{"adapter": k, "description": v,
                  "installed": k == "builtin" or importlib.util.find_spec(k) is not None} for k, v in ADAPTERS.items()]
     if args.json:
-        print(json.dumps({"builtins": rows, "adapters": adapters}))
+        print_json({"builtins": rows, "adapters": adapters})
         return 0
     print("built-in environments:")
     for r in rows:
@@ -125,7 +126,7 @@ def _eval(args) -> int:
            "invalid_move_rate": metrics["env/invalid_move_frac"], "invalid_episode_frac": metrics["env/invalid_frac"],
            "timeout_frac": metrics["env/timeout_frac"], "model_tokens": metrics["env/model_tokens"]}
     if args.json:
-        print(json.dumps(out))
+        print_json(out)
     else:
         for k, v in out.items():
             print(f"{k:<22} {v:.4f}" if isinstance(v, float) else f"{k:<22} {v}")

@@ -26,6 +26,7 @@ from reinlm.trainer.trl_refused import TRL_UNSUPPORTED
 
 #: TRL key -> note (the key is also a reinlm field of the same meaning)
 TRL_SAME: dict[str, str] = {
+    "max_tool_calling_iterations": "rounds of tool calls per episode (with --environment)",
     "temperature": "sampling temperature",
     "top_p": "nucleus sampling (1.0: off)",
     "top_k": "top-k sampling (0: off)",
