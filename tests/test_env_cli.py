@@ -40,6 +40,10 @@ def test_eval_json_is_seeded(capsys, tiny_dir):
     assert main(argv) == 0
     b = json.loads(capsys.readouterr().out)
     assert a == b and a["episodes"] == 3 and a["mean_turns"] == 2.0 and 0 <= a["invalid_move_rate"] <= 1
+    assert [len(t["turns"]) for t in a["samples"]] == [2, 2, 2]
+    assert main(argv[:-1] + ["3"]) == 0  # another seed: other games, other samples
+    c = json.loads(capsys.readouterr().out)
+    assert c["samples"][0]["turns"] != a["samples"][0]["turns"]
 
 
 @pytest.mark.parametrize("argv, word", [

@@ -147,3 +147,13 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_model_dir, tmp_path, capsys, 
     assert main(_flags(tiny_model_dir, out, *[e.format(d=tmp_path) for e in extra])) == 2
     assert word in " ".join(capsys.readouterr().err.split())
     assert not out.exists()
+
+
+def test_textarena_guess_the_number_trains_two_steps_without_a_dataset(tiny_model_dir, tmp_path):
+    out = tmp_path / "ta"
+    assert main(_flags(tiny_model_dir, out, "--environment", "textarena:GuessTheNumber-v0", "--turn-credit",
+                       "discounted", "--gamma", "0.9")) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["env/turns"] >= 1
+    t = read_jsonl(out / "samples.jsonl")[0]["extra"]["transcript"]
+    assert "Guess The Number" in t["observations"][0] and len(t["turns"]) == len(t["turn_rewards"])

@@ -125,7 +125,8 @@ def _eval(args) -> int:
            "mean_return": metrics["env/return"], "mean_turns": metrics["env/turns"],
            "invalid_move_rate": metrics["env/invalid_move_frac"], "invalid_episode_frac": metrics["env/invalid_frac"],
            "timeout_frac": metrics["env/timeout_frac"], "model_tokens": metrics["env/model_tokens"]}
-    if args.json:
+    if args.json:  # the first episodes' transcripts, for a look at what the model did
+        out["samples"] = [ep.transcript() for ep in episodes[:3]]
         print_json(out)
     else:
         for k, v in out.items():
