@@ -12,7 +12,7 @@ import torch
 from reinlm.cli.main import main
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import Trainer
-from reinlm.utils import read_jsonl
+from reinlm.utils.jsonio import read_jsonl
 
 # TRL's documented environment (environment_factory), unchanged: a counter with an `increment` tool
 COUNTER = '''

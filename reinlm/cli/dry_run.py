@@ -56,6 +56,11 @@ def dry_run(cfg: TrainConfig, config_file: str | None, resume: bool) -> int:
     rewards = parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
     check_reward_inputs(rewards, prompts.columns)
     model = _check_model(cfg.model)
+    if cfg.environment:  # the SPEC, its class and tools (docs/environments.md)
+        from reinlm.envs import resolve_environment
+
+        resolve_environment(cfg.environment, tools=cfg.tools, opponent=cfg.opponent,
+                            max_tool_calling_iterations=cfg.max_tool_calling_iterations)
     if cfg.space == "latent" and not Path(cfg.latent).is_dir():
         raise ReinlmError(f"latent: {cfg.latent!r} is not a directory; give the --out of `reinlm latent pretrain`.")
     print("# resolved config (what config.yaml would record)")

@@ -200,7 +200,8 @@ class Trainer:
         self.reward_set = reward_set if reward_set is not None else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
         from reinlm.rewards.precheck import check_reward_inputs
 
-        check_reward_inputs(self.reward_set, full.columns)  # a missing column fails here, before any model loads
+        env_cols = ["environments"] if environment is not None else []  # reward functions get the instances
+        check_reward_inputs(self.reward_set, [*full.columns, *env_cols])  # a missing column fails before any model
         self.critic = None
         if cfg.critic or cfg.critic_url:
             self.critic = cfg.llm_critic.build()
