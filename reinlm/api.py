@@ -25,12 +25,14 @@ from typing import Any, Sequence
 from reinlm.config.build import build_config, config_to_dict
 from reinlm.config.yamlfile import load_yaml
 from reinlm.data import load_prompts
+from reinlm.envs.spec import from_python
 from reinlm.errors import ConfigError
 from reinlm.rewards import RewardSet, parse_reward_spec
 from reinlm.rewards.base import reward_name
 from reinlm.rewards.combine import RewardComponent
 from reinlm.rewards.refs import reward_set_spec
 from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.episodes import synthetic_rows
 from reinlm.trainer.loop import Trainer as _LoopTrainer, previous_run_outputs
 from reinlm.utils.atomic import atomic_write_text
 
@@ -128,16 +130,12 @@ class Trainer(_LoopTrainer):
             raise ConfigError("rollout_func: not supported; give environment_factory= (episodes through reinlm's "
                               "decode engine) or a text environment as --environment path.py:Class.")
         if environment_factory is not None or tools:
-            from reinlm.envs.spec import from_python
-
             environment = from_python(environment_factory, tools, cfg.max_tool_calling_iterations)
 
         # prompts: recorded as given when they have a name, else as a copy in RUN_DIR/prompts.jsonl
         self.prompts_from_python = prompts is not None and not isinstance(prompts, (str, Path))
         source = cfg.prompts if prompts is None else (str(prompts) if isinstance(prompts, Path) else prompts)
         if (environment is not None or cfg.environment) and prompts is None and cfg.prompts == "builtin:reviews":
-            from reinlm.trainer.episodes import synthetic_rows  # no dataset: episodes reset from their seeds
-
             prompt_set = synthetic_rows(cfg.env_rows)
         else:
             prompt_set = load_prompts(source, column=cfg.prompt_column, rename=cfg.rename_columns)

@@ -14,18 +14,22 @@ episode samples from its own generator.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import torch
 
+from reinlm.algorithms import get_algorithm
 from reinlm.algorithms.turn_credit import check_turn_credit, credit_targets
 from reinlm.data.prompts import PromptSet
+from reinlm.envs.protocol import call_reset
 from reinlm.envs.spec import EnvSpec, resolve_environment
 from reinlm.envs.trl import ToolEnv
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.rollout.multiturn import (EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics, episodes_to_batch,
                                       run_episodes)
 from reinlm.rollout.sampling import SamplingConfig
+from reinlm.rollout.token import generate_rollouts
 
 __all__ = ["EpisodeRunner", "synthetic_rows", "check_env_settings"]
 
@@ -49,8 +53,6 @@ def check_env_settings(cfg) -> None:
     if cfg.dynamic_sampling:
         raise ConfigError("dynamic_sampling: not wired for episodes yet; leave it off with --environment.",
                           field="dynamic_sampling")
-    from reinlm.algorithms import get_algorithm
-
     check_turn_credit(cfg.turn_credit, get_algorithm(cfg.algo).needs.values, cfg.algo)
 
 
@@ -87,8 +89,6 @@ class EpisodeRunner:
     def probe(self, rows: PromptSet) -> None:
         """Reset one environment on the first row before anything is written: a reset that raises or returns
         something other than text is bad input (``ReinlmError``, exit 2)."""
-        from reinlm.envs.protocol import call_reset
-
         row = self.row(rows, 0)
         env = self._make(row)
         try:
@@ -174,16 +174,12 @@ class FrozenOpponent:
     """``--opponent frozen``: a frozen copy of the starting policy answers the opponent's observations."""
 
     def __init__(self, policy, fmt: TurnFormat, cfg):
-        import copy
-
         self.model = copy.deepcopy(policy.rollout_engine.rollout_model).eval().requires_grad_(False)
         self.tok, self.fmt = policy.tokenizer, fmt
         self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=min(cfg.turn_tokens, 32))
         self.rng = random.Random(cfg.seed)
 
     def __call__(self, observation: str) -> str:
-        from reinlm.rollout.token import generate_rollouts
-
         gen = torch.Generator().manual_seed(self.rng.randrange(2**31))
         prompt = self.tok.decode(self.fmt.first(observation[-2000:]))
         return generate_rollouts(self.model, self.tok, [prompt], 1, self.sampling, generator=gen).completions[0]

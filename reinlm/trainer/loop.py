@@ -35,10 +35,12 @@ from reinlm.algorithms.losses import masked_mean
 from reinlm.algorithms.mismatch import mismatch_stats, tis_clip_fraction, truncated_is_weights
 from reinlm.algorithms.shaping import RunningMoments
 from reinlm.config.build import config_to_dict
+from reinlm.envs import resolve_environment
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.trainer.batching import concat_rollouts, rows_of_groups, select_groups, truncated_rows
 from reinlm.trainer.checkpoint import latest_checkpoint, load_trainer_state, load_value_head, save_checkpoint
 from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.episodes import EpisodeRunner, synthetic_rows
 from reinlm.trainer.logging import RunLogger
 from reinlm.trainer.policy import PolicyScores
 from reinlm.trainer.guards import NonFiniteError, check_grad_norm, check_loss, check_weights, stopped_message
@@ -169,13 +171,9 @@ class Trainer:
         from reinlm.data import load_prompts
 
         if cfg.environment and environment is None:  # a bad SPEC fails here, before any model loads
-            from reinlm.envs import resolve_environment
-
             environment = resolve_environment(cfg.environment, tools=cfg.tools, opponent=cfg.opponent,
                                               max_tool_calling_iterations=cfg.max_tool_calling_iterations)
         if prompt_set is None and environment is not None and cfg.prompts == "builtin:reviews":
-            from reinlm.trainer.episodes import synthetic_rows  # episodes reset from their seeds: no dataset
-
             prompt_set = synthetic_rows(cfg.env_rows)
         full = prompt_set if prompt_set is not None else load_prompts(cfg.prompts, column=cfg.prompt_column,
                                                                      rename=cfg.rename_columns)
@@ -220,8 +218,6 @@ class Trainer:
         self._reward_state = None
         self.episodes = None  # --environment: trainer/episodes.py plays and scores the episodes
         if environment is not None:
-            from reinlm.trainer.episodes import EpisodeRunner
-
             self.episodes = EpisodeRunner(cfg, self.policy, environment, reward_set=env_rewards)
             self.episodes.probe(self.train_prompts)
         # --tis auto: correct the mismatch exactly when the rollouts come from another numeric path
