@@ -242,14 +242,39 @@ def test_frozen_dtype_bfloat16_casts_only_the_frozen_copies(tiny_model_dir, tmp_
     assert TrainConfig(model="m", frozen_dtype="same", dtype="bfloat16").frozen_dtype_name == "bfloat16"
 
 
+def test_bfloat16_reference_error_is_measured_once_at_the_start(tiny_model_dir, tmp_path):
+    """mismatch/ref_logp_abs: the bfloat16 reference's log-probs against the exact float32 ones (the trained
+    weights before any step), measured at the first reference call only; none with the float32 reference."""
+    from reinlm.rollout.token import token_logprobs
+    from reinlm.trainer.token_policy import TokenPolicy
+
+    pol = TokenPolicy(tiny_cfg(tiny_model_dir, tmp_path / "a", frozen_dtype="bfloat16"), torch.device("cpu"))
+    batch = pol.rollout(["Tell me about red.", "The sea"], 2, seeds=[1, 2])
+    R, mask = batch.response_ids.shape[1], batch.response_mask.float()
+    ref = pol.reference(batch).logp
+    with torch.no_grad():
+        exact = token_logprobs(pol.model, batch.input_ids, batch.attention_mask, R).logp
+    want = float(((ref - exact).abs() * mask).sum() / mask.sum())
+    got = pol.step_metrics()
+    assert want > 1e-4 and got == {"mismatch/ref_logp_abs": pytest.approx(want, rel=1e-5)}
+    assert pol.step_metrics() == {}  # returned once
+    pol.reference(batch)
+    assert pol.step_metrics() == {}  # measured once
+    same = TokenPolicy(tiny_cfg(tiny_model_dir, tmp_path / "b", frozen_dtype="same"), torch.device("cpu"))
+    same.reference(batch)
+    assert same.step_metrics() == {}  # the exact float32 path: nothing to measure
+
+
 def test_frozen_dtype_auto_resolves_by_hardware(monkeypatch):
     import reinlm.utils.devices as utils
 
     monkeypatch.setattr(utils, "native_bfloat16", lambda device="auto": True)
     assert TrainConfig(model="m", frozen_dtype="auto", device="cpu").frozen_dtype == "bfloat16"
+    assert TrainConfig(model="m", device="cpu").frozen_dtype == "bfloat16"  # auto is the default
     monkeypatch.setattr(utils, "native_bfloat16", lambda device="auto": False)
     cfg = TrainConfig(model="m", frozen_dtype="auto", device="cpu")
     assert (cfg.frozen_dtype, cfg.frozen_dtype_name) == ("same", "float32")
+    assert TrainConfig(model="m", device="cpu").frozen_dtype_name == "float32"
     with pytest.raises(ConfigError, match="frozen_dtype.*float16"):
         TrainConfig(model="m", frozen_dtype="float16")
 

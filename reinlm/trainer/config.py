@@ -169,10 +169,11 @@ class TrainConfig(FlatNames, Config):
         "stay float32; about 2x faster on CPUs with native bfloat16 (AVX512-BF16/AMX) and recent GPUs, slower "
         "where bfloat16 is emulated; TRL's bf16: true). Token space with --dtype float32 only")
     frozen_dtype: Literal["same", "auto", "float32", "bfloat16"] = opt(
-        "same", "dtype of the frozen networks: the token-space reference (and evaluation copy), the latent "
-        "backbone with its LM head. same: --dtype; auto: bfloat16 where the device computes it natively, else "
-        "--dtype. Frozen weights never take an optimizer step, so bfloat16 halves their memory traffic "
-        "without rounding any update")
+        "auto", "dtype of the frozen networks: the token-space reference (and evaluation copy), the latent "
+        "backbone with its LM head. auto (default): bfloat16 where the device computes it natively (CPU "
+        "avx512_bf16/amx_bf16, recent GPUs), else --dtype; same: --dtype (the exact float32 path). Frozen weights "
+        "never take an optimizer step, so bfloat16 halves their memory traffic without rounding any update; the "
+        "error it adds to the reference's log-probs is logged at the first step (mismatch/ref_logp_abs)")
     seed: int = opt(0, "seed for prompts, sampling and initialisation", lo=0, hi=2**63 - 1)
     out: str | None = opt(None, "run directory (default: runs/<algo>-<space>-<seed>)")
     overwrite: bool = opt(False, "replace an earlier run in --out (its metrics, samples, checkpoints and final model); "

@@ -230,6 +230,11 @@ class LatentPolicy:
     def after_optimizer_step(self) -> None:
         """The weights changed (nothing to refresh: rollouts run the trained policy itself)."""
 
+    def step_metrics(self) -> dict[str, float]:
+        """None: the BC reference reads the same (frozen-dtype) backbone states as the policy, so its exact KL
+        has no dtype error to report."""
+        return {}
+
     def wrap_for_ddp(self, accelerator) -> None:
         self.lam.policy = accelerator.prepare_model(self.lam.policy)
         if self.value_head is not None:

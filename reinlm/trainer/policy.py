@@ -115,6 +115,11 @@ class Policy(Protocol):
         """Wrap the trainable modules for data-parallel gradient averaging."""
         ...
 
+    def step_metrics(self) -> dict[str, float]:
+        """Metrics the policy measured during this step (each returned once), merged into the step's metrics:
+        e.g. ``mismatch/ref_logp_abs``, the error a bfloat16 reference adds, at the first step."""
+        ...
+
     def after_optimizer_step(self) -> None:
         """Called by the loop after every optimiser step: the weights just changed (a rollout copy in another
         dtype, or a vLLM engine, must be refreshed before the next rollout)."""

@@ -58,6 +58,8 @@ class TokenPolicy:
             model_dir = resolve_model_dir(cfg.model)
         # generates the rollouts: the trained weights, a rollout-dtype copy (--rollout-dtype) or vLLM
         self.rollout_engine = TokenRolloutEngine(self.model, tokenizer, cfg.rollout, model_dir=model_dir, seed=cfg.seed)
+        self._at_start = True  # the trained weights still equal the reference's (no optimiser step, no resume)
+        self._step_metrics: dict[str, float] = {}
         self.value_model = None
         self.value_head = None
         if with_value_head:
@@ -172,7 +174,14 @@ class TokenPolicy:
 
     def after_optimizer_step(self) -> None:
         """The weights changed: a rollout copy / vLLM engine is re-synced before the next rollout."""
+        self._at_start = False
         self.rollout_engine.weights_changed()
+
+    def step_metrics(self) -> dict[str, float]:
+        """Metrics measured during this step, once: ``mismatch/ref_logp_abs`` at the first step when the
+        reference runs in another dtype than the trained weights (see :meth:`reference`)."""
+        out, self._step_metrics = self._step_metrics, {}
+        return out
 
     def wrap_for_ddp(self, accelerator) -> None:
         """Wrap the trainable modules for data-parallel gradient averaging."""
@@ -209,8 +218,16 @@ class TokenPolicy:
                                                    self.cfg.temperature).logp)
         if self.ref_model is None:
             return None
-        return PolicyScores(token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask, R,
-                                           self.cfg.temperature).logp)
+        logp = token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask, R, self.cfg.temperature).logp
+        if self._at_start and next(self.ref_model.parameters()).dtype != next(self._unwrapped.parameters()).dtype:
+            # the error the frozen dtype adds, measured once: before any optimiser step the trained weights are the
+            # reference's, so their forward (in --dtype, no autocast) is the exact reference
+            exact = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R, self.cfg.temperature).logp
+            mask = batch.response_mask.float()
+            self._step_metrics["mismatch/ref_logp_abs"] = float(((logp - exact).abs() * mask).sum()
+                                                                / mask.sum().clamp(min=1))
+            self._at_start = False
+        return PolicyScores(logp)
 
     # --- parameters and persistence ---
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -257,6 +274,7 @@ class TokenPolicy:
     def load(self, ckpt_policy_dir: str | Path) -> None:
         """Load policy weights saved by :meth:`save` into the live model."""
         ckpt_policy_dir = Path(ckpt_policy_dir)
+        self._at_start = False  # trained weights from a checkpoint: no longer the reference's
         unwrapped = getattr(self.model, "module", self.model)
         if self.uses_lora:
             from peft import set_peft_model_state_dict
