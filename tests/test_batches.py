@@ -153,7 +153,7 @@ def test_held_out_kl_is_zero_before_training_with_bf16_rollouts(tiny_lm, tmp_pat
     """The evaluation KL compares the training model with the frozen start: a bfloat16 sampler's rounding must not
     show up as KL."""
     tr = trainer(tiny_lm, tmp_path, VARIED + CONSTANT, rollout_dtype="bfloat16", eval_prompts=2, eval_samples=2,
-                 held_out_fraction=0.3)
+                 held_out_fraction=0.3, frozen_dtype="same")  # a float32 frozen start: the KL is the sampler's only
     assert tr.evaluate_held_out("before")["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)
 
 
@@ -193,7 +193,7 @@ def test_inexact_rollouts_recompute_log_probs_only_when_something_reads_them_fir
     recompute runs only for a KL reward. Either way the logged KL is the trainer's (float32 policy = float32
     reference before the first update: 0), not the bfloat16 sampler's (its rounding would show as KL)."""
     tr = trainer(tiny_lm, tmp_path, VARIED, steps=1, kl_coef=0.05, kl_in=kl_in, kl_estimator="k1",
-                 rollout_dtype="bfloat16")
+                 rollout_dtype="bfloat16", frozen_dtype="same")
     assert not tr.policy.rollout_logprobs_exact
     calls = []
     real = tr.policy.score

@@ -105,7 +105,7 @@ def test_adaptive_kl_controller_moves_beta(tiny_model_dir, tmp_path):
     # rollout_dtype same: the k1 estimate is >= 0 on average only under the policy that sampled; with a bfloat16
     # copy sampling, 16 samples gave kl/mean = -0.016 at step 2 (the controller itself is dtype-blind)
     cfg = tiny_cfg(tiny_model_dir, tmp_path / "akl", steps=3, kl_coef=0.1, kl_target=1e-6, kl_horizon=10,
-                   rollout_dtype="same")
+                   rollout_dtype="same", frozen_dtype="same")  # the exact float32 reference: KL 0 at step 1
     rows = read_jsonl(Trainer(cfg).train() / "metrics.jsonl")
     betas = [r["kl/beta"] for r in rows]
     assert betas[0] == pytest.approx(0.1)
