@@ -9,7 +9,7 @@ phase                   the call
 ======================  ==========================================================================
 ``generate``            ``policy.rollout`` (decode engine: prefill of the distinct prompts + decode)
 ``sync``                ``rollout_engine.sync`` (trained weights -> the bfloat16 rollout copy)
-``reward``              ``trainer._score``
+``reward``              ``trainer.reward_set.score`` / ``score_tokens`` (the rewards themselves)
 ``reference``           ``policy.reference`` (the frozen reference forward)
 ``old_logprobs``        ``policy.score`` without gradients (only when something reads them first)
 ``forward``             ``policy.score`` with gradients (the training forward)
@@ -101,7 +101,9 @@ def instrument(trainer, clock: Clock = time.perf_counter) -> tuple[PhaseClock, l
     trainer.train_step = timed_step
     pc.wrap(policy, "rollout", "generate")
     pc.wrap(policy.rollout_engine, "sync", "sync")
-    pc.wrap(trainer, "_score", "reward")
+    for name in ("score", "score_tokens"):
+        if hasattr(trainer.reward_set, name):
+            pc.wrap(trainer.reward_set, name, "reward")
     pc.wrap(policy, "reference", "reference")
     pc.wrap(policy, "score", lambda: "forward" if torch.is_grad_enabled() else "old_logprobs")
     pc.wrap(policy, "backward", "backward")
