@@ -294,7 +294,8 @@ def test_cli_train_refuses_a_used_out_before_loading_a_model(tmp_path, capsys):
     from reinlm.cli.main import main
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "final").mkdir()  # a run that saved nothing would be replaced (tests/test_restart.py)
     # the model does not exist: the error comes from the run-directory check, before any loading
     assert main(["train", "--model", "no-such-model", "--reward", "sentiment", "--out", str(tmp_path)]) != 0
-    assert "already holds a run (metrics.jsonl)" in " ".join(capsys.readouterr().err.split())  # wrapped text
+    assert "already holds a run (metrics.jsonl, final)" in " ".join(capsys.readouterr().err.split())  # wrapped text
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'

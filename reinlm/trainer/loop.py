@@ -770,9 +770,12 @@ RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "train_
 def previous_run_outputs(run_dir: str | Path, overwrite: bool = False) -> list[str]:
     """The outputs of an earlier run found in ``run_dir`` (names from ``RUN_OUTPUTS``).
 
-    Raises :class:`ReinlmError` when there are some and ``overwrite`` is false.
+    Raises :class:`ReinlmError` when there are some and ``overwrite`` is false, unless that run never saved a
+    checkpoint or a final model (it failed at start): there is nothing to resume, so a fresh start replaces it.
     """
     found = [n for n in RUN_OUTPUTS if (Path(run_dir) / n).exists()]
+    if found and not overwrite and latest_checkpoint(run_dir) is None and not (Path(run_dir) / "final").exists():
+        return found
     if found and not overwrite:
         raise ReinlmError(f"out: {str(run_dir)!r} already holds a run ({', '.join(found)}); continue it with "
                           f"--resume {run_dir}, replace it with --overwrite, or choose another --out.")
@@ -787,6 +790,10 @@ def prepare_fresh_run_dir(run_dir: str | Path, overwrite: bool) -> None:
     """
     run_dir = Path(run_dir)
     found = previous_run_outputs(run_dir, overwrite)
+    if found and not overwrite:
+        from reinlm.progress import note
+
+        note(f"out: {run_dir} held a run that saved no checkpoint ({', '.join(found)}); starting afresh in its place.")
     for name in found:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
