@@ -65,6 +65,9 @@ def test_trl_counter_environment_trains_from_the_cli(tiny_model_dir, tmp_path):
     sample = read_jsonl(out / "samples.jsonl")[0]
     t = sample["extra"]["transcript"]
     assert '"increment"' in sample["prompt"] and t["model_tokens"] == t["model_mask"].count("1") > 0
+    from reinlm.evaluation.report import curve_keys, load_run
+
+    assert {"env/return", "env/turns"} <= set(curve_keys([load_run(out)]))  # reinlm report draws them
 
 
 def test_trl_environment_factory_from_python_gets_environments(tiny_model_dir, tmp_path):

@@ -25,9 +25,10 @@ from reinlm.utils.jsonio import read_jsonl, write_json
 from reinlm.utils.textfile import read_text
 
 # Curves a report draws, in order; ``reward/<component>/mean`` keys are inserted after ``reward/mean``.
-CURVE_KEYS = ("reward/mean", "kl/mean", "kl/beta", "policy/entropy", "response/length_mean", "perf/completions_per_s")
+CURVE_KEYS = ("reward/mean", "env/return", "env/turns", "kl/mean", "kl/beta", "policy/entropy", "response/length_mean", "perf/completions_per_s")
 CURVE_TITLES = {
-    "reward/mean": "mean reward", "kl/mean": "KL to reference", "kl/beta": "KL coefficient beta",
+    "reward/mean": "mean reward", "env/return": "mean episode return", "env/turns": "turns per episode",
+    "kl/mean": "KL to reference", "kl/beta": "KL coefficient beta",
     "policy/entropy": "policy entropy", "response/length_mean": "mean response length (tokens)",
     "perf/completions_per_s": "completions per second",
 }
