@@ -13,8 +13,8 @@ import torch
 
 from reinlm.algorithms.controllers import AdaptiveKLController, ConstantKLController
 from reinlm.algorithms.groups import zero_spread
-from reinlm.algorithms.grpo import batch_std
-from reinlm.algorithms.kl import categorical_kl
+from reinlm.algorithms.grpo import batch_std, group_advantages
+from reinlm.algorithms.kl import categorical_kl, kl_estimate
 from reinlm.algorithms.mismatch import mismatch_stats, tis_clip_fraction, truncated_is_weights
 from reinlm.algorithms.reinforce import batch_mean_baseline
 from reinlm.errors import ConfigError
@@ -86,3 +86,25 @@ def test_kl_controllers_name_their_field_and_round_trip():
     assert (b.value, b.target, b.horizon) == (0.1, 6.0, 10000.0)
     b.load_state_dict({"value": 0.2})  # an old checkpoint without them keeps the current ones
     assert (b.value, b.target, b.horizon) == (0.2, 6.0, 10000.0)
+
+
+def test_batch_scaled_advantages_use_the_valid_scores_and_the_reduction():
+    # groups {1, 2} and {3, 100 (invalid)}: centred by the group mean of the valid -> -0.5, 0.5, 0, 0 (invalid);
+    # scaled by the std of the valid 1, 2, 3 over the batch = 1 (mutant: the mask dropped -> std of all four)
+    scores, gid = torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([0, 0, 1, 1])
+    valid = torch.tensor([True, True, True, False])
+    adv = group_advantages(scores, gid, "batch", valid, eps=0.0)
+    assert adv.tolist() == [pytest.approx(-0.5), pytest.approx(0.5), 0.0, 0.0]  # (mutant: the invalid one not zeroed)
+    # two processes holding the same batch (reduce_sum doubles): n = 6, sum of squares 4 -> std sqrt(4 / 5)
+    # (mutant: reduce_sum not passed on -> std 1)
+    adv2 = group_advantages(scores, gid, "batch", valid, eps=0.0, reduce_sum=lambda t: 2 * t)
+    assert adv2[1].item() == pytest.approx(0.5 / math.sqrt(0.8))
+    with pytest.raises(ConfigError, match=r"scale_rewards: got 'groups'"):  # (mutants: the field name)
+        group_advantages(scores, gid, "groups")
+
+
+def test_kl_estimate_defaults_to_k1_and_names_its_field():
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    assert kl_estimate(logp, ref).tolist() == [0.5, -1.0]  # k1 = log p - log p_ref (mutant: default renamed)
+    with pytest.raises(ConfigError, match=r"kl_estimator: got 'k4'"):
+        kl_estimate(logp, ref, "k4")
