@@ -12,6 +12,9 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from reinlm.cli.jsonout import print_json
 from reinlm.config.build import build_config
@@ -90,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"config {yaml_values.source!r}: prompt: got {yaml_prompt!r}; allowed: a string or a "
                           "list of strings.")
     prompts = collect_prompts(args.prompt or yaml_values.get("prompt"), cfg)
+    if getattr(args, "chat_template", None) is None and "chat_template" not in yaml_values:
+        cfg.chat_template = trained_with_chat_template(cfg.model)  # a run's model generates as it was trained
     seed_everything(cfg.seed)
 
     t0 = time.perf_counter()
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(records, indent=1)
     else:
-        print(format_samples(records, cfg.num_samples))
+        print(format_samples(records, cfg.num_samples, chat=cfg.chat_template))
     return 0
 
 
@@ -146,11 +151,27 @@ def _shown(prompt) -> str:
     return prompt if isinstance(prompt, str) else f"[{prompt[-1]['role']}] {prompt[-1]['content']}\n"
 
 
-def format_samples(records: list[dict], num_samples: int) -> str:
-    """Human-readable output: prompt + completion per sample; a header per prompt when there are several."""
+def trained_with_chat_template(model: str) -> bool:
+    """Whether ``model`` is a run directory, its ``final/`` (or ``final/merged``) or one of its checkpoints, and the
+    run trained with ``chat_template: true`` (read from the run's config.yaml); False for any other model."""
+    path = Path(model).expanduser()
+    for d in (path, *list(path.parents)[:3]):
+        cfg = d / "config.yaml"
+        if cfg.is_file() and ((d / "final").exists() or (d / "checkpoints").is_dir() or d.parent.name == "checkpoints"):
+            try:
+                values = yaml.safe_load(cfg.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                return False
+            return bool(isinstance(values, dict) and values.get("chat_template"))
+    return False
+
+
+def format_samples(records: list[dict], num_samples: int, chat: bool = False) -> str:
+    """Human-readable output: prompt + completion per sample; a header per prompt when there are several. With a
+    chat template the reply follows the prompt on a line of its own (it is a separate turn)."""
     lines = []
     for r in records:
-        text = _shown(r["prompt"]) + r["completion"]
+        text = _shown(r["prompt"]) + ("\n" if chat else "") + r["completion"]
         if num_samples == 1 and len(records) == 1:
             return text
         if r["sample_index"] == 0:
