@@ -20,7 +20,7 @@ from reinlm.trainer.config import TrainConfig
 
 #: one value per derived key that the rule in translate_trl_keys accepts (a new derived key needs one here)
 DERIVED_SAMPLES = {
-    "beta": 0.04,
+    "beta": 0.04, "shuffle_dataset": True, "log_completions": False,
     "max_steps": 4, "per_device_train_batch_size": 8, "generation_batch_size": 16, "steps_per_generation": 2,
     "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "report_to": "none", "use_peft": True, "use_cpu": True,
     "vllm_importance_sampling_correction": False, "vllm_importance_sampling_mode": "token_truncate",
@@ -86,3 +86,12 @@ def test_every_derived_key_is_consumed_by_its_rule():
             values["per_device_train_batch_size"] = 8
         out = trl_names.translate_trl_keys(values, defaults)
         assert not set(out) & set(trl_names.TRL_DERIVED), (key, out)
+
+
+def test_eval_generations_completion_logging_and_shuffling_keep_trls_meaning():
+    cfg = build_config(TrainConfig, None, {"num_generations_eval": 3, "log_completions": False,
+                                           "shuffle_dataset": True})
+    assert (cfg.eval_samples, cfg.sample_every) == (3, 0)
+    assert build_config(TrainConfig, None, {"log_completions": True}).sample_every == 5  # reinlm's cadence
+    with pytest.raises(ConfigError, match="shuffle_dataset: got False; reinlm draws a seeded random set"):
+        build_config(TrainConfig, None, {"shuffle_dataset": False})

@@ -83,10 +83,16 @@ TRL_RENAMES: dict[str, tuple[str, str]] = {
     "save_total_limit": ("keep_checkpoints", "newest checkpoints kept"),
     "model_name_or_path": ("model", "policy model (TRL's ModelConfig / script argument)"),
     "lora_target_modules": ("lora_targets", "modules LoRA adapts (a YAML list or comma-separated)"),
+    "num_generations_eval": ("eval_samples", "completions per prompt in the evaluation (reinlm's held-out "
+                                             "before/after evaluation)"),
 }
 
 #: TRL key -> how its value is mapped (see translate_trl_keys)
 TRL_DERIVED: dict[str, str] = {
+    "shuffle_dataset": "true is accepted (each step draws a seeded random set of prompts, TRL's shuffled order); "
+                       "false is refused (reinlm has no sequential pass over the prompts)",
+    "log_completions": "true is accepted (sample completions go to samples.jsonl every sample_every steps); false -> "
+                       "sample_every: 0",
     "beta": "kl_coef = beta with TRL's meaning: the k3 KL as a loss term weighted by the importance ratio (kl_in: "
             "loss, kl_estimator: k3, use_bias_correction_kl: true, each unless given). reinlm's own kl_coef defaults "
             "to 0.05 as a k1 reward penalty (kl_in: reward); TRL's beta defaults to 0.0",
@@ -218,6 +224,12 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
             put("minibatch_size", 0 if updates == 1 else P * gas, "per_device_train_batch_size")
     if "max_steps" in given:
         put("steps", max(1, math.ceil(_int("max_steps", given["max_steps"]) / (mu * updates))), "max_steps")
+    # --- data order and sample logging
+    if "shuffle_dataset" in given and not _bool("shuffle_dataset", given["shuffle_dataset"]):
+        refuse("shuffle_dataset", "reinlm draws a seeded random set of prompts each step; there is no sequential "
+                                  "order (write true or remove the key).")
+    if "log_completions" in given and not _bool("log_completions", given["log_completions"]):
+        put("sample_every", 0, "log_completions")
     # --- the KL anchor: TRL's beta is a k3 loss term (with the ratio correction by default)
     if "beta" in given:
         put("kl_coef", given["beta"], "beta")

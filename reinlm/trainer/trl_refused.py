@@ -65,10 +65,7 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "ref_model_mixup_alpha": "the reference stays frozen, so there is no mix-up of policy and reference weights.",
     "ref_model_sync_steps": "the reference stays frozen, so there is no sync interval.",
     "disable_dropout": "the embedded models have no dropout at training; remove the key.",
-    "num_generations_eval": "the held-out evaluation draws eval_samples per prompt; use eval_samples.",
-    "log_completions": "sample completions go to samples.jsonl every sample_every steps.",
     "num_completions_to_print": "sample completions go to samples.jsonl every sample_every steps.",
-    "shuffle_dataset": "each step draws a seeded random set of prompts; remove the key.",
     "log_unique_prompts": "samples.jsonl records each logged completion with its prompt.",
     "log_multimodal": "reinlm trains text-only models; there is no multimodal content to log.",
     "cast_lm_head_to_fp32": "the LM head computes in the training precision (train_precision); no separate "
