@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 
+from reinlm.cli import generate as generate_cli
 from reinlm.cli.main import main
 from reinlm.testing import save_tiny_model
 
@@ -101,14 +100,12 @@ def test_bad_input_exit_2(capsys, tiny_dir, argv, needle):
 
 def test_latent_flag_delegates(monkeypatch, tiny_dir):
     seen = {}
-    fake = types.ModuleType("reinlm.latent.cli_support")
 
     def run_latent_generate(args):
         seen.update(latent=args.latent, show=args.show_actions, prompt=args.prompt)
         return 7
 
-    fake.run_latent_generate = run_latent_generate
-    monkeypatch.setitem(sys.modules, "reinlm.latent.cli_support", fake)
+    monkeypatch.setattr(generate_cli, "run_latent_generate", run_latent_generate)
     rc = main(["generate", "--latent", "some/dir", "--show-actions", "--prompt", "Hi"])
     assert rc == 7 and seen == {"latent": "some/dir", "show": True, "prompt": ["Hi"]}
 

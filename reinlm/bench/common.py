@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from reinlm.errors import ReinlmError
+from reinlm.utils.jsonio import json_default
 
 RESULT_PREFIX = "REINLM_BENCH_RESULT "
 
 
 def dumps(obj: Any) -> str:
     """One-line JSON of a result (numpy / torch scalars and paths through reinlm.utils.jsonio.json_default)."""
-    from reinlm.utils.jsonio import json_default
-
     return json.dumps(obj, default=json_default)
 
 

@@ -33,9 +33,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reinlm.bench.common import emit_result, ratio, run_child
+from reinlm.config.build import build_config
 from reinlm.config.coerce import check_range
+from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError
+from reinlm.latent.model import LatentActionModel
+from reinlm.rollout.config import RolloutConfig
+from reinlm.rollout.sampling import SamplingConfig
+from reinlm.rollout.token import encode_prompts
+from reinlm.utils.devices import cast_parameters
 
 BACKENDS = ("reinlm-float32", "reinlm-bfloat16", "latent-bfloat16", "vllm-bfloat16", "vllm-float32", "hf-float32",
             "hf-bfloat16")
@@ -94,14 +101,11 @@ def _make_runner(cfg: GenerationBenchConfig, backend: str):
     import torch
 
     from reinlm.hub import load_causal_lm, resolve_model_dir
-    from reinlm.rollout.sampling import SamplingConfig
-    from reinlm.utils.devices import cast_parameters
 
     kind, dtype = backend.split("-")
     sampling = SamplingConfig(max_new_tokens=cfg.new_tokens, ignore_eos=True)
     info: dict[str, Any] = {}
     if kind == "reinlm":  # exactly what training samples with: the rollout engine over float32 trained weights
-        from reinlm.rollout.config import RolloutConfig
         from reinlm.rollout.engine import TokenRolloutEngine
 
         model, tok = load_causal_lm(cfg.model, device="cpu", dtype="float32")
@@ -112,9 +116,6 @@ def _make_runner(cfg: GenerationBenchConfig, backend: str):
             return int(batch.response_mask.sum())
         return run, info
     if kind == "latent":
-        from reinlm.latent.model import LatentActionModel
-        from reinlm.rollout.token import encode_prompts
-
         if cfg.latent:
             lam = LatentActionModel.from_pretrained(cfg.latent, device="cpu", dtype=dtype)
         else:
@@ -147,8 +148,6 @@ def _make_runner(cfg: GenerationBenchConfig, backend: str):
         model = cast_parameters(model, dtype).eval()
 
         def run(prompts, G):
-            from reinlm.rollout.token import encode_prompts
-
             ids, mask = encode_prompts(tok, prompts, tok.pad_token_id)
             torch.manual_seed(cfg.seed)
             with torch.no_grad():
@@ -225,8 +224,6 @@ def run_bench(args_or_cfg) -> dict[str, Any]:
     """Run every backend in its own process, one after another; -> ``{"backends": {...}, "ratios": {...}}``."""
     import os
 
-    from reinlm.config.build import build_config
-
     cfg = args_or_cfg if isinstance(args_or_cfg, GenerationBenchConfig) else build_config(GenerationBenchConfig,
                                                                                          args_or_cfg)
     from reinlm.rollout.vllm_backend import vllm_available
@@ -282,8 +279,6 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from reinlm.config.flags import add_dataclass_args
-
     add_dataclass_args(parser, GenerationBenchConfig)
 
 

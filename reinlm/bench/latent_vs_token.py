@@ -23,6 +23,8 @@ from reinlm.config.build import build_config, config_to_dict
 from reinlm.errors import ReinlmError
 from reinlm.evaluation.plots import pyplot
 from reinlm.trainer.config import TrainConfig, add_train_args
+from reinlm.utils.jsonio import read_jsonl
+from reinlm.utils.memory import peak_rss_mb
 
 TIMING_KEYS = ("perf/generate_s", "perf/reward_s", "perf/ref_and_values_s", "perf/update_s")
 
@@ -138,8 +140,6 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _child(config_json: str) -> None:
     from reinlm.trainer.loop import Trainer
-    from reinlm.utils.jsonio import read_jsonl
-    from reinlm.utils.memory import peak_rss_mb
 
     cfg = TrainConfig(**json.loads(config_json))
     run_dir = Trainer(cfg).train()

@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.bench.common import emit_result, run_child
+from reinlm.bench.latent_vs_token import backbone_of
 from reinlm.config.build import build_config, config_to_dict
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
+from reinlm.evaluation.lm import completion_logprobs
 from reinlm.evaluation.plots import pyplot
 from reinlm.trainer.config import TrainConfig, add_train_args
+from reinlm.utils.jsonio import read_jsonl
 
 CLAIM = ("CoLA (ICML 2025): RL in the latent action space stays stable without a KL penalty, where token-level "
          "RL is driven into reward hacking (its samples degenerate).")
@@ -71,8 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every (seed, side) in its own process; returns the report."""
-    from reinlm.bench.latent_vs_token import backbone_of
-
     stress = build_config(StressConfig, args)
     cfg = build_config(TrainConfig, args, {**DEFAULTS, "space": "latent"})
     if cfg.kl_coef != 0 or cfg.kl_target is not None:
@@ -178,9 +179,7 @@ def _step_perplexities(run_dir: Path, backbone: str) -> dict[int, float]:
     """Perplexity under the frozen backbone of each step's logged samples (``samples.jsonl``)."""
     import numpy as np
 
-    from reinlm.evaluation.lm import completion_logprobs
     from reinlm.hub import load_causal_lm
-    from reinlm.utils.jsonio import read_jsonl
 
     path = run_dir / "samples.jsonl"
     if not path.is_file():
@@ -201,7 +200,6 @@ def _step_perplexities(run_dir: Path, backbone: str) -> dict[int, float]:
 
 def _child(config_json: str, backbone: str) -> None:
     from reinlm.trainer.loop import Trainer
-    from reinlm.utils.jsonio import read_jsonl
 
     cfg = TrainConfig(**json.loads(config_json))
     run_dir = Trainer(cfg).train()

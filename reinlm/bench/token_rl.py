@@ -36,6 +36,11 @@ from reinlm.config.coerce import check_range
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError, ReinlmError
+from reinlm.rewards import parse_reward_spec
+from reinlm.trainer.config import TrainConfig
+from reinlm.utils.jsonio import read_jsonl, write_json
+from reinlm.utils.memory import peak_rss_mb
+from reinlm.utils.rng import seed_everything
 
 SIDES = ("reinlm", "trl")
 
@@ -103,8 +108,6 @@ def _reward_fn(cfg: TokenRLBenchConfig, column_names: list[str]):
 
     reinlm's trainer scores through the same ``RewardSet.score``, so reward time and values are comparable.
     """
-    from reinlm.rewards import parse_reward_spec
-
     reward_set = parse_reward_spec(cfg.reward)
 
     def reinlm_reward(prompts, completions, **kwargs):
@@ -126,10 +129,7 @@ def _setup_torch(cfg: TokenRLBenchConfig) -> None:
 
 def run_reinlm_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
     """Train reinlm's GRPO for ``cfg.steps`` steps; returns this side's result object."""
-    from reinlm.trainer.config import TrainConfig
     from reinlm.trainer.loop import Trainer
-    from reinlm.utils.jsonio import read_jsonl
-    from reinlm.utils.memory import peak_rss_mb
 
     _setup_torch(cfg)
     train_cfg = TrainConfig(
@@ -231,8 +231,6 @@ def run_trl_side(cfg: TokenRLBenchConfig, run_dir: Path) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     from reinlm.data import load_prompts
-    from reinlm.utils.memory import peak_rss_mb
-    from reinlm.utils.rng import seed_everything
 
     _setup_torch(cfg)
     seed_everything(cfg.seed)
@@ -422,8 +420,6 @@ def run_bench(cfg: TokenRLBenchConfig) -> dict[str, Any]:
     report = compare(results)
     report["settings"] = {**config_to_dict(cfg), "model_dir": model_dir, "batch_size": cfg.batch_size}
     if cfg.out:
-        from reinlm.utils.jsonio import write_json
-
         write_json(base / "results.json", report)
     return report
 

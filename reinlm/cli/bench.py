@@ -6,7 +6,9 @@ import argparse
 import importlib
 from reinlm.bench.common import dumps
 from reinlm.cli.jsonout import print_json
+from reinlm.config.build import build_config
 from reinlm.errors import ReinlmError
+from reinlm.utils.outdir import check_output_dir
 
 # name -> (module, one-line help); each module defines add_arguments(parser) and run_bench(...)
 BENCHES = {
@@ -79,12 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_token_rl(mod, args: argparse.Namespace) -> int:
-    from reinlm.config.build import build_config
-
     cfg = build_config(mod.TokenRLBenchConfig, args)
     if cfg.out:
-        from reinlm.utils.outdir import check_output_dir
-
         check_output_dir(cfg.out)
     report = mod.run_bench(cfg)
     if args.json:

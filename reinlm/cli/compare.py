@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from reinlm.errors import bad_value
+from reinlm.utils.outdir import check_output_dir
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -24,14 +27,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reinlm.errors import bad_value
     from reinlm.evaluation.report import write_comparison
 
     if args.smooth < 1:
         raise bad_value("--smooth", args.smooth, "a whole number of steps >= 1")
     if args.out:
-        from reinlm.utils.outdir import check_output_dir
-
         check_output_dir(args.out)
     path = write_comparison(args.run_dirs, args.out, group_seeds=args.group_seeds, smooth=args.smooth,
                             target_key=args.target)

@@ -9,13 +9,13 @@ import sys
 from reinlm.cli.jsonout import print_json
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
+from reinlm.critic.align import token_offsets
+from reinlm.critic.config import CriticConfig
 
 GREEN, RED, DIM, BOLD, RESET = "\033[32m", "\033[31m", "\033[2m", "\033[1m", "\033[0m"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from reinlm.critic.config import CriticConfig
-
     p = subparsers.add_parser(
         "critique", help="show the LLM critic's spans and per-token rewards for a text",
         description="Ask the critic which spans of TEXT earn or lose reward and print the per-token rewards "
@@ -43,8 +43,6 @@ def _use_colour(stream) -> bool:
 
 def critique_text(cfg, text: str, source: str | None = None, score: float | None = None, tokenizer=None):
     """Run the critic on one text: (result, [(token text, start, end, reward)])."""
-    from reinlm.critic.align import token_offsets
-
     reward = cfg.build()
     backend = reward.backend
     if tokenizer is None:
@@ -64,8 +62,6 @@ def critique_text(cfg, text: str, source: str | None = None, score: float | None
 
 
 def run(args: argparse.Namespace) -> int:
-    from reinlm.critic.config import CriticConfig
-
     cfg = build_config(CriticConfig, args)
     tokenizer = None
     if args.tokenizer:

@@ -12,6 +12,14 @@ from __future__ import annotations
 import argparse
 import time
 
+from reinlm.cli.demo_latent import run_latent_demo
+from reinlm.config.coerce import check_field
+from reinlm.evaluation.plots import save_step_plot, step_figure
+from reinlm.rewards import parse_reward_spec
+from reinlm.rollout.token import SamplingConfig, generate_rollouts
+from reinlm.utils.jsonio import read_jsonl
+from reinlm.utils.outdir import check_output_dir
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="run the end-to-end demo on the embedded models (offline, CPU)",
@@ -34,8 +42,6 @@ def generation_and_rewards(seed: int) -> None:
     import torch
 
     from reinlm.hub import load_causal_lm
-    from reinlm.rewards import parse_reward_spec
-    from reinlm.rollout.token import SamplingConfig, generate_rollouts
 
     _section("1. generation with the embedded SmolLM2-135M (offline, CPU)")
     t0 = time.perf_counter()
@@ -86,8 +92,6 @@ def moving_average(xs: list[float], k: int = 3) -> list[float]:
 
 def plot_reward_curve(rows: list[dict], path, title: str):
     """The reward per step (points) and its 3-step moving average (line), as a PNG at ``path``."""
-    from reinlm.evaluation.plots import save_step_plot, step_figure
-
     steps = [r["step"] for r in rows]
     reward = [r["reward/mean"] for r in rows]
     fig, ax = step_figure()
@@ -103,7 +107,6 @@ def reward_curve(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from reinlm.api import Trainer
-    from reinlm.utils.jsonio import read_jsonl
 
     _section("3. RL at work: GRPO makes SmolLM2-135M's one-sentence replies more upbeat (sentiment reward)")
     settings = {**REWARD_CURVE, "seed": args.seed, "out": f"{args.out}/token-grpo", "overwrite": True}
@@ -133,9 +136,6 @@ def reward_curve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reinlm.config.coerce import check_field
-    from reinlm.utils.outdir import check_output_dir
-
     if args.steps is not None:  # checked before any model loads (0 used to mean the default, silently)
         check_field("steps", args.steps, int, {"lo": 1})
     check_field("seed", args.seed, int, {"lo": 0})
@@ -152,8 +152,6 @@ def run(args: argparse.Namespace) -> int:
         has_latent = False
     reward_curve(args)
     if has_latent and not args.token_only:
-        from reinlm.cli.demo_latent import run_latent_demo
-
         run_latent_demo(args, _section)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; runs under {args.out}/")
     return 0

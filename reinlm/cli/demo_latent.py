@@ -13,13 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
+from reinlm.bench.latent_vs_token import format_report, run_bench
+from reinlm.latent.model import LatentActionModel
+from reinlm.latent.pretrain import PretrainConfig, pretrain
+
 DEMO_CORPUS_TOKENS = 12000  # self-sampled tokens for the demo's latent model (the full recipe uses 200000)
 
 
 def pretrain_demo_latent(out: Path, seed: int) -> Path:
     """Pretrain (or reuse) the demo's latent model; returns its directory."""
-    from reinlm.latent.pretrain import PretrainConfig, pretrain
-
     latent_dir = out / "latent"
     summary = latent_dir / "summary.json"
     if summary.is_file():
@@ -35,8 +37,6 @@ def pretrain_demo_latent(out: Path, seed: int) -> Path:
 
 
 def run_latent_demo(args: argparse.Namespace, section) -> None:
-    from reinlm.bench.latent_vs_token import format_report, run_bench
-
     out = Path(args.out)
     section("4. latent-action model on SmolLM2-135M (pretrained once, then cached)")
     latent_dir = pretrain_demo_latent(out, args.seed)
@@ -56,7 +56,6 @@ def run_latent_demo(args: argparse.Namespace, section) -> None:
 
     section("6. reinlm explore: what the world model writes under each latent action")
     from reinlm.latent.explore import explore, format_exploration
-    from reinlm.latent.model import LatentActionModel
 
     lam = LatentActionModel.from_pretrained(out / "bench" / "latent" / "final")
     text = format_exploration(explore(lam, "I like eating", new_tokens=4, top=8))

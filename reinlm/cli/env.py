@@ -14,6 +14,9 @@ import importlib.util
 import sys
 
 from reinlm.cli.jsonout import print_json
+from reinlm.errors import ConfigError
+from reinlm.progress import step_bar
+from reinlm.rollout.sampling import SamplingConfig
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,8 +49,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> None:
-    from reinlm.errors import ConfigError
-
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}: got {value}; allowed: a number {'>= 0' if allow_zero else '> 0'}.")
 
@@ -101,9 +102,7 @@ def _play(args) -> int:
 def _eval(args) -> int:
     from reinlm.envs import resolve_environment
     from reinlm.hub import load_causal_lm
-    from reinlm.progress import step_bar
     from reinlm.rollout.multiturn import EpisodeLimits, evaluate_environment
-    from reinlm.rollout.sampling import SamplingConfig
 
     for name in ("episodes", "max_turns", "turn_tokens", "max_new_tokens", "temperature"):
         _positive(name, getattr(args, name))

@@ -8,11 +8,11 @@ from reinlm.cli.jsonout import print_json
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.yamlfile import load_yaml
+from reinlm.evaluation.evaluate import METRICS, EvalConfig, evaluate, format_table
+from reinlm.utils.outdir import check_output_dir
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from reinlm.evaluation.evaluate import METRICS, EvalConfig
-
     p = subparsers.add_parser(
         "eval", help="evaluate a model or generations: reward, quality-diversity, perplexity, distinct-n, ...",
         description="Sample M completions per prompt (seeded) from a model, a run directory (RUN_DIR/final) or a "
@@ -28,12 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reinlm.evaluation.evaluate import EvalConfig, evaluate, format_table
-
     cfg = build_config(EvalConfig, args, load_yaml(args.config))
     if cfg.out:
-        from reinlm.utils.outdir import check_output_dir
-
         check_output_dir(cfg.out)  # before any model loads
     result = evaluate(cfg)
     if args.json:

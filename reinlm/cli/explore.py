@@ -7,6 +7,9 @@ import argparse
 from dataclasses import asdict
 
 from reinlm.cli.jsonout import print_json
+from reinlm.config.coerce import check_field
+from reinlm.config.schema import check_device
+from reinlm.latent.model import LatentActionModel
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,10 +26,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from reinlm.latent.explore import explore, format_exploration
-    from reinlm.latent.model import LatentActionModel
-
-    from reinlm.config.coerce import check_field
-    from reinlm.config.schema import check_device
 
     for name, lo in (("new_tokens", 1), ("top", 1)):
         check_field(name, getattr(args, name), int, {"lo": lo})

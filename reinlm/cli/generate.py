@@ -22,6 +22,10 @@ from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import DTYPE_CHOICES, Config, check_device, opt
 from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError
+from reinlm.latent.cli_support import run_latent_generate
+from reinlm.rollout.token import SamplingConfig, generate_rollouts
+from reinlm.utils.chunks import chunked
+from reinlm.utils.rng import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +51,6 @@ class GenerateConfig(Config):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``reinlm generate`` and return its parser."""
-    from reinlm.rollout.token import SamplingConfig
-
     p = subparsers.add_parser(
         "generate", help="sample continuations from a model",
         description="Sample continuations of prompts from a model: an embedded alias (smollm2-135m), a local "
@@ -70,8 +72,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Generate and print; returns 0."""
     if getattr(args, "latent", None):
-        from reinlm.latent.cli_support import run_latent_generate
-
         return run_latent_generate(args)
     if getattr(args, "show_actions", False):
         raise ConfigError("show_actions: got --show-actions without --latent; allowed: --show-actions together "
@@ -80,9 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
     from reinlm.data import check_prompt_lengths, context_length, render_prompts
     from reinlm.hub import load_causal_lm
-    from reinlm.rollout.token import SamplingConfig, generate_rollouts
-    from reinlm.utils.chunks import chunked
-    from reinlm.utils.rng import seed_everything
 
     yaml_values = load_yaml(args.config)
     cfg = build_config(GenerateConfig, args, yaml_values, also=(SamplingConfig,), extra=("prompt",))

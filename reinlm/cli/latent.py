@@ -8,17 +8,18 @@ import argparse
 import json
 
 from reinlm.cli.jsonout import print_json
+from reinlm.cli.latent_post import add_post_parsers, run_post
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.yamlfile import load_yaml
+from reinlm.latent.config import LatentConfig
+from reinlm.latent.import_cola import ImportColaConfig, import_cola
+from reinlm.latent.pretrain import Interrupted, PretrainConfig, pretrain
+from reinlm.latent.qd import QDConfig, format_table, run_qd
 from reinlm.utils.outdir import check_output_dir
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from reinlm.latent.config import LatentConfig
-    from reinlm.latent.pretrain import PretrainConfig
-    from reinlm.latent.qd import QDConfig
-
     p = subparsers.add_parser("latent", help="latent-action model: pretrain, import-cola, import-bwarea, quality-diversity",
                               description="Latent-action model (CoLA / BWArea) on a frozen backbone.")
     sub = p.add_subparsers(dest="latent_command", metavar="ACTION")
@@ -31,7 +32,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     pre.add_argument("--config", help="YAML file of these fields (flags override it)")
     add_dataclass_args(pre, PretrainConfig, group="pretraining")
     add_dataclass_args(pre, LatentConfig, group="head sizes")
-    from reinlm.latent.import_cola import ImportColaConfig
 
     imp = sub.add_parser("import-cola", help="convert a CoLA checkpoint (e.g. Llama-3.1-CoLA-10B) into a latent "
                                              "model directory",
@@ -57,7 +57,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         description="Example: reinlm latent qd --latent runs/latent --num-prefixes 16 --samples 8")
     add_dataclass_args(qd, QDConfig)
     qd.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    from reinlm.cli.latent_post import add_post_parsers
 
     add_post_parsers(sub)
     p.set_defaults(_latent_parser=p)
@@ -66,9 +65,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if args.latent_command == "pretrain":
-        from reinlm.latent.config import LatentConfig
-        from reinlm.latent.pretrain import Interrupted, PretrainConfig, pretrain
-
         values = load_yaml(args.config)
         cfg = build_config(PretrainConfig, args, values, also=(LatentConfig,))
         latent = build_config(LatentConfig, args, values, also=(PretrainConfig,))
@@ -84,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.latent_command in ("import-cola", "import-bwarea"):
         from reinlm.latent.import_bwarea import ImportBWAreaConfig, import_bwarea
-        from reinlm.latent.import_cola import ImportColaConfig, import_cola
 
         cls, convert = ((ImportColaConfig, import_cola) if args.latent_command == "import-cola"
                         else (ImportBWAreaConfig, import_bwarea))
@@ -95,15 +90,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"latent model: {summary['out']}   (try: reinlm explore --latent {summary['out']} \"I like eating\")")
         return 0
     if args.latent_command == "qd":
-        from reinlm.latent.qd import QDConfig, format_table, run_qd
-
         result = run_qd(build_config(QDConfig, args))
         if args.json:
             print_json(result, indent=2)
         else:
             print(format_table(result))
         return 0
-    from reinlm.cli.latent_post import run_post
 
     if args.latent_command in ("finetune", "train-q"):
         return run_post(args)

@@ -8,14 +8,13 @@ from reinlm.cli.jsonout import print_json
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.yamlfile import load_yaml
+from reinlm.latent.finetune import FinetuneConfig, finetune, format_result, load_result
+from reinlm.latent.qmodel import QTrainConfig, format_q_result, train_q
 from reinlm.utils.outdir import check_output_dir
 
 
 def add_post_parsers(sub) -> None:
     """Register ``finetune`` and ``train-q`` under ``reinlm latent``."""
-    from reinlm.latent.finetune import FinetuneConfig
-    from reinlm.latent.qmodel import QTrainConfig
-
     ft = sub.add_parser("finetune", help="action-guided fine-tuning on a task corpus (FTA-I / FTA-P), then re-clone "
                                          "the policy",
                         description="Example: reinlm latent finetune --latent runs/latent --data reviews.jsonl "
@@ -36,8 +35,6 @@ def add_post_parsers(sub) -> None:
 
 def run_post(args: argparse.Namespace) -> int:
     if args.latent_command == "finetune":
-        from reinlm.latent.finetune import FinetuneConfig, finetune, format_result, load_result
-
         cfg = build_config(FinetuneConfig, args, load_yaml(args.config))
         check_output_dir(cfg.out)  # before any model loads
         out = finetune(cfg)
@@ -48,7 +45,6 @@ def run_post(args: argparse.Namespace) -> int:
             print(format_result(result))
         print(f"latent model: {out}   (try: reinlm generate --latent {out} --prompt \"...\")")
         return 0
-    from reinlm.latent.qmodel import QTrainConfig, format_q_result, train_q
 
     cfg = build_config(QTrainConfig, args, load_yaml(args.config))
     check_output_dir(cfg.out)

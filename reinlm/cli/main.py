@@ -15,7 +15,10 @@ import sys
 import textwrap
 
 from reinlm import __version__
+from reinlm.cli.jsonout import json_only_stdout
 from reinlm.errors import ReinlmError
+from reinlm.utils.oserrors import describe_os_error
+from reinlm.utils.redact import redact_secrets
 
 # Order here is the order in `reinlm --help`.
 SUBCOMMANDS = [
@@ -53,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_error(message: str) -> None:
-    from reinlm.utils.redact import redact_secrets
-
     para = textwrap.fill(" ".join(redact_secrets(str(message)).split()), width=100)  # redact before any cut
     print(f"reinlm: error: {para}", file=sys.stderr)
 
@@ -63,8 +64,6 @@ class RedactSecrets(logging.Filter):
     """Logging filter: every record's message (arguments merged in) goes through ``redact_secrets``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from reinlm.utils.redact import redact_secrets
-
         message = record.getMessage()
         clean = redact_secrets(message)
         if clean != message:
@@ -83,8 +82,6 @@ def install_redaction() -> None:
     show = warnings.showwarning
     if not getattr(show, "_redacts", False):
         def showwarning(message, category, filename, lineno, file=None, line=None):
-            from reinlm.utils.redact import redact_secrets
-
             show(redact_secrets(str(message)), category, filename, lineno, file, line)
 
         showwarning._redacts = True
@@ -93,8 +90,6 @@ def install_redaction() -> None:
 
 def _user_error(e: BaseException) -> tuple[str, int] | None:
     """(message, exit status) for an exception that is a problem of the input or the environment, not a bug."""
-    from reinlm.utils.oserrors import describe_os_error
-
     if isinstance(e, ReinlmError):
         return str(e), e.exit_code
     if isinstance(e, OSError):
@@ -120,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     install_redaction()
     if not args.debug:
         _quiet_third_party()
-    from reinlm.cli.jsonout import json_only_stdout
 
     try:
         with json_only_stdout(bool(getattr(args, "json", False))):  # --json: nothing else on stdout

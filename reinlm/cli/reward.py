@@ -19,6 +19,9 @@ from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, check_device, opt
 from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError
+from reinlm.rewards import parse_reward_spec
+from reinlm.rewards.base import available_rewards
+from reinlm.rewards.combine import completion_text
 
 
 @dataclass
@@ -47,8 +50,6 @@ class RewardCommandConfig(Config):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``reinlm reward`` and return its parser."""
-    from reinlm.rewards.base import available_rewards
-
     p = subparsers.add_parser(
         "reward", help="score texts with a reward SPEC",
         description="Score each TEXT with the reward SPEC and print the scores. SPEC grammar: docs/rewards.md; "
@@ -65,9 +66,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Score ``args.texts`` (or the rows of ``--data``) and print a table (or JSON); returns 0."""
-    from reinlm.rewards import parse_reward_spec
-    from reinlm.rewards.combine import completion_text
-
     cfg = build_config(RewardCommandConfig, args, load_yaml(args.config))
     prompts, texts, columns = _inputs(cfg, list(args.texts))
     reward_set = parse_reward_spec(cfg.reward, on_error=cfg.on_error, device=cfg.device)

@@ -9,11 +9,10 @@ from reinlm.cli.jsonout import print_json
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.yamlfile import load_yaml
+from reinlm.latent.search import SearchConfig, format_report, run_search
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from reinlm.latent.search import SearchConfig
-
     p = subparsers.add_parser(
         "search", help="tree search over latent actions with a reward (and a Q-model), vs best-of-N",
         description="Example: reinlm search --latent runs/latent --reward sentiment --q runs/q --budget 1024 "
@@ -27,8 +26,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reinlm.latent.search import SearchConfig, format_report, run_search
-
     values = load_yaml(args.config)
     if args.prompt_text is not None:
         values["prompt"] = args.prompt_text

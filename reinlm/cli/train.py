@@ -13,7 +13,7 @@ from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.progress import note
 from reinlm.trainer.config import TrainConfig, add_train_args
-from reinlm.trainer.runlock import is_main_process
+from reinlm.trainer.runlock import RunLock, is_main_process
 from reinlm.trainer.trl_names import describe_trl_keys
 
 
@@ -60,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
 
     from reinlm.trainer.loop import Trainer
-    from reinlm.trainer.runlock import RunLock, is_main_process
 
     cfg = config_from_args(args)
     if getattr(args, "dry_run", False):
