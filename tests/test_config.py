@@ -451,3 +451,36 @@ def test_every_own_post_init_validates_first():
     assert "__post_init__" in vars(Outer)  # the nesting test's class, built in Python, validates as well:
     with pytest.raises(ConfigError, match=r"steps: got 'x'"):
         Outer(steps="x")
+
+
+@dataclass
+class NeedsDir(Config):
+    latent: str = opt("", "latent model directory", required=True, metavar="DIR")
+    flag: bool = opt(False, "a switch")
+
+
+def test_a_required_option_is_declared_on_the_config_and_refused_when_missing(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, NeedsDir)
+    assert "latent model directory (required)" in " ".join(parser.format_help().split())
+    with pytest.raises(ConfigError, match=r"^latent: required, but not given; pass --latent DIR \(latent model"):
+        build_config(NeedsDir, parser.parse_args([]))
+    with pytest.raises(ConfigError, match="latent: required"):
+        NeedsDir(latent="")
+    (tmp_path / "c.yaml").write_text("latent: runs/lam\n")  # a YAML file may give it instead of the flag
+    assert build_config(NeedsDir, parser.parse_args([]), load_yaml(tmp_path / "c.yaml")).latent == "runs/lam"
+    assert build_config(NeedsDir, parser.parse_args(["--latent", "x"])).latent == "x"
+
+
+def test_switches_leave_positional_arguments_alone():
+    """`reinlm compare --group-seeds RUN_A RUN_B`: a switch takes no value, so the run directories stay positional."""
+    from reinlm.cli.main import build_parser
+
+    args = build_parser().parse_args(["compare", "--group-seeds", "runs/a", "runs/b"])
+    assert args.group_seeds is True and args.run_dirs == ["runs/a", "runs/b"]
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, NeedsDir, switches=True)
+    parser.add_argument("rest", nargs="*")
+    a = parser.parse_args(["--flag", "x", "y"])
+    assert a.flag is True and a.rest == ["x", "y"] and build_config(NeedsDir, a, {"latent": "d"}).flag is True
+    assert parser.parse_args(["x"]).flag is None  # not given: the field's default applies

@@ -11,15 +11,17 @@ against wall-clock seconds for both.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reinlm.bench.common import (emit_result, format_table, mean_over, ratio, run_child, steady_state,
                                  throughput)
 from reinlm.config.build import build_config, config_to_dict
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.evaluation.plots import pyplot
 from reinlm.trainer.config import TrainConfig, add_train_args
@@ -29,13 +31,26 @@ from reinlm.utils.memory import peak_rss_mb
 TIMING_KEYS = ("perf/generate_s", "perf/reward_s", "perf/ref_and_values_s", "perf/update_s")
 
 
+@dataclass
+class LatentVsTokenConfig(Config):
+    """The benchmark's own flags (the training flags are `reinlm train`'s)."""
+
+    sides: list[str] = opt(default_factory=lambda: ["latent", "token"], help="which sides to run: latent, token")
+    plot: str | None = opt(None, "PNG path of reward vs seconds (default: OUT/reward_vs_time.png)")
+    latent_lr: float | None = opt(None, "learning rate of the latent side (default: --lr); the small policy head "
+                                        "usually wants a far larger one than full fine-tuning of the LM",
+                                  lo=0, lo_open=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # every field checked and coerced first
+        for s in self.sides:
+            if s not in ("latent", "token"):
+                raise ReinlmError(f"sides: got {s!r}; allowed: latent, token.")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `reinlm train` (the same work on both sides), plus the benchmark's own."""
-    parser.add_argument("--sides", default="latent,token", help="which sides to run (default: latent,token)")
-    parser.add_argument("--plot", default=None, help="PNG path of reward vs seconds (default: OUT/reward_vs_time.png)")
-    parser.add_argument("--latent-lr", type=float, default=None,
-                        help="learning rate of the latent side (default: --lr); the small policy head usually "
-                             "wants a far larger one than full fine-tuning of the LM")
+    """The benchmark's flags, then the flags of `reinlm train` (the same work on both sides)."""
+    add_dataclass_args(parser, LatentVsTokenConfig)
     add_train_args(parser, group="training options (shared by both sides)")
 
 
@@ -66,26 +81,24 @@ def backbone_of(latent_dir: str | None) -> str:
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the requested sides (one subprocess each) and return the report object."""
     base = {"space": "latent"}
+    bench = build_config(LatentVsTokenConfig, args)
     cfg = build_config(TrainConfig, args, base)
     out_root = Path(cfg.out or f"runs/bench-latent-vs-token-seed{cfg.seed}")
-    sides = [s for s in args.sides.split(",") if s]
-    for s in sides:
-        if s not in ("latent", "token"):
-            raise ReinlmError(f"sides: got {s!r}; allowed: latent, token.")
+    sides = bench.sides
     backbone_of(cfg.latent)  # fail fast on a bad latent directory
     report: dict[str, Any] = {"settings": {k: getattr(cfg, k) for k in (
         "algo", "reward", "prompts", "steps", "batch_prompts", "samples_per_prompt", "max_new_tokens", "lr",
-        "kl_coef", "seed", "latent", "dtype")}, "latent_lr": getattr(args, "latent_lr", None) or cfg.lr}
+        "kl_coef", "seed", "latent", "dtype")}, "latent_lr": bench.latent_lr or cfg.lr}
     report["settings"]["frozen_dtype"] = cfg.frozen_dtype_name  # 'same' resolved
     for side in sides:
-        side_cfg = _side_config(cfg, side, out_root, getattr(args, "latent_lr", None))
+        side_cfg = _side_config(cfg, side, out_root, bench.latent_lr)
         print(f"bench: running the {side} side ({cfg.steps} steps)...", file=sys.stderr, flush=True)
         report[side] = run_child("reinlm.bench.latent_vs_token", ["--child", json.dumps(config_to_dict(side_cfg))],
                                  label=side)
     if "latent" in report and "token" in report:
         report["speedup"] = ratio(report["latent"]["completions_per_s"], report["token"]["completions_per_s"])
         report["memory_ratio"] = ratio(report["latent"]["peak_rss_mb"], report["token"]["peak_rss_mb"])
-    plot = Path(args.plot) if args.plot else out_root / "reward_vs_time.png"
+    plot = Path(bench.plot) if bench.plot else out_root / "reward_vs_time.png"
     report["plot"] = str(plot_reward_vs_time(report, plot))
     return report
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 from reinlm.cli.demo_latent import run_latent_demo
-from reinlm.config.coerce import check_field
+from reinlm.config.build import build_config
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import Config, opt
 from reinlm.evaluation.plots import save_step_plot, step_figure
 from reinlm.rewards import parse_reward_spec
 from reinlm.rollout.token import SamplingConfig, generate_rollouts
@@ -21,15 +24,20 @@ from reinlm.utils.jsonio import read_jsonl
 from reinlm.utils.outdir import check_output_dir
 
 
+@dataclass
+class DemoConfig(Config):
+    out: str = opt("runs/demo", "where the demo writes its runs")
+    steps: int | None = opt(None, "RL steps for each training run (default: the demo's own)", lo=1)
+    quick: bool = opt(False, "generation and rewards only, no training")
+    token_only: bool = opt(False, "skip the latent-action part (the reward curve only)")
+    seed: int = opt(0, "seed", lo=0)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="run the end-to-end demo on the embedded models (offline, CPU)",
                               description="End-to-end demo on the embedded models: generation, reward scoring, "
                                           "a short GRPO run, and (when available) latent-space RL vs token-space RL.")
-    p.add_argument("--out", default="runs/demo", help="where the demo writes its runs (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=None, help="RL steps for each training run (default: the demo's own)")
-    p.add_argument("--quick", action="store_true", help="generation and rewards only, no training")
-    p.add_argument("--token-only", action="store_true", help="skip the latent-action part (the reward curve only)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    add_dataclass_args(p, DemoConfig, switches=True)
     return p
 
 
@@ -101,7 +109,7 @@ def plot_reward_curve(rows: list[dict], path, title: str):
     return save_step_plot(fig, ax, "reward/mean", path, legend=True)
 
 
-def reward_curve(args: argparse.Namespace) -> None:
+def reward_curve(cfg: DemoConfig) -> None:
     """A short token-space GRPO run whose reward clearly rises; saves ``OUT/reward_curve.png``."""
     import json
     from pathlib import Path
@@ -109,9 +117,9 @@ def reward_curve(args: argparse.Namespace) -> None:
     from reinlm.api import Trainer
 
     _section("3. RL at work: GRPO makes SmolLM2-135M's one-sentence replies more upbeat (sentiment reward)")
-    settings = {**REWARD_CURVE, "seed": args.seed, "out": f"{args.out}/token-grpo", "overwrite": True}
-    if args.steps:
-        settings["steps"] = args.steps
+    settings = {**REWARD_CURVE, "seed": cfg.seed, "out": f"{cfg.out}/token-grpo", "overwrite": True}
+    if cfg.steps:
+        settings["steps"] = cfg.steps
     print("conversational prompts \"Write one sentence about <topic>.\" on dreary topics (a rainy Monday, a "
           "traffic jam, ...; chat template), the same "
           f"{settings['batch_prompts']} prompts x {settings['samples_per_prompt']} samples every step, "
@@ -119,8 +127,8 @@ def reward_curve(args: argparse.Namespace) -> None:
     run_dir = Trainer(prompts=demo_prompts(), **settings).train()
     rows = read_jsonl(run_dir / "metrics.jsonl")
     reward = [r["reward/mean"] for r in rows]
-    png = plot_reward_curve(rows, Path(args.out) / "reward_curve.png",
-                            f"GRPO on SmolLM2-135M: sentiment of one-sentence replies (seed {args.seed})")
+    png = plot_reward_curve(rows, Path(cfg.out) / "reward_curve.png",
+                            f"GRPO on SmolLM2-135M: sentiment of one-sentence replies (seed {cfg.seed})")
     k = min(3, len(reward))
     print("reward per step: " + " ".join(f"{x:.2f}" for x in reward))
     print(f"mean of the first {k} steps {sum(reward[:k]) / k:.3f} -> last {k} steps {sum(reward[-k:]) / k:.3f}; "
@@ -136,22 +144,20 @@ def reward_curve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps is not None:  # checked before any model loads (0 used to mean the default, silently)
-        check_field("steps", args.steps, int, {"lo": 1})
-    check_field("seed", args.seed, int, {"lo": 0})
-    if not args.quick:
-        check_output_dir(args.out)
+    cfg = build_config(DemoConfig, args)  # checked before any model loads
+    if not cfg.quick:
+        check_output_dir(cfg.out)
     t_start = time.perf_counter()
-    generation_and_rewards(args.seed)
-    if args.quick:
+    generation_and_rewards(cfg.seed)
+    if cfg.quick:
         return 0
     try:
         import reinlm.latent.pretrain  # noqa: F401
         has_latent = True
     except ImportError:
         has_latent = False
-    reward_curve(args)
-    if has_latent and not args.token_only:
-        run_latent_demo(args, _section)
-    print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; runs under {args.out}/")
+    reward_curve(cfg)
+    if has_latent and not cfg.token_only:
+        run_latent_demo(cfg, _section)
+    print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; runs under {cfg.out}/")
     return 0

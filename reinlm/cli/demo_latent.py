@@ -36,13 +36,14 @@ def pretrain_demo_latent(out: Path, seed: int) -> Path:
     return latent_dir
 
 
-def run_latent_demo(args: argparse.Namespace, section) -> None:
-    out = Path(args.out)
+def run_latent_demo(cfg, section) -> None:
+    """Sections 4-6 of the demo; ``cfg`` is its :class:`~reinlm.cli.demo.DemoConfig`."""
+    out = Path(cfg.out)
     section("4. latent-action model on SmolLM2-135M (pretrained once, then cached)")
-    latent_dir = pretrain_demo_latent(out, args.seed)
+    latent_dir = pretrain_demo_latent(out, cfg.seed)
 
     section("5. GRPO on the sentiment task: latent space vs token space (same work, one process each)")
-    steps = args.steps or 8
+    steps = cfg.steps or 8
     # each space gets the learning rate that suits what it trains: token space fine-tunes all 135M
     # parameters (lr 2e-6), latent space a policy of about 2M parameters from behaviour-cloned weights (lr 1e-4;
     # 1e-3 collapsed its diversity). The frozen networks (token reference, latent backbone) run in bfloat16
@@ -50,7 +51,7 @@ def run_latent_demo(args: argparse.Namespace, section) -> None:
     bench_args = argparse.Namespace(
         sides="latent,token", plot=str(out / "latent_vs_token.png"), latent=str(latent_dir), algo="grpo",
         reward="sentiment", prompts="builtin:reviews", steps=steps, batch_prompts=2, samples_per_prompt=8,
-        max_new_tokens=20, seed=args.seed, out=str(out / "bench"), lr=2e-6, latent_lr=1e-4, kl_coef=None,
+        max_new_tokens=20, seed=cfg.seed, out=str(out / "bench"), lr=2e-6, latent_lr=1e-4, kl_coef=None,
         eval_prompts=8, eval_samples=4, device="cpu", frozen_dtype="auto")
     print(format_report(run_bench(bench_args)))
 

@@ -1,37 +1,42 @@
 """``reinlm explore --latent DIR "PROMPT"``: what the world model writes under each latent action, and the
-policy's most likely actions for the prompt (the BWArea card's "I like eating" table)."""
+policy's most likely actions for the prompt (the BWArea card's "I like eating" table). Flags are the fields
+of :class:`ExploreConfig`."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from reinlm.cli.jsonout import print_json
-from reinlm.config.coerce import check_field
-from reinlm.config.schema import check_device
+from reinlm.config.build import build_config
+from reinlm.config.flags import add_dataclass_args
+from reinlm.config.schema import Config, device_opt, opt
 from reinlm.latent.model import LatentActionModel
+
+
+@dataclass
+class ExploreConfig(Config):
+    latent: str = opt("", "latent model directory", required=True, metavar="DIR")
+    new_tokens: int = opt(4, "greedy tokens written under each action", lo=1)
+    top: int = opt(8, "policy actions listed", lo=1)
+    device: str = device_opt("cpu")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("explore", help="show the continuation under each latent action",
                               description='Example: reinlm explore --latent runs/latent "I like eating"')
     p.add_argument("prompt", help="prompt text")
-    p.add_argument("--latent", required=True, metavar="DIR", help="latent model directory")
-    p.add_argument("--new-tokens", type=int, default=4, help="greedy tokens written under each action (default: 4)")
-    p.add_argument("--top", type=int, default=8, help="policy actions listed (default: 8)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_dataclass_args(p, ExploreConfig)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from reinlm.latent.explore import explore, format_exploration
 
-    for name, lo in (("new_tokens", 1), ("top", 1)):
-        check_field(name, getattr(args, name), int, {"lo": lo})
-    check_device("device", args.device)
-    model = LatentActionModel.from_pretrained(args.latent, device=args.device)
-    ex = explore(model, args.prompt, new_tokens=args.new_tokens, top=args.top)
+    cfg = build_config(ExploreConfig, args)
+    model = LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
+    ex = explore(model, args.prompt, new_tokens=cfg.new_tokens, top=cfg.top)
     if args.json:
         print_json(asdict(ex), indent=2)
     else:

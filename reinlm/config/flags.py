@@ -41,11 +41,13 @@ EXPLICIT_NONE = _ExplicitNone()
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None,
-                       exclude: type | None = None) -> None:
+                       exclude: type | None = None, switches: bool = False) -> None:
     """Add one ``--flag`` per flat field of the dataclass ``cls``; defaults stay ``None`` (= not given).
 
     ``exclude``: a dataclass whose fields are left out (a base class whose flags go in a group of their own).
-    Aliases become hidden flags. An optional field takes ``none`` to mean null.
+    Aliases become hidden flags. An optional field takes ``none`` to mean null. A boolean field's flag takes an
+    optional value (``--overwrite``, ``--overwrite false``); with ``switches=True`` it takes none (``--group-seeds``
+    alone), for a command whose positional arguments may follow it.
     """
     target = parser.add_argument_group(group) if group else parser
     skip = set(flat_fields(exclude)) if exclude is not None else set()
@@ -58,13 +60,17 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, group: str
         tp = ff.type
         default = ff.default
         help_text = ff.meta.get("help", "")
-        if default not in (None, "", [], ()):
+        if ff.meta.get("required"):
+            help_text = f"{help_text} (required)"
+        elif default not in (None, "", [], ()) and not (switches and tp is bool):
             help_text = f"{help_text} (default: {','.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
         help_text = help_text.replace("%%", "%").replace("%", "%%")  # argparse formats help with %
         kwargs: dict[str, Any] = {"default": None, "help": help_text, "dest": name}
         if get_origin(tp) is Literal:
             kwargs["choices"] = list(get_args(tp))
             kwargs["type"] = type(get_args(tp)[0])
+        elif tp is bool and switches:
+            kwargs.update(action="store_const", const=True)
         elif tp is bool:
             kwargs.update(type=_flag_type(name, bool, ff.meta, ff.optional), nargs="?", const=True, metavar="BOOL")
         elif get_origin(tp) in (list, tuple):

@@ -18,7 +18,8 @@ T = TypeVar("T")
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
         flag: bool = True, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
         hi_open: bool = False, choices: tuple | list | None = None, aliases: tuple[str, ...] = (),
-        finite: bool = True, sep: str | None = None, metavar: str | None = None, check: Any = None) -> Any:
+        finite: bool = True, sep: str | None = None, metavar: str | None = None, check: Any = None,
+        required: bool = False) -> Any:
     """Declare a config field with its one-line documentation and its allowed values.
 
     ``lo``/``hi`` bound numbers (and each element of a list of numbers); ``lo_open``/``hi_open`` make
@@ -26,11 +27,12 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: 
     other YAML keys (and hidden flags) for this field. ``finite=False`` lets a float be nan/inf.
     ``sep`` marks a ``str`` field holding a ``sep``-separated list: a YAML list is joined with it.
     ``flag=False`` keeps the field off the command line (still a YAML key). ``check(name, value)``: a
-    further check of a non-null value that raises ConfigError (e.g. :func:`check_device`).
+    further check of a non-null value that raises ConfigError (e.g. :func:`check_device`). ``required=True``:
+    the field must be given (flag, YAML or Python) a value other than null or empty; ``--help`` says so.
     """
     meta = {"help": help, "flag": flag, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
             "choices": tuple(choices) if choices is not None else None, "aliases": tuple(aliases),
-            "finite": finite, "sep": sep, "metavar": metavar, "check": check}
+            "finite": finite, "sep": sep, "metavar": metavar, "check": check, "required": required}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -84,7 +86,12 @@ def validate_fields(cfg: Any) -> None:
                 raise ConfigError(f"{f.name}: got {value!r}; allowed: a {tp.__name__} or a mapping of its fields.",
                                   field=f.name)
             continue
-        setattr(cfg, f.name, check_field(f.name, value, tp, f.metadata, optional))
+        value = check_field(f.name, value, tp, f.metadata, optional)
+        if f.metadata.get("required") and value in (None, "", [], ()):
+            flag = f"--{f.name.replace('_', '-')}" + (f" {f.metadata['metavar']}" if f.metadata.get("metavar") else "")
+            raise ConfigError(f"{f.name}: required, but not given; pass {flag} ({f.metadata.get('help', '')}).",
+                              field=f.name)
+        setattr(cfg, f.name, value)
 
 
 def check_device(name: str, value: str) -> None:
