@@ -92,12 +92,26 @@ class EvalConfig(Config):
 
     @property
     def out_dir(self) -> Path:
+        """``--out``; else ``RUN_DIR/evals/seed<S>`` when the model is a run directory or its ``final/`` (the
+        evaluation belongs with the run); else ``evals/<model name>-seed<S>``."""
         if self.out:
             return Path(self.out)
+        run = _run_dir_of(self.model) if self.model and not self.generations and not self.latent else None
+        if run is not None:
+            return run / "evals" / f"seed{self.seed}"
         name = Path(str(self.generations or self.latent or self.model).rstrip("/")).name or "eval"
         if name == "final":
             name = Path(str(self.model or self.latent).rstrip("/")).parent.name
         return Path("evals") / f"{Path(name).stem}-seed{self.seed}"
+
+
+def _run_dir_of(model: str) -> Path | None:
+    """The run directory when ``model`` is one (config.yaml beside final/ or checkpoints/) or its ``final/``."""
+    path = Path(str(model).rstrip("/")).expanduser()
+    for d in (path, path.parent) if path.name == "final" else (path,):
+        if (d / "config.yaml").is_file() and ((d / "final").exists() or (d / "checkpoints").is_dir()):
+            return d
+    return None
 
 
 @dataclass
