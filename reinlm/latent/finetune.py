@@ -47,6 +47,7 @@ from reinlm.config.build import config_to_dict
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.backbone import backbone_forward
+from reinlm.latent.heldout import SUMS, batch_sums
 from reinlm.latent.modules import sample_actions
 from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
@@ -209,28 +210,15 @@ def evaluate_task(lam, data: TaskTokens, batch_size: int = 16, seed: int = 0, ta
     actions and under actions sampled from the policy (temperature ``tau``), BC top-1/top-5 accuracy of the
     policy against the IDM's argmax, codes used."""
     g = torch.Generator().manual_seed(seed)
-    s = {"nll_backbone": 0.0, "nll_world_model_idm": 0.0, "nll_world_model_policy": 0.0, "top1": 0.0, "top5": 0.0}
+    s = dict.fromkeys(SUMS, 0.0)
     codes: set[int] = set()
     n = 0
     dev = lam.device
     for i in range(0, len(data), batch_size):
         ids, mask = data.ids[i:i + batch_size].to(dev), data.mask[i:i + batch_size].to(dev)
-        h = hidden_states(lam, ids, mask, grad=False)
-        valid = (mask[:, :-1] * mask[:, 1:]).bool()
-        target = ids[:, 1:][valid]
-        idm = lam.idm_logits_from_hidden(h, mask).argmax(-1)  # (B, L-1)
-        s["nll_backbone"] += F.cross_entropy(lam.token_logits(h[:, :-1][valid]), target, reduction="sum").item()
-        wm = lam.world_model_logits_from_hidden(h[:, :-1], idm)[valid]
-        s["nll_world_model_idm"] += F.cross_entropy(wm, target, reduction="sum").item()
-        pl = lam.policy_logits_from_hidden(h, mask)[:, :-1]  # (B, L-1, K)
-        tgt = idm[valid]
-        s["top1"] += (pl[valid].argmax(-1) == tgt).sum().item()
-        s["top5"] += (pl[valid].topk(min(5, pl.shape[-1]), -1).indices == tgt[:, None]).any(-1).sum().item()
-        a = torch.multinomial((pl.float() / tau).softmax(-1).flatten(0, 1), 1, generator=g).view(pl.shape[:2])
-        wp = lam.world_model_logits_from_hidden(h[:, :-1], a)[valid]
-        s["nll_world_model_policy"] += F.cross_entropy(wp, target, reduction="sum").item()
-        codes.update(tgt.unique().tolist())
-        n += int(valid.sum())
+        idm = batch_sums(lam, hidden_states(lam, ids, mask, grad=False), ids, mask, s, tau=tau, generator=g)
+        codes.update(idm.unique().tolist())
+        n += int(idm.numel())
     return {"tokens": n, "nll_backbone": s["nll_backbone"] / n, "nll_world_model_idm": s["nll_world_model_idm"] / n,
             "nll_world_model_policy": s["nll_world_model_policy"] / n, "bc_top1_accuracy": s["top1"] / n,
             "bc_top5_accuracy": s["top5"] / n, "codes_used": len(codes)}

@@ -42,6 +42,7 @@ from reinlm.config.build import config_to_dict
 from reinlm.config.schema import Config, check_device, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
+from reinlm.latent.heldout import SUMS, batch_sums
 from reinlm.latent.model import LatentActionModel
 from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
@@ -345,29 +346,15 @@ def evaluate(model: LatentActionModel, batches, max_tokens: int, policy: bool = 
     with IDM actions, codes used; with ``policy`` also BC top-1/top-5 accuracy and NLL under policy-sampled
     actions (tau 1). ``lm_nll=False`` skips the two NLLs that do not depend on the policy."""
     g = torch.Generator().manual_seed(seed)
-    sums = {"nll_backbone": 0.0, "nll_world_model_idm": 0.0, "nll_world_model_policy": 0.0, "top1": 0.0, "top5": 0.0}
+    sums = dict.fromkeys(SUMS, 0.0)
     counts = np.zeros(model.config.num_actions, dtype=np.int64)
     n = 0
     for h, ids, mask in batches:
         if n >= max_tokens:
             break
-        valid = (mask[:, :-1] * mask[:, 1:]).bool()
-        target = ids[:, 1:][valid]
-        hv = h[:, :-1][valid]  # (N, H)
-        idm = model.idm_logits_from_hidden(h, mask).argmax(-1)  # (B, L-1)
-        if lm_nll:
-            sums["nll_backbone"] += F.cross_entropy(model.token_logits(hv), target, reduction="sum").item()
-            wm = model.world_model_logits_from_hidden(h[:, :-1], idm)[valid]
-            sums["nll_world_model_idm"] += F.cross_entropy(wm, target, reduction="sum").item()
-        counts += np.bincount(idm[valid].cpu().numpy(), minlength=len(counts))
-        if policy:
-            pl = model.policy_logits_from_hidden(h, mask)[:, :-1]  # (B, L-1, K)
-            sums["top1"] += (pl[valid].argmax(-1) == idm[valid]).sum().item()
-            sums["top5"] += (pl[valid].topk(5, -1).indices == idm[valid][:, None]).any(-1).sum().item()
-            a = torch.multinomial(pl.softmax(-1).flatten(0, 1).cpu(), 1, generator=g).view(pl.shape[:2])
-            wp = model.world_model_logits_from_hidden(h[:, :-1], a.to(h.device))[valid]
-            sums["nll_world_model_policy"] += F.cross_entropy(wp, target, reduction="sum").item()
-        n += int(valid.sum())
+        idm = batch_sums(model, h, ids, mask, sums, policy=policy, lm_nll=lm_nll, generator=g)
+        counts += np.bincount(idm.cpu().numpy(), minlength=len(counts))
+        n += int(idm.numel())
     n = max(n, 1)
     p = counts / max(counts.sum(), 1)
     out = {"eval_tokens": n, "codes_used": int((counts > 0).sum()),
