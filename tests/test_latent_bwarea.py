@@ -472,3 +472,25 @@ def test_compat_forward_matches_the_reference(ckpt):
     assert torch.equal(out.action_index, greedy)
     assert torch.allclose(out.logits, ref_world_logits(sd, ids, greedy), atol=1e-5, rtol=0)
     assert torch.equal(model.forward_inverse(input_ids=ids).action_index, ref_idm_actions(sd, ids))
+
+
+def test_left_padded_and_repeated_rows_generate_as_each_row_alone(model):
+    """Generation over a left-padded batch (prompts of 4 and 7 tokens) and with num_return_sequences = 2 gives
+    each row what it gets alone: positions count real tokens, padding keys are hidden, caches repeat per row."""
+    ids = ids_batch()
+    short, long_ = ids[0, 3:], ids[1]
+    model.set_action_sampling(greedy=True)
+    alone = [model.generate(r[None], max_new_tokens=4, eos_token_id=[], return_dict=True) for r in (short, long_)]
+    padded = torch.stack([torch.cat([torch.zeros(3, dtype=torch.long), short]), long_])
+    mask = torch.ones_like(padded)
+    mask[0, :3] = 0
+    both = model.generate(padded, mask, max_new_tokens=4, eos_token_id=[], return_dict=True, num_return_sequences=2)
+    for i, a in enumerate(alone):
+        for j in (2 * i, 2 * i + 1):
+            assert torch.equal(both.response_ids[j], a.response_ids[0])
+            assert torch.equal(both.actions[j], a.actions[0])
+    with torch.no_grad():  # the full-sequence forwards agree with the padded batch too
+        lp = model.policy(padded, mask)[0, 3:]
+        assert torch.allclose(lp, model.policy(short[None])[0], atol=1e-5, rtol=0)
+        wl = model.world_logits(padded, mask, torch.full_like(padded, 7))[0, 3:]
+        assert torch.allclose(wl, model.world_logits(short[None], None, torch.full((1, 4), 7))[0], atol=1e-5, rtol=0)
