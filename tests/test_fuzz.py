@@ -228,6 +228,7 @@ CASES = [
     (["latent", "train-q", "--gamma", "2", "--out", "{out}"], ["gamma: got 2"]),
     (["latent", "train-q", "--lr", "inf", "--out", "{out}"], ["lr: got inf"]),
     (["latent", "import-cola", "{missing}", "{out}"], ["is not a directory", "a CoLA checkpoint directory"]),
+    (["latent", "import-bwarea", "{missing}", "{out}"], ["is not a directory", "a BWArea checkpoint directory"]),
     # --- search, critique, bench
     (["search", "--budget", "-1", "hello"], ["budget: got -1"]),
     (["search", "--c-puct", "nan", "hello"], ["c_puct: got nan"]),
