@@ -1,6 +1,6 @@
 """Learning-rate schedules: the multiplier of the base learning rate at optimiser step s (for ``LambdaLR``).
 
-One formula for every trainer (latent pretraining and fine-tuning here; ``trainer/loop.py``'s ``lr_lambda`` is
+One formula for every trainer (latent pretraining and fine-tuning here; ``trainer/optim.py``'s ``lr_lambda`` calls
 the same formula with ``warmup_inside=False``). Legend: s = optimiser step (0-based), T = total steps,
 w = warm-up steps.
 """
