@@ -21,15 +21,17 @@ def run_dir(tmp_path_factory, smol_tokenizer):
     run = tmp_path_factory.mktemp("run")
     save_tiny_model(smol_tokenizer, run / "final", seed=0)
     (run / "config.yaml").write_text(yaml.safe_dump({"chat_template": True, "model": "smollm2-135m"}))
-    (run / "checkpoints" / "step-1").mkdir(parents=True)
+    (run / "checkpoints" / "step-1" / "policy").mkdir(parents=True)
     (run / "checkpoints" / "step-1" / "config.yaml").write_text(yaml.safe_dump({"chat_template": True}))
     return run
 
 
-def test_a_runs_models_know_their_chat_template(run_dir, tmp_path):
+def test_a_runs_models_know_their_chat_template(run_dir, tmp_path, monkeypatch):
     assert trained_with_chat_template(str(run_dir)) and trained_with_chat_template(str(run_dir / "final"))
     assert trained_with_chat_template(str(run_dir / "checkpoints" / "step-1" / "policy"))
     assert not trained_with_chat_template("smollm2-135m") and not trained_with_chat_template(str(tmp_path))
+    monkeypatch.chdir(run_dir)  # an alias is no run, even inside a run directory
+    assert not trained_with_chat_template("smollm2-135m") and trained_with_chat_template("final")
 
 
 @pytest.mark.parametrize("flags,expected", [([], True), (["--chat-template", "false"], False)])

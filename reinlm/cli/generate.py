@@ -152,7 +152,9 @@ def trained_with_chat_template(model: str) -> bool:
     """Whether ``model`` is a run directory, its ``final/`` (or ``final/merged``) or one of its checkpoints, and the
     run trained with ``chat_template: true`` (read from the run's config.yaml); False for any other model."""
     path = Path(model).expanduser()
-    for d in (path, *list(path.parents)[:3]):
+    if not path.exists():  # an alias or a hub id: no run (and never the working directory's config.yaml)
+        return False
+    for d in (path, *list(path.resolve().parents)[:3]):
         cfg = d / "config.yaml"
         if cfg.is_file() and ((d / "final").exists() or (d / "checkpoints").is_dir() or d.parent.name == "checkpoints"):
             try:
