@@ -160,3 +160,16 @@ def test_textarena_guess_the_number_trains_two_steps_without_a_dataset(tiny_mode
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["env/turns"] >= 1
     t = read_jsonl(out / "samples.jsonl")[0]["extra"]["transcript"]
     assert "Guess The Number" in t["observations"][0] and len(t["turns"]) == len(t["turn_rewards"])
+
+
+def test_two_player_game_against_the_frozen_starting_policy(tiny_model_dir, tmp_path, monkeypatch):
+    from reinlm.trainer.episodes import FrozenOpponent
+
+    calls, reply = [], FrozenOpponent.__call__
+    monkeypatch.setattr(FrozenOpponent, "__call__", lambda self, obs: calls.append(obs) or reply(self, obs))
+    out = tmp_path / "ttt"
+    assert main(_flags(tiny_model_dir, out, "--environment", "textarena:TicTacToe-v0", "--opponent", "frozen",
+                       "--steps", "1", "--max-turns", "1")) == 0
+    t = read_jsonl(out / "samples.jsonl")[0]["extra"]["transcript"]
+    assert t["valid"] and "Tic Tac Toe" in t["observations"][0]
+    assert calls and all("Tic Tac Toe" in c or "Board" in c or "[" in c for c in calls)  # the frozen policy played

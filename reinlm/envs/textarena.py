@@ -7,8 +7,8 @@ for the trained seat at the end (``env.close()``), and TextArena's ``invalid_mov
 
 Two-player games need an opponent (``--opponent``): ``random`` plays a random bracketed move (``[Accept]``,
 ``[Deny]``, ``[N]`` or a word), ``frozen`` a frozen copy of the starting policy (the trainer supplies it as a
-callable ``fn(observation) -> text``). The trained seat alternates with the episode seed: even seeds play
-seat 0, odd seeds seat 1 (tested).
+callable ``fn(observation) -> text``; a reply without a bracketed move is replaced by a random one). The
+trained seat alternates with the episode seed: even seeds play seat 0, odd seeds seat 1 (tested).
 """
 
 from __future__ import annotations
@@ -94,9 +94,13 @@ class TextArenaEnv:
         return text[len(seen):] if seen and text.startswith(seen) else text
 
     def _opponent_move(self, obs: str) -> str:
+        full = self._full.get(self._pid_now, obs)
         if self.opponent is None or self.opponent == "random":
-            return random_move(self._rng, self._full.get(self._pid_now, obs))
-        return self.opponent(obs)
+            return random_move(self._rng, full)
+        move = self.opponent(obs)
+        # a frozen policy's reply without a bracketed move would forfeit the game before the trained seat plays:
+        # it is replaced by a random legal-looking move (counted nowhere: the opponent never trains)
+        return move if _BRACKETED.search(move or "") else random_move(self._rng, full)
 
     def _advance(self) -> tuple[bool, str]:
         """Play the opponent until it is the trained seat's turn (or the game ends) -> (done, observation)."""
