@@ -6,6 +6,7 @@ Tiny random Llama with the real SmolLM2 tokenizer (conftest.tiny_lm); every test
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from reinlm.algorithms.base import AdvantageInputs, LossInputs, LossNorm
 from reinlm.algorithms.turn_credit import (broadcast_turns, credit_targets, discounted_returns, turn_gae,
                                            turn_values)
 from reinlm.envs import ToolEnv, parse_tool_calls, resolve_environment
+from reinlm.envs.spec import load_object
 from reinlm.errors import ReinlmError
 from reinlm.rollout import multiturn
 from reinlm.rollout.multiturn import EpisodeLimits, episode_metrics, episodes_to_batch, run_episodes
@@ -156,25 +158,8 @@ def test_hanging_and_raising_environments_make_invalid_episodes(tiny_lm):
     assert m["env/invalid_frac"] == 0.75 and m["env/timeout_frac"] == 0.25 and m["env/return"] == 6.0
 
 
-class Counter:
-    """TRL's documented environment shape: a counter with an ``increment`` tool and ``get_reward``."""
-
-    def reset(self, **kwargs):
-        self.counter = 0
-        return None
-
-    def increment(self, step: int) -> int:
-        """
-        Increment the internal counter.
-
-        Args:
-            step: Value to add to the counter.
-
-        Returns:
-            The updated counter value.
-        """
-        self.counter += step
-        return self.counter
+class Counter(load_object(f"{Path(__file__).parent / 'assets' / 'trl_counter.py'}:IncrementEnv")):
+    """TRL's documented counter environment plus a tool that always fails."""
 
     def explode(self) -> int:
         """
@@ -184,9 +169,6 @@ class Counter:
             Nothing, it raises.
         """
         raise RuntimeError("kaboom")
-
-    def get_reward(self) -> float:
-        return float(self.counter)
 
 
 def test_tool_env_runs_tools_and_reports_failures():

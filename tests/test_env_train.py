@@ -10,32 +10,13 @@ import pytest
 import torch
 
 from reinlm.cli.main import main
+from reinlm.envs.spec import load_object
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import Trainer
 from reinlm.utils.jsonio import read_jsonl
 
-# TRL's documented environment (environment_factory), unchanged: a counter with an `increment` tool
-COUNTER = '''
-class IncrementEnv:
-    def reset(self, **kwargs):
-        self.counter = 0
-
-    def increment(self, step: int) -> int:
-        """
-        Increment the internal counter.
-
-        Args:
-            step: Value to add to the counter.
-
-        Returns:
-            The updated counter value.
-        """
-        self.counter += step
-        return self.counter
-
-    def get_reward(self) -> float:
-        return float(self.counter)
-'''
+ASSETS = Path(__file__).parent / "assets"
+COUNTER = ASSETS / "trl_counter.py"  # TRL's documented environment: a counter with an `increment` tool
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +34,8 @@ def _flags(model_dir, out, *extra):
 
 
 def test_trl_counter_environment_trains_from_the_cli(tiny_model_dir, tmp_path):
-    (tmp_path / "counter.py").write_text(COUNTER)
     out = tmp_path / "run"
-    assert main(_flags(tiny_model_dir, out, "--environment", f"{tmp_path / 'counter.py'}:IncrementEnv")) == 0
+    assert main(_flags(tiny_model_dir, out, "--environment", f"{COUNTER}:IncrementEnv")) == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("env/return", "env/turns", "env/model_tokens", "env/observation_tokens", "tools/call_frequency",
@@ -73,8 +53,6 @@ def test_trl_counter_environment_trains_from_the_cli(tiny_model_dir, tmp_path):
 def test_trl_environment_factory_from_python_gets_environments(tiny_model_dir, tmp_path):
     import reinlm
 
-    ns: dict = {}
-    exec(COUNTER, ns)
     seen = []
 
     def reward_func(environments, **kwargs):  # TRL: reward functions receive the instances
@@ -86,7 +64,8 @@ def test_trl_environment_factory_from_python_gets_environments(tiny_model_dir, t
                                        output_dir=str(tmp_path / "py"), per_device_train_batch_size=4,
                                        max_tool_calling_iterations=1),
                              model=str(tiny_model_dir), reward_funcs=reward_func, train_dataset=dataset,
-                             environment_factory=ns["IncrementEnv"], eval_prompts=0, progress=False, device="cpu",
+                             environment_factory=load_object(f"{COUNTER}:IncrementEnv"), eval_prompts=0,
+                             progress=False, device="cpu",
                              log="none", max_turns=2, turn_tokens=6)
     run = trainer.train()
     assert len(seen) == 2 and all(len(envs) == 4 for envs in seen)
