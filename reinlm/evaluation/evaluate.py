@@ -179,7 +179,9 @@ class EvalContext:
 def metric_reward(ctx: EvalContext) -> MetricOutput:
     """Reward statistics of ``--reward SPEC`` (total and each component)."""
     g = ctx.gens
-    scores = parse_reward_spec(ctx.cfg.reward).score(g.prompts, g.completions, g.columns)
+    # chat data: the rewards see the message lists (TRL's form, as in training); text rewards the rendered prompt
+    scores = parse_reward_spec(ctx.cfg.reward).score(g.raw_prompts or g.prompts, g.completions, g.columns,
+                                                     prompt_texts=g.prompts if g.raw_prompts else None)
     valid = [bool(v) for v in scores.valid.tolist()]
     total = [float(t) if ok else None for t, ok in zip(scores.total.tolist(), valid)]
     out = MetricOutput(values=M.reward_stats(total, g.group_ids), per_sample={"reward": total},
@@ -312,9 +314,12 @@ def _sample(cfg: EvalConfig, source, prompts: list):
         model, tok = ctx.lm(source.model)
         from reinlm.data import render_prompts
 
+        raw = list(prompts)
         prompts = render_prompts(prompts, tok, cfg.chat_template)  # conversations: the chat template
         gens = sample_from_lm(model, tok, prompts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
+        if any(not isinstance(p, str) for p in raw):  # chat data: rewards get messages, as in training
+            gens.raw_prompts = [raw[g] for g in gens.group_ids]
     return gens, ctx
 
 

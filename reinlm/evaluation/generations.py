@@ -32,6 +32,7 @@ class Generations:
     completions: list[str]
     group_ids: list[int]
     columns: dict[str, list] = field(default_factory=dict)
+    raw_prompts: list | None = None  # the prompts as the data holds them (message lists for chat data), B values
 
     def __len__(self) -> int:
         return len(self.completions)
