@@ -265,6 +265,13 @@ def test_bfloat16_reference_error_is_measured_once_at_the_start(tiny_model_dir, 
     assert same.step_metrics() == {}  # the exact float32 path: nothing to measure
 
 
+def test_reference_error_is_logged_at_the_first_step_only(tiny_model_dir, tmp_path):
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "log", steps=2, frozen_dtype="bfloat16", eval_prompts=0,
+                   samples_per_prompt=2, max_new_tokens=4)
+    rows = read_jsonl(Trainer(cfg).train() / "metrics.jsonl")
+    assert rows[0]["mismatch/ref_logp_abs"] > 1e-4 and "mismatch/ref_logp_abs" not in rows[1]
+
+
 def test_frozen_dtype_auto_resolves_by_hardware(monkeypatch):
     import reinlm.utils.devices as utils
 

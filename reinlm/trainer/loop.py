@@ -272,6 +272,7 @@ class Trainer:
         if scored.dense is not None:
             metrics["reward/dense_mean"] = float((scored.dense * mask).sum(-1).mean())
         metrics.update(perplexity_metrics(self.policy, batch, ref, mask, cfg.log_frozen_perplexity))
+        metrics.update(self.policy.step_metrics())  # e.g. mismatch/ref_logp_abs at the first step
         return {"metrics": metrics, "batch": batch, "scores": scored.scores, "extras": scored.columns or {}}
 
     def _update(self, batch: RolloutBatch, old_logp: torch.Tensor | None, ref: PolicyScores | None,
