@@ -80,7 +80,7 @@ def plot(runs: list[dict], path: Path) -> None:
     axes.flat[4].set_yscale("log")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=72)
 
 
 def main() -> None:

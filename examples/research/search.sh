@@ -16,4 +16,4 @@ for which in without with; do
     --budget ${BUDGET:-192} --max-depth 16 --out "$RUNS/rows-$which.jsonl" --seeds ${SEEDS:-0 1 2} >> "$RUNS/search-$which.log" 2>&1 &
 done
 wait
-$PY "$HERE/search_vs_bon.py" --analyze "$RUNS"/rows-with*.jsonl | tee "$RUNS/analysis.md"
+$PY "$HERE/search_vs_bon.py" --analyze "$RUNS/rows-without.jsonl" "$RUNS/rows-with.jsonl" | tee "$RUNS/analysis.md"

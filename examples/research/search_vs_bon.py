@@ -135,11 +135,18 @@ def analyze(paths: list[str]) -> None:
                 sec = (np.mean([r["search"]["seconds"] for r in sel]), np.mean([r[base]["seconds"] for r in sel]))
                 print(_line(use_q, base, unit, st, fw, sec))
             full = [v for v in by_p.values() if len(v) == len(seeds)]
-            if full:
+            if full and len(seeds) > 1:
                 s = np.array([np.mean([r["search"]["reward"] for r in v]) for v in full])
                 b = np.array([np.mean([r[base]["reward"] for r in v]) for v in full])
                 st = paired(s, b)
                 print(_line(use_q, base, f"prompt (mean of {len(seeds)} seeds)", st, ("", ""), ("", "")))
+    key = {(r["seed"], r["prompt_index"], r["q_model"]): r["search"]["reward"] for r in rows}
+    both = [k for k in key if k[2] and (k[0], k[1], False) in key]
+    if both:
+        st = paired(np.array([key[k] for k in both]), np.array([key[(k[0], k[1], False)] for k in both]))
+        print(f"search with vs without the Q-model, {st['n']} (prompt, seed) pairs: {st['mean_x']:.3f} vs "
+              f"{st['mean_y']:.3f}, wins / losses / ties {st['wins']} / {st['losses']} / {st['ties']}, Wilcoxon p "
+              f"{st['wilcoxon_p']:.2g}, rank-biserial {st['rank_biserial']:+.2f}")
     for use_q in (False, True):
         rs = [r for r in rows if r["q_model"] == use_q]
         if rs:
