@@ -12,6 +12,8 @@ import torch
 
 from reinlm.cli.jsonout import print_json
 from reinlm.errors import ConfigError
+from reinlm.latent.model import LatentActionModel
+from reinlm.utils.rng import seed_everything
 
 
 def _prompts(args) -> list[str]:
@@ -31,9 +33,6 @@ def _prompts(args) -> list[str]:
 def run_latent_generate(args) -> int:
     """Generate ``num_samples`` continuations per prompt with the latent model in ``args.latent``; prints text
     (and with ``show_actions`` the action ids), or a JSON list with ``--json``. Returns 0."""
-    from reinlm.latent.model import LatentActionModel
-    from reinlm.utils.rng import seed_everything
-
     seed = getattr(args, "seed", None) or 0
     n = getattr(args, "num_samples", None) or 1
     max_new = getattr(args, "max_new_tokens", None) or 20

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from reinlm.errors import ReinlmError
+from reinlm.hub import load_tokenizer
 from reinlm.latent.model import LatentActionModel
+from reinlm.latent.modules import sample_actions
 
 
 @dataclass
@@ -53,8 +55,6 @@ def load_hf_tokenizer(model_name_or_path: str, fast_tokenizer: bool = True, add_
     """The tokenizer of a reinlm latent directory (BWArea's ``bwareaModel.tokenizer.load_hf_tokenizer``): the
     directory's own tokenizer files, else its backbone's. ``add_special_tokens``: extra special tokens (str or
     list), added as BWArea does."""
-    from reinlm.hub import load_tokenizer
-
     d = Path(model_name_or_path)
     if (d / "tokenizer_config.json").is_file() or (d / "tokenizer.json").is_file():
         tok = load_tokenizer(str(d))
@@ -131,8 +131,6 @@ class IntentionForCausalLM(nn.Module):
         return self.lam.policy_logits_from_hidden(self.lam.head_input(ids, mask), mask)  # (B, T, K)
 
     def _draw(self, logits: torch.Tensor) -> torch.Tensor:
-        from reinlm.latent.modules import sample_actions
-
         s = self.lam.action_sampling
         with torch.no_grad():
             return sample_actions(logits.detach(), greedy=s.greedy, tau=s.tau, top_k=s.top_k, top_p=s.top_p)

@@ -48,10 +48,11 @@ from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.backbone import backbone_forward
 from reinlm.latent.heldout import SUMS, batch_sums
+from reinlm.latent.model import CONFIG_FILE, HEADS_FILE, LatentActionModel
 from reinlm.latent.modules import sample_actions
 from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
-from reinlm.utils.jsonio import append_jsonl, write_json
+from reinlm.utils.jsonio import append_jsonl, read_jsonl_objects, write_json
 from reinlm.utils.rng import seed_everything
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,6 @@ class FinetuneConfig(Config):
 
 def read_documents(path: str, text_column: str = "text") -> list[str]:
     """The documents of a task corpus: a .jsonl file (column ``text_column``) or one per non-empty line."""
-    from reinlm.utils.jsonio import read_jsonl_objects
-
     p = Path(path)
     if not p.is_file():
         raise ReinlmError(f"data: {path!r} is not a file; allowed: a .jsonl file with a {text_column!r} column, or a "
@@ -257,8 +256,6 @@ def _run_stage(name: str, params: list[torch.nn.Parameter] | list[dict], n_docs:
 def finetune(cfg: FinetuneConfig, lam=None) -> Path:
     """Fine-tune ``cfg.latent`` on ``cfg.data`` (stage 1 per ``cfg.mode`` / ``cfg.train``, then re-clone the policy)
     and write a latent model directory to ``cfg.out``; returns it. ``lam``: an already loaded model to use."""
-    from reinlm.latent.model import LatentActionModel
-
     if not cfg.latent:
         raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
     if not cfg.data:
@@ -367,8 +364,6 @@ def trained_parts(cfg: FinetuneConfig) -> list[str]:
 def save_finetuned(lam, cfg: FinetuneConfig, out: Path, result: dict, metrics_path: Path) -> None:
     """Write the latent model directory atomically: config.json, heads.safetensors, finetune.json, metrics.jsonl,
     finetune_config.json, and ``backbone/`` (model + tokenizer) when the backbone was trained."""
-    from reinlm.latent.model import CONFIG_FILE, HEADS_FILE
-
     with atomic_dir(out) as tmp:
         if cfg.trains_backbone and cfg.epochs > 0:
             lam.backbone.save_pretrained(tmp / "backbone")

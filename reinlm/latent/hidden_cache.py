@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 
 from reinlm.errors import ReinlmError
 from reinlm.latent.backbone import backbone_forward
-from reinlm.latent.corpus import builtin_prompts, parse_corpus_spec
+from reinlm.latent.corpus import TokenSource, builtin_prompts, parse_corpus_spec
+from reinlm.rollout.decode import LMStepper, decode
+from reinlm.rollout.sampling import Chooser
 from reinlm.utils.jsonio import write_json
 
 META = "meta.json"
@@ -168,8 +170,6 @@ def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len
     written and the reader's position: an interrupted build of the same backbone, corpus, chunk length and
     token cap continues there (the result equals a build that was never interrupted).
     """
-    from reinlm.latent.corpus import TokenSource
-
     source = TokenSource(spec, tokenizer, max_len, text_column)
     meta = {**meta, "max_len": int(max_len)}
     partial = json.loads((out / PARTIAL).read_text()) if (out / PARTIAL).is_file() else None
@@ -233,9 +233,6 @@ def build_self_cache(model, tokenizer, prompts: list[str], n_tokens: int, out: P
     computing padding (the engine's stopping convention). Each stored sequence is prompt + continuation up
     to and including EOS; a row that hits ``new_tokens`` drops its last sampled token (never fed, no state).
     """
-    from reinlm.rollout.decode import LMStepper, decode
-    from reinlm.rollout.sampling import Chooser
-
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     enc_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

@@ -20,11 +20,14 @@ from torch import nn
 
 from reinlm.errors import ReinlmError
 from reinlm.latent.backbone import backbone_forward
+from reinlm.latent.bwarea import BWAreaModel
 from reinlm.latent.config import ActionSampling, LatentConfig, resolve_for_backbone
 from reinlm.latent.modules import (CausalStack, RotaryEmbedding, StackCache, WorldModel, idm_step_logits,
                                    sample_actions)
 from reinlm.latent.seed_api import InverseOutput, LatentGeneration, PolicyOutput, SeedAPI  # noqa: F401 (re-exported)
+from reinlm.latent.stepper import LatentStepper
 from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.integrity import json_file_problem, safetensors_problem
 from reinlm.utils.jsonio import write_json
 
 HEADS_FILE = "heads.safetensors"
@@ -175,13 +178,11 @@ class LatentActionModel(SeedAPI, nn.Module):
         model_dir = Path(model_dir)
         cfg_path, heads_path = model_dir / CONFIG_FILE, model_dir / HEADS_FILE
         if latent_family(model_dir) == "bwarea":  # the family with its own embeddings (reinlm.latent.bwarea)
-            from reinlm.latent.bwarea import BWAreaModel
 
             return BWAreaModel.from_pretrained(model_dir, device=device, dtype=heads_dtype, num_actions=num_actions)
         if not cfg_path.is_file() or not heads_path.is_file():
             raise ReinlmError(f"latent: {str(model_dir)!r} is not a latent model directory (it needs {CONFIG_FILE} "
                               f"and {HEADS_FILE}); create one with `reinlm latent pretrain --out DIR`.")
-        from reinlm.utils.integrity import json_file_problem, safetensors_problem
 
         problem = json_file_problem(cfg_path) or safetensors_problem(heads_path)
         if problem:
@@ -267,8 +268,6 @@ class LatentActionModel(SeedAPI, nn.Module):
     # ------------------------------------------------------------------ the seeds' API
 
     def _make_stepper(self, action_chooser, token_chooser):
-        from reinlm.latent.stepper import LatentStepper
-
         return LatentStepper(self, action_chooser, token_chooser)
 
     # ------------------------------------------------------------------ incremental policy (generation only)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reinlm.rollout.sampling import filter_logits  # noqa: F401 - the one top-k / top-p filter, re-exported
+from reinlm.rollout.sampling import choose, filter_logits
 from reinlm.rollout.decode import position_ids_from_mask
 
 
@@ -370,8 +370,6 @@ def sample_actions(logits: torch.Tensor, u: torch.Tensor | None = None, *, greed
     uniforms to use (drawn from ``generator`` when None). Generation draws its actions through the same
     ``choose`` (a :class:`~reinlm.rollout.sampling.Chooser` in :mod:`reinlm.latent.stepper`).
     """
-    from reinlm.rollout.sampling import choose
-
     shape, K = logits.shape[:-1], logits.shape[-1]
     flat = logits.reshape(-1, K)
     if not greedy and u is None:

@@ -42,10 +42,14 @@ from reinlm.config.build import config_to_dict
 from reinlm.config.schema import Config, check_device, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import LatentConfig
+from reinlm.latent.corpus import StoredTokenSource, TokenSource, parse_corpus_spec
 from reinlm.latent.heldout import SUMS, batch_sums
+from reinlm.latent.hidden_cache import HiddenCache, build_cache
 from reinlm.latent.model import LatentActionModel
+from reinlm.rollout.fast import pack_linears, packing_supported
 from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
+from reinlm.utils.devices import native_bfloat16
 from reinlm.utils.distributed import destroy_process_group_at_exit
 from reinlm.utils.jsonio import append_jsonl, read_jsonl, write_json
 from reinlm.utils.rng import seed_everything, step_seed
@@ -383,7 +387,6 @@ class _Data:
 def _resolve_dtype(cfg: PretrainConfig, device) -> str:
     if cfg.dtype != "auto":
         return cfg.dtype
-    from reinlm.utils.devices import native_bfloat16
 
     return "bfloat16" if native_bfloat16(device) else "float32"
 
@@ -391,7 +394,6 @@ def _resolve_dtype(cfg: PretrainConfig, device) -> str:
 def _cache_data(ctx: _Context, backbone, tok, out: Path) -> _Data:
     """Hidden-state cache mode: build (main process) or reuse the cache, then windows into it."""
     from reinlm.latent.data import CachedWindows
-    from reinlm.latent.hidden_cache import HiddenCache, build_cache
 
     cfg = ctx.cfg
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
@@ -426,14 +428,11 @@ def _cache_data(ctx: _Context, backbone, tok, out: Path) -> _Data:
 
 def _stream_data(ctx: _Context, backbone, tok, out: Path) -> _Data:
     """Streaming mode: states computed on the fly; ``self:N`` samples its tokens once (tokens only)."""
-    from reinlm.latent.corpus import StoredTokenSource, TokenSource, parse_corpus_spec
     from reinlm.latent.data import StreamedWindows, backbone_states, pad_windows, scan_corpus
 
     cfg = ctx.cfg
     spec = parse_corpus_spec(cfg.corpus)
     if spec.kind == "self":
-        from reinlm.latent.hidden_cache import HiddenCache, build_cache
-
         store = Path(cfg.cache_dir) if cfg.cache_dir else out / "samples"
         if ctx.is_main:
             build_cache(backbone, tok, cfg.backbone, cfg.corpus, store, batch_size=cfg.sample_batch,
@@ -485,7 +484,6 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
 
     Raises :class:`Interrupted` when ``stop_after_steps`` stops it early (a checkpoint is written)."""
     from reinlm.hub import load_causal_lm
-    from reinlm.latent.corpus import parse_corpus_spec
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -503,13 +501,10 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
         write_json(out / "pretrain_config.json", config_to_dict(cfg))
     t0 = time.time()
     dtype = _resolve_dtype(cfg, ctx.device)
-    from reinlm.utils.devices import native_bfloat16
 
     ctx.autocast = cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and native_bfloat16(ctx.device))
     backbone, tok = load_causal_lm(cfg.backbone, device=str(ctx.device), dtype=dtype)
     if dtype == "bfloat16" and ctx.device.type == "cpu":
-        from reinlm.rollout.fast import pack_linears, packing_supported
-
         if packing_supported():  # oneDNN-packed bfloat16 linears: bit-identical, faster (rollout/fast.py)
             pack_linears(backbone)
     H = int((getattr(backbone.config, "text_config", None) or backbone.config).hidden_size)

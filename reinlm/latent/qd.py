@@ -28,9 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from reinlm.config.schema import Config, check_device, opt
-from reinlm.latent.hidden_cache import left_pad
+from reinlm.latent.hidden_cache import HiddenCache, left_pad
 from reinlm.latent.model import LatentActionModel
+from reinlm.rollout.decode import LMStepper, decode
+from reinlm.rollout.sampling import Chooser
 from reinlm.textstats import distinct_n, quality_diversity
+from reinlm.utils.rng import seed_everything
 
 ROWS = ("latent_policy", "latent_random", "token_sampling", "random_tokens")
 
@@ -56,8 +59,6 @@ class QDConfig(Config):
 def held_out_prefixes(latent_dir: Path, n: int, prefix_tokens: int) -> list[list[int]]:
     """Token-id prefixes from the held-out split of the latent model's pretraining (``held_out.npz``, written by
     every pretraining run, or else the held-out sequences of its cache)."""
-    from reinlm.latent.hidden_cache import HiddenCache
-
     if (latent_dir / "held_out.npz").is_file():
         z = np.load(latent_dir / "held_out.npz")
         seqs = [z["tokens"][a:b] for a, b in zip(z["offsets"][:-1], z["offsets"][1:])]
@@ -87,8 +88,6 @@ def sample_row(model: LatentActionModel, row: str, ids: torch.Tensor, mask: torc
         return model.generate(ids, mask, max_new_tokens=R, action_mode="random", do_sample=wm_sample,
                               generator=g)[:, ids.shape[1]:]
     if row == "token_sampling":  # the backbone itself, temperature 1, no stop (the NLL cuts at the first EOS)
-        from reinlm.rollout.decode import LMStepper, decode
-        from reinlm.rollout.sampling import Chooser
 
         out = decode(LMStepper(model.backbone, Chooser("sample")), ids, mask, max_new_tokens=R, stop_ids=None,
                      pad_id=tok.pad_token_id or 0, generator=g)
@@ -119,7 +118,6 @@ def backbone_nll(model: LatentActionModel, ids: torch.Tensor, mask: torch.Tensor
 def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) -> dict:
     """Run the protocol; returns ``{"rows": {row: {similarity, qd, perplexity, distinct_2}}, "config": ...}``."""
     from reinlm.hub import load_sentence_encoder
-    from reinlm.utils.rng import seed_everything
 
     seed_everything(cfg.seed)
     latent_dir = Path(cfg.latent)

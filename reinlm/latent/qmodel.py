@@ -34,8 +34,11 @@ from tqdm.auto import tqdm
 from reinlm.config.build import config_to_dict
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
+from reinlm.latent.model import LatentActionModel
+from reinlm.rewards import parse_reward_spec
+from reinlm.rollout.token import decode_completions
 from reinlm.utils.atomic import atomic_dir
-from reinlm.utils.jsonio import append_jsonl, write_json
+from reinlm.utils.jsonio import append_jsonl, read_jsonl_objects, write_json
 from reinlm.utils.rng import seed_everything
 
 log = logging.getLogger(__name__)
@@ -213,8 +216,6 @@ def sample_rollouts(lam, prompts: list[str], samples_per_prompt: int, max_new_to
     Returns the rollouts (reward 0 until scored) and one JSON row per rollout (prompt, completion, response_ids,
     actions) for ``rollouts.jsonl``.
     """
-    from reinlm.rollout.token import decode_completions
-
     tok = lam.tokenizer
     lam.set_action_sampling(greedy=False, tau=temperature, top_k=0, top_p=1.0)
     out_r, out_rows = [], []
@@ -375,9 +376,6 @@ def fit_q(qnet: QModel, rollouts: list[Rollout], cfg: QTrainConfig, metrics_path
 def train_q(cfg: QTrainConfig, lam=None) -> dict:
     """Sample and score rollouts (or read ``cfg.rollouts``), fit the Q-model, write ``cfg.out``; returns the
     result dict (also ``OUT/q_result.json``)."""
-    from reinlm.latent.model import LatentActionModel
-    from reinlm.utils.jsonio import read_jsonl_objects
-
     if not cfg.latent:
         raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
     if not cfg.rollouts and not cfg.reward:
@@ -385,8 +383,6 @@ def train_q(cfg: QTrainConfig, lam=None) -> dict:
                           "of scored rollouts.")
     reward_set = None
     if not cfg.rollouts:
-        from reinlm.rewards import parse_reward_spec
-
         reward_set = parse_reward_spec(cfg.reward)
     rows = None
     if cfg.rollouts:

@@ -40,7 +40,11 @@ import torch
 
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError, ReinlmError
+from reinlm.latent.model import LatentActionModel
+from reinlm.latent.qmodel import QModel
 from reinlm.latent.stepper import LatentStepper
+from reinlm.rewards import parse_reward_spec
+from reinlm.rollout.decode import decode
 from reinlm.rollout.sampling import Chooser
 
 
@@ -291,8 +295,6 @@ class LatentSearch:
         text) and roll each out to the end.
 
         Returns ``[(child, rollout_tokens, rollout_actions)]`` (the rollout continues the child's text)."""
-        from reinlm.rollout.decode import decode
-
         lam, cfg = self.lam, self.cfg
         dev = lam.device
         ids = torch.tensor([prompt_ids + node.tokens], device=dev)  # (1, T)
@@ -420,10 +422,6 @@ def best_of_n(lam, reward_set, prompt: str, forwards: int, max_new_tokens: int, 
 
 def run_search(cfg: SearchConfig, lam=None) -> dict:
     """Search every prompt (and run best-of-N beside it with ``compare``); returns the report dict."""
-    from reinlm.latent.model import LatentActionModel
-    from reinlm.latent.qmodel import QModel
-    from reinlm.rewards import parse_reward_spec
-
     if not cfg.latent:
         raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
     if not cfg.reward:

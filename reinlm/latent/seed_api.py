@@ -18,6 +18,8 @@ import torch
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import ActionSampling
 from reinlm.latent.modules import sample_actions
+from reinlm.rollout.decode import decode
+from reinlm.rollout.sampling import Chooser
 
 
 @dataclass
@@ -142,9 +144,6 @@ class SeedAPI:
         processes that split the prompts draw what one process would). All uniforms are drawn up front
         (two per row and step: the action's, then the token's).
         """
-        from reinlm.rollout.decode import decode
-        from reinlm.rollout.sampling import Chooser
-
         if hf_kwargs.get("num_beams", 1) != 1:
             raise ReinlmError("generate: num_beams must be 1 for latent generation (beam search over actions is "
                               "not supported).")

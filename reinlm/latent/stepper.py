@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 
 from reinlm.rollout.decode import position_ids_from_mask
+from reinlm.rollout.fast import decode_attention_on, pack_linears, packing_supported
+from reinlm.rollout.fused import fused_decoder
 from reinlm.rollout.sampling import Chooser
+from reinlm.utils.devices import cast_parameters
 
 
 class LatentStepper:
@@ -48,9 +51,6 @@ class LatentStepper:
         decoder (:mod:`reinlm.rollout.fused`: packed fused projections, float32 key/value buffers, its packed LM
         head) and the world model runs on a bfloat16 copy (:func:`generation_world_model`); another bfloat16
         backbone gets pre-packed linears and the decode attention; anything else runs as it is."""
-        from reinlm.rollout.fast import decode_attention_on, pack_linears, packing_supported
-        from reinlm.rollout.fused import fused_decoder
-
         bb = self.lam.backbone
         self.fused = fused_decoder(bb)
         self.wm = generation_world_model(self.lam)
@@ -123,9 +123,6 @@ def generation_world_model(lam):
     the heads are float32 on a CPU with native bfloat16 (the world model is frozen while generating and its
     state goes to the bfloat16 LM head anyway; the policy, whose log-probs are recorded, stays as it is), else
     the world model itself. The copy is kept on the model and re-made when a world-model weight changed."""
-    from reinlm.rollout.fast import pack_linears, packing_supported
-    from reinlm.utils.devices import cast_parameters
-
     wm = lam.world_model
     wm = getattr(wm, "module", wm)
     bb_dtype = next(lam.backbone.parameters()).dtype
