@@ -463,7 +463,7 @@ def test_a_required_option_is_declared_on_the_config_and_refused_when_missing(tm
     parser = argparse.ArgumentParser()
     add_dataclass_args(parser, NeedsDir)
     assert "latent model directory (required)" in " ".join(parser.format_help().split())
-    with pytest.raises(ConfigError, match=r"^latent: required, but not given; pass --latent DIR \(latent model"):
+    with pytest.raises(ConfigError, match=r"^latent: required, but not given; pass --latent DIR: latent model directory\.$"):
         build_config(NeedsDir, parser.parse_args([]))
     with pytest.raises(ConfigError, match="latent: required"):
         NeedsDir(latent="")
@@ -484,3 +484,10 @@ def test_switches_leave_positional_arguments_alone():
     a = parser.parse_args(["--flag", "x", "y"])
     assert a.flag is True and a.rest == ["x", "y"] and build_config(NeedsDir, a, {"latent": "d"}).flag is True
     assert parser.parse_args(["x"]).flag is None  # not given: the field's default applies
+
+
+def test_a_bad_value_is_reported_before_a_missing_required_option():
+    """`reinlm latent finetune --lr nan` without --latent names the bad value first (as before the required options
+    moved onto the config layer, when run_search / train_q / finetune checked them after the config was built)."""
+    with pytest.raises(ConfigError, match="^flag: got 'x'"):
+        NeedsDir(flag="x")

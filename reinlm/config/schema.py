@@ -70,7 +70,8 @@ class Config:
 def validate_fields(cfg: Any) -> None:
     """Check (and coerce in place) every field of the config dataclass instance ``cfg``.
 
-    A nested config field given as a mapping is built into its dataclass (validated in turn).
+    A nested config field given as a mapping is built into its dataclass (validated in turn). A field declared
+    ``opt(required=True)`` left null or empty is refused after every value has been checked.
     """
     cls = type(cfg)
     hints = type_hints(cls)
@@ -86,12 +87,12 @@ def validate_fields(cfg: Any) -> None:
                 raise ConfigError(f"{f.name}: got {value!r}; allowed: a {tp.__name__} or a mapping of its fields.",
                                   field=f.name)
             continue
-        value = check_field(f.name, value, tp, f.metadata, optional)
-        if f.metadata.get("required") and value in (None, "", [], ()):
+        setattr(cfg, f.name, check_field(f.name, value, tp, f.metadata, optional))
+    for f in dataclasses.fields(cls):  # after every value's own check, so a bad value is reported first
+        if f.metadata.get("required") and getattr(cfg, f.name) in (None, "", [], ()):
             flag = f"--{f.name.replace('_', '-')}" + (f" {f.metadata['metavar']}" if f.metadata.get("metavar") else "")
-            raise ConfigError(f"{f.name}: required, but not given; pass {flag} ({f.metadata.get('help', '')}).",
+            raise ConfigError(f"{f.name}: required, but not given; pass {flag}: {f.metadata.get('help', '')}.",
                               field=f.name)
-        setattr(cfg, f.name, value)
 
 
 def check_device(name: str, value: str) -> None:

@@ -65,9 +65,10 @@ PARTS = ("world_model", "backbone", "both")
 class FinetuneConfig(Config):
     """Every ``reinlm latent finetune`` flag."""
 
-    latent: str = opt("", help="latent model directory to fine-tune (from `reinlm latent pretrain`)")
+    latent: str = opt("", help="latent model directory to fine-tune (from `reinlm latent pretrain`)", required=True,
+                      metavar="DIR")
     data: str = opt("", help="task corpus: a .jsonl file (one document per line, column --text-column) or a "
-                             "text file with one document per non-empty line")
+                             "text file with one document per non-empty line", required=True, metavar="FILE")
     out: str = opt("runs/latent-fta", help="output latent model directory (+ finetune.json, metrics.jsonl)")
     mode: Literal["fta-i", "fta-p"] = opt("fta-i", help="actions of stage 1: fta-i = the frozen IDM's argmax, "
                                                          "fta-p = sampled from the frozen policy")
@@ -256,10 +257,6 @@ def _run_stage(name: str, params: list[torch.nn.Parameter] | list[dict], n_docs:
 def finetune(cfg: FinetuneConfig, lam=None) -> Path:
     """Fine-tune ``cfg.latent`` on ``cfg.data`` (stage 1 per ``cfg.mode`` / ``cfg.train``, then re-clone the policy)
     and write a latent model directory to ``cfg.out``; returns it. ``lam``: an already loaded model to use."""
-    if not cfg.latent:
-        raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
-    if not cfg.data:
-        raise ReinlmError("data: got no file; pass --data FILE (a .jsonl or one-document-per-line text file).")
     docs = read_documents(cfg.data, cfg.text_column)
     held_docs = read_documents(cfg.held_out_data, cfg.text_column) if cfg.held_out_data else None
     if cfg.threads:

@@ -285,7 +285,8 @@ def rollouts_from_rows(lam, rows: list[tuple[int, dict]], path: str) -> list[Rol
 class QTrainConfig(Config):
     """Every ``reinlm latent train-q`` flag."""
 
-    latent: str = opt("", help="latent model directory (its policy samples the rollouts; its states feed the Q-model)")
+    latent: str = opt("", help="latent model directory (its policy samples the rollouts; its states feed the Q-model)",
+                      required=True, metavar="DIR")
     out: str = opt("runs/latent-q", help="output Q-model directory (+ rollouts.jsonl, q_result.json, metrics.jsonl)")
     reward: str = opt("", help="reward SPEC scoring sampled rollouts (e.g. sentiment, contains_words:good,great)")
     prompts: str = opt("builtin:neutral", help="prompt SPEC to sample rollouts from")
@@ -376,8 +377,6 @@ def fit_q(qnet: QModel, rollouts: list[Rollout], cfg: QTrainConfig, metrics_path
 def train_q(cfg: QTrainConfig, lam=None) -> dict:
     """Sample and score rollouts (or read ``cfg.rollouts``), fit the Q-model, write ``cfg.out``; returns the
     result dict (also ``OUT/q_result.json``)."""
-    if not cfg.latent:
-        raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
     if not cfg.rollouts and not cfg.reward:
         raise ReinlmError("reward: got none; pass --reward SPEC to score sampled rollouts, or --rollouts FILE.jsonl "
                           "of scored rollouts.")

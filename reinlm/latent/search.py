@@ -52,8 +52,9 @@ from reinlm.rollout.sampling import Chooser
 class SearchConfig(Config):
     """Every ``reinlm search`` flag (defaults: CoLA's, except ``max_depth`` / ``budget`` sized for a CPU)."""
 
-    latent: str = opt("", help="latent model directory")
-    reward: str = opt("", help="reward SPEC that scores completed texts (e.g. sentiment, contains_words:good)")
+    latent: str = opt("", help="latent model directory (from `reinlm latent pretrain`)", required=True, metavar="DIR")
+    reward: str = opt("", help="reward SPEC that scores completed texts (e.g. sentiment, contains_words:good)",
+                      required=True, metavar="SPEC")
     q: str = opt("", help="Q-model directory from `reinlm latent train-q` (without one, nodes are segment_tokens long)")
     prompt: str = opt("", help="the prompt (also the positional argument)", flag=False)
     prompts: str = opt("", help="prompt SPEC: search each of these prompts instead of one (e.g. builtin:reviews)")
@@ -422,10 +423,6 @@ def best_of_n(lam, reward_set, prompt: str, forwards: int, max_new_tokens: int, 
 
 def run_search(cfg: SearchConfig, lam=None) -> dict:
     """Search every prompt (and run best-of-N beside it with ``compare``); returns the report dict."""
-    if not cfg.latent:
-        raise ReinlmError("latent: got no directory; pass --latent DIR (from `reinlm latent pretrain`).")
-    if not cfg.reward:
-        raise ReinlmError("reward: got none; pass --reward SPEC (e.g. sentiment or contains_words:good,great).")
     if bool(cfg.prompt) == bool(cfg.prompts):
         raise ReinlmError("prompt: give exactly one of a prompt (positional) or --prompts SPEC.")
     reward_set = parse_reward_spec(cfg.reward)
