@@ -179,7 +179,7 @@ def test_explore_and_latent_generate_cli(model, tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.count("I like eating|") == 16 and "policy's top actions" in text
 
-    from reinlm.latent.cli_support import run_latent_generate
+    from reinlm.cli.generate_latent import run_latent_generate
 
     args = Namespace(latent=str(tmp_path / "lat"), prompt=["I like eating"], prompts=None, num_samples=2,
                      max_new_tokens=5, temperature=1.0, top_k=None, top_p=None, seed=0, device="cpu", json=True,

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import yaml
 
+from reinlm.cli.generate_latent import run_latent_generate
 from reinlm.cli.jsonout import print_json
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import DTYPE_CHOICES, Config, check_device, opt
 from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError
-from reinlm.latent.cli_support import run_latent_generate
 from reinlm.rollout.token import SamplingConfig, generate_rollouts
 from reinlm.utils.chunks import chunked
 from reinlm.utils.rng import seed_everything

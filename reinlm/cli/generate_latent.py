@@ -7,7 +7,6 @@ world model's tokens are decoded greedily.
 
 from __future__ import annotations
 
-
 import torch
 
 from reinlm.cli.jsonout import print_json
