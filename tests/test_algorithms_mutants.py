@@ -72,6 +72,8 @@ def test_tis_clip_fraction_at_sequence_level_counts_rows_with_a_token():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
     clipped = torch.tensor([[True], [False], [True]])
     assert tis_clip_fraction(clipped, mask) == pytest.approx(0.5)
+    # two positions a row: still rows, 1 of 2 (mutant "m.shape[-1] != 2" -> per token, 2 of 3)
+    assert tis_clip_fraction(torch.tensor([[True], [False]]), torch.tensor([[1, 1], [1, 0]])) == pytest.approx(0.5)
     # token level: 1 of the 3 loss tokens
     tok = torch.tensor([[True, False, True], [False, False, False], [True, True, True]])
     assert tis_clip_fraction(tok, mask) == pytest.approx(1 / 3)
@@ -108,3 +110,13 @@ def test_kl_estimate_defaults_to_k1_and_names_its_field():
     assert kl_estimate(logp, ref).tolist() == [0.5, -1.0]  # k1 = log p - log p_ref (mutant: default renamed)
     with pytest.raises(ConfigError, match=r"kl_estimator: got 'k4'"):
         kl_estimate(logp, ref, "k4")
+
+
+def test_every_registered_algorithm_knows_its_name():
+    # (mutants of register_algorithm: cls.name = None, ALGORITHMS[name] = None; they act at import time, so
+    # mutmut's own run cannot switch them on: re-applied by hand)
+    from reinlm.algorithms.base import available_algorithms, get_algorithm
+
+    names = available_algorithms()
+    assert {"grpo", "ppo", "reinforce", "rloo"} <= set(names)
+    assert all(get_algorithm(n).name == n for n in names)
