@@ -31,7 +31,9 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/reinlm demo
 
+# mypy first (strict on the algorithms and the trainer's core: [tool.mypy] in pyproject.toml), then the tests
 test: install
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: install

@@ -145,7 +145,7 @@ CASES = [
     (T + ["--critic-values", "nan,-0.5"], ["critic_values"]),
     (T + ["--critic-concurrency", "0"], ["critic_concurrency: got 0"]),
     (T + ["--critic-fuzzy-threshold", "2"], ["critic_fuzzy_threshold: got 2"]),
-    (T + ["--algo", "ppo2"], ["invalid choice: 'ppo2'"]),
+    (T + ["--algo", "ppo2"], ["algo: got 'ppo2'; allowed: ", "did you mean 'ppo'"]),
     (T + ["--space", "latent"], ["--space latent needs --latent"]),
     (T + ["--num-actions", "abc"], ["num_actions: got 'abc'"]),
     (T + ["--progress", "maybe"], ["progress: got 'maybe'", "true or false"]),

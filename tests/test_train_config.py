@@ -86,3 +86,22 @@ def test_cispo_caps_at_five_unless_told():
 def test_deprecated_spellings_still_load():
     cfg = build_config(TrainConfig, None, {"scale_std": False, "loss_aggregation": "token_mean"})
     assert (cfg.scale_rewards, cfg.loss_type, cfg.scale_std, cfg.loss_aggregation) == ("none", "bnpo", None, None)
+
+
+def test_algo_names_come_from_the_registry():
+    """An algorithm registered after import validates as ``algo`` (a Literal that repeated the built-in names
+    refused it); once unregistered it is refused again, with the registered names and a suggestion."""
+    from reinlm.algorithms.base import ALGORITHMS, register_algorithm
+    from reinlm.algorithms.grpo import GRPO
+
+    @register_algorithm("grpo_copy")
+    class GRPOCopy(GRPO):
+        """GRPO under another name (a stand-in for a user's algorithm)."""
+
+    try:
+        assert TrainConfig(algo="grpo_copy").algo == "grpo_copy"
+        assert build_config(TrainConfig, None, {"algo": "grpo_copy"}).algo == "grpo_copy"
+    finally:
+        del ALGORITHMS["grpo_copy"]
+    with pytest.raises(ConfigError, match=r"algo: got 'grpo_copy'; allowed: .*grpo.* \(did you mean 'grpo'\?\)"):
+        TrainConfig(algo="grpo_copy")

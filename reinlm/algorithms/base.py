@@ -18,7 +18,7 @@ The trainer never branches on the algorithm's name: it reads ``needs`` and calls
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -94,8 +94,10 @@ class Targets:
 
     def select(self, idx: torch.Tensor) -> "Targets":
         """The rows ``idx`` of every tensor."""
-        return Targets(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
-                          for f in fields(self)})
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[idx]
+
+        return Targets(self.advantages[idx], rows(self.returns), rows(self.old_values))
 
 
 @dataclass
@@ -135,11 +137,11 @@ class Algorithm:
         if self.entropy_ctl is not None:
             self.entropy_ctl.end_step(reduce_sum)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Controller state a resume must restore (empty without adaptive entropy control)."""
         return {"entropy": self.entropy_ctl.state_dict()} if self.entropy_ctl is not None else {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.entropy_ctl is not None and "entropy" in state:
             self.entropy_ctl.load_state_dict(state["entropy"])
 
@@ -199,7 +201,7 @@ class Algorithm:
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
 
-def register_algorithm(name: str):
+def register_algorithm(name: str) -> Callable[[type[Algorithm]], type[Algorithm]]:
     """Class decorator: make the algorithm available as ``--algo name``."""
 
     def wrap(cls: type[Algorithm]) -> type[Algorithm]:

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from reinlm.config.coerce import check_range
 
 
@@ -27,10 +29,10 @@ class ConstantKLController:
         """No-op (the signature matches :class:`AdaptiveKLController`); returns beta."""
         return self.value
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"value": self.value}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])
 
 
@@ -53,10 +55,10 @@ class AdaptiveKLController:
         self.value *= 1.0 + error * n_steps / self.horizon
         return self.value
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"value": self.value, "target": self.target, "horizon": self.horizon}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])
         self.target = float(state.get("target", self.target))
         self.horizon = float(state.get("horizon", self.horizon))

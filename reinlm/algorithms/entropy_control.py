@@ -14,7 +14,7 @@ off while entropy is high enough). The first step applies no bonus (H of "no ste
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -50,8 +50,8 @@ class AdaptiveEntropyController:
             self.coef = max(self.coef - self.delta, self.coef_min)
         self.last_entropy, self._window = h, None
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"entropy_coef": self.coef, "last_entropy": self.last_entropy}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.coef, self.last_entropy = float(state["entropy_coef"]), float(state["last_entropy"])

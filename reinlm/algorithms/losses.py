@@ -60,12 +60,12 @@ IS_LEVELS = ("token", "sequence")
 
 
 # ----------------------------------------------------------------------------------------------- reductions
-def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """sum(x * mask) over ``dim`` (all when None)."""
     return (x * mask).sum() if dim is None else (x * mask).sum(dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """sum(x * m) / sum(m) over ``dim`` (all when None); 0 where the mask is empty."""
     mask = mask.to(x.dtype)
     total = masked_sum(x, mask, dim)

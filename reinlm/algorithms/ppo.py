@@ -104,7 +104,8 @@ class ValueHead(torch.nn.Module):
         torch.nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+        out: torch.Tensor = self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+        return out
 
 
 @register_algorithm("ppo")
@@ -124,6 +125,8 @@ class PPO(Algorithm):
 
     def loss(self, mb: LossInputs, norm: LossNorm) -> tuple[torch.Tensor, dict[str, float]]:
         loss, stats = super().loss(mb, norm)  # the clipped policy surrogate (+ KL term, entropy bonus)
+        if mb.values is None or mb.targets.old_values is None or mb.targets.returns is None:
+            raise ValueError("ppo's loss needs the current values and the targets' old values and returns")
         v_loss, v_stats = clipped_value_loss(mb.values, mb.targets.old_values, mb.targets.returns, mb.mask,
                                              self.ppo.value_clip)
         v_share = v_loss * (mb.mask.shape[0] / norm.seqs)  # this micro-batch's share of the step's value loss

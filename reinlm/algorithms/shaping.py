@@ -14,6 +14,8 @@ Rows whose mask is all zero (skipped samples) get no reward at all.
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 import torch
@@ -52,7 +54,7 @@ class RunningMoments:
     mean = 0 and std = 1 (also after a single sample). ``std`` is Bessel-corrected over all samples seen.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.mean = 0.0
         self.var = 1.0  # population variance of everything seen
         self.count = 0
@@ -82,8 +84,8 @@ class RunningMoments:
             self.count = total
         return b_mean, (math.sqrt(b_var * n / (n - 1)) if n > 1 else 0.0)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "var": self.var, "count": self.count}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])

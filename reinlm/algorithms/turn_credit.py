@@ -24,7 +24,7 @@ import dataclasses
 
 import torch
 
-from reinlm.algorithms.base import Targets
+from reinlm.algorithms.base import AdvantageInputs, Algorithm, Targets
 from reinlm.algorithms.losses import masked_whiten
 from reinlm.errors import ConfigError
 
@@ -79,7 +79,8 @@ def turn_values(values: torch.Tensor, turn_ids: torch.Tensor, K: int) -> torch.T
     return out
 
 
-def per_turn_advantages(algorithm, inputs, turn_ids: torch.Tensor, returns: torch.Tensor):
+def per_turn_advantages(algorithm: Algorithm, inputs: AdvantageInputs, turn_ids: torch.Tensor,
+                        returns: torch.Tensor) -> Targets:
     """``discounted`` credit for a critic-free algorithm: one ``advantages`` call per turn index k, with G_k as
     the score of the episodes that reached turn k and turn k's tokens as the mask. -> Targets (B, R)."""
     adv = torch.zeros_like(inputs.mask, dtype=torch.float32)
@@ -95,8 +96,8 @@ def per_turn_advantages(algorithm, inputs, turn_ids: torch.Tensor, returns: torc
     return Targets(advantages=adv)
 
 
-def gae_targets(inputs, turn_ids: torch.Tensor, turn_rewards: torch.Tensor, gamma: float, lam: float,
-                whiten: bool = True):
+def gae_targets(inputs: AdvantageInputs, turn_ids: torch.Tensor, turn_rewards: torch.Tensor, gamma: float,
+                lam: float, whiten: bool = True) -> Targets:
     """``gae`` credit: PPO's targets from turn-level GAE. ``inputs.values`` (B, R) are the rollout-time values;
     a KL reward penalty (``beta`` > 0) is charged to the turn its tokens belong to. -> Targets."""
     K = turn_rewards.shape[1]
@@ -105,6 +106,8 @@ def gae_targets(inputs, turn_ids: torch.Tensor, turn_rewards: torch.Tensor, gamm
         for k in range(K):
             rewards[:, k] -= inputs.beta * (inputs.kl * inputs.mask * (turn_ids == k + 1)).sum(-1)
     n_turns = turn_ids.max(dim=1).values  # (B,)
+    if inputs.values is None:
+        raise ValueError("gae turn credit needs the rollout-time values (an algorithm with needs.values)")
     v = turn_values(inputs.values, turn_ids, K)
     adv, ret = turn_gae(rewards * inputs.valid[:, None], v, n_turns, gamma, lam)
     adv_t = broadcast_turns(adv, turn_ids) * inputs.mask
@@ -114,8 +117,8 @@ def gae_targets(inputs, turn_ids: torch.Tensor, turn_rewards: torch.Tensor, gamm
     return Targets(advantages=adv_t, returns=ret_t, old_values=inputs.values)
 
 
-def credit_targets(algorithm, inputs, turn_ids: torch.Tensor, turn_rewards: torch.Tensor, credit: str,
-                   gamma: float, lam: float, whiten: bool = True):
+def credit_targets(algorithm: Algorithm, inputs: AdvantageInputs, turn_ids: torch.Tensor,
+                   turn_rewards: torch.Tensor, credit: str, gamma: float, lam: float, whiten: bool = True) -> Targets:
     """The step's targets under ``--turn-credit`` (module docstring). ``outcome`` expects ``inputs.scores`` to
     hold the episode returns already."""
     if credit == "outcome":

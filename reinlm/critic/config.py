@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 
 from reinlm.config.schema import Config, check_device, opt
@@ -74,7 +75,7 @@ class CriticConfig(Config):
                            batch_size=self.critic_batch_size, device=self.critic_device,
                            fuzzy_threshold=self.critic_fuzzy_threshold)
 
-    def build(self, backend=None):
+    def build(self, backend: Any = None) -> Any:
         """The :class:`~reinlm.critic.reward.CriticReward` (template checked now, model loaded lazily)."""
         from reinlm.critic.reward import CriticReward
 

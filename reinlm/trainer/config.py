@@ -18,12 +18,15 @@ into ``cfg.kl``, and ``cfg.kl_coef`` reads (and assigns) ``cfg.kl.kl_coef``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import functools
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from reinlm.algorithms.base import available_algorithms
 from reinlm.algorithms.config import AlgorithmConfig, KLConfig, PPOConfig
 from reinlm.config.fields import flat_fields, is_config_class
 from reinlm.config.flags import add_dataclass_args
@@ -33,6 +36,7 @@ from reinlm.envs.config import EnvConfig
 from reinlm.errors import ConfigError
 from reinlm.rollout.config import RolloutConfig
 from reinlm.trainer import trl_names
+from reinlm.trainer.trl_refused import TRL_UNSUPPORTED
 
 
 @dataclass
@@ -59,9 +63,31 @@ class BatchConfig(Config):
     score_scaling: Literal["none", "running"] = opt("none", "scale scores by a running std (PPO)")
 
 
-@functools.lru_cache(maxsize=None)
-def _nested_owner(cls: type) -> dict[str, str]:
+def check_algorithm_name(name: str, value: str) -> None:
+    """``check`` of ``--algo``: a name registered with :func:`reinlm.algorithms.base.register_algorithm` (looked up
+    when the config is built, so an algorithm registered later validates too)."""
+    names = available_algorithms()
+    if value not in names:
+        near = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{name}: got {value!r}; allowed: {', '.join(names)}{hint}.", field=name)
+
+
+_C = typing.TypeVar("_C")
+
+
+_OWNERS: dict[str, dict[str, str]] = {}
+
+
+def _nested_owner(cls: type[Any]) -> dict[str, str]:
     """``{flat name: nested field}`` of the leaf fields that live in a nested config of ``cls`` (one level)."""
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key not in _OWNERS:
+        _OWNERS[key] = _find_nested_owner(cls)
+    return _OWNERS[key]
+
+
+def _find_nested_owner(cls: type[Any]) -> dict[str, str]:
     hints = typing.get_type_hints(cls)
     out: dict[str, str] = {}
     for f in dataclasses.fields(cls):
@@ -88,13 +114,13 @@ class FlatNames:
             object.__setattr__(self, name, value)
 
 
-def _accept_flat_names(cls):
+def _accept_flat_names(cls: type[_C]) -> type[_C]:
     """Wrap the dataclass ``__init__`` of ``cls`` so that flat names of nested fields are routed into them."""
     init = cls.__init__
     hints = typing.get_type_hints(cls)
 
     @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
+    def __init__(self: _C, *args: Any, **kwargs: Any) -> None:
         routed: dict[str, dict[str, Any]] = {}
         for name in [k for k in kwargs if k in _nested_owner(cls)]:
             routed.setdefault(_nested_owner(cls)[name], {})[name] = kwargs.pop(name)
@@ -108,7 +134,7 @@ def _accept_flat_names(cls):
                 kwargs[owner] = hints[owner](**values)
         init(self, *args, **kwargs)
 
-    cls.__init__ = __init__
+    setattr(cls, "__init__", __init__)
     return cls
 
 
@@ -122,8 +148,9 @@ class TrainConfig(FlatNames, Config):
     space: Literal["token", "latent"] = opt("token", "action space: token (the LM itself) or latent (a policy over latent actions)")
     latent: str | None = opt(None, "latent-action model directory (required with --space latent)")
     num_actions: int | None = opt(None, "latent space: expected number of actions K (checked against the latent model)", lo=2)
-    algo: Literal["reinforce", "rloo", "grpo", "reinforce_pp", "remax", "ppo"] = opt(
-        "grpo", "RL algorithm (docs/algorithms.md has one section per algorithm)")
+    algo: str = opt("grpo", "RL algorithm, a name in the algorithm registry (built in: "
+                     f"{', '.join(available_algorithms())}; docs/algorithms.md has one section per algorithm)",
+                     check=check_algorithm_name)
     reward: str = opt("sentiment", "reward SPEC, e.g. sentiment, contains_words:red,blue, 0.5*sentiment+target_length:80")
     reward_on_error: Literal["fail", "skip"] = opt("fail", "a reward returning NaN/None/wrong length: fail the run, or skip those samples")
     # --- data ---
@@ -195,7 +222,7 @@ class TrainConfig(FlatNames, Config):
 
     # TRL's names for these settings (the one table: reinlm/trainer/trl_names.py)
     __aliases__ = trl_names.trl_aliases()
-    __unsupported__ = trl_names.TRL_UNSUPPORTED
+    __unsupported__ = TRL_UNSUPPORTED
 
     @classmethod
     def translate_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +246,7 @@ class TrainConfig(FlatNames, Config):
             self.scale_rewards = "group" if self.scale_std else "none"
             self.scale_std = None
         if self.loss_aggregation is not None:
-            self.loss_type = {"seq_mean": "grpo", "token_mean": "bnpo"}[self.loss_aggregation]
+            self.loss_type = "grpo" if self.loss_aggregation == "seq_mean" else "bnpo"
             self.loss_aggregation = None
         needs = get_algorithm(self.algo).needs
         if self.space not in needs.spaces:
@@ -256,8 +283,6 @@ class TrainConfig(FlatNames, Config):
             from reinlm.trainer.episodes import check_env_settings
 
             check_env_settings(self)
-        if self.loss_type == "cispo" and self.clip_eps_high is None:
-            self.clip_eps_high = 5.0
 
     @property
     def critic_config(self) -> CriticConfig:
@@ -279,7 +304,7 @@ class TrainConfig(FlatNames, Config):
         return f"runs/{self.algo}-{self.space}-seed{self.seed}"
 
 
-def add_train_args(parser, group: str = "training options") -> None:
+def add_train_args(parser: argparse.ArgumentParser, group: str = "training options") -> None:
     """Add every TrainConfig flag to an argparse parser: the training options, then the critic's in a group
     of their own (``reinlm train`` and ``reinlm bench latent-vs-token`` share this)."""
     add_dataclass_args(parser, TrainConfig, group=group, exclude=CriticConfig)

@@ -16,6 +16,7 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -35,6 +36,12 @@ class LatentRolloutBatch(RolloutBatch):
     hidden: torch.Tensor | None = None  # (B, T, H) backbone states of every fed position
     hidden_mask: torch.Tensor | None = None  # (B, T)
     old_logp_all: torch.Tensor | None = None  # (B, R, K) sampling distribution over actions
+
+
+def as_latent(batch: RolloutBatch) -> LatentRolloutBatch:
+    """``batch`` typed as the latent batch it is: a latent policy only scores what its own :meth:`LatentPolicy.rollout`
+    made (or joined from those), whose fields (backbone states, action distributions) the methods read."""
+    return cast(LatentRolloutBatch, batch)
 
 
 class LatentPolicy:
@@ -95,12 +102,12 @@ class LatentPolicy:
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)  # (N, P)
         # the sampled distribution must be exactly the one the update differentiates: no top-k/top-p here
-        self.lam.set_action_sampling(greedy=greedy, tau=self.cfg.temperature, top_k=0, top_p=1.0)
+        self.lam.set_action_sampling(greedy=greedy, tau=self.cfg.sampling.temperature, top_k=0, top_p=1.0)
         gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]  # one per prompt
         was_training = self.lam.policy.training
         self.lam.policy.eval()
         try:
-            out = self.lam.generate(ids, mask, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
+            out = self.lam.generate(ids, mask, max_new_tokens=self.cfg.sampling.max_new_tokens, do_sample=False,
                                     generator=gens, return_dict=True, num_return_sequences=G)
         finally:
             self.lam.policy.train(was_training)
@@ -122,13 +129,13 @@ class LatentPolicy:
         actions = out.actions.clamp(min=0)  # (B, R); -1 after a row finished -> 0, masked anyway
         hidden_mask = out.attention_mask[:, : out.hidden.shape[1]].long()  # (B, T)
         logits = self.lam.policy(out.hidden, hidden_mask)[:, P - 1:]  # (B, R, K)
-        old_logp_all = torch.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
+        old_logp_all = torch.log_softmax(logits.float() / self.cfg.sampling.temperature, dim=-1)
         logprobs = old_logp_all.gather(-1, actions[..., None]).squeeze(-1) * response_mask
         batch = LatentRolloutBatch(
             prompt_ids=ids, prompt_mask=mask, response_ids=response_ids, response_mask=response_mask,
             logprobs=logprobs, group_ids=torch.arange(len(prompts), device=self.device).repeat_interleave(samples_per_prompt),
             prompts=rows, completions=decode_completions(self.tokenizer, response_ids, response_mask),
-            temperature=float(self.cfg.temperature), pad_token_id=int(self.tokenizer.pad_token_id or 0),
+            temperature=float(self.cfg.sampling.temperature), pad_token_id=int(self.tokenizer.pad_token_id or 0),
             actions=actions, hidden=out.hidden, hidden_mask=hidden_mask, old_logp_all=old_logp_all,
         )
         return batch
@@ -137,11 +144,12 @@ class LatentPolicy:
     def _logp_all(self, policy: torch.nn.Module, batch: LatentRolloutBatch) -> torch.Tensor:
         P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
         logits = policy(batch.hidden, batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, K)
-        return torch.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
+        return torch.log_softmax(logits.float() / self.cfg.sampling.temperature, dim=-1)
 
-    def score(self, batch: LatentRolloutBatch, need_values: bool = False) -> PolicyScores:
+    def score(self, batch: RolloutBatch, need_values: bool = False) -> PolicyScores:
         """logp (B, R) of the taken actions, entropy (B, R), the whole distributions (B, R, K) and values (B, R)
         if asked, with gradients."""
+        batch = as_latent(batch)
         logp_all = self._logp_all(self.lam.policy, batch)  # (B, R, K)
         logp = logp_all.gather(-1, batch.actions[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -153,46 +161,51 @@ class LatentPolicy:
         return PolicyScores(logp, entropy, values, logp_all)
 
     @torch.no_grad()
-    def reference(self, batch: LatentRolloutBatch) -> PolicyScores:
+    def reference(self, batch: RolloutBatch) -> PolicyScores:
         """The frozen BC policy's scores, with its whole action distributions (B, R, K) for the exact KL.
 
         Cheap (a few small blocks over cached states), so it is computed even when beta = 0, for the metric.
         """
+        batch = as_latent(batch)
         logp_all = self._logp_all(self.ref_policy, batch)
         return PolicyScores(logp_all.gather(-1, batch.actions[..., None]).squeeze(-1), dist=logp_all)
 
-    def reference_perplexity(self, batch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
+    def reference_perplexity(self, batch: RolloutBatch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
         """None: the reference is a policy over actions, not a language model (see :meth:`frozen_logprobs`)."""
         return None
 
     @torch.no_grad()
-    def eval_kl(self, batch: LatentRolloutBatch) -> torch.Tensor:
+    def eval_kl(self, batch: RolloutBatch) -> torch.Tensor:
         """Summed exact KL of each sample's action distributions to the BC policy, (B,)."""
+        batch = as_latent(batch)
         kl = categorical_kl(batch.old_logp_all, self._logp_all(self.ref_policy, batch))
         return (kl * batch.response_mask).sum(-1)
 
     @torch.no_grad()
-    def frozen_logprobs(self, batch: LatentRolloutBatch) -> torch.Tensor:
+    def frozen_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         """Log-probs (B, R) of the response tokens under the frozen backbone LM itself, temperature 1."""
+        batch = as_latent(batch)
         from reinlm.rollout.token import token_logprobs
 
         R = batch.response_ids.shape[1]
         return token_logprobs(self.lam.backbone, batch.input_ids, batch.attention_mask, R, 1.0).logp
 
-    def rollout_kl(self, batch: LatentRolloutBatch, ref: PolicyScores | None, estimator: str,
+    def rollout_kl(self, batch: RolloutBatch, ref: PolicyScores | None, estimator: str,
                    old: torch.Tensor | None = None) -> torch.Tensor | None:
         """Exact per-step KL(pi_old || pi_BC) over the K actions, (B, R), from the sampling distributions the
         rollout kept; no estimator (nor ``old``) is needed."""
+        batch = as_latent(batch)
         if ref is None:
             return None
         return categorical_kl(batch.old_logp_all, ref.dist)
 
-    def kl_loss(self, batch: LatentRolloutBatch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
+    def kl_loss(self, batch: RolloutBatch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
         """Exact per-step KL(pi_theta || pi_BC), (B, R), differentiable in the policy."""
+        batch = as_latent(batch)
         return categorical_kl(scores.dist, ref.dist)
 
     @torch.no_grad()
-    def action_stats(self, batch: LatentRolloutBatch) -> dict[str, float]:
+    def action_stats(self, batch: RolloutBatch) -> dict[str, float]:
         """How the rollout used its K actions (the collapse diagnostics of docs/latent.md):
 
         - ``latent/distinct_actions``: how many of the K actions were taken at least once in the batch;
@@ -201,6 +214,7 @@ class LatentPolicy:
         - ``latent/max_action_prob``: the policy's mean probability of its most likely action per step
           (from the (B, R, K) sampling distributions; near 1 = a deterministic policy).
         """
+        batch = as_latent(batch)
         mask = batch.response_mask.bool()  # (B, R)
         taken = batch.actions[mask]  # (n,)
         if taken.numel() == 0:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -45,11 +45,13 @@ from reinlm.algorithms import AdvantageInputs, LossInputs, LossNorm, Targets, bu
 from reinlm.algorithms.controllers import AdaptiveKLController, ConstantKLController
 from reinlm.algorithms.mismatch import mismatch_stats, tis_clip_fraction, truncated_is_weights
 from reinlm.data import held_out_line, load_prompts, render_prompts
+from reinlm.data.prompts import PromptSet
 from reinlm.envs import resolve_environment
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.progress import note
 from reinlm.rewards import parse_reward_spec
 from reinlm.rewards.precheck import check_reward_inputs
+from reinlm.rollout.multiturn import EpisodeBatch
 from reinlm.rollout.token import RolloutBatch
 from reinlm.trainer import run_shell
 from reinlm.trainer.batching import truncated_rows
@@ -115,6 +117,8 @@ class Trainer:
         full = prompt_set if prompt_set is not None else load_prompts(cfg.prompts, column=cfg.prompt_column,
                                                                      rename=cfg.rename_columns)
         self.full_prompts = full
+        self.train_prompts: PromptSet
+        self.held_out: PromptSet
         if cfg.held_out_fraction > 0 and len(full) >= 2:
             self.train_prompts, self.held_out = full.split(cfg.held_out_fraction, cfg.seed)
         else:
@@ -146,7 +150,8 @@ class Trainer:
             self.episodes = EpisodeRunner(cfg, self.policy, environment, reward_set=env_rewards)
             self.episodes.probe(self.train_prompts)
         # --tis auto: correct the mismatch exactly when the rollouts come from another numeric path
-        self.tis_level = cfg.tis if cfg.tis != "auto" else ("none" if self.policy.rollout_logprobs_exact else "token")
+        self.tis_level: Literal["none", "token", "sequence"] = (
+            cfg.tis if cfg.tis != "auto" else ("none" if self.policy.rollout_logprobs_exact else "token"))
         self._check_lengths()
 
         # --- the step's parts (collect.py, scoring.py, step_metrics.py) ---
@@ -252,8 +257,12 @@ class Trainer:
                                  kl=kl, beta=beta if cfg.kl_in == "reward" else 0.0, dense=scored.dense,
                                  values=None if old is None or old.values is None else old.values.detach(),
                                  baseline_scores=baseline_scores, reduce_sum=self.reduce.sum)
-        targets = (self.algorithm.advantages(inputs) if self.episodes is None else
-                   self.episodes.targets(self.algorithm, inputs, batch))  # --turn-credit
+        if self.episodes is None:
+            targets = self.algorithm.advantages(inputs)
+        elif isinstance(batch, EpisodeBatch):  # --turn-credit
+            targets = self.episodes.targets(self.algorithm, inputs, batch)
+        else:
+            raise TypeError(f"--environment: the step's batch is a {type(batch).__name__}, not the episodes' batch")
         t_prep = time.perf_counter()
 
         old_logp = None if old is None else old.logp.detach()
@@ -261,13 +270,14 @@ class Trainer:
         t_update = time.perf_counter()
 
         if kl_after:
-            kl = self.policy.rollout_kl(batch, ref, cfg.kl_estimator, old=seen_old) * mask
+            late_kl = self.policy.rollout_kl(batch, ref, cfg.kl_estimator, old=seen_old)
+            kl = None if late_kl is None else late_kl * mask
         mismatch = mismatch_stats(old_logp if old_logp is not None else seen_old, batch.logprobs, loss_mask)
         times = StepTimes(t0, t_reward, t_prep, t_update, self.collector.timing["generate"])
         metrics = step_metrics(self.reduce, batch=batch, scored=scored, flat=got.flat, valid=valid, mask=mask,
                                kl=kl, truncated=truncated, beta=beta, group_size=cfg.samples_per_prompt,
                                update=stats, mismatch=mismatch, batch_stats=got.stats,
-                               lr=self.scheduler.get_last_lr()[0], times=times)
+                               lr=float(self.scheduler.get_last_lr()[0]), times=times)
         self.kl_ctl.update(metrics["kl/mean"], cfg.batch_size)
         if scored.dense is not None:
             metrics["reward/dense_mean"] = float((scored.dense * mask).sum(-1).mean())
@@ -309,8 +319,9 @@ class Trainer:
                     if old_logp is None:
                         seen_old[sub] = old
                     is_w = None
-                    if self.tis_level != "none":
-                        is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, mask[sub], self.tis_level,
+                    tis_level = self.tis_level
+                    if tis_level != "none":
+                        is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, mask[sub], tis_level,
                                                              cfg.tis_cap, cfg.tis_clip_min, cfg.tis_mode)
                         sums["mismatch/tis_clip_fraction"] = sums.get("mismatch/tis_clip_fraction", 0.0) + \
                             tis_clip_fraction(clipped, mask[sub]) * len(sub)

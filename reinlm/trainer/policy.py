@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -31,17 +31,24 @@ class PolicyScores:
     values: torch.Tensor | None = None  # (B, R) value estimates (when asked for and the policy has a value head)
     dist: torch.Tensor | None = None  # (B, R, K) whole log-distributions, when the space is small (latent), else None
 
-    def select(self, idx) -> "PolicyScores":
+    def select(self, idx: torch.Tensor | list[int]) -> PolicyScores:
         """The rows ``idx`` of every tensor."""
-        return PolicyScores(*(None if t is None else t[idx] for t in (self.logp, self.entropy, self.values, self.dist)))
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[idx]
+
+        return PolicyScores(self.logp[idx], rows(self.entropy), rows(self.values), rows(self.dist))
 
 
 @runtime_checkable
 class Policy(Protocol):
     """What the training loop needs from a policy, in any action space."""
 
-    tokenizer: object  # decodes completions and gives token spans
-    value_head: torch.nn.Module | None  # checkpointed alongside the policy (None without one)
+    tokenizer: Any  # a Hugging Face tokenizer: decodes completions and gives token spans
+
+    @property
+    def value_head(self) -> torch.nn.Module | None:
+        """The value head, checkpointed alongside the policy (None without one)."""
+        ...
 
     @property
     def context_length(self) -> int:
@@ -86,8 +93,15 @@ class Policy(Protocol):
         """Per-step KL (B, R) of the current policy to the reference, differentiable (the KL as a loss term)."""
         ...
 
-    def reference_perplexity(self, batch: RolloutBatch, ref: PolicyScores | None) -> float | None:
-        """Perplexity of the sampled tokens under the frozen reference LM, when it comes for free (else None)."""
+    def reference_perplexity(self, batch: RolloutBatch, ref: PolicyScores | None,
+                             mask: torch.Tensor) -> float | None:
+        """Perplexity of the sampled tokens (``mask`` (B, R): the tokens counted) under the frozen reference LM,
+        when it comes for free (else None)."""
+        ...
+
+    def action_stats(self, batch: RolloutBatch) -> dict[str, float]:
+        """Per-step metrics of the actions themselves (latent space: how many of the K actions the batch used;
+        empty in token space)."""
         ...
 
     @torch.no_grad()
@@ -108,10 +122,11 @@ class Policy(Protocol):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         ...
 
-    def backward(self, accelerator, loss: torch.Tensor) -> None:
+    def backward(self, accelerator: Any, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (through ``accelerator`` when the modules are wrapped for DDP)."""
         ...
 
-    def wrap_for_ddp(self, accelerator) -> None:
+    def wrap_for_ddp(self, accelerator: Any) -> None:
         """Wrap the trainable modules for data-parallel gradient averaging."""
         ...
 

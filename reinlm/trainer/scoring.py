@@ -92,8 +92,8 @@ class Scorer:
         ids = [row[m.bool()].tolist() for row, m in zip(batch.response_ids.cpu(), batch.response_mask.cpu())]
         kwargs = dict(completion_ids=ids, trainer_state=self.trainer_state, prompt_texts=list(batch.prompts))
         if self.episodes is not None:  # the environment's returns (+ reward functions, given environments=)
-            scores, valid, comps, extra, cols = self.episodes.score(batch, raw, columns, **kwargs)
-            return Scored(scores, valid, None, comps, extra, cols)
+            ep_scores, ep_valid, ep_comps, ep_extra, ep_cols = self.episodes.score(batch, raw, columns, **kwargs)
+            return Scored(ep_scores, ep_valid, None, ep_comps, ep_extra, ep_cols)
         result = self.reward_set.score(raw, batch.completions, columns, **kwargs)
         valid = result.valid.to(self.device).bool()
         extra: dict[str, float] = {}

@@ -129,8 +129,7 @@ def perplexity_metrics(policy: Policy, batch: RolloutBatch, ref: PolicyScores | 
     ppl = policy.reference_perplexity(batch, ref, mask)
     if ppl is not None:
         out["response/perplexity_ref"] = ppl
-    if hasattr(policy, "action_stats"):  # latent space: how many of the K actions the batch used
-        out.update(policy.action_stats(batch))
+    out.update(policy.action_stats(batch))  # latent space: how many of the K actions the batch used
     if log_frozen:
         with torch.no_grad():
             frozen = policy.frozen_logprobs(batch)

@@ -14,7 +14,7 @@ import torch
 
 from reinlm.algorithms.kl import kl_estimate
 from reinlm.algorithms.ppo import ValueHead
-from reinlm.rollout.token import token_logprobs
+from reinlm.rollout.token import RolloutBatch, token_logprobs
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.policy import PolicyScores
 
@@ -162,6 +162,10 @@ class TokenPolicy:
             return None
         mask = mask.float()
         return float(torch.exp(-(ref.logp * mask).sum() / mask.sum().clamp(min=1)))
+
+    def action_stats(self, batch: RolloutBatch) -> dict[str, float]:
+        """No action statistics in token space (the actions are the tokens)."""
+        return {}
 
     def token_spans(self, batch) -> list[list[tuple[int, int]]]:
         """Character (start, end) of each response token in its completion string."""
