@@ -19,6 +19,11 @@ import time
 
 import torch
 
+from reinlm.hub import load_causal_lm
+from reinlm.rollout.multiturn import EpisodeLimits, TurnFormat, run_episodes
+from reinlm.rollout.sampling import SamplingConfig
+from reinlm.rollout.token import generate_rollouts
+
 
 class _Scripted:
     """Answers every turn with the same sentence; never ends by itself."""
@@ -32,10 +37,6 @@ class _Scripted:
 
 def measure(model, tok, batch: int, turns: int, turn_tokens: int, repeats: int, prompt_len_note: bool = True) -> dict:
     """-> {"single_tokens_per_s": [...], "multi_tokens_per_s": [...], "ratio": median ratio}."""
-    from reinlm.rollout.multiturn import EpisodeLimits, TurnFormat, run_episodes
-    from reinlm.rollout.sampling import SamplingConfig
-    from reinlm.rollout.token import generate_rollouts
-
     fmt = TurnFormat(tok)
     prompt = tok.decode(fmt.first(_Scripted().reset()))
     S = turns * turn_tokens
@@ -70,7 +71,6 @@ def main(argv=None) -> int:
     p.add_argument("--turn-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    from reinlm.hub import load_causal_lm
 
     model, tok = load_causal_lm(args.model, device="cpu", dtype=args.dtype)
     model.eval().requires_grad_(False)

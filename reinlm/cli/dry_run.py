@@ -16,14 +16,20 @@ from pathlib import Path
 import yaml
 
 from reinlm.config.build import config_to_dict
+from reinlm.data import load_prompts
+from reinlm.envs import resolve_environment
 from reinlm.errors import ReinlmError
+from reinlm.hub import resolve_model_dir
+from reinlm.rewards import parse_reward_spec
+from reinlm.rewards.precheck import check_reward_inputs
 from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.loop import previous_run_outputs
+from reinlm.trainer.trl_names import describe_trl_keys
+from reinlm.utils.outdir import check_output_dir
 
 
 def _check_model(name: str) -> str:
     """Where the model would load from (no weights read); ReinlmError when it cannot resolve."""
-    from reinlm.hub import resolve_model_dir
-
     resolved = resolve_model_dir(name)
     if Path(resolved).is_dir():
         return resolved
@@ -40,24 +46,15 @@ def _check_model(name: str) -> str:
 
 def dry_run(cfg: TrainConfig, config_file: str | None, resume: bool) -> int:
     """Run every check of ``reinlm train`` that needs no model weights and print the plan; returns 0."""
-    from reinlm.data import load_prompts
-    from reinlm.rewards import parse_reward_spec
-    from reinlm.rewards.precheck import check_reward_inputs
-    from reinlm.trainer.trl_names import describe_trl_keys
-    from reinlm.utils.outdir import check_output_dir
-
     out = cfg.out or cfg.default_out
     check_output_dir(out)
     if not resume:
-        from reinlm.trainer.loop import previous_run_outputs
-
         previous_run_outputs(out, cfg.overwrite)
     prompts = load_prompts(cfg.prompts, column=cfg.prompt_column, rename=cfg.rename_columns)
     rewards = parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
     check_reward_inputs(rewards, prompts.columns)
     model = _check_model(cfg.model)
     if cfg.environment:  # the SPEC, its class and tools (docs/environments.md)
-        from reinlm.envs import resolve_environment
 
         resolve_environment(cfg.environment, tools=cfg.tools, opponent=cfg.opponent,
                             max_tool_calling_iterations=cfg.max_tool_calling_iterations)

@@ -14,6 +14,8 @@ import importlib.util
 import sys
 
 from reinlm.cli.jsonout import print_json
+from reinlm.envs import ADAPTERS, BUILTINS, resolve_environment
+from reinlm.envs.protocol import as_step_result, call_reset
 from reinlm.errors import ConfigError
 from reinlm.progress import step_bar
 from reinlm.rollout.sampling import SamplingConfig
@@ -58,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(args) -> int:
-    from reinlm.envs import ADAPTERS, BUILTINS
-
     rows = [{"spec": f"builtin:{n}", "description": c.description} for n, c in BUILTINS.items()]
     adapters = [{"adapter": k, "description": v,
                  "installed": k == "builtin" or importlib.util.find_spec(k) is not None} for k, v in ADAPTERS.items()]
@@ -76,9 +76,6 @@ def _list(args) -> int:
 
 
 def _play(args) -> int:
-    from reinlm.envs import resolve_environment
-    from reinlm.envs.protocol import as_step_result, call_reset
-
     _positive("max_turns", args.max_turns)
     spec = resolve_environment(args.spec, opponent=args.opponent)
     env = spec.make({})
@@ -100,7 +97,6 @@ def _play(args) -> int:
 
 
 def _eval(args) -> int:
-    from reinlm.envs import resolve_environment
     from reinlm.hub import load_causal_lm
     from reinlm.rollout.multiturn import EpisodeLimits, evaluate_environment
 

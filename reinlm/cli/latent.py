@@ -13,6 +13,7 @@ from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.yamlfile import load_yaml
 from reinlm.latent.config import LatentConfig
+from reinlm.latent.import_bwarea import ImportBWAreaConfig, import_bwarea
 from reinlm.latent.import_cola import ImportColaConfig, import_cola
 from reinlm.latent.pretrain import Interrupted, PretrainConfig, pretrain
 from reinlm.latent.qd import QDConfig, format_table, run_qd
@@ -41,7 +42,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     imp.add_argument("src", metavar="SRC", help="CoLA checkpoint directory (Hugging Face format)")
     imp.add_argument("out", metavar="OUT", help="latent model directory to write")
     add_dataclass_args(imp, ImportColaConfig)
-    from reinlm.latent.import_bwarea import ImportBWAreaConfig
 
     imb = sub.add_parser("import-bwarea", help="convert a BWArea checkpoint (e.g. Pretrained_BWArea_2.7B_30G) into a "
                                                "latent model directory",
@@ -79,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"latent model: {out}   (try: reinlm explore --latent {out} \"I like eating\")")
         return 0
     if args.latent_command in ("import-cola", "import-bwarea"):
-        from reinlm.latent.import_bwarea import ImportBWAreaConfig, import_bwarea
-
         cls, convert = ((ImportColaConfig, import_cola) if args.latent_command == "import-cola"
                         else (ImportBWAreaConfig, import_bwarea))
         imp_cfg = build_config(cls, args)
