@@ -85,3 +85,20 @@ def test_a_run_prints_what_its_trl_keys_became(tmp_path, capsys, monkeypatch):
     (tmp_path / "run" / "final").mkdir(parents=True)  # refused before any model loads
     code, _, err = _run(["train", "--config", str(EXAMPLE), "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and f"TRL keys in {EXAMPLE}" in err and "kl_in: 'loss'" in err
+
+
+@pytest.mark.parametrize("eval_prompts,held", [(0, 0), (2, 2)])
+def test_eval_prompts_0_holds_out_nothing(tmp_path, tiny_lm, eval_prompts, held, capsys):
+    """A TRL user trains on the whole dataset: with --eval-prompts 0 (no evaluation) no prompt is held out."""
+    import copy
+
+    from reinlm.data import PromptSet
+    from reinlm.trainer.config import TrainConfig
+    from reinlm.trainer.loop import Trainer
+
+    model, tok = tiny_lm
+    cfg = TrainConfig(out=str(tmp_path / "run"), device="cpu", eval_prompts=eval_prompts, reward="target_length:5",
+                      progress=False, log="none")
+    tr = Trainer(cfg, model=copy.deepcopy(model), tokenizer=tok, prompt_set=PromptSet([f"p{i}" for i in range(10)]))
+    assert len(tr.train_prompts) == 10 - held
+    assert ("none held out" in capsys.readouterr().err) == (held == 0)

@@ -127,6 +127,8 @@ class PromptSet:
 
 def held_out_line(n_total: int, n_held: int, fraction: float, n_eval: int) -> str:
     """The line the trainer prints about the held-out prompts (they must not vanish silently)."""
+    if n_held == 0 and n_eval == 0:
+        return f"prompts: training on all {n_total} (--eval-prompts 0: none held out, no before/after evaluation)."
     if n_held == 0:
         reuse = (f"; the before/after evaluation reuses {min(n_eval, n_total)} of them (--eval-prompts)"
                  if n_eval > 0 else "")

@@ -157,7 +157,7 @@ class TrainConfig(FlatNames, Config):
     prompts: str = opt("builtin:reviews", "prompt SPEC: builtin:neutral|reviews|summaries, a .txt/.jsonl/.csv/.parquet file, a saved dataset dir, or hf:NAME[:CONFIG][:SPLIT]")
     prompt_column: str = opt("prompt", "column holding the prompt (text, or a list of {role, content} messages) in tabular prompt files")
     rename_columns: str = opt("", "rename dataset columns before use: OLD=NEW,... (e.g. question=prompt,answer=solution)")
-    held_out_fraction: float = opt(0.2, "share of prompts kept out of training for the before/after evaluation (0: train on all)", lo=0, hi=0.9)
+    held_out_fraction: float = opt(0.2, "share of prompts kept out of training for the before/after evaluation (0, or --eval-prompts 0: train on all)", lo=0, hi=0.9)
     chat_template: bool = opt(False, "wrap text prompts as a user message of the model's chat template (message-list prompts always use it)")
     # --- rollouts ---
     steps: int = opt(30, "number of RL steps (one rollout batch each)", lo=1)

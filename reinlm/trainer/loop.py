@@ -119,7 +119,7 @@ class Trainer:
         self.full_prompts = full
         self.train_prompts: PromptSet
         self.held_out: PromptSet
-        if cfg.held_out_fraction > 0 and len(full) >= 2:
+        if cfg.held_out_fraction > 0 and cfg.eval_prompts > 0 and len(full) >= 2:  # --eval-prompts 0: none held out
             self.train_prompts, self.held_out = full.split(cfg.held_out_fraction, cfg.seed)
         else:
             self.train_prompts, self.held_out = full, full
