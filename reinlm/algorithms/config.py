@@ -115,7 +115,6 @@ class KLConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # every field checked and coerced first
-        super().__post_init__()  # every field checked and coerced first
         if self.kl_target is not None and self.kl_coef == 0:
             raise ConfigError("kl_coef: got 0 with --kl-target set; the adaptive controller scales beta, "
                               "so it needs a starting --kl-coef > 0.")
