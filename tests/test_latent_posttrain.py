@@ -14,8 +14,8 @@ import torch
 
 from reinlm.latent.finetune import FinetuneConfig, finetune
 from reinlm.latent.model import LatentActionModel
-from reinlm.latent.qmodel import (QModel, QTrainConfig, double_dqn_loss, double_dqn_targets, terminal_rewards,
-                                  train_q)
+from reinlm.cli.latent_post import train_q
+from reinlm.latent.qmodel import QModel, QTrainConfig, double_dqn_loss, double_dqn_targets, terminal_rewards
 from reinlm.latent.search import (Budget, LatentSearch, Node, SearchConfig, backup, best_of_n, puct_score,
                                   select_descent, select_frontier, tree_nodes)
 
@@ -179,7 +179,7 @@ def test_train_q_learns_a_reward_the_tiny_model_earns(tiny_latent_dir, tmp_path,
                        prompts="builtin:reviews", num_prompts=4, samples_per_prompt=4, max_new_tokens=6, epochs=30,
                        batch_size=8, lr=1e-3, target_every=5, held_out_fraction=0.25, progress=False)
     result = train_q(cfg, lam=lam)
-    from reinlm.latent.qmodel import format_q_result
+    from reinlm.cli.latent_post import format_q_result
 
     rows = [json.loads(x) for x in (tmp_path / "q" / "rollouts.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and all(len(r["actions"]) == len(r["response_ids"]) for r in rows)
@@ -330,7 +330,7 @@ def test_budget_refuses_an_overrun():
 
 def test_search_cli_compare_best_of_n(tiny_latent_dir, capsys):
     from reinlm.cli.main import main
-    from reinlm.latent.search import format_report
+    from reinlm.cli.search import format_report
     from reinlm.rewards import parse_reward_spec
 
     rc = main(["search", "--latent", str(tiny_latent_dir), "--reward", EARNED, "--budget", "64", "--max-depth", "6",
@@ -368,6 +368,7 @@ def test_search_cli_compare_best_of_n(tiny_latent_dir, capsys):
 
 def test_search_summary_counts_wins_ties_and_losses(lam, monkeypatch):
     """The summary's arithmetic on chosen rewards: one win, one tie, one loss (the run above has no tie)."""
+    import reinlm.cli.search as cmd
     import reinlm.latent.search as search
 
     ours, theirs = iter([0.5, 0.2, 0.3]), iter([0.5, 0.4, 0.1])
@@ -379,13 +380,13 @@ def test_search_summary_counts_wins_ties_and_losses(lam, monkeypatch):
     monkeypatch.setattr(search.LatentSearch, "search", fake_search)
     monkeypatch.setattr(search, "best_of_n", lambda *a, **k: {"n": 2, "wm_forwards": 10, "reward": next(theirs),
                                                              "text": "b", "actions": [], "mean_reward": 0.0})
-    report = search.run_search(SearchConfig(latent="x", reward=EARNED, prompts="builtin:reviews", num_prompts=3,
+    report = cmd.run_search(SearchConfig(latent="x", reward=EARNED, prompts="builtin:reviews", num_prompts=3,
                                             max_depth=6, budget=12, compare="best-of-n"), lam=lam)
     s = report["summary"]
     assert (s["search_wins"], s["ties"], s["best_of_n_wins"]) == (1, 1, 1)
     assert s["search_mean_best_reward"] == pytest.approx(1.0 / 3) and s["best_of_n_mean_best_reward"] == pytest.approx(1.0 / 3)
     assert (s["search_wm_forwards_mean"], s["best_of_n_wm_forwards_mean"]) == (12, 10)
-    assert "search wins 1, ties 1, best-of-N wins 1" in search.format_report(report)
+    assert "search wins 1, ties 1, best-of-N wins 1" in cmd.format_report(report)
 
 
 # ---------------------------------------------------------------------------------------------- the stress test

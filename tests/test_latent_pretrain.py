@@ -69,7 +69,8 @@ def test_pretrain_text_folder_and_qd(backbone_dir, tmp_path, smol_tokenizer):
     assert json.loads((out / "summary.json").read_text())["cached_tokens"] > 500
     assert LatentActionModel.from_pretrained(out).config.num_actions == 8
 
-    from reinlm.latent.qd import ROWS, QDConfig, format_table, run_qd
+    from reinlm.cli.latent_qd import format_table, run_qd
+    from reinlm.latent.qd import ROWS, QDConfig
 
     class Encoder:  # bag-of-characters embedding: no model needed
         def encode(self, texts):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from reinlm.cli.jsonout import print_json
+from reinlm.cli import latent_qd
 from reinlm.cli.latent_post import add_post_parsers, run_post
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
@@ -16,7 +16,6 @@ from reinlm.latent.config import LatentConfig
 from reinlm.latent.import_bwarea import ImportBWAreaConfig, import_bwarea
 from reinlm.latent.import_cola import ImportColaConfig, import_cola
 from reinlm.latent.pretrain import Interrupted, PretrainConfig, pretrain
-from reinlm.latent.qd import QDConfig, format_table, run_qd
 from reinlm.utils.outdir import check_output_dir
 
 
@@ -53,10 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     imb.add_argument("src", metavar="SRC", help="BWArea checkpoint directory (Hugging Face format) or cached hub id")
     imb.add_argument("out", metavar="OUT", help="latent model directory to write")
     add_dataclass_args(imb, ImportBWAreaConfig)
-    qd = sub.add_parser("qd", help="quality-diversity: latent sampling vs token sampling vs random tokens",
-                        description="Example: reinlm latent qd --latent runs/latent --num-prefixes 16 --samples 8")
-    add_dataclass_args(qd, QDConfig)
-    qd.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    latent_qd.add_qd_parser(sub)
 
     add_post_parsers(sub)
     p.set_defaults(_latent_parser=p)
@@ -88,12 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"latent model: {summary['out']}   (try: reinlm explore --latent {summary['out']} \"I like eating\")")
         return 0
     if args.latent_command == "qd":
-        result = run_qd(build_config(QDConfig, args))
-        if args.json:
-            print_json(result, indent=2)
-        else:
-            print(format_table(result))
-        return 0
+        return latent_qd.run(args)
 
     if args.latent_command in ("finetune", "train-q"):
         return run_post(args)

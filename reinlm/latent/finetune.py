@@ -29,7 +29,6 @@ K = actions, V = vocabulary.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -375,21 +374,3 @@ def save_finetuned(lam, cfg: FinetuneConfig, out: Path, result: dict, metrics_pa
         write_json(tmp / "finetune_config.json", config_to_dict(cfg))
         if metrics_path.is_file():
             shutil.move(str(metrics_path), tmp / "metrics.jsonl")
-
-
-def format_result(result: dict) -> str:
-    """The before/after table of ``finetune.json``."""
-    rows = [("NLL world model, IDM actions", "nll_world_model_idm"), ("NLL world model, policy actions",
-            "nll_world_model_policy"), ("NLL backbone", "nll_backbone"), ("BC top-1 accuracy", "bc_top1_accuracy"),
-            ("BC top-5 accuracy", "bc_top5_accuracy")]
-    lines = [f"mode {result['mode']}, trained: {', '.join(result['trained']) or 'nothing'}; documents: "
-             f"{result['documents']['train']} train, {result['documents']['held_out']} held out",
-             f"{'held-out figure':34s} {'before':>8s} {'after':>8s}"]
-    b, a = result["before"]["held_out"], result["after"]["held_out"]
-    for label, key in rows:
-        lines.append(f"{label:34s} {b[key]:8.3f} {a[key]:8.3f}")
-    return "\n".join(lines)
-
-
-def load_result(out: str | Path) -> dict:
-    return json.loads((Path(out) / "finetune.json").read_text())

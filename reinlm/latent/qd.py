@@ -33,7 +33,6 @@ from reinlm.latent.model import LatentActionModel
 from reinlm.rollout.decode import LMStepper, decode
 from reinlm.rollout.sampling import Chooser
 from reinlm.textstats import distinct_n, quality_diversity
-from reinlm.utils.rng import seed_everything
 
 ROWS = ("latent_policy", "latent_random", "token_sampling", "random_tokens")
 
@@ -115,23 +114,11 @@ def backbone_nll(model: LatentActionModel, ids: torch.Tensor, mask: torch.Tensor
     return float((nll * cmask).sum()), int(cmask.sum())
 
 
-def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) -> dict:
-    """Run the protocol; returns ``{"rows": {row: {similarity, qd, perplexity, distinct_2}}, "config": ...}``."""
-    from reinlm.hub import load_sentence_encoder
-
-    seed_everything(cfg.seed)
-    latent_dir = Path(cfg.latent)
-    model = model or LatentActionModel.from_pretrained(latent_dir, device=cfg.device)
-    model.set_action_sampling(greedy=False, tau=cfg.action_tau, top_k=0, top_p=1.0)
+def qd_rows(model: LatentActionModel, prefixes: list[list[int]], encoder, cfg: QDConfig) -> dict:
+    """The protocol on token-id ``prefixes`` (N of them, each cut to P tokens; ``cfg.samples`` = M samples each)
+    with ``encoder`` (``.encode(texts) -> (n, D)``); the model's action sampling must be set. Returns
+    ``{"rows": {row: {similarity, qd, perplexity, distinct_2, example}}, "config": ..., "num_prefixes": N}``."""
     tok = model.tokenizer
-    if cfg.prefixes:
-        from reinlm.data import load_prompts
-
-        texts = load_prompts(cfg.prefixes, limit=cfg.num_prefixes).prompts
-        prefixes = [tok(t, add_special_tokens=False)["input_ids"][: cfg.prefix_tokens] for t in texts]
-    else:
-        prefixes = held_out_prefixes(latent_dir, cfg.num_prefixes, cfg.prefix_tokens)
-    encoder = encoder or load_sentence_encoder(cfg.encoder, device="cpu")
     M = cfg.samples
     ids, mask = left_pad([p for p in prefixes for _ in range(M)], tok.pad_token_id or 0)  # (N*M, P)
     ids, mask = ids.to(model.device), mask.to(model.device)
@@ -147,12 +134,3 @@ def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) 
                      "distinct_2": distinct_n(texts, 2), "example": texts[0]}
     return {"rows": rows, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "num_prefixes": len(prefixes)}
-
-
-def format_table(result: dict) -> str:
-    lines = [f"{'row':<16}{'QD':>8}{'similarity':>12}{'perplexity':>12}{'distinct-2':>12}  example"]
-    for row, r in result["rows"].items():
-        ex = " ".join(r["example"].split())[:60]
-        lines.append(f"{row:<16}{r['qd']:>8.3f}{r['similarity']:>12.3f}{r['perplexity']:>12.1f}"
-                     f"{r['distinct_2']:>12.3f}  {ex}")
-    return "\n".join(lines)

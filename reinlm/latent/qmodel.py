@@ -22,7 +22,6 @@ import copy
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +30,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reinlm.config.build import config_to_dict
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
-from reinlm.latent.model import LatentActionModel
-from reinlm.rewards import parse_reward_spec
 from reinlm.rollout.token import decode_completions
 from reinlm.utils.atomic import atomic_dir
-from reinlm.utils.jsonio import append_jsonl, read_jsonl_objects, write_json
-from reinlm.utils.rng import seed_everything
+from reinlm.utils.jsonio import append_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -374,89 +369,29 @@ def fit_q(qnet: QModel, rollouts: list[Rollout], cfg: QTrainConfig, metrics_path
     return target
 
 
-def train_q(cfg: QTrainConfig, lam=None) -> dict:
-    """Sample and score rollouts (or read ``cfg.rollouts``), fit the Q-model, write ``cfg.out``; returns the
-    result dict (also ``OUT/q_result.json``)."""
-    if not cfg.rollouts and not cfg.reward:
-        raise ReinlmError("reward: got none; pass --reward SPEC to score sampled rollouts, or --rollouts FILE.jsonl "
-                          "of scored rollouts.")
-    reward_set = None
-    if not cfg.rollouts:
-        reward_set = parse_reward_spec(cfg.reward)
-    rows = None
-    if cfg.rollouts:
-        if not Path(cfg.rollouts).is_file():
-            raise ReinlmError(f"rollouts: {cfg.rollouts!r} is not a file; allowed: a JSONL of scored rollouts.")
-        rows = read_jsonl_objects(cfg.rollouts, "rollouts", "one JSON object per line with prompt, reward and "
-                                  "response_ids or completion")
-        if not rows:
-            raise ReinlmError(f"rollouts: {cfg.rollouts!r} holds no rollout.")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    t0 = time.time()
-    lam = lam or LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
-    lam.eval()
-    out = Path(cfg.out)
-    work = out.with_name(f".{out.name}.work")
-    work.mkdir(parents=True, exist_ok=True)
-    if rows is not None:
-        rollouts = rollouts_from_rows(lam, rows, cfg.rollouts)
-        jsonl_rows = None
-    else:
-        from reinlm.data import load_prompts
-
-        prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column)
-        if cfg.prompts_held_out_fraction > 0 and len(prompt_set) >= 2:
-            prompt_set, _ = prompt_set.split(cfg.prompts_held_out_fraction, cfg.seed)
-        n = min(cfg.num_prompts, len(prompt_set))
-        prompts = list(prompt_set.prompts[:n])
-        rollouts, jsonl_rows = sample_rollouts(lam, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
-                                               cfg.temperature, cfg.seed, progress=cfg.progress)
-        cols = prompt_set.rows(list(range(n)))
-        by_prompt = {p: i for i, p in enumerate(prompts)}
-        columns = {k: [v[by_prompt[r["prompt"]]] for r in jsonl_rows] for k, v in cols.items()}
-        scores = reward_set.score([r["prompt"] for r in jsonl_rows], [r["completion"] for r in jsonl_rows], columns)
-        for r, row, s in zip(rollouts, jsonl_rows, scores.total.tolist()):
-            r.reward = float(s)
-            row["reward"] = float(s)
+def train_on_rollouts(lam, rollouts: list[Rollout], cfg: QTrainConfig, metrics_path: Path | None = None
+                      ) -> tuple[QModel, dict]:
+    """Hold out ``cfg.held_out_fraction`` of the scored ``rollouts`` (seeded), fit a Q-model (from ``lam``'s policy
+    with ``cfg.init_from_policy``) on the rest; returns the Q-model and ``{"rollouts", "gamma", "held_out_before",
+    "held_out_after", "train_after"}`` (TD loss and reward correlations, :func:`evaluate_q`)."""
     order = np.random.default_rng(cfg.seed).permutation(len(rollouts))
     n_held = int(round(cfg.held_out_fraction * len(rollouts))) if len(rollouts) > 1 else 0
     held = [rollouts[i] for i in order[:n_held]]
     train = [rollouts[i] for i in order[n_held:]]
     qnet = QModel.from_policy(lam, cfg.gamma, str(cfg.latent), cfg.init_from_policy)
     before = evaluate_q(qnet, qnet, held, cfg.gamma)
-    metrics = work / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
-    target = fit_q(qnet, train, cfg, metrics)
-    result = {"rollouts": {"train": len(train), "held_out": len(held)}, "gamma": cfg.gamma,
-              "held_out_before": before, "held_out_after": evaluate_q(qnet, target, held, cfg.gamma),
-              "train_after": evaluate_q(qnet, target, train[:256], cfg.gamma), "seconds": round(time.time() - t0, 1)}
-    extra = {"q_result.json": result, "q_train_config.json": config_to_dict(cfg)}
-    qnet.save_pretrained(out, extra)
-    import shutil
-
-    if metrics.is_file():
-        shutil.move(str(metrics), out / "metrics.jsonl")
-    if jsonl_rows is not None:
-        with open(out / "rollouts.jsonl", "w", encoding="utf-8") as f:
-            for row in jsonl_rows:
-                f.write(json.dumps(row) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    result["out"] = str(out)
-    return result
+    target = fit_q(qnet, train, cfg, metrics_path)
+    return qnet, {"rollouts": {"train": len(train), "held_out": len(held)}, "gamma": cfg.gamma,
+                  "held_out_before": before, "held_out_after": evaluate_q(qnet, target, held, cfg.gamma),
+                  "train_after": evaluate_q(qnet, target, train[:256], cfg.gamma)}
 
 
-def format_q_result(result: dict) -> str:
-    """A few lines: rollouts, held-out TD loss and reward correlations before/after."""
-    b, a = result["held_out_before"], result["held_out_after"]
-    lines = [f"Q-model: {result['out']}  ({result['rollouts']['train']} training rollouts, "
-             f"{result['rollouts']['held_out']} held out, gamma {result['gamma']})"]
-    if a:
-        def f(x):
-            return "-" if x is None else f"{x:.3f}"
-
-        lines.append(f"held-out TD loss {b['td_loss']:.4f} -> {a['td_loss']:.4f}; corr(Q(s_0,a_0), reward) "
-                     f"{f(a['corr_first_step'])}; corr(Q(s_last,a_last), reward) {f(a['corr_last_step'])}; "
-                     f"mean reward {a['reward_mean']:.3f}")
-    return "\n".join(lines)
+def score_rollouts(reward_set, rollouts: list[Rollout], rows: list[dict], prompts: list[str], columns: dict) -> None:
+    """Score sampled rollouts in place (``Rollout.reward`` and ``row["reward"]``); ``columns``: the prompt set's
+    dataset columns, one value per prompt of ``prompts``."""
+    by_prompt = {p: i for i, p in enumerate(prompts)}
+    cols = {k: [v[by_prompt[r["prompt"]]] for r in rows] for k, v in columns.items()}
+    scores = reward_set.score([r["prompt"] for r in rows], [r["completion"] for r in rows], cols)
+    for r, row, s in zip(rollouts, rows, scores.total.tolist()):
+        r.reward = float(s)
+        row["reward"] = float(s)

@@ -40,10 +40,7 @@ import torch
 
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError, ReinlmError
-from reinlm.latent.model import LatentActionModel
-from reinlm.latent.qmodel import QModel
 from reinlm.latent.stepper import LatentStepper
-from reinlm.rewards import parse_reward_spec
 from reinlm.rollout.decode import decode
 from reinlm.rollout.sampling import Chooser
 
@@ -419,35 +416,18 @@ def best_of_n(lam, reward_set, prompt: str, forwards: int, max_new_tokens: int, 
             "mean_reward": sum(scores) / len(scores)}
 
 
-# ---------------------------------------------------------------------------------------------- the command
+# ---------------------------------------------------------------------------------------------- many prompts
 
-def run_search(cfg: SearchConfig, lam=None) -> dict:
-    """Search every prompt (and run best-of-N beside it with ``compare``); returns the report dict."""
-    if bool(cfg.prompt) == bool(cfg.prompts):
-        raise ReinlmError("prompt: give exactly one of a prompt (positional) or --prompts SPEC.")
-    reward_set = parse_reward_spec(cfg.reward)
-    if cfg.prompts:
-        from reinlm.data import load_prompts
-
-        ps = load_prompts(cfg.prompts, column=cfg.prompt_column)
-        if cfg.held_out_fraction > 0 and len(ps) >= 2:
-            _, ps = ps.split(cfg.held_out_fraction, cfg.seed)
-        n = len(ps) if cfg.num_prompts == 0 else min(cfg.num_prompts, len(ps))
-        prompts = list(ps.prompts[:n])
-        cols = [ps.rows([i]) for i in range(n)]  # {column: [value]} per prompt
-    else:
-        prompts, cols = [cfg.prompt], [{}]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    lam = lam or LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
-    lam.eval()
-    qmodel = QModel.from_pretrained(cfg.q, lam) if cfg.q else None
+def search_prompts(lam, reward_set, prompts: list[str], columns: list[dict], cfg: SearchConfig, qmodel=None) -> dict:
+    """Search every prompt (and run best-of-N beside it at the same spend with ``cfg.compare == "best-of-n"``);
+    returns the report: ``{"settings", "prompts": [{"search", "best_of_n"?}], "summary"?}``. ``columns[i]``: the
+    dataset columns of prompt i (``{column: [value]}``) for the reward."""
     searcher = LatentSearch(lam, reward_set, cfg, qmodel)
     rows = []
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(prompts), desc="search", unit="prompt", disable=len(prompts) < 2)
-    for i, (p, c) in enumerate(zip(prompts, cols)):
+    for i, (p, c) in enumerate(zip(prompts, columns)):
         res = searcher.search(p, c)
         bar.update(1)
         bar.set_postfix(reward=f"{res.reward:.3f}", forwards=res.stats["wm_forwards"])
@@ -465,39 +445,20 @@ def run_search(cfg: SearchConfig, lam=None) -> dict:
                                                           "selection", "rollout_actions", "temperature", "seed")},
               "prompts": rows}
     if cfg.compare == "best-of-n":
-        s = [r["search"]["reward"] for r in rows]
-        b = [r["best_of_n"]["reward"] for r in rows]
-        report["summary"] = {
-            "prompts": len(rows), "search_mean_best_reward": sum(s) / len(s), "best_of_n_mean_best_reward": sum(b) / len(b),
-            "search_wins": sum(x > y for x, y in zip(s, b)), "ties": sum(x == y for x, y in zip(s, b)),
-            "best_of_n_wins": sum(x < y for x, y in zip(s, b)),
-            "search_wm_forwards_mean": sum(r["search"]["stats"]["wm_forwards"] for r in rows) / len(rows),
-            "best_of_n_wm_forwards_mean": sum(r["best_of_n"]["wm_forwards"] for r in rows) / len(rows),
-            "search_seconds_mean": sum(r["search"]["stats"]["seconds"] for r in rows) / len(rows),
-            "best_of_n_seconds_mean": sum(r["best_of_n"]["seconds"] for r in rows) / len(rows),
-        }
+        report["summary"] = compare_summary(rows)
     return report
 
 
-def format_report(report: dict) -> str:
-    """Plain text: per prompt the best text and reward (and best-of-N's), then the summary."""
-    lines = []
-    for r in report["prompts"]:
-        s = r["search"]
-        st = s["stats"]
-        lines.append(f"prompt: {s['prompt']!r}")
-        lines.append(f"  search      reward {s['reward']:.3f}  ({st['rounds']} rounds, {st['nodes']} nodes, "
-                     f"{st['rollouts']} rollouts, {st['wm_forwards']} world-model forwards, stopped by "
-                     f"{st['stopped_by']}): {s['text']!r}")
-        if "best_of_n" in r:
-            b = r["best_of_n"]
-            lines.append(f"  best-of-{b['n']:<3d} reward {b['reward']:.3f}  ({b['wm_forwards']} world-model forwards, "
-                         f"mean sample reward {b['mean_reward']:.3f}): {b['text']!r}")
-    if "summary" in report:
-        m = report["summary"]
-        lines.append(f"\n{m['prompts']} prompts: mean best reward search {m['search_mean_best_reward']:.3f} vs "
-                     f"best-of-N {m['best_of_n_mean_best_reward']:.3f}; search wins {m['search_wins']}, ties "
-                     f"{m['ties']}, best-of-N wins {m['best_of_n_wins']}; world-model forwards "
-                     f"{m['search_wm_forwards_mean']:.0f} vs {m['best_of_n_wm_forwards_mean']:.0f}; seconds "
-                     f"{m['search_seconds_mean']:.1f} vs {m['best_of_n_seconds_mean']:.1f}")
-    return "\n".join(lines)
+def compare_summary(rows: list[dict]) -> dict:
+    """Search vs best-of-N over the report's rows: mean best rewards, wins / ties / losses, mean spend and time."""
+    s = [r["search"]["reward"] for r in rows]
+    b = [r["best_of_n"]["reward"] for r in rows]
+    return {
+        "prompts": len(rows), "search_mean_best_reward": sum(s) / len(s), "best_of_n_mean_best_reward": sum(b) / len(b),
+        "search_wins": sum(x > y for x, y in zip(s, b)), "ties": sum(x == y for x, y in zip(s, b)),
+        "best_of_n_wins": sum(x < y for x, y in zip(s, b)),
+        "search_wm_forwards_mean": sum(r["search"]["stats"]["wm_forwards"] for r in rows) / len(rows),
+        "best_of_n_wm_forwards_mean": sum(r["best_of_n"]["wm_forwards"] for r in rows) / len(rows),
+        "search_seconds_mean": sum(r["search"]["stats"]["seconds"] for r in rows) / len(rows),
+        "best_of_n_seconds_mean": sum(r["best_of_n"]["seconds"] for r in rows) / len(rows),
+    }
