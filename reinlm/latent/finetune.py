@@ -40,7 +40,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from reinlm.config.build import config_to_dict
 from reinlm.config.schema import Config, opt
@@ -49,6 +48,7 @@ from reinlm.latent.backbone import backbone_forward
 from reinlm.latent.heldout import SUMS, batch_sums
 from reinlm.latent.model import CONFIG_FILE, HEADS_FILE, LatentActionModel
 from reinlm.latent.modules import sample_actions
+from reinlm.latent.stage import Progress, Stage
 from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.jsonio import append_jsonl, read_jsonl_objects, write_json
@@ -224,31 +224,21 @@ def evaluate_task(lam, data: TaskTokens, batch_size: int = 16, seed: int = 0, ta
 
 
 def _run_stage(name: str, params: list[torch.nn.Parameter] | list[dict], n_docs: int, epochs: float,
-               cfg: FinetuneConfig, step_fn, metrics_path: Path, lr: float, salt: int) -> int:
-    """``epochs`` passes of AdamW over shuffled document batches; ``step_fn(idx) -> (loss, stats)``."""
+               cfg: FinetuneConfig, step_fn, metrics_path: Path, lr: float, salt: int, loss_key: str) -> int:
+    """``epochs`` passes of AdamW (:class:`reinlm.latent.stage.Stage`, cosine schedule, no warm-up) over shuffled
+    document batches; ``step_fn(idx) -> (loss, stats, tokens)``, ``stats[loss_key]`` shown in the progress."""
     total = int(math.ceil(epochs * n_docs / cfg.batch_size))
     if total == 0:
         return 0
-    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-    opt_ = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lr_multiplier(total, 0, "cosine"))
+    stage = Stage(params, total, lr, cfg.weight_decay, lr_multiplier(total, 0, "cosine"))
     rng = np.random.default_rng([cfg.seed, salt])
     order = np.concatenate([rng.permutation(n_docs) for _ in range(int(math.ceil(epochs)) + 1)])
-    all_params = [p for g in groups for p in g["params"]]
-    bar = tqdm(total=total, desc=name, unit="step", disable=not cfg.progress)
-    for s in range(total):
-        idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-        loss, stats = step_fn(idx)
-        opt_.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(all_params, 1.0)
-        opt_.step()
-        sched.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+    def after(s: int, stats: dict, tok_s: float) -> None:
         append_jsonl(metrics_path, {"stage": name, "step": s, **stats})
-    bar.close()
-    return total
+
+    return stage.run(lambda s: step_fn(order[s * cfg.batch_size:(s + 1) * cfg.batch_size]),
+                     Progress(name, total, 0, cfg.progress, bar=True, every=1), loss_key=loss_key, after=after)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -314,10 +304,10 @@ def finetune(cfg: FinetuneConfig, lam=None) -> Path:
         h, ids, mask = states(idx, grad=cfg.trains_backbone)
         a = step_actions(lam, h, mask, cfg.mode, frozen_policy, cfg.policy_tau, gen)
         loss = lm_loss(lam, h, ids, mask, a)
-        return loss, {"loss/lm": loss.item()}
+        return loss, {"loss/lm": loss.item()}, int(mask.sum())
 
     s1 = _run_stage("stage 1: language model", groups, len(train), cfg.epochs, cfg, stage1_step, metrics_path,
-                    cfg.lr, salt=1)
+                    cfg.lr, salt=1, loss_key="loss/lm")
     lam.requires_grad_(False)
     lam.eval()
     # ---- stage 2: re-clone the policy to the IDM's actions on the (possibly new) states
@@ -329,10 +319,10 @@ def finetune(cfg: FinetuneConfig, lam=None) -> Path:
     def stage2_step(idx):
         h, _, mask = states(idx, grad=False)
         loss, acc = bc_loss(lam, h, mask)
-        return loss, {"loss/bc": loss.item(), "bc/top1_batch": acc}
+        return loss, {"loss/bc": loss.item(), "bc/top1_batch": acc}, int(mask.sum())
 
     s2 = _run_stage("stage 2: re-clone the policy", list(lam.policy.parameters()), len(train), cfg.bc_epochs, cfg,
-                    stage2_step, metrics_path, cfg.lr, salt=2)
+                    stage2_step, metrics_path, cfg.lr, salt=2, loss_key="loss/bc")
     lam.policy.requires_grad_(False)
     lam.eval()
     after = {"held_out": evaluate_task(lam, held, seed=cfg.seed), "train": evaluate_task(lam, train_eval, seed=cfg.seed)}

@@ -46,6 +46,7 @@ from reinlm.latent.corpus import StoredTokenSource, TokenSource, parse_corpus_sp
 from reinlm.latent.heldout import SUMS, batch_sums
 from reinlm.latent.hidden_cache import HiddenCache, build_cache
 from reinlm.latent.model import LatentActionModel
+from reinlm.latent.stage import Progress, Stage
 from reinlm.rollout.fast import pack_linears, packing_supported
 from reinlm.schedules import lr_multiplier
 from reinlm.utils.atomic import atomic_dir
@@ -222,43 +223,9 @@ class _Step(nn.Module):
         return self.loss_fn(*args)
 
 
-def _fmt_time(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-class Progress:
-    """A tqdm bar (tokens/s, ETA) or, with ``progress=False``, one plain line every ``every`` steps."""
-
-    def __init__(self, name: str, total: int, start: int, enabled: bool, bar: bool, every: int):
-        self.name, self.total, self.enabled, self.every = name, total, enabled, max(every, 1)
-        self.t0, self.tokens, self.done0 = time.time(), 0, start
-        self.bar = None
-        if enabled and bar:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc=name, unit="step")
-
-    def update(self, step: int, tokens: int, loss: float) -> float:
-        self.tokens += tokens
-        el = max(time.time() - self.t0, 1e-9)
-        tok_s = self.tokens / el
-        eta = el / max(step + 1 - self.done0, 1) * (self.total - step - 1)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", eta=_fmt_time(eta))
-        elif self.enabled and ((step + 1) % self.every == 0 or step + 1 == self.total):
-            print(f"{self.name}: step {step + 1}/{self.total} loss {loss:.3f} {tok_s:,.0f} tok/s "
-                  f"elapsed {_fmt_time(el)} ETA {_fmt_time(eta)}", flush=True)
-        return tok_s
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 class StageRunner:
-    """One training stage with checkpoints every ``save_every`` steps and exact resume."""
+    """One pretraining stage (:class:`reinlm.latent.stage.Stage`) with checkpoints every ``save_every`` steps,
+    exact resume, ``--stop-after-steps`` and data parallelism (the heads' loss wrapped for DDP)."""
 
     def __init__(self, ctx: "_Context", name: str, index: int, stage_dir: Path, heads: dict[str, nn.Module],
                  loss_fn: Callable, data, total: int):
@@ -266,30 +233,28 @@ class StageRunner:
         self.heads, self.loss_fn, self.data, self.total = heads, loss_fn, data, total
         self.params = [p for m in heads.values() for p in m.parameters()]
 
-    def _save(self, step: int, opt_, sched) -> None:
+    def _save(self, step: int, stage: Stage) -> None:
         """Checkpoint after ``step`` steps (main process; every process holds the same state)."""
         if self.ctx.is_main:
             with atomic_dir(self.dir / "checkpoint") as tmp:
                 torch.save({"step": step, "heads": {k: m.state_dict() for k, m in self.heads.items()},
-                            "optimizer": opt_.state_dict(), "scheduler": sched.state_dict(),
-                            "data": self.data.state_dict(), "tokens": self.tokens}, tmp / "state.pt")
+                            **stage.state_dict(), "data": self.data.state_dict(), "tokens": stage.tokens},
+                           tmp / "state.pt")
         self.ctx.barrier()
 
     def run(self) -> None:
         cfg, ctx = self.ctx.cfg, self.ctx
-        opt_ = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt_, _lr_lambda(self.total))
-        start, self.tokens = 0, 0
+        stage = Stage(self.params, self.total, cfg.lr, cfg.weight_decay, _lr_lambda(self.total))
+        start = 0
         ckpt = self.dir / "checkpoint" / "state.pt"
         metrics = self.dir / "metrics.jsonl"
         if ckpt.is_file():
             state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
             for k, m in self.heads.items():
                 m.load_state_dict(state["heads"][k])
-            opt_.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
+            stage.load_state_dict(state)
             self.data.load_state_dict(state["data"])
-            start, self.tokens = int(state["step"]), int(state["tokens"])
+            start, stage.tokens = int(state["step"]), int(state["tokens"])
             if ctx.is_main:
                 log.info("%s: resumed from step %d", self.name, start)
                 if metrics.is_file():  # drop lines written after the checkpoint by the interrupted run
@@ -299,30 +264,29 @@ class StageRunner:
             metrics.unlink(missing_ok=True)
         step_mod = _Step(self.heads, self.loss_fn)
         wrapped = ctx.accelerator.prepare_model(step_mod) if ctx.world > 1 else step_mod
-        prog = Progress(self.name, self.total, start, ctx.is_main, cfg.progress, cfg.log_every)
-        for s in range(start, self.total):
+
+        def before(s: int) -> None:
             if ctx.budget == 0:  # --stop-after-steps reached: keep the state after s steps
-                self._save(s, opt_, sched)
-                prog.close()
+                self._save(s, stage)
                 raise Interrupted(f"{self.name}: stopped at step {s} of {self.total} (--stop-after-steps); "
                                   f"checkpoint in {self.dir / 'checkpoint'}; run the same command to resume.")
+
+        def step(s: int):
             h, ids, mask, tokens = self.data.next_batch(ctx.device)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
                 loss, stats = wrapped(h, ids, mask, s)
-            opt_.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            opt_.step()
-            sched.step()
-            self.tokens += tokens
-            tok_s = prog.update(s, tokens, stats["loss/total"])
+            return loss, stats, tokens
+
+        def after(s: int, stats: dict, tok_s: float) -> None:
             if ctx.is_main and (s % cfg.log_every == 0 or s == self.total - 1):
                 append_jsonl(metrics, {"step": s, **stats, "perf/tokens_per_s": tok_s})
             if ctx.budget is not None:
                 ctx.budget -= 1
             if cfg.save_every and (s + 1) % cfg.save_every == 0 and s + 1 < self.total:
-                self._save(s + 1, opt_, sched)
-        prog.close()
+                self._save(s + 1, stage)
+
+        prog = Progress(self.name, self.total, start, ctx.is_main, cfg.progress, cfg.log_every)
+        stage.run(step, prog, start, before=before, after=after)
 
 
 @dataclass
