@@ -5,6 +5,7 @@ Tiny random Llama with the real SmolLM2 tokenizer (conftest.tiny_lm); every test
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -51,9 +52,10 @@ def test_next_turn_input_begins_with_the_sampled_ids(tiny_lm, monkeypatch):
     fed, sampled = [], []
     real = multiturn.decode
 
-    def spy(stepper, ids, mask, **kw):
+    def spy(stepper, ids, mask, **kw):  # the turn's input: what the kept cache holds + the ids prefilled now
+        held = [stepper.caches.held(e) for e in stepper.episodes] if hasattr(stepper, "caches") else [[]] * len(ids)
+        fed.append([h + row[m.bool()].tolist() for h, row, m in zip(held, ids, mask)])
         out = real(stepper, ids, mask, **kw)
-        fed.append([row[m.bool()].tolist() for row, m in zip(ids, mask)])
         sampled.append([t[:n].tolist() for t, n in zip(out.tokens, out.lengths)])
         return out
 
@@ -69,6 +71,75 @@ def test_next_turn_input_begins_with_the_sampled_ids(tiny_lm, monkeypatch):
             assert ep.ids[s:e] == new and ep.model_mask[s:e] == [1] * len(new)
         assert sum(ep.model_mask) == sum(len(sampled[k][i]) for k in range(3))
         assert ep.rewards == [1.0, 2.0, 3.0] and ep.ret == 6.0
+
+
+class Chatty(Echo):
+    """Echo whose observations grow with the turn and whose episodes end after 2, 3 or 4 turns (by seed)."""
+
+    def reset(self, seed=0, **row):
+        self.n = 2 + seed % 3
+        return super().reset(seed) + " word" * seed
+
+    def step(self, text):
+        obs, reward, done, info = super().step(text)
+        return obs + " more" * (2 * self.t), reward, done, info
+
+
+def _prefill_spy(monkeypatch):
+    """Counts the ids every turn prefills (the driver's decode calls)."""
+    prefilled = []
+    real = multiturn.decode
+
+    def spy(stepper, ids, mask, **kw):
+        prefilled.append(int(mask.sum()))
+        return real(stepper, ids, mask, **kw)
+
+    monkeypatch.setattr(multiturn, "decode", spy)
+    return prefilled
+
+
+def test_kept_cache_samples_exactly_what_reprefilling_samples(tiny_lm, monkeypatch):
+    """float32, fixed seeds: keeping each episode's cache across turns gives the re-prefill path's episodes token for
+    token. Many stop ids make rows stop at different steps (rows leave the decode batch mid-turn) and episodes end
+    after different numbers of turns (they leave the next turn's batch)."""
+    model, tok = tiny_lm
+    monkeypatch.setattr(multiturn, "eos_ids", lambda m, t: list(range(0, len(t), 7)))
+    prefilled = _prefill_spy(monkeypatch)
+    limits = EpisodeLimits(max_turns=4, turn_tokens=8, max_completion_length=30)
+
+    def play(reprefill):
+        gens = [torch.Generator().manual_seed(i) for i in range(6)]
+        return run_episodes(model.eval(), tok, [Chatty() for _ in range(6)], [{}] * 3, [0, 1, 2], 2, SamplingConfig(),
+                            limits, gens, reprefill=reprefill)
+
+    ref = play(True)
+    n_ref = sum(prefilled)
+    prefilled.clear()
+    kept = play(False)
+    lengths = [[e - s for s, e in ep.turns] for ep in ref]
+    assert {len(t) for t in lengths} == {2, 3, 4} and min(min(t) for t in lengths) < 8  # the cases above happen
+    for a, b in zip(ref, kept):
+        assert a.ids == b.ids and a.turns == b.turns and a.rewards == b.rewards
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5
+    # only the first observations are prefilled in full; a later turn prefills the previous turn's last sampled
+    # token (the decode loop never feeds it) and the observation after it
+    later = [ep.turns[k][0] - ep.turns[k - 1][1] + 1 for ep in kept for k in range(1, len(ep.turns))]
+    assert prefilled[0] == sum(ep.prompt_len for ep in kept) and sum(prefilled[1:]) == sum(later)
+    assert sum(prefilled) < n_ref / 2
+
+
+def test_kept_cache_in_bfloat16_records_what_a_forward_recomputes(tiny_lm):
+    """bfloat16 (the fused decoder where this CPU packs bfloat16): the log-probs sampled with kept caches are what a
+    float32 teacher-forced forward of the whole transcript gives, to bfloat16 rounding."""
+    model, tok = tiny_lm
+    m16 = copy.deepcopy(model).to(torch.bfloat16).eval()
+    eps = _play(m16, tok, [Chatty() for _ in range(4)])
+    batch = episodes_to_batch(eps, tok, 2, 1.0, tok.pad_token_id)
+    with torch.no_grad():
+        logp = token_logprobs(m16.float(), batch.input_ids, batch.attention_mask, batch.response_ids.shape[1]).logp
+    m = batch.response_mask.bool()
+    assert sum(len(ep.turns) for ep in eps) >= 8 and m.sum() > 40
+    assert (logp[m] - batch.logprobs[m]).abs().max() < 0.01
 
 
 def test_observation_tokens_get_exactly_zero_gradient(tiny_lm):

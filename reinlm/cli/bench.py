@@ -18,6 +18,8 @@ BENCHES = {
                                               "vLLM, HF generate) at several batch sizes"),
     "reward-hacking": ("reinlm.bench.reward_hacking", "CoLA's stress test: both spaces with no KL on several seeds "
                                                       "(reward, perplexity, distinct-2 per step, degeneration alarm)"),
+    "multiturn": ("reinlm.bench.multiturn", "multi-turn episodes vs single-turn decoding tokens/s at the same batch "
+                                            "(kept key/value cache and re-prefill)"),
 }
 
 
@@ -42,7 +44,7 @@ class _AnyFlags(argparse.ArgumentParser):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "bench", help="benchmarks: token-rl (reinlm vs TRL), latent-vs-token, generation",
+        "bench", help="benchmarks: token-rl (reinlm vs TRL), latent-vs-token, generation, reward-hacking, multiturn",
         description="Benchmarks. Example: reinlm bench token-rl --steps 5 --json. Each side runs in its own "
                     "process; timings exclude model loading and skip the first step as a warm-up when steps > 2.",
     )

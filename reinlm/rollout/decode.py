@@ -125,12 +125,22 @@ class LMStepper:
                          **{self._kw: cache}, **kw)
         return out.logits[:, -1], None, _returned_cache(out, self._kw)
 
+    def past(self, ids: torch.Tensor, mask: torch.Tensor):
+        """What the prefill of ``ids`` (N, P) continues: -> (cache or None, key mask (N, L + P), positions (N, P)).
+
+        Here nothing (L = 0, positions skip the left padding); ``reinlm.rollout.turn_cache.TurnStepper``
+        returns the keys and values an episode kept from its earlier turns."""
+        return None, mask, position_ids_from_mask(mask)
+
     def start(self, ids: torch.Tensor, mask: torch.Tensor, G: int, capacity: int) -> None:
-        """Prefill the N distinct prompts (N, P) once, then repeat the caches G times."""
-        N, P = ids.shape
+        """Prefill the N distinct prompts (N, P) once (after :meth:`past`'s L cached positions), then repeat
+        the caches G times; ``capacity`` counts P + new tokens (the L cached positions come on top)."""
+        N = ids.shape[0]
         B = N * G
-        pos = position_ids_from_mask(mask)  # (N, P)
-        logits, h, cache = self._forward(ids, mask, pos, last_only=True)
+        past, mask, pos = self.past(ids, mask)  # mask (N, L + P), pos (N, P)
+        P = mask.shape[1]
+        capacity += P - ids.shape[1]
+        logits, h, cache = self._forward(ids, mask, pos, past, last_only=True)
         if G > 1:
             cache.batch_repeat_interleave(G)  # (N, ...) -> (B, ...)
             logits = logits.repeat_interleave(G, 0)

@@ -12,8 +12,10 @@ decoded and re-encoded: turn k+1 is decoded from ``ids`` as they stand, so its i
 **The driver** (:func:`run_episodes`): every turn, all live episodes go through :func:`reinlm.rollout.decode.
 decode` as one left-padded batch (each row its own generator: an episode's samples do not depend on the
 others in float32); each episode's new ids are appended, its text goes to ``env.step`` (guarded by
-``--env-timeout``), and finished episodes drop out of the next turn's batch. Each turn re-prefills the
-transcript so far (one forward over the prompt, then cached single-token steps).
+``--env-timeout``), and finished episodes drop out of the next turn's batch. Each episode's key/value cache is
+kept across turns (:mod:`reinlm.rollout.turn_cache`): a turn prefills only the ids its cache does not hold yet
+(the last sampled token and the new observation), not the whole transcript; ``reprefill=True`` re-prefills
+the transcript every turn instead (the reference the kept cache is tested against, token for token).
 
 **Folding** (:func:`episodes_to_batch`): an :class:`EpisodeBatch` is a ``RolloutBatch`` whose prompt is the
 first observation and whose response is the rest of the transcript. ``response_mask`` is the ``model_mask``
@@ -32,6 +34,7 @@ import torch
 from reinlm.envs.protocol import EnvFault, EnvTimeout, as_step_result, call_reset, guarded_call
 from reinlm.rollout.decode import LMStepper, decode
 from reinlm.rollout.sampling import Chooser, SamplingConfig
+from reinlm.rollout.turn_cache import KeptCaches, TurnStepper, kept_cache_supported
 from reinlm.rollout.token import RolloutBatch, eos_ids, left_pad
 
 __all__ = ["Episode", "EpisodeBatch", "EpisodeLimits", "TurnFormat", "run_episodes", "episodes_to_batch",
@@ -159,8 +162,8 @@ def _fault(ep: Episode, e: EnvFault) -> None:
 
 def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list[int], samples_per_row: int,
                  sampling: SamplingConfig, limits: EpisodeLimits, generators: list[torch.Generator] | None = None,
-                 fmt: TurnFormat | None = None,
-                 on_turn: Callable[[int, int], None] | None = None) -> list[Episode]:
+                 fmt: TurnFormat | None = None, on_turn: Callable[[int, int], None] | None = None,
+                 reprefill: bool = False) -> list[Episode]:
     """Play B = N * G episodes: ``envs[i * G + j]`` plays row ``i`` with seed ``env_seeds[i]``.
 
     Args:
@@ -174,6 +177,9 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
         limits: :class:`EpisodeLimits`.
         generators: B generators, one per episode (None: the global RNG).
         on_turn: optional ``fn(turn, live_episodes)`` (progress).
+        reprefill: re-prefill each transcript every turn instead of keeping its key/value cache (the reference
+            path; models whose cache cannot be kept always re-prefill, :func:`~reinlm.rollout.turn_cache.
+            kept_cache_supported`).
 
     Returns B :class:`Episode` records (invalid ones flagged, never raised).
     """
@@ -205,6 +211,7 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
 
     chooser = Chooser.from_sampling(sampling)
     S = int(limits.turn_tokens)
+    caches = None if reprefill or not kept_cache_supported(model) else KeptCaches()
     for turn in range(limits.max_turns):
         live = [i for i, ep in enumerate(episodes) if not ep.done]
         if limits.context is not None:
@@ -215,9 +222,14 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
             break
         if on_turn is not None:
             on_turn(turn, len(live))
-        ids, mask = left_pad([episodes[i].ids for i in live], pad_id)  # (b, P_turn)
+        if caches is None:  # the whole transcript
+            ids, mask = left_pad([episodes[i].ids for i in live], pad_id)  # (b, P_turn)
+            stepper = LMStepper(model, chooser)
+        else:  # what each kept cache does not hold yet
+            ids, mask = left_pad([_unheld(caches, i, episodes[i].ids) for i in live], pad_id)  # (b, T)
+            stepper = TurnStepper(model, chooser, caches, live)
         gens = None if generators is None else [generators[i] for i in live]
-        out = decode(LMStepper(model, chooser), ids.to(device), mask.to(device), samples_per_prompt=1,
+        out = decode(stepper, ids.to(device), mask.to(device), samples_per_prompt=1,
                      max_new_tokens=S, stop_ids=None if sampling.ignore_eos else eos, pad_id=pad_id, generator=gens)
         tokens, logps, lengths = out.tokens.cpu(), out.logprobs.float().cpu(), out.lengths.cpu()
         for r, i in enumerate(live):
@@ -255,10 +267,22 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
             ep.ids += obs
             ep.model_mask += [0] * len(obs)
             ep.logprobs += [0.0] * len(obs)
+        if caches is not None:
+            for i in live:
+                if episodes[i].done:
+                    caches.drop(i)
     for ep in episodes:
         if not ep.done:
             ep.done = ep.truncated = True
     return episodes
+
+
+def _unheld(caches: KeptCaches, e: int, ids: list[int]) -> list[int]:
+    """The ids of episode ``e`` after those its kept cache holds (which must be their prefix)."""
+    held = caches.held(e)
+    if ids[: len(held)] != held:
+        raise AssertionError(f"episode {e}: its kept cache is not a prefix of its transcript")
+    return ids[len(held):]
 
 
 # ----------------------------------------------------------------------------------------------- folding
