@@ -242,6 +242,8 @@ CASES = [
     (["bench", "generation", "--group", "0"], ["group: got 0"]),
     (["bench", "generation", "--batch-sizes", "7", "--group", "2"], ["batch_sizes"]),
     (["bench", "latent-vs-token", "--lr", "nan"], ["lr: got nan"]),
+    (["bench", "multiturn", "--turn-tokens", "0"], ["turn_tokens: got 0"]),
+    (["bench", "multiturn", "--dtype", "float16"], ["dtype: got 'float16'; allowed:"]),
     (["bench", "reward-hacking", "--latent-lr", "-1"], ["latent_lr: got -1"]),
     # --- train: problems found once the (tiny) model or the rewards run
     (T + ["--lora-r", "4", "--lora-targets", "nosuch_proj"], ["lora_targets: got 'nosuch_proj'", "q_proj"]),

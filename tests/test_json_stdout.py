@@ -55,13 +55,15 @@ def _argv(name: str, model: str, latent: str, root, tmp) -> list[str]:
                            "--max-new-tokens", "2", "--epochs", "1", "--progress", "false"],
         "bench generation": ["bench", "generation", "--model", model, "--backends", "reinlm-float32",
                              "--batch-sizes", "2", "--group", "2", "--new-tokens", "2", "--repeats", "1"],
+        "bench multiturn": ["bench", "multiturn", "--model", model, "--dtype", "float32", "--batch", "2", "--turns", "2",
+                            "--turn-tokens", "2", "--repeats", "1"],
         "bench latent-vs-token": ["bench", "latent-vs-token", "--latent", latent, "--sides", "token", *tiny_rl,
                                   "--eval-prompts", "0", "--out", str(tmp / "lvt")],
     }[name]
 
 
 NAMES = ["generate", "reward", "eval", "explore", "search", "latent qd", "latent finetune", "latent train-q",
-         "bench generation", "bench latent-vs-token"]
+         "bench generation", "bench multiturn", "bench latent-vs-token"]
 
 
 @pytest.mark.parametrize("name", NAMES)
