@@ -405,6 +405,112 @@ def test_rl_trains_only_the_policy(ckpt, tmp_path):
     assert len(moved) >= len(pol_before) // 2
 
 
+# ---------------------------------------------------------------------------------------------- reinlm train
+
+SPACE_REWARD = f"{Path(__file__).parent / 'assets' / 'toy_rewards.py'}:space_share"
+
+
+def test_frozen_perplexity_is_the_world_model_marginalised_over_the_policy(ckpt, model):
+    """``perplexity_frozen`` on BWArea (no backbone LM): log p(x_{t+1} | x_<=t) = logsumexp_a [log pi(a | x_<=t) +
+    log p_WM(x_{t+1} | x_<=t, a)], the history merged with the IDM's actions; checked against the reference."""
+    sd = ckpt[0]
+    ids = ids_batch()
+    B, T = ids.shape
+    R = 3
+    with torch.no_grad():
+        got = model.frozen_lm_logprobs(ids, torch.ones_like(ids), R, model.policy)
+    hist = ref_idm_actions(sd, ids)
+    pol = torch.log_softmax(ref_policy_logits(sd, ids), -1)[:, T - R - 1:T - 1]  # (B, R, K)
+    per_action = []
+    for a in range(K):
+        lp = torch.log_softmax(ref_world_logits(sd, ids, hist, current=torch.full_like(ids, a)), -1)
+        per_action.append(pol[..., a] + lp[:, T - R - 1:T - 1].gather(-1, ids[:, T - R:, None]).squeeze(-1))
+    want = torch.logsumexp(torch.stack(per_action), 0)
+    assert got.shape == (B, R) and torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("what", ["policy", "head"])
+def test_reinlm_train_on_a_bwarea_directory_trains_only_what_it_is_told(ckpt, tmp_path, what):
+    """``reinlm train --space latent --latent BWAREA_DIR``: the run finishes, its final directory is a BWArea model
+    whose world model, IDM and code book are bit-identical to the imported ones; ``--latent-train policy`` moves
+    the policy (embeddings, layers, head), ``head`` only ``transformer_policy_layer``; the frozen-LM perplexity
+    is logged every step and in the held-out evaluation."""
+    from safetensors.torch import load_file
+
+    from reinlm.latent.model import LatentActionModel
+    from reinlm.utils.jsonio import read_jsonl
+
+    run = tmp_path / what
+    argv = ["train", "--space", "latent", "--latent", str(ckpt[1]), "--latent-train", what, "--reward", SPACE_REWARD,
+            "--prompts", "builtin:neutral", "--steps", "2", "--batch-prompts", "2", "--samples-per-prompt", "2",
+            "--max-new-tokens", "4", "--lr", "1e-2", "--eval-prompts", "1", "--eval-samples", "2",
+            "--log-frozen-perplexity", "true", "--device", "cpu", "--log", "none", "--progress", "false",
+            "--out", str(run)]
+    assert main(argv) == 0
+    before = load_file(str(ckpt[1] / "model.safetensors"))
+    after = load_file(str(run / "final" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    if what == "head":
+        assert moved == {"policy.out.weight"}
+    else:
+        assert all(k.startswith("policy.") for k in moved)
+        assert {"policy.out.weight", "policy.inp.weight", "policy.norm.weight"} <= moved
+        assert len([k for k in moved if k.startswith("policy.blocks.")]) >= 4 * L
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert rows[-1]["step"] == 2
+    assert all(1.0 < r["response/perplexity_frozen"] < float("inf") for r in rows)
+    ev = json.loads((run / "train_eval.json").read_text())
+    assert ev["before"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-6) and ev["after"]["kl_to_reference"] > 0
+    assert 1.0 < ev["after"]["perplexity_frozen"] < float("inf")
+    assert type(LatentActionModel.from_pretrained(run / "final")).__name__ == "BWAreaModel"
+
+
+def test_a_bwarea_run_resumes_to_the_same_policy(ckpt, tmp_path):
+    """A checkpoint of a BWArea run is a complete BWArea directory; resuming from it (the policy read back from
+    its model.safetensors) ends where the uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    from reinlm.trainer.config import TrainConfig
+    from reinlm.trainer.loop import Trainer
+
+    def cfg(out, steps):
+        return TrainConfig(space="latent", latent=str(ckpt[1]), reward=SPACE_REWARD, prompts="builtin:neutral",
+                           steps=steps, batch_prompts=2, samples_per_prompt=2, max_new_tokens=4, lr=1e-2, seed=0,
+                           out=str(out), device="cpu", progress=False, eval_prompts=0, save_every=1, log="none")
+
+    a = Trainer(cfg(tmp_path / "a", 2)).train()
+    Trainer(cfg(tmp_path / "b", 1)).train()
+    b = Trainer(cfg(tmp_path / "b", 2)).train(resume=True)
+    wa, wb, w0 = (load_file(str(d / "model.safetensors")) for d in (a / "final", b / "final", ckpt[1]))
+    assert not torch.equal(wa["policy.out.weight"], w0["policy.out.weight"])  # the runs trained
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_backbone_commands_refuse_a_bwarea_directory_naming_what_runs(ckpt, tmp_path, capsys):
+    """Fine-tuning, the Q-model, search, the QD table and the latent benches compute on a frozen backbone's states:
+    on a BWArea directory each exits 2 naming itself and what runs on BWArea, before writing anything."""
+    d = str(ckpt[1])
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"hello there, document {i}"}) + "\n" for i in range(8)))
+    cases = [(["latent", "finetune", "--latent", d, "--data", str(docs), "--out", str(tmp_path / "o")],
+              "reinlm latent finetune"),
+             (["latent", "train-q", "--latent", d, "--reward", "contains_words:the", "--out", str(tmp_path / "o")],
+              "reinlm latent train-q"),
+             (["search", "--latent", d, "--reward", "contains_words:the", "hello"], "reinlm search"),
+             (["latent", "qd", "--latent", d], "reinlm latent qd"),
+             (["bench", "latent-vs-token", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench latent-vs-token"),
+             (["bench", "reward-hacking", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench reward-hacking")]
+    for argv, command in cases:
+        assert main(argv) == 2, argv
+        err = err_text(capsys)
+        assert f"is a BWArea model (`reinlm latent import-bwarea`); `{command}` runs on a latent model over a frozen " \
+               f"backbone" in err, (command, err)
+        assert "`reinlm train --space latent --latent DIR`" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]  # nothing written
+
+
 # ---------------------------------------------------------------------------------------------- the cards' code
 
 SNIPPETS = Path(__file__).parent / "assets" / "seed_snippets"

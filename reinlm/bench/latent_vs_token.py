@@ -24,6 +24,7 @@ from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.evaluation.plots import pyplot
+from reinlm.latent.model import require_backbone_family
 from reinlm.trainer.config import TrainConfig, add_train_args
 from reinlm.utils.jsonio import read_jsonl
 from reinlm.utils.memory import peak_rss_mb
@@ -67,10 +68,12 @@ def _side_config(cfg: TrainConfig, side: str, out_root: Path, latent_lr: float |
     return TrainConfig(**values)
 
 
-def backbone_of(latent_dir: str | None) -> str:
-    """The backbone id/path named in a latent model directory's config.json."""
+def backbone_of(latent_dir: str | None, command: str = "reinlm bench latent-vs-token") -> str:
+    """The backbone id/path named in a latent model directory's config.json (a BWArea directory, which has
+    none, is refused naming ``command``)."""
     if not latent_dir:
         raise ReinlmError("latent: the benchmark needs --latent DIR, a model from `reinlm latent pretrain`.")
+    require_backbone_family(latent_dir, command)
     path = Path(latent_dir) / "config.json"
     if not path.is_file():
         raise ReinlmError(f"latent: {latent_dir!r} has no config.json; pass a directory written by "

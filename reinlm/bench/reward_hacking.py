@@ -79,7 +79,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if cfg.kl_coef != 0 or cfg.kl_target is not None:
         raise ReinlmError(f"kl_coef: got {cfg.kl_coef} (kl_target {cfg.kl_target}); the stress test runs without a KL "
                           "penalty: leave --kl-coef and --kl-target unset.")
-    backbone = backbone_of(cfg.latent)
+    backbone = backbone_of(cfg.latent, "reinlm bench reward-hacking")
     out_root = Path(cfg.out or "runs/bench-reward-hacking")
     runs = []
     for seed in stress.seeds:

@@ -20,7 +20,7 @@ from reinlm.config.flags import add_dataclass_args
 from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ReinlmError
 from reinlm.latent.finetune import FinetuneConfig, finetune
-from reinlm.latent.model import LatentActionModel
+from reinlm.latent.model import LatentActionModel, require_backbone_family
 from reinlm.latent.qmodel import (QTrainConfig, rollouts_from_rows, sample_rollouts, score_rollouts,
                                   train_on_rollouts)
 from reinlm.rewards import parse_reward_spec
@@ -98,6 +98,8 @@ def format_result(result: dict) -> str:
 def train_q(cfg: QTrainConfig, lam=None) -> dict:
     """Sample and score rollouts (or read ``cfg.rollouts``), fit the Q-model, write ``cfg.out``; returns the
     result dict (also ``OUT/q_result.json``). ``lam``: an already loaded latent model."""
+    if lam is None:
+        require_backbone_family(cfg.latent, "reinlm latent train-q")
     if not cfg.rollouts and not cfg.reward:
         raise ReinlmError("reward: got none; pass --reward SPEC to score sampled rollouts, or --rollouts FILE.jsonl "
                           "of scored rollouts.")

@@ -11,7 +11,7 @@ from pathlib import Path
 from reinlm.cli.jsonout import print_json
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
-from reinlm.latent.model import LatentActionModel
+from reinlm.latent.model import LatentActionModel, require_backbone_family
 from reinlm.latent.qd import QDConfig, held_out_prefixes, qd_rows
 from reinlm.utils.rng import seed_everything
 
@@ -29,6 +29,8 @@ def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) 
     ...}``. ``model`` / ``encoder``: already loaded ones to use."""
     from reinlm.hub import load_sentence_encoder  # not at the top: `reinlm --help` would load the hub
 
+    if model is None:
+        require_backbone_family(cfg.latent, "reinlm latent qd")
     seed_everything(cfg.seed)
     latent_dir = Path(cfg.latent)
     model = model or LatentActionModel.from_pretrained(latent_dir, device=cfg.device)

@@ -240,10 +240,48 @@ class BWAreaModel(SeedAPI, nn.Module):
     def device(self) -> torch.device:
         return self.world.lm_head.weight.device
 
+    weights_file = WEIGHTS_FILE  # the file of a latent directory that holds the policy's weights ("policy.*")
+
     def rl_parameters(self) -> list[nn.Parameter]:
         """What RL trains: the policy only (its embeddings, layers, norm and head). The world model, the IDM and
         the code book stay frozen (bit-identical, tested)."""
         return list(self.policy.parameters())
+
+    @property
+    def context_length(self) -> int:
+        """Longest prompt + completion: ``max_position_embeddings`` of BWArea's config."""
+        return int(self.config.max_position_embeddings)
+
+    def eos_token_ids(self) -> list[int]:
+        """The ids that end a completion: the tokenizer's EOS (BWArea has no generation config)."""
+        eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+        return [] if eos is None else [int(eos)]
+
+    @torch.no_grad()
+    def frozen_lm_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, R: int,
+                           ref_policy: nn.Module) -> torch.Tensor:
+        """Log-probs (B, R) of the last R tokens of ``input_ids`` (B, T) under the frozen model as a language
+        model: the world model marginalised over the frozen policy ``ref_policy``'s action at each position,
+
+            log p(x_{t+1} | x_<=t) = logsumexp_a [log pi_ref(a | x_<=t) + log p_WM(x_{t+1} | x_<=t, a)],
+
+        with the history merged with the IDM's actions (BWArea's training forward, :meth:`world_states` with
+        ``current_actions``). BWArea has no backbone LM; this is the text distribution its pretrained policy and
+        world model define (tokens sampled at temperature 1). Costs K passes of the world model's upper half."""
+        ids, mask = input_ids, attention_mask
+        T = ids.shape[1]
+        w, cb = self.world, self.codebook
+        s = w.lower(ids, mask)  # (B, T, H)
+        hist = w.merge(s, cb.code(self.idm_logits(ids, mask).argmax(-1)))  # (B, T, H)
+        pol = torch.log_softmax(ref_policy(ids, mask).float(), -1)[:, T - R - 1:T - 1]  # (B, R, K)
+        target = ids[:, T - R:, None]  # (B, R, 1)
+        per_action = []
+        for a in range(self.config.num_code):
+            cur = w.merge(s, cb.code(torch.full_like(ids, a)))
+            state = w.norm(w.upper_two_stream(hist, cur, mask))[:, T - R - 1:T - 1]  # (B, R, H)
+            logp = torch.log_softmax(self.token_logits(state), -1).gather(-1, target).squeeze(-1)  # (B, R)
+            per_action.append(pol[..., a] + logp)
+        return torch.logsumexp(torch.stack(per_action), 0)
 
     def head_input(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """What the IDM and the policy read: the token ids themselves (each owns its embeddings). (B, T)."""
@@ -255,8 +293,9 @@ class BWAreaModel(SeedAPI, nn.Module):
                 f"latent: this command reads {name!r} of a latent model over a frozen backbone (its hidden states, "
                 f"LM head or heads-only world model); a BWArea model has none (its parts own their embeddings and "
                 f"its action enters between the world model's layers). On a BWArea directory reinlm runs: "
-                f"`reinlm generate --latent DIR`, `reinlm explore --latent DIR`, and the model cards' code "
-                f"(reinlm.latent.compat); the other latent commands need a frozen-backbone directory.")
+                f"`reinlm generate --latent DIR`, `reinlm explore --latent DIR`, `reinlm train --space latent "
+                f"--latent DIR` and the model cards' code (reinlm.latent.compat); `latent finetune`, `latent "
+                f"train-q`, `latent qd`, `search` and the latent benches need a frozen-backbone directory.")
         return super().__getattr__(name)
 
     # ------------------------------------------------------------------ parts
@@ -370,6 +409,7 @@ class BWAreaStepper:
 
     def __init__(self, model: BWAreaModel, action_chooser, token_chooser):
         self.m, self.act, self.tok = model, action_chooser, token_chooser
+        self.pol = getattr(model.policy, "module", model.policy)  # unwrapped (data-parallel RL wraps it)
         self.use_policy = action_chooser.mode in ("sample", "greedy")
         self.K = model.config.num_code
 
@@ -379,7 +419,7 @@ class BWAreaStepper:
         mask = mask.long()
         self.pol_cache = self.pol_logits = None
         if self.use_policy:
-            self.pol_cache, self.pol_logits = m.policy.prefill(ids, mask, capacity)  # (N, K) at P-1
+            self.pol_cache, self.pol_logits = self.pol.prefill(ids, mask, capacity)  # (N, K) at P-1
         s, low_cache = prefill_blocks(w.lower_blocks, w.embed(ids), mask, capacity, w.rotary)  # (N, P, H)
         if P > 1:
             hist_actions = m.idm_logits_from_hidden(ids, mask).argmax(-1)  # (N, P-1)
@@ -405,7 +445,7 @@ class BWAreaStepper:
         m, w = self.m, self.m.world
         p = self.P + t - 1  # the position whose next token is chosen
         if self.use_policy and t > 0:
-            self.pol_logits = m.policy.step(self.last_tok[:, None], self.attn[:, : p + 1], self.pol_cache, p)
+            self.pol_logits = self.pol.step(self.last_tok[:, None], self.attn[:, : p + 1], self.pol_cache, p)
         a, lp = self.act(self.pol_logits, None if u is None else u[:, 0], rows, self.K)
         x = w.merge(self.s_last, m.codebook.code(a)[:, None])  # (b, 1, H)
         x = step_blocks(w.upper_blocks, x, self.attn[:, : p + 1], self.up_cache, p, w.rotary)

@@ -46,7 +46,7 @@ from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.backbone import backbone_forward
 from reinlm.latent.heldout import SUMS, batch_sums
-from reinlm.latent.model import CONFIG_FILE, HEADS_FILE, LatentActionModel
+from reinlm.latent.model import CONFIG_FILE, HEADS_FILE, LatentActionModel, require_backbone_family
 from reinlm.latent.modules import sample_actions
 from reinlm.latent.stage import Progress, Stage
 from reinlm.schedules import lr_multiplier
@@ -246,6 +246,8 @@ def _run_stage(name: str, params: list[torch.nn.Parameter] | list[dict], n_docs:
 def finetune(cfg: FinetuneConfig, lam=None) -> Path:
     """Fine-tune ``cfg.latent`` on ``cfg.data`` (stage 1 per ``cfg.mode`` / ``cfg.train``, then re-clone the policy)
     and write a latent model directory to ``cfg.out``; returns it. ``lam``: an already loaded model to use."""
+    if lam is None:
+        require_backbone_family(cfg.latent, "reinlm latent finetune")
     docs = read_documents(cfg.data, cfg.text_column)
     held_docs = read_documents(cfg.held_out_data, cfg.text_column) if cfg.held_out_data else None
     if cfg.threads:

@@ -26,6 +26,7 @@ from reinlm.latent.modules import (CausalStack, RotaryEmbedding, StackCache, Wor
                                    sample_actions)
 from reinlm.latent.seed_api import InverseOutput, LatentGeneration, PolicyOutput, SeedAPI  # noqa: F401 (re-exported)
 from reinlm.latent.stepper import LatentStepper
+from reinlm.rollout.token import eos_ids, token_logprobs
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.integrity import json_file_problem, safetensors_problem
 from reinlm.utils.jsonio import write_json
@@ -75,6 +76,19 @@ def latent_family(model_dir: str | Path) -> str:
     except (OSError, ValueError):
         return "backbone"
     return "bwarea" if isinstance(raw, dict) and raw.get("model_type") == "reinlm-latent-bwarea" else "backbone"
+
+
+def require_backbone_family(model_dir: str | Path, command: str) -> None:
+    """Refuse (:class:`ReinlmError`, exit 2) a BWArea directory given to ``command``, a command whose computation
+    runs on a frozen backbone's hidden states (fine-tuning, the Q-model, search, the QD table, the latent
+    benches), naming what runs on BWArea; checked before any model loads or anything is written."""
+    if latent_family(model_dir) == "bwarea":
+        raise ReinlmError(
+            f"latent: {str(model_dir)!r} is a BWArea model (`reinlm latent import-bwarea`); `{command}` runs on a "
+            f"latent model over a frozen backbone (pretrained by `reinlm latent pretrain` or imported by `reinlm "
+            f"latent import-cola`): BWArea has no backbone, its parts own their embeddings. On a BWArea directory "
+            f"reinlm runs `reinlm generate --latent DIR`, `reinlm explore --latent DIR`, `reinlm train --space "
+            f"latent --latent DIR` (--latent-train policy or head) and the model cards' code (reinlm.latent.compat).")
 
 
 class LatentActionModel(SeedAPI, nn.Module):
@@ -136,6 +150,26 @@ class LatentActionModel(SeedAPI, nn.Module):
     @property
     def device(self) -> torch.device:
         return self.world_model.codebook.weight.device
+
+    # ------------------------------------------------------------------ family facts (BWArea's: reinlm.latent.bwarea)
+
+    weights_file = HEADS_FILE  # the file of a latent directory that holds the policy's weights ("policy.*")
+
+    @property
+    def context_length(self) -> int:
+        """Longest prompt + completion the model reads: the backbone's ``max_position_embeddings`` (2048 if unset)."""
+        return int(getattr(self.backbone.config, "max_position_embeddings", None) or 2048)
+
+    def eos_token_ids(self) -> list[int]:
+        """The ids that end a completion: the tokenizer's EOS and the backbone's generation-config EOS ids."""
+        return eos_ids(self.backbone, self.tokenizer)
+
+    @torch.no_grad()
+    def frozen_lm_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, R: int,
+                           ref_policy: nn.Module | None = None) -> torch.Tensor:
+        """Log-probs (B, R) of the last R tokens of ``input_ids`` (B, T) under the frozen language model this latent
+        model starts from: the backbone itself, temperature 1 (``ref_policy`` is not needed)."""
+        return token_logprobs(self.backbone, input_ids, attention_mask, R, 1.0).logp
 
     def frozen_policy_copy(self) -> CausalStack:
         """A frozen deep copy of the policy (the reference for the exact KL of latent RL)."""

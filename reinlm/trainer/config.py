@@ -148,6 +148,9 @@ class TrainConfig(FlatNames, Config):
     space: Literal["token", "latent"] = opt("token", "action space: token (the LM itself) or latent (a policy over latent actions)")
     latent: str | None = opt(None, "latent-action model directory (required with --space latent)")
     num_actions: int | None = opt(None, "latent space: expected number of actions K (checked against the latent model)", lo=2)
+    latent_train: Literal["policy", "head"] = opt(
+        "policy", "latent space: what RL trains: policy (all of it) or head (only its output layer, e.g. BWArea's "
+        "transformer_policy_layer: the policy's layers and embeddings stay frozen, no optimizer state for them)")
     algo: str = opt("grpo", "RL algorithm, a name in the algorithm registry (built in: "
                      f"{', '.join(available_algorithms())}; docs/algorithms.md has one section per algorithm)",
                      check=check_algorithm_name)
@@ -257,6 +260,9 @@ class TrainConfig(FlatNames, Config):
                               "made by `reinlm latent pretrain`.")
         if self.space == "token" and self.num_actions is not None:
             raise ConfigError(f"num_actions: got {self.num_actions}, a latent-space option; use it with --space latent.")
+        if self.space == "token" and self.latent_train != "policy":
+            raise ConfigError(f"latent_train: got {self.latent_train!r}, a latent-space option; use it with --space "
+                              "latent (token space: --lora-r trains adapters only).", field="latent_train")
         if self.lora_r > 0 and not [t for t in self.lora_targets.split(",") if t.strip()]:
             raise ConfigError(f"lora_targets: got {self.lora_targets!r} with --lora-r {self.lora_r}; allowed: "
                               "comma-separated module names, e.g. q_proj,v_proj.", field="lora_targets")

@@ -67,7 +67,8 @@ class LatentPolicy:
             from reinlm.utils.devices import cast_parameters
 
             cast_parameters(self.lam.policy, torch.float32)
-        self.lam.policy.requires_grad_(True)
+        self.trained = self.trained_module(self.lam, cfg.latent_train)
+        self.trained.requires_grad_(True)
         self.tokenizer = self.lam.tokenizer
         if self.tokenizer is None:
             raise ReinlmError(f"latent: the backbone of {cfg.latent!r} has no tokenizer; it cannot score text.")
@@ -77,17 +78,21 @@ class LatentPolicy:
             self.value_head = ValueHead(self.lam.config.d_model).to(device)
         self.num_actions = self.lam.config.num_actions
 
+    @staticmethod
+    def trained_module(lam, what: str) -> torch.nn.Module:
+        """The part of the policy RL trains (``--latent-train``): ``policy`` = all of it, ``head`` = its output
+        layer (``policy.out``, BWArea's ``transformer_policy_layer``)."""
+        return lam.policy if what == "policy" else lam.policy.out
+
     @property
     def context_length(self) -> int:
-        conf = self.lam.backbone.config
-        return int(getattr(conf, "max_position_embeddings", None) or 2048)
+        return self.lam.context_length
 
     @property
     def eos_token_ids(self) -> list[int]:
-        """The ids that end a completion: the backbone tokenizer's EOS and its generation config's."""
-        from reinlm.rollout.token import eos_ids
-
-        return eos_ids(self.lam.backbone, self.tokenizer)
+        """The ids that end a completion (the latent model family's: the tokenizer's EOS and, over a backbone,
+        its generation config's)."""
+        return self.lam.eos_token_ids()
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -183,12 +188,11 @@ class LatentPolicy:
 
     @torch.no_grad()
     def frozen_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        """Log-probs (B, R) of the response tokens under the frozen backbone LM itself, temperature 1."""
-        batch = as_latent(batch)
-        from reinlm.rollout.token import token_logprobs
-
+        """Log-probs (B, R) of the response tokens under the frozen starting language model, temperature 1: the
+        backbone itself, or BWArea's world model marginalised over the frozen policy's actions
+        (``frozen_lm_logprobs`` of the model family)."""
         R = batch.response_ids.shape[1]
-        return token_logprobs(self.lam.backbone, batch.input_ids, batch.attention_mask, R, 1.0).logp
+        return self.lam.frozen_lm_logprobs(batch.input_ids, batch.attention_mask, R, self.ref_policy)
 
     def rollout_kl(self, batch: RolloutBatch, ref: PolicyScores | None, estimator: str,
                    old: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -233,7 +237,7 @@ class LatentPolicy:
 
     # --- parameters and persistence ---
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        params = list(self.lam.policy.parameters())
+        params = list(self.trained.parameters())
         if self.value_head is not None:
             params += list(self.value_head.parameters())
         return params
@@ -273,8 +277,6 @@ class LatentPolicy:
         """Load the policy weights of a latent model directory written by :meth:`save`."""
         from safetensors.torch import load_file
 
-        from reinlm.latent.model import HEADS_FILE
-
-        state = load_file(str(Path(policy_dir) / HEADS_FILE))
+        state = load_file(str(Path(policy_dir) / self.lam.weights_file))
         pol = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
         self._unwrap().load_state_dict(pol)
