@@ -130,13 +130,13 @@ class Trainer(_LoopTrainer):
             raise ConfigError("rollout_func: not supported; give environment_factory= (episodes through reinlm's "
                               "decode engine) or a text environment as --environment path.py:Class.")
         if environment_factory is not None or tools:
-            environment = from_python(environment_factory, tools, cfg.max_tool_calling_iterations)
+            environment = from_python(environment_factory, tools, cfg.env.max_tool_calling_iterations)
 
         # prompts: recorded as given when they have a name, else as a copy in RUN_DIR/prompts.jsonl
         self.prompts_from_python = prompts is not None and not isinstance(prompts, (str, Path))
         source = cfg.prompts if prompts is None else (str(prompts) if isinstance(prompts, Path) else prompts)
-        if (environment is not None or cfg.environment) and prompts is None and cfg.prompts == "builtin:reviews":
-            prompt_set = synthetic_rows(cfg.env_rows)
+        if (environment is not None or cfg.env.environment) and prompts is None and cfg.prompts == "builtin:reviews":
+            prompt_set = synthetic_rows(cfg.env.env_rows)
         else:
             prompt_set = load_prompts(source, column=cfg.prompt_column, rename=cfg.rename_columns)
         record: dict[str, Any] = {}
@@ -150,7 +150,7 @@ class Trainer(_LoopTrainer):
                                       cfg.reward_on_error)
         record["reward"] = reward_set_spec(reward_set)
         cfg = make_config(cfg, **record)
-        with_env = environment is not None or cfg.environment
+        with_env = environment is not None or cfg.env.environment
         super().__init__(cfg, model=model_obj, tokenizer=tokenizer, reward_set=reward_set, prompt_set=prompt_set,
                          environment=environment, env_rewards=reward_set if with_env and reward is not None else None)
 

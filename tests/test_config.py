@@ -237,7 +237,7 @@ def test_cuda_without_a_gpu_is_refused():
 def test_old_flat_run_config_still_loads():
     values = load_yaml(ASSETS / "old_run_config.yaml")
     cfg = build_config(TrainConfig, None, values)
-    assert (cfg.steps, cfg.algo, cfg.kl_target, cfg.out) == (3, "ppo", 0.1, "runs/old")
+    assert (cfg.steps, cfg.algo, cfg.kl.kl_target, cfg.out) == (3, "ppo", 0.1, "runs/old")
     written = config_to_dict(cfg)
     # every old key keeps its value, except the two deprecated spellings, now written as their new fields
     assert {k: v for k, v in written.items() if k in values} == {**values, "scale_std": None, "loss_aggregation": None}
@@ -264,20 +264,21 @@ def test_trl_renames_and_derived_keys(tmp_path):
     assert (cfg.samples_per_prompt, cfg.batch_prompts, cfg.minibatch_size, cfg.grad_accum) == (4, 4, 0, 2)
     # 10 optimiser steps with 2 iterations per rollout batch = 5 rollout steps; warm-up ceil(0.1 x 5)
     assert (cfg.steps, cfg.update_epochs, cfg.warmup_steps) == (5, 2, 1)
-    assert (cfg.max_new_tokens, cfg.kl_coef, cfg.clip_eps, cfg.lr_schedule) == (16, 0.02, 0.3, "cosine")
+    assert (cfg.sampling.max_new_tokens, cfg.kl.kl_coef, cfg.algorithm.clip_eps, cfg.lr_schedule) == \
+        (16, 0.02, 0.3, "cosine")
     # TRL's beta: a k3 KL loss term with the importance-ratio correction (TRL's defaults), not reinlm's k1 penalty
-    assert (cfg.kl_in, cfg.kl_estimator, cfg.use_bias_correction_kl) == ("loss", "k3", True)
-    assert build_config(TrainConfig, None, {"beta": 0.1, "kl_in": "reward"}).kl_in == "reward"  # given wins
-    assert build_config(TrainConfig, None, {"kl_coef": 0.1}).kl_in == "reward"  # reinlm's own name: reinlm's meaning
+    assert (cfg.kl.kl_in, cfg.kl.kl_estimator, cfg.algorithm.use_bias_correction_kl) == ("loss", "k3", True)
+    assert build_config(TrainConfig, None, {"beta": 0.1, "kl_in": "reward"}).kl.kl_in == "reward"  # given wins
+    assert build_config(TrainConfig, None, {"kl_coef": 0.1}).kl.kl_in == "reward"  # reinlm's own name: reinlm's meaning
     assert (cfg.out, cfg.save_every, cfg.keep_checkpoints, cfg.log) == ("runs/x", 5, 3, "none")
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.seed) == (16, 32, "q_proj,k_proj", 3)
 
 
 def test_trl_bf16_and_use_vllm_map_onto_mixed_precision_and_the_vllm_backend():
     cfg = build_config(TrainConfig, None, {"bf16": True, "use_vllm": True, "vllm_mode": "colocate"})
-    assert (cfg.train_precision, cfg.generation_backend) == ("bf16-autocast", "vllm")
+    assert (cfg.train_precision, cfg.rollout.generation_backend) == ("bf16-autocast", "vllm")
     cfg = build_config(TrainConfig, None, {"bf16": False, "use_vllm": False})
-    assert (cfg.train_precision, cfg.generation_backend) == ("same", "reinlm")
+    assert (cfg.train_precision, cfg.rollout.generation_backend) == ("same", "reinlm")
 
 
 def test_warmup_steps_as_a_share_like_transformers_5():
@@ -327,7 +328,7 @@ def test_trl_alias_flags_are_hidden_but_work():
     assert build_config(TrainConfig, args).lr == 3e-6
     args = parser.parse_args(["--num_generations", "4", "--max_completion_length", "16"])  # TRL's CLI spelling
     cfg = build_config(TrainConfig, args)
-    assert (cfg.samples_per_prompt, cfg.max_new_tokens) == (4, 16)
+    assert (cfg.samples_per_prompt, cfg.sampling.max_new_tokens) == (4, 16)
 
 
 def _trl_source_keys() -> set[str]:

@@ -130,7 +130,7 @@ def test_train_config_carries_every_critic_setting():
     reward = cfg.critic_config.build()
     assert (reward.scale, reward.backend.timeout, reward.values) == ("running", 2.5,
                                                                       {"positive": 0.2, "negative": -0.4})
-    assert cfg.critic_model == "default"  # CriticConfig's own defaulting ran
+    assert cfg.llm_critic.critic_model == "default"  # CriticConfig's own defaulting ran
     with pytest.raises(ConfigError, match="critic_scale: got 'log'"):
         TrainConfig(critic_scale="log")
     parser = argparse.ArgumentParser()

@@ -106,7 +106,7 @@ def test_config_errors_name_the_field():
     from reinlm.api import make_config
 
     cfg = make_config(reinlm.TrainConfig(steps=4), learning_rate="2e-5", num_generations=4, kl_coef=0.1)
-    assert (cfg.steps, cfg.lr, cfg.samples_per_prompt, cfg.kl_coef) == (4, 2e-5, 4, 0.1)  # TRL names, flat names
+    assert (cfg.steps, cfg.lr, cfg.samples_per_prompt, cfg.kl.kl_coef) == (4, 2e-5, 4, 0.1)  # TRL names, flat names
     with pytest.raises(ConfigError, match="given both as reward= and as reward_funcs="):
         reinlm.Trainer(reward="sentiment", reward_funcs=[space_share])
     with pytest.raises(ConfigError, match="reward_weights: got 1 weights for 2 rewards"):

@@ -21,7 +21,7 @@ def test_a_yaml_file_from_python(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("learning_rate: 3.0e-4\nnum_generations: 4\nbeta: 0.0\nmax_steps: 5\n")
     cfg = make_config(path, seed=3)
-    assert (cfg.lr, cfg.samples_per_prompt, cfg.kl_coef, cfg.steps, cfg.seed) == (3e-4, 4, 0.0, 5, 3)
+    assert (cfg.lr, cfg.samples_per_prompt, cfg.kl.kl_coef, cfg.steps, cfg.seed) == (3e-4, 4, 0.0, 5, 3)
     path.write_text("learning_rte: 1\n")
     with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
         make_config(str(path))

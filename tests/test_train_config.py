@@ -10,20 +10,52 @@ import pytest
 
 from reinlm.algorithms.config import AlgorithmConfig, KLConfig
 from reinlm.config.build import build_config, config_to_dict
+from reinlm.config.fields import flat_fields
+from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ConfigError
 from reinlm.trainer.config import SamplingSettings, TrainConfig, add_train_args
 
 
-def test_flat_python_names_route_into_the_nested_settings():
+def test_flat_python_names_route_into_the_nested_settings_at_construction():
     cfg = TrainConfig(kl_coef=0.1, temperature=0.7, loss_type="dapo", mask_truncated=True, value_clip=0.3)
     assert cfg.kl == KLConfig(kl_coef=0.1) and cfg.sampling == SamplingSettings(temperature=0.7)
     assert cfg.algorithm.loss_type == "dapo" and cfg.batches.mask_truncated and cfg.ppo.value_clip == 0.3
-    assert (cfg.kl_coef, cfg.temperature) == (0.1, 0.7)
-    cfg.temperature = 0.9  # assignment reaches the nested field, no shadow attribute
-    assert cfg.sampling.temperature == 0.9 and "temperature" not in vars(cfg)
-    assert dataclasses.replace(cfg, kl_coef=0.3).kl_coef == 0.3
+    assert dataclasses.replace(cfg, kl_coef=0.3).kl.kl_coef == 0.3
+    cfg.sampling.temperature = 0.9
+    assert cfg.sampling.temperature == 0.9
+
+
+def test_nested_settings_have_no_flat_attribute():
+    """No attribute magic: a nested setting is read and assigned through its nested config only (issue 26)."""
+    cfg = TrainConfig()
+    nested = {name: ff.path for name, ff in flat_fields(TrainConfig).items() if len(ff.path) > 1}
+    assert {"kl_coef", "tis", "kl_in", "temperature", "critic", "environment"} <= set(nested)
+    for name in nested:
+        with pytest.raises(AttributeError):
+            getattr(cfg, name)
+    with pytest.raises(AttributeError, match="kl.kl_coef"):  # would only shadow cfg.kl.kl_coef
+        cfg.kl_coef = 0.3  # type: ignore[attr-defined]
+    assert cfg.kl.kl_coef == KLConfig().kl_coef and "kl_coef" not in vars(cfg)
     with pytest.raises(AttributeError):
-        cfg.no_such_setting  # noqa: B018
+        cfg.no_such_setting  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_an_old_flat_run_config_still_loads(tmp_path):
+    """A run directory's config.yaml is written flat (and was, before the nesting): it loads into the nested
+    settings, deprecated spellings included, and writes back the same flat keys."""
+    old = tmp_path / "config.yaml"
+    old.write_text("algo: ppo\nsteps: 3\nkl_coef: 0.02\nkl_target: 0.1\ntemperature: 0.7\nmax_new_tokens: 12\n"
+                   "clip_eps: 0.3\nvalue_model: separate\ndynamic_sampling: false\nscale_std: false\n"
+                   "loss_aggregation: token_mean\ncritic_model: default\nmax_turns: 2\n")
+    cfg = build_config(TrainConfig, None, [load_yaml(old)])
+    assert (cfg.algo, cfg.steps, cfg.kl.kl_coef, cfg.kl.kl_target) == ("ppo", 3, 0.02, 0.1)
+    assert (cfg.sampling.temperature, cfg.sampling.max_new_tokens, cfg.algorithm.clip_eps) == (0.7, 12, 0.3)
+    assert (cfg.ppo.value_model, cfg.env.max_turns, cfg.llm_critic.critic_model) == ("separate", 2, "default")
+    assert (cfg.algorithm.scale_rewards, cfg.algorithm.loss_type) == ("none", "bnpo")
+    again = config_to_dict(cfg)
+    assert (again["kl_coef"], again["temperature"], again["value_model"], again["scale_rewards"]) == \
+        (0.02, 0.7, "separate", "none")
+    assert build_config(TrainConfig, None, [again]) == cfg
 
 
 def test_nested_and_flat_yaml_and_flags_agree(tmp_path):
@@ -35,7 +67,8 @@ def test_nested_and_flat_yaml_and_flags_agree(tmp_path):
     args = parser.parse_args(["--kl-coef", "0.2", "--loss-type", "dapo", "--clip-eps-high", "0.28",
                               "--dynamic-sampling", "--tis", "sequence"])
     cfg = build_config(TrainConfig, args)
-    assert (cfg.kl_coef, cfg.loss_type, cfg.clip_eps_high, cfg.dynamic_sampling, cfg.tis) == (0.2, "dapo", 0.28, True, "sequence")
+    assert (cfg.kl.kl_coef, cfg.algorithm.loss_type, cfg.algorithm.clip_eps_high, cfg.batches.dynamic_sampling,
+            cfg.algorithm.tis) == (0.2, "dapo", 0.28, True, "sequence")
     assert config_to_dict(cfg)["clip_eps_high"] == 0.28 and "kl" not in config_to_dict(cfg)  # written flat
 
 
@@ -48,9 +81,10 @@ def test_trl_names_of_the_algorithm_settings():
     a = cfg.algorithm
     assert (a.loss_type, a.clip_eps, a.clip_eps_high, a.importance_sampling_level, a.scale_rewards) == \
         ("dapo", 0.2, 0.28, "sequence", "batch")
-    assert (cfg.mask_truncated, cfg.clip_ratio_c, cfg.tis, cfg.tis_cap) == (True, 3.0, "token", 3.0)
-    assert build_config(TrainConfig, None, {"scale_rewards": False}).scale_rewards == "none"
-    assert build_config(TrainConfig, None, {"vllm_importance_sampling_correction": False}).tis == "none"
+    assert (cfg.batches.mask_truncated, cfg.algorithm.clip_ratio_c, cfg.algorithm.tis, cfg.algorithm.tis_cap) == \
+        (True, 3.0, "token", 3.0)
+    assert build_config(TrainConfig, None, {"scale_rewards": False}).algorithm.scale_rewards == "none"
+    assert build_config(TrainConfig, None, {"vllm_importance_sampling_correction": False}).algorithm.tis == "none"
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -78,14 +112,15 @@ def test_bad_algorithm_settings_name_the_field(kw, words):
 
 def test_cispo_caps_at_five_unless_told():
     assert AlgorithmConfig(loss_type="cispo").clip_eps_high == 5.0
-    assert TrainConfig(loss_type="cispo").clip_eps_high == 5.0
-    assert TrainConfig(loss_type="cispo", clip_eps_high=2.0).clip_eps_high == 2.0
-    assert TrainConfig(loss_type="dapo").clip_eps_high is None
+    assert TrainConfig(loss_type="cispo").algorithm.clip_eps_high == 5.0
+    assert TrainConfig(loss_type="cispo", clip_eps_high=2.0).algorithm.clip_eps_high == 2.0
+    assert TrainConfig(loss_type="dapo").algorithm.clip_eps_high is None
 
 
 def test_deprecated_spellings_still_load():
     cfg = build_config(TrainConfig, None, {"scale_std": False, "loss_aggregation": "token_mean"})
-    assert (cfg.scale_rewards, cfg.loss_type, cfg.scale_std, cfg.loss_aggregation) == ("none", "bnpo", None, None)
+    assert (cfg.algorithm.scale_rewards, cfg.algorithm.loss_type, cfg.scale_std, cfg.loss_aggregation) == \
+        ("none", "bnpo", None, None)
 
 
 def test_algo_names_come_from_the_registry():

@@ -22,8 +22,8 @@ def test_trl_keys_resolve_and_the_rewards_score_the_set(monkeypatch):
 
     monkeypatch.chdir(ROOT)
     cfg = config_from_args(build_parser().parse_args(["train", "--config", str(EXAMPLE / "grpo.yaml")]))
-    assert (cfg.model, cfg.out, cfg.lr, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.steps, cfg.kl_coef) == \
-        ("smollm2-135m", "runs/gsm-mini", 5e-6, 4, 48, 3, 0.04)
+    assert (cfg.model, cfg.out, cfg.lr, cfg.samples_per_prompt, cfg.sampling.max_new_tokens, cfg.steps,
+            cfg.kl.kl_coef) == ("smollm2-135m", "runs/gsm-mini", 5e-6, 4, 48, 3, 0.04)
     assert cfg.batch_prompts == 2 and cfg.update_epochs == 1 and cfg.log == "none"
     ps = load_prompts(cfg.prompts)
     assert len(ps) == 20 and ps.conversational and set(ps.columns) == {"answer"}

@@ -89,7 +89,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     out_root = Path(cfg.out or f"runs/bench-latent-vs-token-seed{cfg.seed}")
     sides = bench.sides
     backbone_of(cfg.latent)  # fail fast on a bad latent directory
-    report: dict[str, Any] = {"settings": {k: getattr(cfg, k) for k in (
+    flat = config_to_dict(cfg)  # the flat names, as the flags spell them
+    report: dict[str, Any] = {"settings": {k: flat[k] for k in (
         "algo", "reward", "prompts", "steps", "batch_prompts", "samples_per_prompt", "max_new_tokens", "lr",
         "kl_coef", "seed", "latent", "dtype")}, "latent_lr": bench.latent_lr or cfg.lr}
     report["settings"]["frozen_dtype"] = cfg.frozen_dtype_name  # 'same' resolved

@@ -76,9 +76,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every (seed, side) in its own process; returns the report."""
     stress = build_config(StressConfig, args)
     cfg = build_config(TrainConfig, args, {**DEFAULTS, "space": "latent"})
-    if cfg.kl_coef != 0 or cfg.kl_target is not None:
-        raise ReinlmError(f"kl_coef: got {cfg.kl_coef} (kl_target {cfg.kl_target}); the stress test runs without a KL "
-                          "penalty: leave --kl-coef and --kl-target unset.")
+    if cfg.kl.kl_coef != 0 or cfg.kl.kl_target is not None:
+        raise ReinlmError(f"kl_coef: got {cfg.kl.kl_coef} (kl_target {cfg.kl.kl_target}); the stress test runs "
+                          "without a KL penalty: leave --kl-coef and --kl-target unset.")
     backbone = backbone_of(cfg.latent, "reinlm bench reward-hacking")
     out_root = Path(cfg.out or "runs/bench-reward-hacking")
     runs = []
@@ -96,7 +96,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             res = run_child("reinlm.bench.reward_hacking", ["--child", json.dumps(config_to_dict(side_cfg)), backbone],
                             label=f"{side} seed {seed}")
             runs.append({"seed": seed, "space": side, **res})
-    report = {"claim": CLAIM, "settings": {k: getattr(cfg, k) for k in (
+    flat = config_to_dict(cfg)  # the flat names, as the flags spell them
+    report = {"claim": CLAIM, "settings": {k: flat[k] for k in (
         "algo", "reward", "prompts", "steps", "batch_prompts", "samples_per_prompt", "max_new_tokens", "lr",
         "kl_coef", "latent")} | {"latent_lr": stress.latent_lr, "seeds": stress.seeds}, "runs": runs}
     report["summary"] = summarize(runs)

@@ -54,10 +54,10 @@ def dry_run(cfg: TrainConfig, config_file: str | None, resume: bool) -> int:
     rewards = parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
     check_reward_inputs(rewards, prompts.columns)
     model = _check_model(cfg.model)
-    if cfg.environment:  # the SPEC, its class and tools (docs/environments.md)
+    if cfg.env.environment:  # the SPEC, its class and tools (docs/environments.md)
 
-        resolve_environment(cfg.environment, tools=cfg.tools, opponent=cfg.opponent,
-                            max_tool_calling_iterations=cfg.max_tool_calling_iterations)
+        resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
+                            max_tool_calling_iterations=cfg.env.max_tool_calling_iterations)
     if cfg.space == "latent" and not Path(cfg.latent).is_dir():
         raise ReinlmError(f"latent: {cfg.latent!r} is not a directory; give the --out of `reinlm latent pretrain`.")
     print("# resolved config (what config.yaml would record)")

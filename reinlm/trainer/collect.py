@@ -95,7 +95,7 @@ class Collector:
         with zero-spread groups so the batch always holds ``batch_prompts`` groups (trainer/batching.py)."""
         self.timing = {"generate": 0.0, "reward": 0.0}
         batch, scored, idx = self.rollout_and_score(step, 0)
-        if not self.cfg.dynamic_sampling:
+        if not self.cfg.batches.dynamic_sampling:
             return Collected(batch, scored, idx, zero_spread(scored.scores, batch.group_ids, scored.valid), {})
         return self._dynamic(step, batch, scored, idx)
 
@@ -111,7 +111,7 @@ class Collector:
             kept += [(batch, scored, idx[order.index(g)], g) for g in keep]
             flat += [(batch, scored, idx[order.index(g)], g) for g in drop]
             dropped += len(drop)
-            if len(kept) >= target or attempt >= self.cfg.dynamic_sampling_max_tries:
+            if len(kept) >= target or attempt >= self.cfg.batches.dynamic_sampling_max_tries:
                 break
             attempt += 1
             refills += 1

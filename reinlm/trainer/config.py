@@ -12,8 +12,9 @@ The settings compose: ``TrainConfig`` nests one dataclass per concern,
 
 while flags and YAML keys stay flat (``--temperature``, ``kl_coef: 0.1``; a nested mapping such as
 ``kl: {kl_coef: 0.1}`` is accepted too) and ``config.yaml`` is written flat, so run directories written before
-the nesting still resume. In Python the flat names work as well: ``TrainConfig(kl_coef=0.1)`` routes the value
-into ``cfg.kl``, and ``cfg.kl_coef`` reads (and assigns) ``cfg.kl.kl_coef``.
+the nesting still resume. In Python the constructor takes the flat names too (TRL users pass them):
+``TrainConfig(kl_coef=0.1)`` (and ``reinlm.train(kl_coef=0.1)``) routes the value into ``cfg.kl``. Reading and
+assigning go through the nested config: ``cfg.kl.kl_coef`` (``cfg.kl_coef`` is no attribute).
 """
 
 from __future__ import annotations
@@ -97,23 +98,6 @@ def _find_nested_owner(cls: type[Any]) -> dict[str, str]:
     return out
 
 
-class FlatNames:
-    """Mixin: the flat names of nested settings work in Python as on the command line (module docstring)."""
-
-    def __getattr__(self, name: str) -> Any:  # only reached when ordinary lookup fails
-        owner = _nested_owner(type(self)).get(name)
-        if owner is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(object.__getattribute__(self, owner), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        owner = _nested_owner(type(self)).get(name)
-        if owner is not None:
-            setattr(getattr(self, owner), name, value)
-        else:
-            object.__setattr__(self, name, value)
-
-
 def _accept_flat_names(cls: type[_C]) -> type[_C]:
     """Wrap the dataclass ``__init__`` of ``cls`` so that flat names of nested fields are routed into them."""
     init = cls.__init__
@@ -140,7 +124,7 @@ def _accept_flat_names(cls: type[_C]) -> type[_C]:
 
 @_accept_flat_names
 @dataclass
-class TrainConfig(FlatNames, Config):
+class TrainConfig(Config):
     """Every ``reinlm train`` flag (module docstring for how the nested settings flatten)."""
 
     # --- what to train ---
@@ -246,10 +230,10 @@ class TrainConfig(FlatNames, Config):
             self.frozen_dtype = "bfloat16" if native_bfloat16(self.device) else "same"
         # deprecated spellings (run directories written before --scale-rewards and --loss-type)
         if self.scale_std is not None:
-            self.scale_rewards = "group" if self.scale_std else "none"
+            self.algorithm.scale_rewards = "group" if self.scale_std else "none"
             self.scale_std = None
         if self.loss_aggregation is not None:
-            self.loss_type = "grpo" if self.loss_aggregation == "seq_mean" else "bnpo"
+            self.algorithm.loss_type = "grpo" if self.loss_aggregation == "seq_mean" else "bnpo"
             self.loss_aggregation = None
         needs = get_algorithm(self.algo).needs
         if self.space not in needs.spaces:
@@ -267,18 +251,20 @@ class TrainConfig(FlatNames, Config):
             raise ConfigError(f"lora_targets: got {self.lora_targets!r} with --lora-r {self.lora_r}; allowed: "
                               "comma-separated module names, e.g. q_proj,v_proj.", field="lora_targets")
         if self.space == "latent":
-            token_only = {"lora_r": 0, "value_model": "shared", "train_precision": "same"}
-            for name, neutral in token_only.items():
-                if getattr(self, name) != neutral:
-                    raise ConfigError(f"{name}: got {getattr(self, name)!r}, a token-space option; it cannot be "
+            token_only = {"lora_r": (self.lora_r, 0), "value_model": (self.ppo.value_model, "shared"),
+                          "train_precision": (self.train_precision, "same")}
+            for name, (value, neutral) in token_only.items():
+                if value != neutral:
+                    raise ConfigError(f"{name}: got {value!r}, a token-space option; it cannot be "
                                       f"used with --space latent (leave it at {neutral!r}).")
         if self.samples_per_prompt < needs.min_group_size:
             raise ConfigError(f"samples_per_prompt: got {self.samples_per_prompt} with algo {self.algo}; allowed: "
                               f">= {needs.min_group_size} (group baselines need at least two samples per prompt).")
-        if needs.reads_baseline and self.baseline in ("group_mean", "leave_one_out") and self.samples_per_prompt < 2:
-            raise ConfigError(f"baseline: {self.baseline} needs --samples-per-prompt >= 2, got "
+        if (needs.reads_baseline and self.algorithm.baseline in ("group_mean", "leave_one_out")
+                and self.samples_per_prompt < 2):
+            raise ConfigError(f"baseline: {self.algorithm.baseline} needs --samples-per-prompt >= 2, got "
                               f"{self.samples_per_prompt}; use --baseline batch_mean or none.")
-        if self.dynamic_sampling and self.samples_per_prompt < 2:
+        if self.batches.dynamic_sampling and self.samples_per_prompt < 2:
             raise ConfigError(f"dynamic_sampling: needs --samples-per-prompt >= 2 (a group of one has no spread), "
                               f"got {self.samples_per_prompt}.")
         if self.train_precision == "bf16-autocast" and self.dtype != "float32":
@@ -289,6 +275,14 @@ class TrainConfig(FlatNames, Config):
             from reinlm.trainer.episodes import check_env_settings
 
             check_env_settings(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``cfg.kl_coef = x`` would only add an attribute beside ``cfg.kl.kl_coef``, silently ignored: refused
+        owner = _nested_owner(type(self)).get(name)
+        if owner is not None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}; the setting is "
+                                 f"{owner}.{name}")
+        super().__setattr__(name, value)
 
     @property
     def critic_config(self) -> CriticConfig:

@@ -44,16 +44,17 @@ def check_env_settings(cfg) -> None:
     if cfg.space != "token":
         raise ConfigError("environment: --space latent with an environment is not wired yet; use --space token "
                           "(docs/environments.md lists what is missing).", field="environment")
-    if cfg.generation_backend != "reinlm":
-        raise ConfigError(f"generation_backend: got {cfg.generation_backend!r} with --environment; episodes decode "
-                          "through reinlm's engine (--generation-backend reinlm).", field="generation_backend")
+    if cfg.rollout.generation_backend != "reinlm":
+        raise ConfigError(f"generation_backend: got {cfg.rollout.generation_backend!r} with --environment; "
+                          "episodes decode through reinlm's engine (--generation-backend reinlm).",
+                          field="generation_backend")
     if cfg.algo == "remax":
         raise ConfigError("algo: remax's greedy-rollout baseline is not defined for episodes; use grpo, rloo, "
                           "reinforce, reinforce_pp or ppo with --environment.", field="algo")
-    if cfg.dynamic_sampling:
+    if cfg.batches.dynamic_sampling:
         raise ConfigError("dynamic_sampling: not wired for episodes yet; leave it off with --environment.",
                           field="dynamic_sampling")
-    check_turn_credit(cfg.turn_credit, get_algorithm(cfg.algo).needs.values, cfg.algo)
+    check_turn_credit(cfg.env.turn_credit, get_algorithm(cfg.algo).needs.values, cfg.algo)
 
 
 def _user_env(env):
@@ -68,19 +69,20 @@ class EpisodeRunner:
     Args:
         cfg: the TrainConfig (its ``env`` settings, sampling, ``max_new_tokens`` = the episode's model tokens).
         policy: the token policy (its rollout engine's model samples).
-        spec: an :class:`~reinlm.envs.spec.EnvSpec` (None: resolved from ``cfg.environment``).
+        spec: an :class:`~reinlm.envs.spec.EnvSpec` (None: resolved from ``cfg.env.environment``).
         reward_set: reward functions added to the return (called with ``environments=``), or None.
     """
 
     def __init__(self, cfg, policy, spec: EnvSpec | None = None, reward_set=None):
         self.cfg = cfg
         self.policy = policy
-        self.spec = spec or resolve_environment(cfg.environment, tools=cfg.tools, opponent=cfg.opponent,
-                                                max_tool_calling_iterations=cfg.max_tool_calling_iterations)
+        self.spec = spec or resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
+                                                max_tool_calling_iterations=cfg.env.max_tool_calling_iterations)
         self.reward_set = reward_set
         self.fmt = TurnFormat(policy.tokenizer)
-        self.limits = EpisodeLimits(max_turns=cfg.max_turns, turn_tokens=min(cfg.turn_tokens, cfg.max_new_tokens),
-                                    max_completion_length=cfg.max_new_tokens, env_timeout=cfg.env_timeout or None,
+        env, max_new_tokens = cfg.env, cfg.sampling.max_new_tokens
+        self.limits = EpisodeLimits(max_turns=env.max_turns, turn_tokens=min(env.turn_tokens, max_new_tokens),
+                                    max_completion_length=max_new_tokens, env_timeout=env.env_timeout or None,
                                     context=policy.context_length)
         self.opponent = None
         if self.spec.needs_opponent:
@@ -123,7 +125,8 @@ class EpisodeRunner:
         envs = [self._make(r) for r in row_dicts for _ in range(G)]
         gens = [torch.Generator(device="cpu").manual_seed((s * 1_000_003 + g) % (2**63 - 1))
                 for s in seeds for g in range(G)]
-        sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        s = cfg.sampling
+        sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                   max_new_tokens=self.limits.turn_tokens)
         engine = self.policy.rollout_engine
         model = engine.rollout_model
@@ -136,7 +139,7 @@ class EpisodeRunner:
             model.train(was_training)
         tok = self.policy.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else self.policy.eos_token_ids[0]
-        return episodes_to_batch(episodes, tok, G, cfg.temperature, pad, device=self.policy.device)
+        return episodes_to_batch(episodes, tok, G, cfg.sampling.temperature, pad, device=self.policy.device)
 
     def score(self, batch: EpisodeBatch, raw_prompts: list, columns: dict[str, list], **reward_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float],
                                         dict[str, list]]:
@@ -167,7 +170,7 @@ class EpisodeRunner:
         """The update's targets under ``--turn-credit`` (:mod:`reinlm.algorithms.turn_credit`)."""
         cfg = self.cfg
         return credit_targets(algorithm, inputs, batch.turn_ids, batch.turn_rewards.to(inputs.mask.device),
-                              cfg.turn_credit, cfg.gamma, cfg.lam, cfg.whiten_advantages)
+                              cfg.env.turn_credit, cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.whiten_advantages)
 
 
 class FrozenOpponent:
@@ -176,7 +179,8 @@ class FrozenOpponent:
     def __init__(self, policy, fmt: TurnFormat, cfg):
         self.model = copy.deepcopy(policy.rollout_engine.rollout_model).eval().requires_grad_(False)
         self.tok, self.fmt = policy.tokenizer, fmt
-        self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=min(cfg.turn_tokens, 32))
+        self.sampling = SamplingConfig(temperature=cfg.sampling.temperature,
+                                       max_new_tokens=min(cfg.env.turn_tokens, 32))
         self.rng = random.Random(cfg.seed)
 
     def __call__(self, observation: str) -> str:

@@ -109,11 +109,11 @@ class Trainer:
         seed_everything(cfg.seed)
 
         # --- data (before any model: bad input fails fast) ---
-        if cfg.environment and environment is None:  # a bad SPEC fails here, before any model loads
-            environment = resolve_environment(cfg.environment, tools=cfg.tools, opponent=cfg.opponent,
-                                              max_tool_calling_iterations=cfg.max_tool_calling_iterations)
+        if cfg.env.environment and environment is None:  # a bad SPEC fails here, before any model loads
+            environment = resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
+                                              max_tool_calling_iterations=cfg.env.max_tool_calling_iterations)
         if prompt_set is None and environment is not None and cfg.prompts == "builtin:reviews":
-            prompt_set = synthetic_rows(cfg.env_rows)
+            prompt_set = synthetic_rows(cfg.env.env_rows)
         full = prompt_set if prompt_set is not None else load_prompts(cfg.prompts, column=cfg.prompt_column,
                                                                      rename=cfg.rename_columns)
         self.full_prompts = full
@@ -134,7 +134,7 @@ class Trainer:
         self.reward_set = reward_set if reward_set is not None else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
         env_cols = ["environments"] if environment is not None else []  # reward functions get the instances
         check_reward_inputs(self.reward_set, [*full.columns, *env_cols])  # a missing column fails before any model
-        self.critic = cfg.llm_critic.build() if (cfg.critic or cfg.critic_url) else None
+        self.critic = cfg.llm_critic.build() if (cfg.llm_critic.critic or cfg.llm_critic.critic_url) else None
 
         # --- algorithm (looked up by name: docs/algorithms.md) and policy (the action space) ---
         self.algorithm = build_algorithm(cfg.algo, cfg.algorithm, cfg.ppo)
@@ -151,12 +151,13 @@ class Trainer:
             self.episodes.probe(self.train_prompts)
         # --tis auto: correct the mismatch exactly when the rollouts come from another numeric path
         self.tis_level: Literal["none", "token", "sequence"] = (
-            cfg.tis if cfg.tis != "auto" else ("none" if self.policy.rollout_logprobs_exact else "token"))
+            cfg.algorithm.tis if cfg.algorithm.tis != "auto"
+            else ("none" if self.policy.rollout_logprobs_exact else "token"))
         self._check_lengths()
 
         # --- the step's parts (collect.py, scoring.py, step_metrics.py) ---
         self.score = Scorer(self.reward_set, self.critic, self.policy, self.device, cfg.chat_template, self.episodes)
-        self.shape_scores = ScoreShaper(cfg.score_scaling, cfg.score_clip)
+        self.shape_scores = ScoreShaper(cfg.batches.score_scaling, cfg.batches.score_clip)
         self.collector = Collector(cfg, self.policy, self.score, self.train_prompts, self.train_texts, self.rank,
                                    self.world, self.device, self.episodes)
         self.reduce = Reducer(self.accelerator, self.world, self.device)
@@ -169,8 +170,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         if self.world > 1:
             self.policy.wrap_for_ddp(self.accelerator)
-        self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target is not None
-                       else ConstantKLController(cfg.kl_coef))
+        kl = cfg.kl
+        self.kl_ctl = (AdaptiveKLController(kl.kl_coef, kl.kl_target, kl.kl_horizon) if kl.kl_target is not None
+                       else ConstantKLController(kl.kl_coef))
         self.monitor = DegenerationMonitor(degeneration or DegenerationConfig())
         self.start_step = 0
         self.steps_done = 0
@@ -179,13 +181,14 @@ class Trainer:
     def _check_lengths(self) -> None:
         tok = self.policy.tokenizer
         context = self.policy.context_length
-        if self.cfg.max_new_tokens >= context:
-            raise ConfigError(f"max_new_tokens: got {self.cfg.max_new_tokens}; allowed: fewer than the model's "
+        max_new_tokens = self.cfg.sampling.max_new_tokens
+        if max_new_tokens >= context:
+            raise ConfigError(f"max_new_tokens: got {max_new_tokens}; allowed: fewer than the model's "
                               f"context of {context} tokens.")
         longest = max(len(tok(p)["input_ids"]) for p in self.train_texts)
-        if longest + self.cfg.max_new_tokens > context:
+        if longest + max_new_tokens > context:
             raise ConfigError(f"prompts: the longest prompt has {longest} tokens, which with max_new_tokens "
-                              f"{self.cfg.max_new_tokens} exceeds the model's context of {context}; shorten "
+                              f"{max_new_tokens} exceeds the model's context of {context}; shorten "
                               "the prompts or lower --max-new-tokens.")
 
     # ------------------------------------------------------------------ the run (run_shell.py)
@@ -223,8 +226,8 @@ class Trainer:
         valid = scored.valid
         scores = self.shape_scores(scored.scores, valid) * valid.float()
         mask = batch.response_mask.float() * valid[:, None].float()  # tokens of the valid samples
-        truncated = truncated_rows(batch, cfg.max_new_tokens, self.policy.eos_token_ids)
-        loss_mask = mask * (~truncated).float()[:, None] if cfg.mask_truncated else mask
+        truncated = truncated_rows(batch, cfg.sampling.max_new_tokens, self.policy.eos_token_ids)
+        loss_mask = mask * (~truncated).float()[:, None] if cfg.batches.mask_truncated else mask
         B = len(batch)
         mb = min(cfg.minibatch_size or B, B)
         off_policy = cfg.update_epochs > 1 or mb < B  # several optimiser steps on this batch
@@ -237,13 +240,13 @@ class Trainer:
         ref = self.policy.reference(batch)
         exact = self.policy.rollout_logprobs_exact
         old = None
-        if self.needs.values or off_policy or (not exact and ref is not None and cfg.kl_in == "reward"):
+        if self.needs.values or off_policy or (not exact and ref is not None and cfg.kl.kl_in == "reward"):
             with torch.no_grad():
                 old = self.policy.score(batch, need_values=self.needs.values)
         # KL of the sampled tokens to the reference: before the update when it enters the reward; with kl_in=loss
         # on inexact rollouts (no recompute) it is a metric only, taken after the update from the first pass
         kl_after = old is None and not exact and ref is not None
-        kl = None if kl_after else self.policy.rollout_kl(batch, ref, cfg.kl_estimator,
+        kl = None if kl_after else self.policy.rollout_kl(batch, ref, cfg.kl.kl_estimator,
                                                           old=None if old is None else old.logp)
         kl = kl * mask if kl is not None else None
         beta = self.kl_ctl.value
@@ -254,7 +257,7 @@ class Trainer:
                                                             cfg.samples_per_prompt)
             valid = valid & greedy_valid  # no baseline, no advantage
         inputs = AdvantageInputs(scores=scores, valid=valid, mask=mask, group_ids=batch.group_ids.to(self.device),
-                                 kl=kl, beta=beta if cfg.kl_in == "reward" else 0.0, dense=scored.dense,
+                                 kl=kl, beta=beta if cfg.kl.kl_in == "reward" else 0.0, dense=scored.dense,
                                  values=None if old is None or old.values is None else old.values.detach(),
                                  baseline_scores=baseline_scores, reduce_sum=self.reduce.sum)
         if self.episodes is None:
@@ -270,7 +273,7 @@ class Trainer:
         t_update = time.perf_counter()
 
         if kl_after:
-            late_kl = self.policy.rollout_kl(batch, ref, cfg.kl_estimator, old=seen_old)
+            late_kl = self.policy.rollout_kl(batch, ref, cfg.kl.kl_estimator, old=seen_old)
             kl = None if late_kl is None else late_kl * mask
         mismatch = mismatch_stats(old_logp if old_logp is not None else seen_old, batch.logprobs, loss_mask)
         times = StepTimes(t0, t_reward, t_prep, t_update, self.collector.timing["generate"])
@@ -302,13 +305,13 @@ class Trainer:
         rows = 0
         opt_steps = 0
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 7))
-        kl_coef = self.kl_ctl.value if (cfg.kl_in == "loss" and ref is not None) else 0.0
+        kl_coef = self.kl_ctl.value if (cfg.kl.kl_in == "loss" and ref is not None) else 0.0
         for epoch in range(cfg.update_epochs):
             order = torch.randperm(B, generator=gen) if (epoch > 0 or mb < B) else torch.arange(B)
             for start in range(0, B, mb):
                 idx = order[start:start + mb]
                 norm = LossNorm(seqs=len(idx), tokens=float(self.reduce.sum(mask[idx].sum())), world=self.world,
-                                max_len=cfg.max_new_tokens)
+                                max_len=cfg.sampling.max_new_tokens)
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = max(1, math.ceil(len(idx) / cfg.grad_accum))
                 for m0 in range(0, len(idx), micro):
@@ -321,8 +324,9 @@ class Trainer:
                     is_w = None
                     tis_level = self.tis_level
                     if tis_level != "none":
+                        a = cfg.algorithm
                         is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, mask[sub], tis_level,
-                                                             cfg.tis_cap, cfg.tis_clip_min, cfg.tis_mode)
+                                                             a.tis_cap, a.tis_clip_min, a.tis_mode)
                         sums["mismatch/tis_clip_fraction"] = sums.get("mismatch/tis_clip_fraction", 0.0) + \
                             tis_clip_fraction(clipped, mask[sub]) * len(sub)
                     kl = None

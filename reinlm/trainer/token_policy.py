@@ -34,7 +34,7 @@ class TokenPolicy:
             model, tokenizer = load_causal_lm(cfg.model, device=str(device), dtype=cfg.dtype)
         self.tokenizer = tokenizer
         self.uses_lora = cfg.lora_r > 0
-        needs_ref = cfg.kl_coef > 0
+        needs_ref = cfg.kl.kl_coef > 0
         if self.uses_lora:
             from reinlm.trainer.lora import apply_lora
 
@@ -52,7 +52,7 @@ class TokenPolicy:
         from reinlm.rollout.engine import TokenRolloutEngine
 
         model_dir = None
-        if cfg.generation_backend == "vllm":
+        if cfg.rollout.generation_backend == "vllm":
             from reinlm.hub import resolve_model_dir
 
             model_dir = resolve_model_dir(cfg.model)
@@ -64,7 +64,7 @@ class TokenPolicy:
         self.value_head = None
         if with_value_head:
             hidden = model.config.hidden_size
-            if cfg.value_model == "separate":  # a trainable copy of the starting model, in the training dtype
+            if cfg.ppo.value_model == "separate":  # a trainable copy of the starting model, in the training dtype
                 self.value_model = copy.deepcopy(model).train().requires_grad_(True)
             self.value_head = ValueHead(hidden).to(device)
 
@@ -103,8 +103,9 @@ class TokenPolicy:
         """
         from reinlm.rollout.token import SamplingConfig
 
-        sampling = SamplingConfig(temperature=self.cfg.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
-                                  max_new_tokens=self.cfg.max_new_tokens, greedy=greedy)
+        s = self.cfg.sampling
+        sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                  max_new_tokens=s.max_new_tokens, greedy=greedy)
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         return self.rollout_engine.generate(prompts, samples_per_prompt, sampling, generator=gens)
 
@@ -139,7 +140,7 @@ class TokenPolicy:
         recomputed (a bfloat16 rollout copy would otherwise add its rounding to the KL: 0.03 nats per
         20-token sample before any training on SmolLM2-135M).
         """
-        ref = self.frozen_logprobs(batch, self.cfg.temperature)
+        ref = self.frozen_logprobs(batch, self.cfg.sampling.temperature)
         logp = batch.logprobs if self.rollout_logprobs_exact else self.score(batch).logp
         return (kl_estimate(logp, ref, "k1") * batch.response_mask).sum(-1)
 
@@ -158,7 +159,7 @@ class TokenPolicy:
     def reference_perplexity(self, batch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
         """Perplexity of the sampled tokens (``mask``) under the frozen reference: free from its log-probs when
         they are at temperature 1 (a degeneration signal); None otherwise."""
-        if ref is None or self.cfg.temperature != 1.0:
+        if ref is None or self.cfg.sampling.temperature != 1.0:
             return None
         mask = mask.float()
         return float(torch.exp(-(ref.logp * mask).sum() / mask.sum().clamp(min=1)))
@@ -202,13 +203,13 @@ class TokenPolicy:
         shared_values = need_values and self.value_head is not None and self.value_model is None
         with self.train_autocast():  # the backward runs outside, as torch.autocast wants
             logp, entropy, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
-                                                   self.cfg.temperature, return_entropy=True,
+                                                   self.cfg.sampling.temperature, return_entropy=True,
                                                    return_hidden=shared_values)
             values = None
             if need_values and self.value_head is not None:
                 if self.value_model is not None:
                     hidden = token_logprobs(self.value_model, batch.input_ids, batch.attention_mask, R,
-                                            self.cfg.temperature, return_hidden=True).hidden
+                                            self.cfg.sampling.temperature, return_hidden=True).hidden
                 values = self.value_head(hidden).float()
         return PolicyScores(logp, entropy, values)
 
@@ -219,14 +220,16 @@ class TokenPolicy:
         if self.uses_lora:
             with self._unwrapped.disable_adapter():
                 return PolicyScores(token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
-                                                   self.cfg.temperature).logp)
+                                                   self.cfg.sampling.temperature).logp)
         if self.ref_model is None:
             return None
-        logp = token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask, R, self.cfg.temperature).logp
+        logp = token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask, R,
+                              self.cfg.sampling.temperature).logp
         if self._at_start and next(self.ref_model.parameters()).dtype != next(self._unwrapped.parameters()).dtype:
             # the error the frozen dtype adds, measured once: before any optimiser step the trained weights are the
             # reference's, so their forward (in --dtype, no autocast) is the exact reference
-            exact = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R, self.cfg.temperature).logp
+            exact = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
+                                   self.cfg.sampling.temperature).logp
             mask = batch.response_mask.float()
             self._step_metrics["mismatch/ref_logp_abs"] = float(((logp - exact).abs() * mask).sum()
                                                                 / mask.sum().clamp(min=1))
