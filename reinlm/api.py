@@ -102,7 +102,8 @@ class Trainer(_LoopTrainer):
 
     Arguments (TRL's names in brackets): ``config`` [``args``], ``reward`` [``reward_funcs``] with
     ``reward_weights``, ``prompts`` [``train_dataset``], ``model`` (a name, or a loaded
-    ``PreTrainedModel`` with its ``tokenizer``), and any :class:`TrainConfig` field as a keyword argument.
+    ``PreTrainedModel`` with its ``tokenizer``), ``teacher`` [``teacher_model``] (on-policy distillation: a name,
+    or a loaded model with the student's tokenizer), and any :class:`TrainConfig` field as a keyword argument.
     """
 
     def __init__(self, config: TrainConfig | dict | str | Path | None = None, *, reward: Any = None,
@@ -110,8 +111,15 @@ class Trainer(_LoopTrainer):
                  reward_weights: Sequence[float] | None = None, model: Any = None, tokenizer: Any = None,
                  args: TrainConfig | dict | None = None, reward_funcs: Any = None, train_dataset: Any = None,
                  environment_factory: Any = None, tools: Any = None, rollout_func: Any = None,
-                 **overrides: Any):
+                 teacher_model: Any = None, **overrides: Any):
         config = _one_of("config", config, "args", args)
+        teacher = _one_of("teacher", overrides.pop("teacher", None), "teacher_model", teacher_model)
+        teacher_obj = None  # on-policy distillation: a loaded teacher model (TRL's teacher_model=), or its name
+        if teacher is not None and not isinstance(teacher, (str, Path)):
+            overrides.setdefault("teacher", str(getattr(teacher, "name_or_path", "") or "python-model"))
+            teacher_obj = teacher
+        elif teacher is not None:
+            overrides["teacher"] = str(teacher)
         reward = _one_of("reward", reward, "reward_funcs", reward_funcs)
         prompts = _one_of("prompts", prompts, "train_dataset", train_dataset)
         if model is not None and not isinstance(model, (str, Path)):
@@ -152,7 +160,8 @@ class Trainer(_LoopTrainer):
         cfg = make_config(cfg, **record)
         with_env = environment is not None or cfg.env.environment
         super().__init__(cfg, model=model_obj, tokenizer=tokenizer, reward_set=reward_set, prompt_set=prompt_set,
-                         environment=environment, env_rewards=reward_set if with_env and reward is not None else None)
+                         environment=environment, env_rewards=reward_set if with_env and reward is not None else None,
+                         teacher=teacher_obj)
 
     def train(self, resume: bool = False, resume_from_checkpoint: bool | str | Path | None = None) -> Path:
         """Run (or, with ``resume=True``, continue) training; returns the run directory.

@@ -307,7 +307,8 @@ def _build(name, **cfg):
 def test_registry_names_and_needs():
     from reinlm.algorithms import available_algorithms, get_algorithm
 
-    assert set(available_algorithms()) == {"reinforce", "rloo", "grpo", "reinforce_pp", "remax", "ppo"}
+    assert set(available_algorithms()) == {"reinforce", "rloo", "grpo", "reinforce_pp", "remax", "ppo", "distill"}
+    assert get_algorithm("distill").needs.spaces == ("token",)
     assert get_algorithm("ppo").needs.values and get_algorithm("remax").needs.greedy_baseline
     assert get_algorithm("grpo").needs.min_group_size == 2 and get_algorithm("rloo").needs.min_group_size == 2
     with pytest.raises(ConfigError, match="algo: got 'dpo'"):

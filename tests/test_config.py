@@ -332,13 +332,14 @@ def test_trl_alias_flags_are_hidden_but_work():
 
 
 def _trl_source_keys() -> set[str]:
-    """Field names of TRL's GRPOConfig, ModelConfig, ScriptArguments and transformers' TrainingArguments,
-    read from the installed sources (importing TRL would cost seconds)."""
+    """Field names of TRL's GRPOConfig, DistillationConfig, GKDConfig, ModelConfig, ScriptArguments and
+    transformers' TrainingArguments, read from the installed sources (importing TRL would cost seconds)."""
     import importlib.util
 
     keys: set[str] = set()
     for mod, files in (("trl", ("trainer/grpo_config.py", "trainer/model_config.py", "scripts/utils.py",
-                                "trainer/base_config.py")),
+                                "trainer/base_config.py", "trainer/distillation_config.py",
+                                "experimental/gkd/gkd_config.py")),
                        ("transformers", ("training_args.py",))):
         spec = importlib.util.find_spec(mod)
         if spec is None or not spec.submodule_search_locations:

@@ -3,7 +3,8 @@
 Algorithms (each registered under its ``--algo`` name; docs/algorithms.md has one section per file):
 ``reinforce`` (baselines), ``rloo`` (leave-one-out), ``grpo`` (group-normalised, clipped ratio),
 ``reinforce_pp`` (REINFORCE++, global normalisation), ``remax`` (greedy-rollout baseline), ``ppo`` (value
-head, GAE). The contract with the trainer is :mod:`reinlm.algorithms.base`.
+head, GAE), ``distill`` (on-policy distillation from a teacher: ``onpolicy_distill``). The contract with the
+trainer is :mod:`reinlm.algorithms.base`.
 
 Shared pieces: ``losses`` (masked reductions, ``loss_type`` aggregation, the clipped / dual-clip / GSPO /
 CISPO surrogate), ``mismatch`` (truncated importance sampling against the sampler), ``groups`` (group
@@ -12,6 +13,7 @@ statistics over valid samples), ``kl`` (estimators k1/k2/k3), ``controllers`` (c
 """
 
 from reinlm.algorithms import grpo, ppo, reinforce, reinforce_pp, remax, rloo  # noqa: F401  (registers them)
+from reinlm.algorithms import onpolicy_distill  # noqa: F401,I001  (registered last: --help lists it last)
 from reinlm.algorithms.base import (ALGORITHMS, AdvantageInputs, Algorithm, LossInputs, Needs, Targets,
                                     available_algorithms, build_algorithm, get_algorithm, register_algorithm)
 from reinlm.algorithms.config import AlgorithmConfig, PPOConfig

@@ -22,7 +22,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from reinlm.algorithms.config import AlgorithmConfig, PPOConfig
+from reinlm.algorithms.config import AlgorithmConfig, DistillConfig, PPOConfig
+from reinlm.algorithms.distill import distill_share
 from reinlm.algorithms.entropy_control import AdaptiveEntropyController
 from reinlm.algorithms.losses import (LossNorm, aggregate, log_importance_weights, masked_mean, policy_loss,
                                       token_mean_share)
@@ -115,6 +116,8 @@ class LossInputs:
     entropy: torch.Tensor | None = None  # per-token entropy of the current policy
     values: torch.Tensor | None = None  # current values (algorithms with needs.values), with gradients
     sampler_logp: torch.Tensor | None = None  # (b, R) the sampler's log-probs (the off-policy mask; else old_logp)
+    dist: torch.Tensor | None = None  # (b, R, V) the student's log-distributions with gradients (with --teacher)
+    teacher_dist: torch.Tensor | None = None  # (b, R, V) the teacher's log-distributions (with --teacher)
 
 
 # ----------------------------------------------------------------------------------------------- base class
@@ -124,9 +127,11 @@ class Algorithm:
     name: ClassVar[str] = ""
     needs: ClassVar[Needs] = Needs()
 
-    def __init__(self, cfg: AlgorithmConfig | None = None, ppo: PPOConfig | None = None):
+    def __init__(self, cfg: AlgorithmConfig | None = None, ppo: PPOConfig | None = None,
+                 distill: DistillConfig | None = None):
         self.cfg = cfg or AlgorithmConfig()
         self.ppo = ppo or PPOConfig()
+        self.distill = distill or DistillConfig()
         c = self.cfg
         self.entropy_ctl = (AdaptiveEntropyController(c.entropy_coef, c.entropy_target, c.entropy_coef_min,
                                                       c.entropy_coef_max, c.entropy_coef_delta)
@@ -194,6 +199,10 @@ class Algorithm:
                 stats["policy/entropy_coef"] = self.entropy_ctl.coef
             if coef:  # Mnih et al. 2016: L - c H, the mean per-token entropy
                 loss = loss - coef * token_mean_share(mb.entropy, bonus_mask, norm)
+        if mb.teacher_dist is not None:  # --teacher beside the reward: + distill_coef x the distillation loss
+            share, d_stats = distill_share(mb, norm, self.distill)
+            loss = loss + self.distill.distill_coef * share
+            stats.update(d_stats)
         return loss, stats
 
 
@@ -227,9 +236,10 @@ def get_algorithm(name: str) -> type[Algorithm]:
     return ALGORITHMS[name]
 
 
-def build_algorithm(name: str, cfg: AlgorithmConfig | None = None, ppo: PPOConfig | None = None) -> Algorithm:
+def build_algorithm(name: str, cfg: AlgorithmConfig | None = None, ppo: PPOConfig | None = None,
+                    distill: DistillConfig | None = None) -> Algorithm:
     """An instance of the algorithm registered as ``name``."""
-    return get_algorithm(name)(cfg, ppo)
+    return get_algorithm(name)(cfg, ppo, distill)
 
 
 __all__ = ["ALGORITHMS", "AdvantageInputs", "Algorithm", "LossInputs", "LossNorm", "Needs", "Targets",

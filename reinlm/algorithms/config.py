@@ -1,4 +1,4 @@
-"""The settings the algorithms read: the policy update, PPO's value function, the KL anchor.
+"""The settings the algorithms read: the policy update, PPO's value function, the KL anchor, on-policy distillation.
 
 Each field is documented once, here, with its allowed range; ``reinlm train`` turns them into flags with the
 same names (``--loss-type``, ``--clip-eps-high``, ``--kl-coef``, ...). Formulas: docs/algorithms.md.
@@ -112,9 +112,41 @@ class KLConfig(Config):
     kl_target: float | None = opt(None, "adaptive KL control target (Ziegler et al. 2019); None: constant beta",
                                   lo=0, lo_open=True)
     kl_horizon: int = opt(10000, "adaptive KL control horizon", lo=1)
+    sync_ref_model: bool = opt(False, "move the reference toward the policy every --ref-model-sync-steps optimiser "
+                                      "steps: ref = alpha policy + (1 - alpha) ref (TRL's sync_ref_model, TR-DPO, "
+                                      "Gorbatovski et al. 2024); token space, full fine-tuning, --kl-coef > 0")
+    ref_model_mixup_alpha: float = opt(0.6, "alpha of --sync-ref-model (1: copy the policy)", lo=0, hi=1)
+    ref_model_sync_steps: int = opt(512, "optimiser steps between two syncs of --sync-ref-model", lo=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # every field checked and coerced first
         if self.kl_target is not None and self.kl_coef == 0:
             raise ConfigError("kl_coef: got 0 with --kl-target set; the adaptive controller scales beta, "
                               "so it needs a starting --kl-coef > 0.")
+        if self.sync_ref_model and self.kl_coef == 0:
+            raise ConfigError("sync_ref_model: true with --kl-coef 0, which has no reference to sync; allowed: "
+                              "--kl-coef > 0, or sync_ref_model false.", field="sync_ref_model")
+
+
+@dataclass
+class DistillConfig(Config):
+    """On-policy distillation (Agarwal et al. 2024, GKD; TRL's ``DistillationTrainer``): the student's samples
+    scored by a frozen teacher, the per-token generalized JSD of :mod:`reinlm.algorithms.distill` in the loss.
+    ``--algo distill`` trains on that loss alone; any other algorithm with ``--teacher`` adds it, times
+    ``--distill-coef``, to its own loss. The divergence is taken at the sampling temperature (TRL's
+    ``temperature`` is both, as in its DistillationTrainer)."""
+
+    teacher: str | None = opt(None, "teacher model for on-policy distillation (an alias, HF id in the cache, local "
+                                    "dir such as a run's final/, or .gguf) with the student's tokenizer; frozen, in "
+                                    "--frozen-dtype; required with --algo distill (TRL: teacher_model_name_or_path)")
+    distill_coef: float = opt(1.0, "weight of the distillation loss (beside the algorithm's own loss when --algo is "
+                                   "not distill)", lo=0)
+    distill_beta: float = opt(1.0, "beta of the generalized JSD: 0 forward KL(teacher || student), 1 reverse "
+                                   "KL(student || teacher) (TRL DistillationConfig's default), in between the JSD "
+                                   "(GKD's default 0.5); TRL's beta under --algo distill", lo=0, hi=1)
+    lmbda: float = opt(1.0, "GKD's lambda: the probability that a step trains on the student's own samples; "
+                            "otherwise on the dataset's completions (the prompt file's 'completion' column, one per "
+                            "prompt). 1.0: always on-policy (TRL's DistillationTrainer); --algo distill only below 1",
+                       lo=0, hi=1)
+    distill_top_k: int = opt(0, "keep only the teacher's k most likely tokens at each position and renormalise both "
+                                "distributions over them (0: the whole vocabulary)", lo=0)

@@ -15,12 +15,25 @@ whole optimiser step, so that micro-batch shares add up), the gradient flowing i
 
 ``top_k`` (reinlm's option; 0: off) keeps, at each position, the teacher's k most likely tokens and renormalises
 both distributions over them, so only k teacher logits per token need to be kept.
+
+In training (``--teacher``; the teacher and GKD's lambda mix live in :mod:`reinlm.trainer.teacher`):
+:func:`distill_share` is one micro-batch's share of the step's distillation loss, with TRL's normaliser (the
+loss tokens of the whole optimiser step on every process: ``loss_type`` dapo's). ``--algo distill``
+(:class:`Distill`) trains on it alone; every other algorithm adds ``distill_coef`` times it to its own loss
+(:meth:`reinlm.algorithms.base.Algorithm.loss`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from reinlm.algorithms.base import LossInputs
+    from reinlm.algorithms.config import DistillConfig
+    from reinlm.algorithms.losses import LossNorm
 
 
 def _restrict_to_teacher_top_k(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -59,3 +72,21 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mas
     m = mask.to(d.dtype)
     denom = float(m.sum()) if num_items is None else float(num_items)
     return (d * m).sum() / max(denom, 1.0)
+
+
+def distill_share(mb: "LossInputs", norm: "LossNorm", cfg: "DistillConfig") -> tuple[torch.Tensor, dict[str, float]]:
+    """One micro-batch's share of the step's distillation loss (unweighted) and its statistics.
+
+    ``mb.dist`` (b, R, V): the student's log-distributions at the sampling temperature, with gradients;
+    ``mb.teacher_dist`` (b, R, V): the teacher's on the same tokens. Both are already temperature-scaled, so the
+    divergence is taken at temperature 1 here. Returns (scalar, {"loss/distill": share, "distill/divergence":
+    the mean per-token divergence of this micro-batch}).
+    """
+    from reinlm.algorithms.losses import aggregate, masked_mean
+
+    if mb.dist is None or mb.teacher_dist is None:
+        raise ValueError("distillation needs the student's and the teacher's log-distributions (dist, teacher_dist)")
+    d = per_token_divergence(mb.dist, mb.teacher_dist, cfg.distill_beta, 1.0, cfg.distill_top_k)  # (b, R)
+    share = aggregate(d, mb.mask, "dapo", norm)
+    return share, {"loss/distill": float(share.detach()),
+                   "distill/divergence": float(masked_mean(d.detach(), mb.mask))}

@@ -59,10 +59,14 @@ class PromptSet:
     prompts: list[str | Messages]
     columns: dict[str, list] = field(default_factory=dict)
     source: str = ""  # the spec it came from, for logs, error messages and config.yaml
+    completions: list | None = None  # the data's "completion" column (not given to rewards; GKD's --lmbda steps)
 
     def __post_init__(self):
         self.prompts = list(self.prompts)
         self.columns = {k: list(v) for k, v in self.columns.items()}
+        if self.completions is not None and len(self.completions) != len(self.prompts):
+            raise ReinlmError(f"prompts: column 'completion' has {len(self.completions)} values but there are "
+                              f"{len(self.prompts)} prompts; allowed: columns as long as the prompt list.")
         for name, values in self.columns.items():
             if len(values) != len(self.prompts):
                 raise ReinlmError(f"prompts: column {name!r} has {len(values)} values but there are "
@@ -86,7 +90,7 @@ class PromptSet:
         """A new PromptSet with the rows at ``indices`` (in that order), columns included."""
         idx = [int(i) for i in indices]
         return PromptSet([self.prompts[i] for i in idx], {k: [v[i] for i in idx] for k, v in self.columns.items()},
-                         self.source)
+                         self.source, None if self.completions is None else [self.completions[i] for i in idx])
 
     def split(self, held_out_fraction: float, seed: int = 0) -> tuple["PromptSet", "PromptSet"]:
         """Random ``(train, held_out)`` split; each part keeps the original order.
@@ -195,7 +199,9 @@ def _from_object(obj: Any, column: str, mapping: dict[str, str]) -> PromptSet:
     if isinstance(obj, PromptSet):
         if not mapping:
             return obj
-        return _from_records({"prompt": obj.prompts, **obj.columns}, column, obj.source or "PromptSet", mapping)
+        kept = {} if obj.completions is None else {"completion": obj.completions}
+        return _from_records({"prompt": obj.prompts, **obj.columns, **kept}, column, obj.source or "PromptSet",
+                             mapping)
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a dependency
@@ -361,7 +367,7 @@ def _from_records(table: dict[str, list], column: str, where: str, mapping: dict
                           f"an argument ({', '.join(RESERVED_COLUMNS)}); allowed: another name, e.g. "
                           f"rename-columns {reserved[0]}={reserved[0]}_column.")
     columns = {k: _plain(v) for k, v in table.items() if k != column and k not in NOT_REWARD_COLUMNS}
-    return PromptSet(prompts, columns)
+    return PromptSet(prompts, columns, completions=_plain(table["completion"]) if "completion" in table else None)
 
 
 def _plain(values: list) -> list:

@@ -276,11 +276,12 @@ class ResponseScores(NamedTuple):
     logp: torch.Tensor  # (B, R) log-prob of each response token at the temperature
     entropy: torch.Tensor | None  # (B, R) entropy of the temperature-scaled next-token distribution
     hidden: torch.Tensor | None  # (B, R, H) final hidden state at the position that predicts each token
+    dist: torch.Tensor | None = None  # (B, R, V) log-softmax of the temperature-scaled next-token logits
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
                    temperature: float = 1.0, *, return_entropy: bool = False,
-                   return_hidden: bool = False) -> ResponseScores:
+                   return_hidden: bool = False, return_dist: bool = False) -> ResponseScores:
     """Log-probs of the last ``response_len`` tokens of ``input_ids`` in one forward pass (gradients flow).
 
     log p_t = log softmax(z_{t-1} / temperature)[x_t], where z_{t-1} are the logits at the position before
@@ -293,6 +294,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         temperature: the sampling temperature.
         return_entropy: also the entropy H_t = logsumexp(z/T) - sum_v p_v z_v / T of each step.
         return_hidden: also the final hidden states (B, R, H) (for a value head on the policy trunk).
+        return_dist: also the whole next-token log-distributions log softmax(z/T) (B, R, V) (distillation).
     """
     R = int(response_len)
     T = input_ids.shape[1]
@@ -311,7 +313,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if return_entropy:
         entropy = lse - (torch.softmax(scaled, dim=-1) * scaled).sum(-1)  # (B, R)
     hidden = out.hidden_states[-1][:, -R - 1:-1] if return_hidden else None  # (B, R, H)
-    return ResponseScores(logp, entropy, hidden)
+    dist = scaled - lse[..., None] if return_dist else None  # (B, R, V)
+    return ResponseScores(logp, entropy, hidden, dist)
 
 
 def sequence_logprobs(model, batch: RolloutBatch, temperature: float | None = None, *,

@@ -49,6 +49,7 @@ class Collected:
     prompt_idx: list[int]
     flat: torch.Tensor
     stats: dict[str, float]
+    group_size: int | None = None  # samples per prompt in this batch (1 on a GKD dataset step; None: the config's)
 
 
 class Collector:
@@ -59,7 +60,7 @@ class Collector:
     """
 
     def __init__(self, cfg: TrainConfig, policy: Policy, score: Scorer, prompts: PromptSet, texts: list[str],
-                 rank: int, world: int, device: torch.device, episodes: Any = None):
+                 rank: int, world: int, device: torch.device, episodes: Any = None, dataset_steps: Any = None):
         self.cfg = cfg
         self.policy = policy
         self.score = score
@@ -69,7 +70,9 @@ class Collector:
         self.world = world
         self.device = device
         self.episodes = episodes  # --environment: episodes instead of single completions (trainer/episodes.py)
+        self.dataset_steps = dataset_steps  # --lmbda < 1: GKD's dataset-completion steps (trainer/teacher.py)
         self.timing = {"generate": 0.0, "reward": 0.0}
+        self.on_policy = True  # the last rollout_and_score sampled from the student (False: a dataset step)
 
     def rollout_and_score(self, step: int, attempt: int) -> tuple[RolloutBatch, Scored, list[int]]:
         """This process's share of the step's prompts (``attempt`` > 0: a dynamic-sampling refill), rolled out
@@ -81,10 +84,13 @@ class Collector:
         salt = 1000 + 1_000_003 * attempt
         seeds = [step_seed(cfg.seed, step, salt + j) for j in range(self.rank, len(all_idx), self.world)]
         t0 = time.perf_counter()
-        batch = (self.policy.rollout(prompts, cfg.samples_per_prompt, seeds) if self.episodes is None else
-                 self.episodes.rollout(self.prompts, local_idx, cfg.samples_per_prompt, seeds, step))
+        offline = self.dataset_steps(step, local_idx, prompts) if self.dataset_steps is not None else None
+        G = cfg.samples_per_prompt if offline is None else 1
+        self.on_policy = offline is None
+        batch = (offline if offline is not None else self.policy.rollout(prompts, G, seeds) if self.episodes is None
+                 else self.episodes.rollout(self.prompts, local_idx, G, seeds, step))
         t1 = time.perf_counter()
-        scored = self.score(batch, self.prompts, local_idx, cfg.samples_per_prompt)
+        scored = self.score(batch, self.prompts, local_idx, G)
         self.timing["generate"] += t1 - t0
         self.timing["reward"] += time.perf_counter() - t1
         return batch, scored, local_idx
@@ -96,7 +102,9 @@ class Collector:
         self.timing = {"generate": 0.0, "reward": 0.0}
         batch, scored, idx = self.rollout_and_score(step, 0)
         if not self.cfg.batches.dynamic_sampling:
-            return Collected(batch, scored, idx, zero_spread(scored.scores, batch.group_ids, scored.valid), {})
+            G = self.cfg.samples_per_prompt if self.on_policy else 1
+            stats = {} if self.dataset_steps is None else {"distill/on_policy": float(self.on_policy)}
+            return Collected(batch, scored, idx, zero_spread(scored.scores, batch.group_ids, scored.valid), stats, G)
         return self._dynamic(step, batch, scored, idx)
 
     def _dynamic(self, step: int, batch: RolloutBatch, scored: Scored, idx: list[int]) -> Collected:

@@ -8,6 +8,7 @@ The settings compose: ``TrainConfig`` nests one dataclass per concern,
 - ``algorithm``: :class:`~reinlm.algorithms.config.AlgorithmConfig` (baselines, loss type, clipping, TIS);
 - ``ppo``: :class:`~reinlm.algorithms.config.PPOConfig` (value head, GAE);
 - ``kl``: :class:`~reinlm.algorithms.config.KLConfig` (the KL anchor and its controller);
+- ``distill``: :class:`~reinlm.algorithms.config.DistillConfig` (on-policy distillation from a teacher);
 - ``llm_critic``: :class:`~reinlm.critic.config.CriticConfig` (dense span rewards from an LLM critic);
 
 while flags and YAML keys stay flat (``--temperature``, ``kl_coef: 0.1``; a nested mapping such as
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reinlm.algorithms.base import available_algorithms
-from reinlm.algorithms.config import AlgorithmConfig, KLConfig, PPOConfig
+from reinlm.algorithms.config import AlgorithmConfig, DistillConfig, KLConfig, PPOConfig
 from reinlm.config.fields import flat_fields, is_config_class
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, check_device, opt
@@ -157,6 +158,7 @@ class TrainConfig(Config):
     algorithm: AlgorithmConfig = opt(default_factory=AlgorithmConfig)
     ppo: PPOConfig = opt(default_factory=PPOConfig)
     kl: KLConfig = opt(default_factory=KLConfig)
+    distill: DistillConfig = opt(default_factory=DistillConfig)  # --teacher, --algo distill (docs/algorithms.md)
     scale_std: bool | None = opt(None, "deprecated: true = --scale-rewards group, false = none")
     loss_aggregation: Literal["seq_mean", "token_mean"] | None = opt(
         None, "deprecated: seq_mean = --loss-type grpo, token_mean = --loss-type bnpo")
@@ -167,9 +169,16 @@ class TrainConfig(Config):
     grad_accum: int = opt(1, "micro-batches per minibatch (gradient accumulation)", lo=1)
     lr: float = opt(1e-5, "AdamW learning rate", lo=0, lo_open=True)
     weight_decay: float = opt(0.0, "AdamW weight decay", lo=0)
+    adam_beta1: float = opt(0.9, "AdamW beta1, the decay of the first-moment estimate (TRL's adam_beta1)", lo=0, hi=1,
+                            hi_open=True)
+    adam_beta2: float = opt(0.999, "AdamW beta2, the decay of the second-moment estimate (TRL's adam_beta2)", lo=0,
+                            hi=1, hi_open=True)
+    adam_epsilon: float = opt(1e-8, "AdamW epsilon added to the denominator (TRL's adam_epsilon)", lo=0, lo_open=True)
     warmup_steps: int = opt(0, "linear learning-rate warm-up steps", lo=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = opt("constant", "learning-rate decay after warm-up")
     max_grad_norm: float = opt(1.0, "gradient-norm clip (0: off)", lo=0)
+    disable_dropout: bool = opt(False, "set every torch.nn.Dropout of the trained model to p = 0 (TRL's "
+                                       "disable_dropout; the embedded SmolLM2 has no dropout layers)")
     lora_r: int = opt(0, "LoRA rank (0: full fine-tuning)", lo=0)
     lora_alpha: int = opt(16, "LoRA alpha", lo=1)
     lora_targets: str = opt("q_proj,v_proj", "modules LoRA adapts: all-linear, module names (q_proj,v_proj) or a regex of full module names", sep=",")
@@ -252,7 +261,8 @@ class TrainConfig(Config):
                               "comma-separated module names, e.g. q_proj,v_proj.", field="lora_targets")
         if self.space == "latent":
             token_only = {"lora_r": (self.lora_r, 0), "value_model": (self.ppo.value_model, "shared"),
-                          "train_precision": (self.train_precision, "same")}
+                          "train_precision": (self.train_precision, "same"),
+                          "sync_ref_model": (self.kl.sync_ref_model, False)}
             for name, (value, neutral) in token_only.items():
                 if value != neutral:
                     raise ConfigError(f"{name}: got {value!r}, a token-space option; it cannot be "
@@ -267,10 +277,18 @@ class TrainConfig(Config):
         if self.batches.dynamic_sampling and self.samples_per_prompt < 2:
             raise ConfigError(f"dynamic_sampling: needs --samples-per-prompt >= 2 (a group of one has no spread), "
                               f"got {self.samples_per_prompt}.")
+        if self.kl.sync_ref_model and self.lora_r > 0:
+            raise ConfigError(f"sync_ref_model: true with --lora-r {self.lora_r}; the LoRA reference is the base model "
+                              "with the adapters off, which cannot move toward the policy; allowed: full fine-tuning "
+                              "(--lora-r 0) or sync_ref_model false.", field="sync_ref_model")
         if self.train_precision == "bf16-autocast" and self.dtype != "float32":
             raise ConfigError(f"train_precision: got bf16-autocast with --dtype {self.dtype}; allowed: --dtype float32 "
                               "(mixed precision keeps float32 weights; bfloat16 weights already train in bfloat16).",
                               field="train_precision")
+        if self.algo == "distill" or self.distill.teacher or self.distill.lmbda < 1:
+            from reinlm.trainer.teacher import check_distill_settings
+
+            check_distill_settings(self)
         if self.env.environment or self.env.tools:  # episodes: the settings that go with them
             from reinlm.trainer.episodes import check_env_settings
 

@@ -151,7 +151,7 @@ class LatentPolicy:
         logits = policy(batch.hidden, batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, K)
         return torch.log_softmax(logits.float() / self.cfg.sampling.temperature, dim=-1)
 
-    def score(self, batch: RolloutBatch, need_values: bool = False) -> PolicyScores:
+    def score(self, batch: RolloutBatch, need_values: bool = False, need_dist: bool = False) -> PolicyScores:
         """logp (B, R) of the taken actions, entropy (B, R), the whole distributions (B, R, K) and values (B, R)
         if asked, with gradients."""
         batch = as_latent(batch)

@@ -25,6 +25,7 @@ Where things live (hook in there, not here):
 - ``episodes.py``: multi-turn environments (``--environment``): rollouts, scores and turn-credit targets that
   collect.py, scoring.py and ``train_step`` take from it instead of the plain rollout/rewards/advantages.
 - ``optim.py``: AdamW and the learning-rate schedule (``reinlm/schedules.py``'s formula).
+- ``teacher.py``: on-policy distillation (``--teacher``): the frozen teacher, GKD's dataset steps (``--lmbda``).
 - ``policy.py`` (the protocol), ``token_policy.py`` / ``latent_policy.py`` (the two action spaces);
   ``batching.py`` (joining rollouts, truncation, group selection); ``checkpoint.py``, ``guards.py``,
   ``logging.py``, ``runlock.py``, ``inputs.py``, ``degeneration.py`` (what their names say).
@@ -66,6 +67,7 @@ from reinlm.trainer.policy import Policy, PolicyScores
 from reinlm.trainer.run_shell import RUN_OUTPUTS, prepare_fresh_run_dir, previous_run_outputs
 from reinlm.trainer.scoring import Scorer, ScoreShaper, greedy_baseline, reward_trainer_state
 from reinlm.trainer.step_metrics import Reducer, StepTimes, perplexity_metrics, step_metrics
+from reinlm.trainer.teacher import DatasetSteps, Teacher, check_completions
 from reinlm.utils.distributed import destroy_process_group_at_exit
 from reinlm.utils.rng import seed_everything, step_seed
 
@@ -85,13 +87,13 @@ def make_policy(cfg: TrainConfig, device: torch.device, *, model: Any = None, to
 class Trainer:
     """Builds every component from a :class:`TrainConfig` and runs the loop.
 
-    ``model``/``tokenizer``, ``reward_set`` and ``prompt_set`` may be injected (tests, notebooks);
-    otherwise they are built from the config.
+    ``model``/``tokenizer``, ``reward_set``, ``prompt_set`` and ``teacher`` (a model with the student's
+    tokenizer) may be injected (tests, notebooks); otherwise they are built from the config.
     """
 
     def __init__(self, cfg: TrainConfig, *, model: Any = None, tokenizer: Any = None, reward_set: Any = None,
                  prompt_set: Any = None, accelerator: Any = None, degeneration: DegenerationConfig | None = None,
-                 environment: Any = None, env_rewards: Any = None):
+                 environment: Any = None, env_rewards: Any = None, teacher: Any = None):
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -134,10 +136,11 @@ class Trainer:
         self.reward_set = reward_set if reward_set is not None else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
         env_cols = ["environments"] if environment is not None else []  # reward functions get the instances
         check_reward_inputs(self.reward_set, [*full.columns, *env_cols])  # a missing column fails before any model
+        check_completions(full, cfg.distill.lmbda)  # --lmbda < 1 needs dataset completions
         self.critic = cfg.llm_critic.build() if (cfg.llm_critic.critic or cfg.llm_critic.critic_url) else None
 
         # --- algorithm (looked up by name: docs/algorithms.md) and policy (the action space) ---
-        self.algorithm = build_algorithm(cfg.algo, cfg.algorithm, cfg.ppo)
+        self.algorithm = build_algorithm(cfg.algo, cfg.algorithm, cfg.ppo, cfg.distill)
         self.needs = self.algorithm.needs
         self.policy: Policy = make_policy(cfg, self.device, model=model, tokenizer=tokenizer,
                                           with_value_head=self.needs.values)
@@ -145,6 +148,9 @@ class Trainer:
         self.train_texts = render_prompts(self.train_prompts.prompts, self.policy.tokenizer, cfg.chat_template)
         self.held_texts = (self.train_texts if self.held_out is self.train_prompts
                            else render_prompts(self.held_out.prompts, self.policy.tokenizer, cfg.chat_template))
+        self.teacher = None  # --teacher: on-policy distillation (trainer/teacher.py)
+        if cfg.distill.teacher or teacher is not None:
+            self.teacher = Teacher(cfg, self.policy, self.device, model=teacher)
         self.episodes = None  # --environment: trainer/episodes.py plays and scores the episodes
         if environment is not None:
             self.episodes = EpisodeRunner(cfg, self.policy, environment, reward_set=env_rewards)
@@ -158,15 +164,16 @@ class Trainer:
         # --- the step's parts (collect.py, scoring.py, step_metrics.py) ---
         self.score = Scorer(self.reward_set, self.critic, self.policy, self.device, cfg.chat_template, self.episodes)
         self.shape_scores = ScoreShaper(cfg.batches.score_scaling, cfg.batches.score_clip)
+        dataset_steps = DatasetSteps(cfg, self.policy, self.train_prompts) if cfg.distill.lmbda < 1 else None
         self.collector = Collector(cfg, self.policy, self.score, self.train_prompts, self.train_texts, self.rank,
-                                   self.world, self.device, self.episodes)
+                                   self.world, self.device, self.episodes, dataset_steps)
         self.reduce = Reducer(self.accelerator, self.world, self.device)
 
         # --- optimisation ---
         params = self.policy.trainable_parameters()
         if not params:
             raise ReinlmError("the policy has no trainable parameters.")
-        self.optimizer = make_adamw(params, cfg.lr, cfg.weight_decay)
+        self.optimizer = make_adamw(params, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         if self.world > 1:
             self.policy.wrap_for_ddp(self.accelerator)
@@ -254,7 +261,7 @@ class Trainer:
         if self.needs.greedy_baseline:
             baseline_scores, greedy_valid = greedy_baseline(self.policy, self.score, self.shape_scores, batch,
                                                             self.train_prompts, got.prompt_idx,
-                                                            cfg.samples_per_prompt)
+                                                            got.group_size or cfg.samples_per_prompt)
             valid = valid & greedy_valid  # no baseline, no advantage
         inputs = AdvantageInputs(scores=scores, valid=valid, mask=mask, group_ids=batch.group_ids.to(self.device),
                                  kl=kl, beta=beta if cfg.kl.kl_in == "reward" else 0.0, dense=scored.dense,
@@ -278,7 +285,8 @@ class Trainer:
         mismatch = mismatch_stats(old_logp if old_logp is not None else seen_old, batch.logprobs, loss_mask)
         times = StepTimes(t0, t_reward, t_prep, t_update, self.collector.timing["generate"])
         metrics = step_metrics(self.reduce, batch=batch, scored=scored, flat=got.flat, valid=valid, mask=mask,
-                               kl=kl, truncated=truncated, beta=beta, group_size=cfg.samples_per_prompt,
+                               kl=kl, truncated=truncated, beta=beta,
+                               group_size=got.group_size or cfg.samples_per_prompt,
                                update=stats, mismatch=mismatch, batch_stats=got.stats,
                                lr=float(self.scheduler.get_last_lr()[0]), times=times)
         self.kl_ctl.update(metrics["kl/mean"], cfg.batch_size)
@@ -317,7 +325,8 @@ class Trainer:
                 for m0 in range(0, len(idx), micro):
                     sub = idx[m0:m0 + micro]
                     sub_batch = batch.select(sub.tolist())
-                    scores = self.policy.score(sub_batch, need_values=self.needs.values)
+                    scores = self.policy.score(sub_batch, need_values=self.needs.values,
+                                               need_dist=self.teacher is not None)
                     old = old_logp[sub] if old_logp is not None else scores.logp.detach()
                     if old_logp is None:
                         seen_old[sub] = old
@@ -335,7 +344,8 @@ class Trainer:
                     inputs = LossInputs(logp=scores.logp, old_logp=old, mask=mask[sub], targets=targets.select(sub),
                                         off_policy=off_policy, is_weights=is_w, kl=kl, kl_coef=kl_coef,
                                         entropy=scores.entropy, values=scores.values,
-                                        sampler_logp=sub_batch.logprobs)
+                                        sampler_logp=sub_batch.logprobs, dist=scores.dist,
+                                        teacher_dist=None if self.teacher is None else self.teacher.log_dist(sub_batch))
                     loss, st = self.algorithm.loss(inputs, norm)
                     if self.world == 1:  # several processes: the all-reduced gradient norm below stops them all
                         check_loss(loss, step + 1, st)

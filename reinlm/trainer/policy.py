@@ -75,8 +75,9 @@ class Policy(Protocol):
         ...
 
     # --- scoring ---
-    def score(self, batch: RolloutBatch, need_values: bool = False) -> PolicyScores:
-        """The training forward over ``batch`` (with gradients): logp, entropy, and values if asked."""
+    def score(self, batch: RolloutBatch, need_values: bool = False, need_dist: bool = False) -> PolicyScores:
+        """The training forward over ``batch`` (with gradients): logp, entropy, values if asked, and the whole
+        log-distributions (B, R, V) if ``need_dist`` (token space: distillation)."""
         ...
 
     def reference(self, batch: RolloutBatch) -> PolicyScores | None:

@@ -18,6 +18,8 @@ from reinlm.rollout.token import RolloutBatch, token_logprobs
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.policy import PolicyScores
 
+SYNCED_REFERENCE = "reference"  # --sync-ref-model: the mixed reference, in the checkpoint's policy/ directory
+
 
 class TokenPolicy:
     """The :class:`~reinlm.trainer.policy.Policy` of token space: the trainable LM, the frozen reference and
@@ -49,6 +51,8 @@ class TokenPolicy:
             self.frozen_lm = self._frozen_copy(model)
         self.model = model.to(device)
         self.model.train()  # no dropout in the supported LMs; train mode keeps the semantics honest
+        if cfg.disable_dropout:
+            disable_dropout(self.model)
         from reinlm.rollout.engine import TokenRolloutEngine
 
         model_dir = None
@@ -59,6 +63,7 @@ class TokenPolicy:
         # generates the rollouts: the trained weights, a rollout-dtype copy (--rollout-dtype) or vLLM
         self.rollout_engine = TokenRolloutEngine(self.model, tokenizer, cfg.rollout, model_dir=model_dir, seed=cfg.seed)
         self._at_start = True  # the trained weights still equal the reference's (no optimiser step, no resume)
+        self._optimizer_steps = 0  # counted for --sync-ref-model (saved with the mixed reference in checkpoints)
         self._step_metrics: dict[str, float] = {}
         self.value_model = None
         self.value_head = None
@@ -178,8 +183,13 @@ class TokenPolicy:
         accelerator.backward(loss)
 
     def after_optimizer_step(self) -> None:
-        """The weights changed: a rollout copy / vLLM engine is re-synced before the next rollout."""
+        """The weights changed: a rollout copy / vLLM engine is re-synced before the next rollout; with
+        ``--sync-ref-model`` the reference moves toward the policy every ``--ref-model-sync-steps`` steps."""
         self._at_start = False
+        self._optimizer_steps += 1
+        kl = self.cfg.kl
+        if kl.sync_ref_model and self.ref_model is not None and self._optimizer_steps % kl.ref_model_sync_steps == 0:
+            sync_reference(self._unwrapped, self.ref_model, kl.ref_model_mixup_alpha)
         self.rollout_engine.weights_changed()
 
     def step_metrics(self) -> dict[str, float]:
@@ -197,21 +207,22 @@ class TokenPolicy:
             self.value_head = accelerator.prepare_model(self.value_head)
 
     # --- scoring ---
-    def score(self, batch, need_values: bool = False) -> PolicyScores:
-        """Training forward: logp (B, R), entropy (B, R) and values (B, R) if asked, with gradients."""
+    def score(self, batch, need_values: bool = False, need_dist: bool = False) -> PolicyScores:
+        """Training forward: logp (B, R), entropy (B, R), values (B, R) if asked and the whole log-distributions
+        (B, R, V) if ``need_dist`` (distillation), with gradients."""
         R = batch.response_ids.shape[1]
         shared_values = need_values and self.value_head is not None and self.value_model is None
         with self.train_autocast():  # the backward runs outside, as torch.autocast wants
-            logp, entropy, hidden = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
-                                                   self.cfg.sampling.temperature, return_entropy=True,
-                                                   return_hidden=shared_values)
+            logp, entropy, hidden, dist = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
+                                                         self.cfg.sampling.temperature, return_entropy=True,
+                                                         return_hidden=shared_values, return_dist=need_dist)
             values = None
             if need_values and self.value_head is not None:
                 if self.value_model is not None:
                     hidden = token_logprobs(self.value_model, batch.input_ids, batch.attention_mask, R,
                                             self.cfg.sampling.temperature, return_hidden=True).hidden
                 values = self.value_head(hidden).float()
-        return PolicyScores(logp, entropy, values)
+        return PolicyScores(logp, entropy, values, dist)
 
     @torch.no_grad()
     def reference(self, batch) -> PolicyScores | None:
@@ -264,6 +275,12 @@ class TokenPolicy:
         if self.value_model is not None:  # PPO with a separate value model: it is trained state too
             vm = getattr(self.value_model, "module", self.value_model)
             vm.save_pretrained(str(out_dir / "value_model"), safe_serialization=True)
+        if self.cfg.kl.sync_ref_model and self.ref_model is not None:  # the reference moved: it is state too
+            from safetensors.torch import save_model
+
+            (out_dir / SYNCED_REFERENCE).mkdir(exist_ok=True)
+            save_model(self.ref_model, str(out_dir / SYNCED_REFERENCE / "model.safetensors"))  # tied weights once
+            (out_dir / SYNCED_REFERENCE / "optimizer_steps.txt").write_text(str(self._optimizer_steps))
 
     def save_final(self, out_dir: str | Path) -> None:
         """Write the final model loadable by ``reinlm generate --model``. With LoRA: ``out_dir`` is the adapter
@@ -290,9 +307,28 @@ class TokenPolicy:
             set_peft_model_state_dict(unwrapped, load_file(str(ckpt_policy_dir / "adapter_model.safetensors")))
         else:
             _load_safetensors_dir_into(unwrapped, ckpt_policy_dir)
+        ref_dir = ckpt_policy_dir / SYNCED_REFERENCE
+        if self.cfg.kl.sync_ref_model and self.ref_model is not None and ref_dir.is_dir():
+            _load_safetensors_dir_into(self.ref_model, ref_dir)
+            self._optimizer_steps = int((ref_dir / "optimizer_steps.txt").read_text())
         value_dir = ckpt_policy_dir / "value_model"
         if self.value_model is not None and value_dir.is_dir():
             _load_safetensors_dir_into(getattr(self.value_model, "module", self.value_model), value_dir)
+
+
+def sync_reference(model: torch.nn.Module, ref_model: torch.nn.Module, alpha: float) -> None:
+    """ref <- alpha policy + (1 - alpha) ref, parameter by parameter in the reference's dtype (TRL's
+    ``SyncRefModelCallback._sync_target_model``; TR-DPO, Gorbatovski et al. 2024)."""
+    with torch.no_grad():
+        for ref_p, p in zip(ref_model.parameters(), model.parameters(), strict=True):
+            ref_p.data.mul_(1.0 - alpha).add_(p.data.to(ref_p.dtype), alpha=alpha)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every ``torch.nn.Dropout`` of ``model`` to p = 0 (TRL's ``disable_dropout_in_model``, the same rule)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def _load_safetensors_dir_into(model: torch.nn.Module, model_dir: Path) -> None:

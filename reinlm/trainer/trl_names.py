@@ -32,6 +32,14 @@ TRL_SAME: dict[str, str] = {
     "top_k": "top-k sampling (0: off)",
     "seed": "seed of prompts, sampling and initialisation",
     "weight_decay": "AdamW weight decay",
+    "sync_ref_model": "the reference mixed toward the policy every ref_model_sync_steps optimiser steps (TRL's "
+                      "SyncRefModelCallback rule); the mixed reference is saved in checkpoints",
+    "ref_model_mixup_alpha": "ref = alpha policy + (1 - alpha) ref at each sync (0.6 in both)",
+    "ref_model_sync_steps": "optimiser steps between syncs (512 in both)",
+    "adam_beta1": "AdamW beta1 (0.9 in both)",
+    "adam_beta2": "AdamW beta2 (0.999 in both)",
+    "adam_epsilon": "AdamW epsilon (1e-8 in both)",
+    "disable_dropout": "every torch.nn.Dropout of the trained model to p = 0 (TRL's rule); false in both",
     "max_grad_norm": "gradient-norm clip (0: off)",
     "warmup_steps": "linear warm-up; TRL counts optimiser steps, reinlm rollout steps (the same when "
                     "num_iterations is 1 and per_device_train_batch_size covers the whole rollout batch); a "
@@ -59,6 +67,8 @@ TRL_SAME: dict[str, str] = {
     "entropy_coef_delta": "adaptive entropy control's step",
     "importance_sampling_level": "token or sequence (GSPO)",
     "scale_rewards": "group, batch or none (TRL's true / false: group / none)",
+    "lmbda": "GKD's share of on-policy steps (GKDConfig); the other steps train on the data's completion column. "
+             "TRL's DistillationTrainer is always on-policy (1.0, reinlm's default)",
 }
 
 #: TRL key -> (reinlm field, note)
@@ -83,6 +93,8 @@ TRL_RENAMES: dict[str, tuple[str, str]] = {
     "save_total_limit": ("keep_checkpoints", "newest checkpoints kept"),
     "model_name_or_path": ("model", "policy model (TRL's ModelConfig / script argument)"),
     "lora_target_modules": ("lora_targets", "modules LoRA adapts (a YAML list or comma-separated)"),
+    "teacher_model_name_or_path": ("teacher", "the teacher of on-policy distillation (TRL's DistillationConfig / "
+                                              "GKDConfig)"),
     "num_generations_eval": ("eval_samples", "completions per prompt in the evaluation (reinlm's held-out "
                                              "before/after evaluation)"),
 }
@@ -95,7 +107,8 @@ TRL_DERIVED: dict[str, str] = {
                        "sample_every: 0",
     "beta": "kl_coef = beta with TRL's meaning: the k3 KL as a loss term weighted by the importance ratio (kl_in: "
             "loss, kl_estimator: k3, use_bias_correction_kl: true, each unless given). reinlm's own kl_coef defaults "
-            "to 0.05 as a k1 reward penalty (kl_in: reward); TRL's beta defaults to 0.0",
+            "to 0.05 as a k1 reward penalty (kl_in: reward); TRL's beta defaults to 0.0. With algo: distill, "
+            "DistillationConfig's beta: distill_beta, the generalized JSD's weight (1.0 reverse KL)",
     "max_steps": "TRL counts optimiser steps, reinlm rollout steps: steps = ceil(max_steps / (num_iterations x "
                  "steps_per_generation / gradient_accumulation_steps)) (= max_steps with TRL's defaults)",
     "per_device_train_batch_size": "completions per device per micro-batch: batch_prompts = "
@@ -231,7 +244,9 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
     if "log_completions" in given and not _bool("log_completions", given["log_completions"]):
         put("sample_every", 0, "log_completions")
     # --- the KL anchor: TRL's beta is a k3 loss term (with the ratio correction by default)
-    if "beta" in given:
+    if "beta" in given and values.get("algo") == "distill":  # TRL's DistillationConfig.beta
+        put("distill_beta", given["beta"], "beta")
+    elif "beta" in given:
         put("kl_coef", given["beta"], "beta")
         for field, value in (("kl_in", "loss"), ("kl_estimator", "k3"), ("use_bias_correction_kl", True)):
             if field not in values:

@@ -61,10 +61,6 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "repetition_penalty": "sampling applies no repetition penalty (a reward can: trl.rewards:"
                           "get_repetition_penalty_reward).",
     "generation_kwargs": "sampling takes temperature, top_k and top_p as keys of their own.",
-    "sync_ref_model": "the reference stays frozen (kl_target gives adaptive KL control instead).",
-    "ref_model_mixup_alpha": "the reference stays frozen, so there is no mix-up of policy and reference weights.",
-    "ref_model_sync_steps": "the reference stays frozen, so there is no sync interval.",
-    "disable_dropout": "the embedded models have no dropout at training; remove the key.",
     "num_completions_to_print": "sample completions go to samples.jsonl every sample_every steps.",
     "log_unique_prompts": "samples.jsonl records each logged completion with its prompt.",
     "log_multimodal": "reinlm trains text-only models; there is no multimodal content to log.",
@@ -73,9 +69,6 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "router_aux_loss_coef": "reinlm trains dense models; there is no Mixture-of-Experts load-balancing loss.",
     # ---------------------------------------------------------------- schedule and optimiser
     "num_train_epochs": "reinlm counts rollout steps, not dataset epochs; give max_steps (or steps).",
-    "adam_beta1": "AdamW uses torch's betas (0.9, 0.999); remove the key.",
-    "adam_beta2": "AdamW uses torch's betas (0.9, 0.999); remove the key.",
-    "adam_epsilon": "AdamW uses torch's eps 1e-8; remove the key.",
     "lr_scheduler_kwargs": "lr_schedule takes constant, linear or cosine without options.",
     "optim_args": "the optimiser is AdamW with lr and weight_decay; there are no optimiser arguments to pass.",
     "optim_target_modules": "the optimiser is AdamW over every trainable parameter (GaLore-style targets do not "

@@ -1,0 +1,116 @@
+"""TRL options a training run reads, with TRL's meaning (tiny models, CPU): AdamW's betas and epsilon,
+``disable_dropout`` (TRL's ``disable_dropout_in_model`` rule) and the reference sync (``sync_ref_model``,
+``ref_model_mixup_alpha``, ``ref_model_sync_steps``: TRL's ``SyncRefModelCallback`` rule, saved and restored
+with checkpoints); bad values exit 2 naming the problem."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from trl import GRPOConfig
+
+from reinlm.config.build import build_config
+from reinlm.trainer.config import TrainConfig
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def _cfg(**values):
+    base = {"device": "cpu", "eval_prompts": 0, "log": "none", "frozen_dtype": "same"}
+    return build_config(TrainConfig, None, {**base, **values})
+
+
+def _gpt2_with_dropout(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    conf = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                      resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3, eos_token_id=tokenizer.eos_token_id)
+    return GPT2LMHeadModel(conf)
+
+
+def test_adam_settings_reach_the_optimizer_and_default_to_trls(tiny_lm):
+    from reinlm.trainer.loop import Trainer
+
+    model, tok = tiny_lm
+    cfg = _cfg(model="tiny", adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, kl_coef=0.0,
+               reward=f"{ASSETS / 'toy_rewards.py'}:space_share", prompts="builtin:neutral")
+    tr = Trainer(cfg, model=copy.deepcopy(model), tokenizer=tok)
+    group = tr.optimizer.param_groups[0]
+    assert group["betas"] == (0.8, 0.95) and group["eps"] == 1e-6
+    defaults = {f.name: f.default for f in GRPOConfig.__dataclass_fields__.values()}
+    mine = _cfg()
+    assert (mine.adam_beta1, mine.adam_beta2, mine.adam_epsilon) == (
+        defaults["adam_beta1"], defaults["adam_beta2"], defaults["adam_epsilon"])
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_disable_dropout_follows_trls_rule(smol_tokenizer, disable):
+    from trl.trainer.utils import disable_dropout_in_model
+
+    from reinlm.trainer.token_policy import TokenPolicy
+
+    model = _gpt2_with_dropout(smol_tokenizer)
+    theirs = copy.deepcopy(model)
+    if disable:
+        disable_dropout_in_model(theirs)
+    pol = TokenPolicy(_cfg(model="gpt2-tiny", kl_coef=0.0, disable_dropout=disable), torch.device("cpu"),
+                      model=model, tokenizer=smol_tokenizer)
+    mine = [m.p for m in pol.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert mine == [m.p for m in theirs.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(mine) == 4 and set(mine) == ({0.0} if disable else {0.3})
+    # the training forward (train mode) is deterministic exactly when dropout is off
+    from reinlm.rollout.token import SamplingConfig, generate_rollouts
+
+    batch = generate_rollouts(pol.model.eval(), smol_tokenizer, ["Hello there"], 2, SamplingConfig(max_new_tokens=4))
+    pol.model.train()
+    a, b = pol.score(batch).logp, pol.score(batch).logp
+    assert torch.equal(a, b) == disable
+
+
+def test_sync_ref_model_mixes_every_n_steps_and_survives_a_checkpoint(tiny_lm, tmp_path):
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    from reinlm.trainer.token_policy import TokenPolicy
+
+    model, tok = tiny_lm
+    cfg = _cfg(model="tiny", kl_coef=0.05, sync_ref_model=True, ref_model_mixup_alpha=0.3, ref_model_sync_steps=2)
+    pol = TokenPolicy(cfg, torch.device("cpu"), model=copy.deepcopy(model), tokenizer=tok)
+    expected = copy.deepcopy(pol.ref_model)
+    for step in range(1, 5):
+        with torch.no_grad():  # an "optimiser step": move every trained weight
+            for p in pol.model.parameters():
+                p.add_(0.01 * step)
+        pol.after_optimizer_step()
+        if step % 2 == 0:  # TRL's callback at global_step % ref_model_sync_steps == 0
+            SyncRefModelCallback._sync_target_model(pol.model, expected, 0.3)
+        for mine, theirs in zip(pol.ref_model.parameters(), expected.parameters(), strict=True):
+            assert torch.allclose(mine, theirs, atol=1e-7), step
+    assert not torch.equal(next(pol.ref_model.parameters()), next(model.parameters()))  # it moved
+    pol.save(tmp_path / "policy")
+    fresh = TokenPolicy(cfg, torch.device("cpu"), model=copy.deepcopy(model), tokenizer=tok)
+    fresh.load(tmp_path / "policy")
+    for mine, theirs in zip(fresh.ref_model.parameters(), pol.ref_model.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert fresh._optimizer_steps == 4
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--sync-ref-model", "true", "--kl-coef", "0"], "sync_ref_model: true with --kl-coef 0"),
+    (["--sync-ref-model", "true", "--lora-r", "8"], "sync_ref_model: true with --lora-r 8"),
+    (["--ref-model-mixup-alpha", "1.5"], "allowed: a finite number >= 0 and <= 1"),
+    (["--ref-model-sync-steps", "0"], "allowed: an integer >= 1"),
+    (["--adam-beta1", "1"], "allowed: a finite number >= 0 and < 1"),
+    (["--adam-epsilon", "0"], "allowed: a finite number > 0"),
+])
+def test_bad_values_exit_2(tmp_path, capsys, extra, words):
+    from reinlm.cli.main import main
+
+    code = main(["train", *extra, "--out", str(tmp_path / "run"), "--progress", "false"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
