@@ -418,7 +418,7 @@ def best_of_n(lam, reward_set, prompt: str, forwards: int, max_new_tokens: int, 
 
 # ---------------------------------------------------------------------------------------------- many prompts
 
-def search_prompts(lam, reward_set, prompts: list[str], columns: list[dict], cfg: SearchConfig, qmodel=None) -> dict:
+def search_prompts(lam, reward_set, prompts: list, columns: list[dict], cfg: SearchConfig, qmodel=None) -> dict:
     """Search every prompt (and run best-of-N beside it at the same spend with ``cfg.compare == "best-of-n"``);
     returns the report: ``{"settings", "prompts": [{"search", "best_of_n"?}], "summary"?}``. ``columns[i]``: the
     dataset columns of prompt i (``{column: [value]}``) for the reward."""

@@ -11,7 +11,7 @@ fine-tuning (:mod:`reinlm.latent.finetune`) runs the loop as it is.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -62,9 +62,9 @@ class Stage:
 
     def __init__(self, params: Iterable[torch.nn.Parameter] | list[dict], total: int, lr: float,
                  weight_decay: float, lr_lambda: Callable[[int], float]):
-        params = list(params)
-        self.groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-        self.params = [p for g in self.groups for p in g["params"]]
+        items: list[Any] = list(params)
+        self.groups: list[dict] = items if items and isinstance(items[0], dict) else [{"params": items}]
+        self.params: list[torch.nn.Parameter] = [p for g in self.groups for p in g["params"]]
         self.total, self.tokens = total, 0  # tokens trained on so far (restored with a resumed stage's checkpoint)
         self.optimizer = torch.optim.AdamW(self.groups, lr=lr, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
