@@ -101,3 +101,19 @@ def test_recording_stepper_feeds_the_stop_token_once(tiny_lm):
     real = m[0].bool()
     assert torch.allclose(h[1, : P + n][real], ref[real], atol=1e-4)  # the stop token's state included
     assert (h[1, P + n:] == 0).all()
+
+
+def test_prefill_hands_the_lm_head_one_contiguous_position(tiny_lm):
+    """The prefill computes logits at the last position only, from a contiguous input: a sliced (strided) input
+    sends a frozen bfloat16 head on the CPU down a path that copies its weight per row (decode.py, LMStepper)."""
+    model, tok = tiny_lm
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(
+        lambda mod, args: seen.append((tuple(args[0].shape), args[0].is_contiguous())))
+    try:
+        ids, mask = encode_prompts(tok, ["The weather today is", "Hi"], tok.pad_token_id)
+        decode(LMStepper(model.eval(), Chooser("sample")), ids, mask, max_new_tokens=2,
+               generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert seen[0] == ((2, 1, model.config.hidden_size), True)  # the prefill: one position per row

@@ -289,3 +289,36 @@ def test_two_player_seat_alternates_with_the_seed():
         assert obs
         if seed % 2:  # seat 1 sees the opponent's first move
             assert "[Player 0]" in obs or "Player 0" in obs
+
+
+OPENENV_ASSET = Path(__file__).parent / "assets" / "openenv_counter.py"
+
+
+def test_openenv_environment_runs_in_process(tiny_lm):
+    """An OpenEnv Environment (OpenEnv's template shape: Action/Observation models, reset/step/state) through
+    ``openenv:path.py:Class``: the model's text fills the action's one str field, the observation's field is the
+    next turn's text, its reward and done are the turn's; unusable action classes are refused (exit 2)."""
+    spec = resolve_environment(f"openenv:{OPENENV_ASSET}:WordCounter")
+    env = spec.make({})
+    assert env.reset(seed=1) == "Say exactly 3 words."
+    assert env.step("one two") == ("You said 2 words; say more.", -0.1, False, {"metadata": {}})
+    assert env.step("a b c")[1:3] == (1.0, True)
+    model, tok = tiny_lm
+    eps = _play(model.eval(), tok, [spec.make({}) for _ in range(4)])
+    hints = 0
+    for i, ep in enumerate(eps):
+        target = 2 + i // 2  # rows 0 and 1 have seeds 0 and 1
+        assert ep.observations[0] == f"Say exactly {target} words."
+        for k, text in enumerate(ep.texts):
+            n = len(text.split())
+            assert ep.rewards[k] == (1.0 if n == target else -0.1)
+            if n != target and k + 1 < len(ep.observations):
+                assert ep.observations[k + 1] == f"You said {n} words; say {'fewer' if n > target else 'more'}."
+                e = ep.turns[k][1]
+                assert tok.decode(ep.ids[e: ep.turns[k + 1][0]]).count(ep.observations[k + 1]) == 1
+                hints += 1
+    assert hints >= 4
+    with pytest.raises(ReinlmError, match="a: str, b: str; allowed: exactly one str field"):
+        resolve_environment(f"openenv:{OPENENV_ASSET}:AmbiguousEnv")
+    with pytest.raises(ReinlmError, match="has no 'Nope'"):
+        resolve_environment(f"openenv:{OPENENV_ASSET}:Nope")

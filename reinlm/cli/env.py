@@ -30,7 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="built-in environments and installed adapters")
     lst.add_argument("--json", action="store_true", help="JSON only on stdout")
     play = sub.add_parser("play", help="play an environment in the terminal (one line per turn)")
-    play.add_argument("spec", help="environment SPEC (builtin:NAME, path.py:Class, textarena:ENV_ID)")
+    play.add_argument("spec", help="environment SPEC (builtin:NAME, path.py:Class, textarena:ENV_ID, "
+                      "openenv:path.py:Class)")
     play.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     play.add_argument("--max-turns", type=int, default=8, help="turns before the episode stops (default 8)")
     play.add_argument("--opponent", default=None, help="two-player games: random (frozen needs a model: use train)")

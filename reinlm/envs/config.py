@@ -15,8 +15,8 @@ class EnvConfig(Config):
     environment: str | None = opt(
         None, "train against an environment, SPEC: builtin:guess|negotiate|persuade, path.py:Class (a text env "
         "with reset/step, or TRL's environment_factory class with tool methods), textarena:ENV_ID, "
-        "verifiers:MODULE, openenv:MODULE:Class. The dataset (--prompts) is optional: without one each episode "
-        "is reset from its seed")
+        "openenv:path.py:Class (an OpenEnv Environment, in process; verifiers:MODULE is not wired yet). The "
+        "dataset (--prompts) is optional: without one each episode is reset from its seed")
     tools: str = opt("", "TRL's tools=: path.py:fn,fn2 (functions with annotations and Google docstrings)")
     max_turns: int = opt(4, "model turns per episode", lo=1)
     turn_tokens: int = opt(32, "tokens the model may write in one turn (the episode's total is --max-new-tokens, "

@@ -2,10 +2,11 @@
 
 ``builtin:NAME``; ``path.py:Class`` or ``package.module:Class`` (a text environment with ``reset``/``step``,
 or TRL's ``environment_factory`` contract: ``reset`` plus tool methods and an optional ``get_reward``);
-``textarena:ENV_ID``; ``verifiers:MODULE`` and ``openenv:MODULE:Class`` (installed separately, see
-docs/environments.md). From Python, :func:`from_python` takes TRL's ``environment_factory=`` (a callable or a
-dict routing rows by their ``environment`` column) and ``tools=``. Every SPEC is checked when it is resolved,
-before any model loads (an unknown id, a class without ``reset``, a tool without annotations: exit 2).
+``textarena:ENV_ID``; ``openenv:path.py:Class`` / ``openenv:package.module:Class`` (an OpenEnv Environment
+in process, :mod:`reinlm.envs.openenv`); ``verifiers:MODULE`` is refused (not wired, docs/environments.md).
+From Python, :func:`from_python` takes TRL's ``environment_factory=`` (a callable or a dict routing rows by
+their ``environment`` column) and ``tools=``. Every SPEC is checked when it is resolved, before any model
+loads (an unknown id, a class without ``reset``, a tool without annotations: exit 2).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ADAPTERS = {
     "builtin": "built-in environments (always available)",
     "textarena": "TextArena games, in process (pip install textarena)",
     "verifiers": "verifiers environments: a module with load_environment() (not wired yet, docs/environments.md)",
-    "openenv": "OpenEnv Environment classes, in process (not wired yet, docs/environments.md)",
+    "openenv": "OpenEnv Environment classes, in process: openenv:path.py:Class or openenv:module:Class",
 }
 
 
@@ -120,7 +121,7 @@ def resolve_environment(spec: str, *, tools: str = "", max_tool_calling_iteratio
     """A SPEC string -> :class:`EnvSpec` (module docstring). Bad input raises ``ReinlmError`` (exit 2)."""
     if not isinstance(spec, str) or not spec:
         raise ReinlmError(f"environment: got {spec!r}; allowed: builtin:NAME, path.py:Class, textarena:ENV_ID, "
-                          "verifiers:MODULE, openenv:MODULE:Class.")
+                          "openenv:path.py:Class (verifiers:MODULE is not wired yet).")
     kind, _, rest = spec.partition(":")
     tool_fns = load_tools(tools)
     out: EnvSpec
@@ -144,8 +145,16 @@ def resolve_environment(spec: str, *, tools: str = "", max_tool_calling_iteratio
                       players=players, needs_opponent=opp == "frozen", description=f"TextArena {rest}")
         out.extras["opponent"] = opp
         return out
-    elif kind in ("verifiers", "openenv"):
-        raise ReinlmError(f"environment: {kind}: adapters are not wired yet in this version; wrap the environment "
+    elif kind == "openenv":
+        from reinlm.envs.openenv import openenv_factory
+
+        cls = load_object(rest, "environment") if rest else None
+        if not callable(cls):
+            raise ReinlmError(f"environment: got {spec!r}; allowed: openenv:path.py:Class or "
+                              "openenv:package.module:Class (an OpenEnv Environment class).")
+        out = EnvSpec(spec, {None: openenv_factory(cls, spec)}, description=f"OpenEnv {rest}")
+    elif kind == "verifiers":
+        raise ReinlmError(f"environment: {kind}: the adapter is not wired yet in this version; wrap the environment "
                           "in a class with reset(**row) -> str and step(text) -> (observation, reward, done, info) "
                           "and pass path.py:Class (docs/environments.md).")
     elif ":" in spec and (kind.endswith(".py") or "." in kind or kind.isidentifier()):
@@ -156,7 +165,7 @@ def resolve_environment(spec: str, *, tools: str = "", max_tool_calling_iteratio
         tool_fns = []
     else:
         raise ReinlmError(f"environment: got {spec!r}; allowed: builtin:NAME, path.py:Class, textarena:ENV_ID, "
-                          "verifiers:MODULE, openenv:MODULE:Class.")
+                          "openenv:path.py:Class (verifiers:MODULE is not wired yet).")
     if opponent:
         raise ReinlmError(f"opponent: got {opponent!r} for {spec}, a one-player environment; leave --opponent out.")
     if tool_fns:
