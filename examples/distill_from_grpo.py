@@ -10,7 +10,8 @@
 Per step both runs log ``reward/mean`` and ``distill/divergence`` (mean per-token KL(student || teacher) on the
 step's own samples); the held-out before/after evaluation covers the 4 other topics.
 
-Run: ``PYTHONPATH=. python examples/distill_from_grpo.py OUT [STEPS]`` (about 3 x 12 steps of SmolLM2-135M).
+Run: ``PYTHONPATH=. python examples/distill_from_grpo.py OUT [STEPS [STUDENT_STEPS [STUDENT_EVAL_PROMPTS]]]``
+(about 3 x 12 steps of SmolLM2-135M; a teacher already in ``OUT/teacher/final`` is reused).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ def run(out: Path, **extra: object) -> list[dict]:
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/distill-evidence")
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else REWARD_CURVE["steps"]
+    student_steps = int(sys.argv[3]) if len(sys.argv) > 3 else steps
+    ev = {"eval_prompts": int(sys.argv[4])} if len(sys.argv) > 4 else {}
     teacher = out / "teacher" / "final"
     if not teacher.is_dir():
         run(out / "teacher", steps=steps)
-    student = run(out / "distill", steps=steps, algo="distill", teacher=str(teacher), kl_coef=0.0)
-    grpo = run(out / "grpo", steps=steps, teacher=str(teacher), distill_coef=0.0)
+    student = run(out / "distill", steps=student_steps, algo="distill", teacher=str(teacher), kl_coef=0.0, **ev)
+    grpo = run(out / "grpo", steps=student_steps, teacher=str(teacher), distill_coef=0.0, **ev)
     print("step  reward distill  reward grpo  KL(student||teacher) distill  grpo")
     for a, b in zip(student, grpo):
         print(f"{a['step']:4d}  {a['reward/mean']:14.3f}  {b['reward/mean']:11.3f}  "

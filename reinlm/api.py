@@ -153,7 +153,9 @@ class Trainer(_LoopTrainer):
             record.update(prompts=str(out / PROMPTS_FILE), prompt_column="prompt", rename_columns="")
         elif prompts is not None:
             record["prompts"] = str(prompts)
-        # rewards: recorded as the SPEC that rebuilds them
+        if reward_weights is not None and cfg.reward_weights:
+            raise ConfigError("reward_weights: given as an argument and in the config; allowed: one of them.")
+        # rewards: recorded as the SPEC that rebuilds them (the config's reward_weights apply on top, in the loop)
         reward_set = build_reward_set(reward if reward is not None else cfg.reward, reward_weights,
                                       cfg.reward_on_error)
         record["reward"] = reward_set_spec(reward_set)

@@ -1,7 +1,8 @@
 """TRL options a training run reads, with TRL's meaning (tiny models, CPU): AdamW's betas and epsilon,
-``disable_dropout`` (TRL's ``disable_dropout_in_model`` rule) and the reference sync (``sync_ref_model``,
+``disable_dropout`` (TRL's ``disable_dropout_in_model`` rule), the reference sync (``sync_ref_model``,
 ``ref_model_mixup_alpha``, ``ref_model_sync_steps``: TRL's ``SyncRefModelCallback`` rule, saved and restored
-with checkpoints); bad values exit 2 naming the problem."""
+with checkpoints), ``reward_weights`` and ``multi_objective_aggregation``; bad values exit 2 naming the
+problem."""
 
 from __future__ import annotations
 
@@ -105,6 +106,8 @@ def test_sync_ref_model_mixes_every_n_steps_and_survives_a_checkpoint(tiny_lm, t
     (["--ref-model-sync-steps", "0"], "allowed: an integer >= 1"),
     (["--adam-beta1", "1"], "allowed: a finite number >= 0 and < 1"),
     (["--adam-epsilon", "0"], "allowed: a finite number > 0"),
+    (["--reward-weights", "1,x"], "reward_weights: got '1,x'; allowed: finite numbers"),
+    (["--multi-objective-aggregation", "normalize_then_sum", "--algo", "rloo"], "allowed: --algo grpo"),
 ])
 def test_bad_values_exit_2(tmp_path, capsys, extra, words):
     from reinlm.cli.main import main
@@ -114,3 +117,49 @@ def test_bad_values_exit_2(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_normalize_then_sum_equals_trls_rule():
+    """TRL 1.16's normalize_then_sum (grpo_trainer.py, transcribed with TRL's own nanstd) against reinlm's
+    group-normalised terms followed by GRPO's advantages; NaN where a term did not score, one unscorable row."""
+    from trl.trainer.utils import nanstd
+
+    from reinlm.algorithms import AdvantageInputs, AlgorithmConfig, build_algorithm
+    from reinlm.algorithms.groups import normalize_then_sum
+
+    g = torch.Generator().manual_seed(0)
+    G, n_groups = 4, 3
+    per_func = torch.randn(G * n_groups, 2, generator=g, dtype=torch.float64)
+    per_func[1, 0] = float("nan")  # the first term did not score row 1
+    per_func[6, 1] = float("nan")
+    per_func[9] = float("nan")  # unscorable: neither term
+    w = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    # --- TRL
+    grouped = per_func.view(-1, G, 2)
+    mean_k = torch.nanmean(grouped, dim=1, keepdim=True)
+    std_k = nanstd(grouped, dim=1, keepdim=True)
+    reward_k = ((grouped - mean_k) / (std_k + 1e-4)).view(-1, 2)
+    rewards = (reward_k * w.unsqueeze(0)).nansum(dim=1)
+    rewards[torch.isnan(per_func).all(1)] = torch.nan
+    theirs = torch.nan_to_num((rewards - torch.nanmean(rewards)) / (nanstd(rewards) + 1e-4), nan=0.0)
+    # --- reinlm
+    gids = torch.arange(n_groups).repeat_interleave(G)
+    valid = ~torch.isnan(per_func).all(1)
+    scores = normalize_then_sum({"a": per_func[:, 0], "b": per_func[:, 1]}, {"a": 2.0, "b": 0.5}, gids)
+    grpo = build_algorithm("grpo", AlgorithmConfig(multi_objective_aggregation="normalize_then_sum"))
+    inputs = AdvantageInputs(scores=scores * valid, valid=valid, mask=torch.ones(len(gids), 1), group_ids=gids)
+    mine = grpo.advantages(inputs).advantages[:, 0]
+    assert torch.allclose(mine.double(), theirs, atol=1e-5), (mine, theirs)
+
+
+def test_reward_weights_multiply_the_terms(tiny_lm):
+    from reinlm.trainer.loop import Trainer
+
+    model, tok = tiny_lm
+    spec = f"{ASSETS / 'toy_rewards.py'}:space_share+0.5*target_length:10"
+    tr = Trainer(_cfg(model="tiny", reward=spec, reward_weights=[2.0, 3.0], kl_coef=0.0, prompts="builtin:neutral"),
+                 model=copy.deepcopy(model), tokenizer=tok)
+    assert [c.weight for c in tr.reward_set.components] == [2.0, 1.5]
+    with pytest.raises(Exception, match="reward_weights: got 1 weights for 2 reward terms"):
+        Trainer(_cfg(model="tiny", reward=spec, reward_weights=[2.0], kl_coef=0.0, prompts="builtin:neutral"),
+                model=copy.deepcopy(model), tokenizer=tok)

@@ -27,6 +27,10 @@ class AlgorithmConfig(Config):
         "micro-batches and processes); cispo clipped detached weights times log-probs, dapo's normaliser; sapo "
         "soft sigmoid gate instead of the clip, grpo's normaliser; luspo the clipped surrogate summed over each "
         "sequence, mean over sequences; vespo gamma-shaped sequence weight times log-probs, dapo's normaliser")
+    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = opt(
+        "sum_then_normalize", "GRPO with several reward terms (TRL's names): sum_then_normalize weights and sums "
+        "them, then --scale-rewards normalises the sum; normalize_then_sum centres and scales each term within its "
+        "group first, sums them weighted, then divides by the batch std (TRL's rule; --scale-rewards is not read)")
     sapo_temperature_pos: float = opt(1.0, "sapo: gate temperature of tokens with a positive advantage", lo=0,
                                       lo_open=True)
     sapo_temperature_neg: float = opt(1.05, "sapo: gate temperature of tokens with a non-positive advantage", lo=0,

@@ -48,3 +48,17 @@ def zero_spread(scores: torch.Tensor, group_ids: torch.Tensor, valid: torch.Tens
     TRL's ``frac_reward_zero_std`` test) or fewer than two of them are valid (DAPO's dynamic-sampling filter)."""
     _, std, counts = group_mean_std(scores.float(), group_ids, valid)
     return (std <= atol) | (counts < 2)
+
+
+def normalize_then_sum(components: dict[str, torch.Tensor], weights: dict[str, float], group_ids: torch.Tensor,
+                       eps: float = 1e-4) -> torch.Tensor:
+    """TRL's ``multi_objective_aggregation: normalize_then_sum`` before its batch normalisation: each reward term
+    (B,) (NaN where it did not score a sample) centred by its group mean and divided by its unbiased group std +
+    ``eps``, over the samples it scored; then the sum weighted by ``weights[name]`` (a NaN term adds 0). -> (B,)."""
+    total = torch.zeros_like(group_ids, dtype=torch.float32)
+    for name, x in components.items():
+        scored = ~torch.isnan(x)
+        x0 = torch.nan_to_num(x.float())
+        mean, std, _ = group_mean_std(x0, group_ids, scored)
+        total = total + weights[name] * torch.where(scored, (x0 - mean) / (std + eps), torch.zeros_like(x0))
+    return total

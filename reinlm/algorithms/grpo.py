@@ -65,6 +65,9 @@ class GRPO(Algorithm):
     needs = Needs(min_group_size=2, always_clipped=True)
 
     def advantages(self, batch: AdvantageInputs) -> Targets:
-        adv = group_advantages(batch.returns(), batch.group_ids, self.cfg.scale_rewards, batch.valid,
+        # normalize_then_sum: the terms were group-normalised before the sum (trainer: algorithms.groups), whose
+        # group means are then 0 like its batch mean, so TRL's (R - batch mean) / batch std is this with "batch"
+        scale = "batch" if self.cfg.multi_objective_aggregation == "normalize_then_sum" else self.cfg.scale_rewards
+        adv = group_advantages(batch.returns(), batch.group_ids, scale, batch.valid,
                                reduce_sum=batch.reduce_sum)  # (B,)
         return Targets(batch.broadcast(adv))

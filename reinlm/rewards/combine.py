@@ -552,6 +552,34 @@ class RewardSet:
             log.warning("reward: skipped %d problem(s) in a batch of %d; first: %s", len(problems), B, problems[0])
 
 
+def parse_reward_weights(name: str, text: str | None) -> list[float] | None:
+    """``reward_weights`` ("1.0,0.5": one number per reward term, TRL's ``reward_weights``) -> floats, or None."""
+    if text is None or str(text).strip() == "":
+        return None
+    out = []
+    for part in str(text).split(","):
+        try:
+            v = float(part.strip())
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v):
+            raise ConfigError(f"{name}: got {text!r}; allowed: finite numbers separated by commas (a YAML list), one "
+                              f"per reward term, e.g. 1.0,0.5.", field=name)
+        out.append(float(v))
+    return out
+
+
+def apply_reward_weights(reward_set: RewardSet, weights: list[float]) -> RewardSet:
+    """A RewardSet whose i-th term's weight is multiplied by ``weights[i]`` (TRL's ``reward_weights``: one weight
+    per reward function, here per term of the SPEC; a SPEC weight such as 0.5*sentiment multiplies too)."""
+    comps = reward_set.components
+    if len(weights) != len(comps):
+        raise ConfigError(f"reward_weights: got {len(weights)} weights for {len(comps)} reward terms "
+                          f"({', '.join(c.name for c in comps)}); allowed: one weight per term.", field="reward_weights")
+    return RewardSet([RewardComponent(c.name, c.fn, c.weight * w, c.spec) for c, w in zip(comps, weights)],
+                     on_error=reward_set.on_error)
+
+
 def weighted(*terms: Callable | tuple[float, Callable], on_error: OnError = "fail") -> RewardSet:
     """A weighted sum of rewards: each term is a reward or a ``(weight, reward)`` pair (weight 1 if bare).
 

@@ -36,6 +36,7 @@ from reinlm.config.schema import Config, check_device, opt
 from reinlm.critic.config import CriticConfig
 from reinlm.envs.config import EnvConfig
 from reinlm.errors import ConfigError
+from reinlm.rewards.combine import parse_reward_weights
 from reinlm.rollout.config import RolloutConfig
 from reinlm.trainer import trl_names
 from reinlm.trainer.trl_refused import TRL_UNSUPPORTED
@@ -140,6 +141,9 @@ class TrainConfig(Config):
                      f"{', '.join(available_algorithms())}; docs/algorithms.md has one section per algorithm)",
                      check=check_algorithm_name)
     reward: str = opt("sentiment", "reward SPEC, e.g. sentiment, contains_words:red,blue, 0.5*sentiment+target_length:80")
+    reward_weights: str | None = opt(None, "one weight per term of --reward, multiplying it (TRL's reward_weights; "
+                                           "a YAML list or comma-separated numbers)", sep=",",
+                                     check=lambda name, value: parse_reward_weights(name, value))
     reward_on_error: Literal["fail", "skip"] = opt("fail", "a reward returning NaN/None/wrong length: fail the run, or skip those samples")
     # --- data ---
     prompts: str = opt("builtin:reviews", "prompt SPEC: builtin:neutral|reviews|summaries, a .txt/.jsonl/.csv/.parquet file, a saved dataset dir, or hf:NAME[:CONFIG][:SPLIT]")
@@ -289,6 +293,10 @@ class TrainConfig(Config):
             from reinlm.trainer.teacher import check_distill_settings
 
             check_distill_settings(self)
+        if self.algorithm.multi_objective_aggregation == "normalize_then_sum" and self.algo != "grpo":
+            raise ConfigError(f"multi_objective_aggregation: normalize_then_sum with --algo {self.algo}; allowed: "
+                              "--algo grpo (TRL's GRPOTrainer), or sum_then_normalize.",
+                              field="multi_objective_aggregation")
         if self.env.environment or self.env.tools:  # episodes: the settings that go with them
             from reinlm.trainer.episodes import check_env_settings
 

@@ -44,6 +44,7 @@ import torch
 
 from reinlm.algorithms import AdvantageInputs, LossInputs, LossNorm, Targets, build_algorithm
 from reinlm.algorithms.controllers import AdaptiveKLController, ConstantKLController
+from reinlm.algorithms.groups import normalize_then_sum
 from reinlm.algorithms.mismatch import mismatch_stats, tis_clip_fraction, truncated_is_weights
 from reinlm.data import held_out_line, load_prompts, render_prompts
 from reinlm.data.prompts import PromptSet
@@ -51,6 +52,7 @@ from reinlm.envs import resolve_environment
 from reinlm.errors import ConfigError, ReinlmError
 from reinlm.progress import note
 from reinlm.rewards import parse_reward_spec
+from reinlm.rewards.combine import apply_reward_weights, parse_reward_weights
 from reinlm.rewards.precheck import check_reward_inputs
 from reinlm.rollout.multiturn import EpisodeBatch
 from reinlm.rollout.token import RolloutBatch
@@ -134,6 +136,9 @@ class Trainer:
 
         # --- rewards ---
         self.reward_set = reward_set if reward_set is not None else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
+        weights = parse_reward_weights("reward_weights", cfg.reward_weights)
+        if weights is not None:  # TRL's reward_weights: one per term of the SPEC (or of the given reward set)
+            self.reward_set = apply_reward_weights(self.reward_set, weights)
         env_cols = ["environments"] if environment is not None else []  # reward functions get the instances
         check_reward_inputs(self.reward_set, [*full.columns, *env_cols])  # a missing column fails before any model
         check_completions(full, cfg.distill.lmbda)  # --lmbda < 1 needs dataset completions
@@ -232,6 +237,9 @@ class Trainer:
 
         valid = scored.valid
         scores = self.shape_scores(scored.scores, valid) * valid.float()
+        if cfg.algorithm.multi_objective_aggregation == "normalize_then_sum":  # TRL's: each term normalised first
+            weights = {c.name: c.weight for c in self.reward_set.components}
+            scores = normalize_then_sum(scored.components, weights, batch.group_ids.to(self.device)) * valid.float()
         mask = batch.response_mask.float() * valid[:, None].float()  # tokens of the valid samples
         truncated = truncated_rows(batch, cfg.sampling.max_new_tokens, self.policy.eos_token_ids)
         loss_mask = mask * (~truncated).float()[:, None] if cfg.batches.mask_truncated else mask

@@ -36,6 +36,9 @@ TRL_SAME: dict[str, str] = {
                       "SyncRefModelCallback rule); the mixed reference is saved in checkpoints",
     "ref_model_mixup_alpha": "ref = alpha policy + (1 - alpha) ref at each sync (0.6 in both)",
     "ref_model_sync_steps": "optimiser steps between syncs (512 in both)",
+    "reward_weights": "one weight per reward term (TRL: per reward function), multiplying the SPEC's own weight",
+    "multi_objective_aggregation": "sum_then_normalize (both defaults) or normalize_then_sum (TRL's rule: each "
+                                   "term normalised within its group, weighted sum, divided by the batch std); grpo",
     "adam_beta1": "AdamW beta1 (0.9 in both)",
     "adam_beta2": "AdamW beta2 (0.999 in both)",
     "adam_epsilon": "AdamW epsilon (1e-8 in both)",

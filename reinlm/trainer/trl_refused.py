@@ -55,8 +55,6 @@ TRL_UNSUPPORTED: dict[str, str] = {
                             "template with the generation prompt.",
     "max_prompt_length": "prompts are never truncated; over-long prompts are refused before training.",
     # ---------------------------------------------------------------- options not implemented yet
-    "reward_weights": "weights go in the reward SPEC, e.g. reward: 0.5*sentiment+target_length:80.",
-    "multi_objective_aggregation": "rewards are summed with their SPEC weights (sum_then_normalize).",
     "min_p": "sampling supports temperature, top_k and top_p (min-p filtering is not implemented).",
     "repetition_penalty": "sampling applies no repetition penalty (a reward can: trl.rewards:"
                           "get_repetition_penalty_reward).",
