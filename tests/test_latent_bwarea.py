@@ -429,7 +429,10 @@ def test_frozen_perplexity_is_the_world_model_marginalised_over_the_policy(ckpt,
     assert got.shape == (B, R) and torch.allclose(got, want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("what", ["policy", "head"])
+LORA_WEIGHTS = {f"policy.blocks.{i}.{n}.weight" for i in range(L) for n in ("qkv", "proj", "mlp.gate", "mlp.up", "mlp.down")}
+
+
+@pytest.mark.parametrize("what", ["policy", "head", "lora"])
 def test_reinlm_train_on_a_bwarea_directory_trains_only_what_it_is_told(ckpt, tmp_path, what):
     """``reinlm train --space latent --latent BWAREA_DIR``: the run finishes, its final directory is a BWArea model
     whose world model, IDM and code book are bit-identical to the imported ones; ``--latent-train policy`` moves
@@ -445,7 +448,7 @@ def test_reinlm_train_on_a_bwarea_directory_trains_only_what_it_is_told(ckpt, tm
             "--prompts", "builtin:neutral", "--steps", "2", "--batch-prompts", "2", "--samples-per-prompt", "2",
             "--max-new-tokens", "4", "--lr", "1e-2", "--eval-prompts", "1", "--eval-samples", "2",
             "--log-frozen-perplexity", "true", "--device", "cpu", "--log", "none", "--progress", "false",
-            "--out", str(run)]
+            "--out", str(run)] + (["--lora-r", "4"] if what == "lora" else [])
     assert main(argv) == 0
     before = load_file(str(ckpt[1] / "model.safetensors"))
     after = load_file(str(run / "final" / "model.safetensors"))
@@ -453,6 +456,8 @@ def test_reinlm_train_on_a_bwarea_directory_trains_only_what_it_is_told(ckpt, tm
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     if what == "head":
         assert moved == {"policy.out.weight"}
+    elif what == "lora":  # the adapters merged into every linear layer of the policy's blocks, nothing else
+        assert moved == LORA_WEIGHTS
     else:
         assert all(k.startswith("policy.") for k in moved)
         assert {"policy.out.weight", "policy.inp.weight", "policy.norm.weight"} <= moved
@@ -466,9 +471,11 @@ def test_reinlm_train_on_a_bwarea_directory_trains_only_what_it_is_told(ckpt, tm
     assert type(LatentActionModel.from_pretrained(run / "final")).__name__ == "BWAreaModel"
 
 
-def test_a_bwarea_run_resumes_to_the_same_policy(ckpt, tmp_path):
+@pytest.mark.parametrize("what", ["policy", "lora"])
+def test_a_bwarea_run_resumes_to_the_same_policy(ckpt, tmp_path, what):
     """A checkpoint of a BWArea run is a complete BWArea directory; resuming from it (the policy read back from
-    its model.safetensors) ends where the uninterrupted run ends."""
+    its model.safetensors, or with --latent-train lora the adapters from policy_lora.safetensors) ends where the
+    uninterrupted run ends. With LoRA the saved policy is the trained one with its adapters merged."""
     from safetensors.torch import load_file
 
     from reinlm.trainer.config import TrainConfig
@@ -477,15 +484,23 @@ def test_a_bwarea_run_resumes_to_the_same_policy(ckpt, tmp_path):
     def cfg(out, steps):
         return TrainConfig(space="latent", latent=str(ckpt[1]), reward=SPACE_REWARD, prompts="builtin:neutral",
                            steps=steps, batch_prompts=2, samples_per_prompt=2, max_new_tokens=4, lr=1e-2, seed=0,
-                           out=str(out), device="cpu", progress=False, eval_prompts=0, save_every=1, log="none")
+                           out=str(out), device="cpu", progress=False, eval_prompts=0, save_every=1, log="none",
+                           latent_train=what, lora_r=4 if what == "lora" else 0)
 
-    a = Trainer(cfg(tmp_path / "a", 2)).train()
+    trainer = Trainer(cfg(tmp_path / "a", 2))
+    a = trainer.train()
     Trainer(cfg(tmp_path / "b", 1)).train()
     b = Trainer(cfg(tmp_path / "b", 2)).train(resume=True)
     wa, wb, w0 = (load_file(str(d / "model.safetensors")) for d in (a / "final", b / "final", ckpt[1]))
-    assert not torch.equal(wa["policy.out.weight"], w0["policy.out.weight"])  # the runs trained
+    assert any(not torch.equal(wa[k], w0[k]) for k in wa)  # the runs trained
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    from reinlm.latent.model import LatentActionModel
+
+    ids = ids_batch()
+    with torch.no_grad():  # the saved (merged) policy computes what the trained one does
+        saved = LatentActionModel.from_pretrained(a / "final").policy(ids)
+        assert torch.allclose(saved, trainer.policy.lam.policy(ids), atol=1e-5, rtol=0)
 
 
 def test_backbone_commands_refuse_a_bwarea_directory_naming_what_runs(ckpt, tmp_path, capsys):

@@ -53,6 +53,22 @@ def test_only_the_policy_moves(algo, tiny_latent_dir, tmp_path):
     assert ev["after"]["perplexity_frozen"] > 1.0
 
 
+@pytest.mark.parametrize("what", ["head", "lora"])
+def test_latent_train_head_or_lora_moves_only_that_part(what, tiny_latent_dir, tmp_path):
+    """--latent-train head: only the policy's output layer moves; lora: only its blocks' linear layers (the
+    adapters merged into them), in the frozen-backbone family as in BWArea's (tests/test_latent_bwarea.py)."""
+    cfg = latent_cfg(tiny_latent_dir, tmp_path / what, latent_train=what, lora_r=4 if what == "lora" else 0)
+    run_dir = Trainer(cfg).train()
+    before, after = heads(tiny_latent_dir), heads(run_dir / "final")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    if what == "head":
+        assert moved and all(k.startswith("policy.out.") for k in moved)
+    else:
+        linear = ("qkv.weight", "proj.weight", "mlp.gate.weight", "mlp.up.weight", "mlp.down.weight")
+        blocks = {k for k in before if k.startswith("policy.blocks.") and k.endswith(linear)}
+        assert blocks and moved == blocks
+
+
 def test_exact_kl_is_zero_at_start_and_positive_after_an_update(tiny_latent_dir, tmp_path):
     trainer = Trainer(latent_cfg(tiny_latent_dir, tmp_path / "kl", steps=3, lr=5e-2))
     trainer.train()
@@ -83,6 +99,14 @@ def test_final_latent_dir_generates(tiny_latent_dir, tmp_path):
 def test_bad_latent_input(tiny_latent_dir, tmp_path):
     with pytest.raises(ConfigError, match="lora_r"):
         latent_cfg(tiny_latent_dir, tmp_path / "x", lora_r=8)
+    # --latent-train: a latent-space option; lora needs a rank and adapts the blocks' linear layers itself
+    with pytest.raises(ConfigError, match="latent_train: got 'head', a latent-space option"):
+        TrainConfig(space="token", latent_train="head")
+    with pytest.raises(ConfigError, match="lora_r: --latent-train lora needs a LoRA rank"):
+        latent_cfg(tiny_latent_dir, tmp_path / "x", latent_train="lora")
+    with pytest.raises(ConfigError, match="lora_targets: got 'all-linear' with --latent-train lora"):
+        latent_cfg(tiny_latent_dir, tmp_path / "x", latent_train="lora", lora_r=4, lora_targets="all-linear")
+    assert latent_cfg(tiny_latent_dir, tmp_path / "x", latent_train="lora", lora_r=4).lora_r == 4
     with pytest.raises(ReinlmError, match="latent"):
         Trainer(latent_cfg(tmp_path / "missing", tmp_path / "y"))
     assert not (tmp_path / "y").exists()

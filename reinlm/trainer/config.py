@@ -124,6 +124,18 @@ def _accept_flat_names(cls: type[_C]) -> type[_C]:
     return cls
 
 
+def check_latent_lora(rank: int, targets: str, default_targets: str) -> None:
+    """``--latent-train lora`` needs ``--lora-r`` > 0 and adapts every linear layer of the policy's blocks, so
+    ``--lora-targets`` (a token-space choice of modules) must stay at its default."""
+    if rank <= 0:
+        raise ConfigError("lora_r: --latent-train lora needs a LoRA rank; allowed: --lora-r 1 or more (e.g. 8).",
+                          field="lora_r")
+    if targets != default_targets:
+        raise ConfigError(f"lora_targets: got {targets!r} with --latent-train lora; in latent space LoRA adapts every "
+                          f"linear layer of the policy's blocks (qkv, proj, gate, up, down); leave --lora-targets at "
+                          f"{default_targets!r}.", field="lora_targets")
+
+
 @_accept_flat_names
 @dataclass
 class TrainConfig(Config):
@@ -134,9 +146,11 @@ class TrainConfig(Config):
     space: Literal["token", "latent"] = opt("token", "action space: token (the LM itself) or latent (a policy over latent actions)")
     latent: str | None = opt(None, "latent-action model directory (required with --space latent)")
     num_actions: int | None = opt(None, "latent space: expected number of actions K (checked against the latent model)", lo=2)
-    latent_train: Literal["policy", "head"] = opt(
-        "policy", "latent space: what RL trains: policy (all of it) or head (only its output layer, e.g. BWArea's "
-        "transformer_policy_layer: the policy's layers and embeddings stay frozen, no optimizer state for them)")
+    latent_train: Literal["policy", "head", "lora"] = opt(
+        "policy", "latent space: what RL trains: policy (all of it), head (only its output layer, e.g. BWArea's "
+        "transformer_policy_layer: the policy's layers and embeddings stay frozen, no optimizer state for them) or "
+        "lora (LoRA adapters of rank --lora-r on every linear layer of the policy's blocks; merged into the "
+        "saved policy)")
     algo: str = opt("grpo", "RL algorithm, a name in the algorithm registry (built in: "
                      f"{', '.join(available_algorithms())}; docs/algorithms.md has one section per algorithm)",
                      check=check_algorithm_name)
@@ -267,6 +281,9 @@ class TrainConfig(Config):
             token_only = {"lora_r": (self.lora_r, 0), "value_model": (self.ppo.value_model, "shared"),
                           "train_precision": (self.train_precision, "same"),
                           "sync_ref_model": (self.kl.sync_ref_model, False)}
+            if self.latent_train == "lora":  # LoRA on the latent policy: --lora-r given, --lora-targets not read
+                del token_only["lora_r"]
+                check_latent_lora(self.lora_r, self.lora_targets, flat_fields(TrainConfig)["lora_targets"].default)
             for name, (value, neutral) in token_only.items():
                 if value != neutral:
                     raise ConfigError(f"{name}: got {value!r}, a token-space option; it cannot be "

@@ -44,6 +44,34 @@ def as_latent(batch: RolloutBatch) -> LatentRolloutBatch:
     return cast(LatentRolloutBatch, batch)
 
 
+LORA_FILE = "policy_lora.safetensors"  # --latent-train lora: the adapters of a saved policy
+LORA_MODULES = ["qkv", "proj", "gate", "up", "down"]  # every linear layer of a policy block (modules.CausalBlock)
+
+
+def add_policy_lora(policy: torch.nn.Module, rank: int, alpha: int) -> None:
+    """LoRA (Hu et al. 2021, peft) on every linear layer of the policy's blocks, in place: W x + (alpha / r) B A x
+    with B = 0 at the start (the policy is unchanged); only A and B are trainable. The output layer and the
+    embeddings are not adapted."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_MODULES),
+                            policy)
+
+
+def merged_lora_copy(policy: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a LoRA'd policy with every adapter merged into its linear layer (W + (alpha / r) B A) and the
+    plain layers back in place: the state dict of the policy without adapters (what a latent directory holds)."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = copy.deepcopy(policy)
+    for name, mod in list(merged.named_modules()):
+        if isinstance(mod, LoraLayer):
+            mod.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent), child, mod.get_base_layer())
+    return merged
+
+
 class LatentPolicy:
     """The :class:`~reinlm.trainer.policy.Policy` of latent space: wraps a
     :class:`~reinlm.latent.model.LatentActionModel` (trainable policy, frozen BC reference, and a value head on
@@ -68,11 +96,13 @@ class LatentPolicy:
 
             cast_parameters(self.lam.policy, torch.float32)
         self.trained = self.trained_module(self.lam, cfg.latent_train)
-        self.trained.requires_grad_(True)
+        self.trained.requires_grad_(cfg.latent_train != "lora")
         self.tokenizer = self.lam.tokenizer
         if self.tokenizer is None:
             raise ReinlmError(f"latent: the backbone of {cfg.latent!r} has no tokenizer; it cannot score text.")
         self.ref_policy = copy.deepcopy(self.lam.policy).eval().requires_grad_(False)
+        if cfg.latent_train == "lora":  # adapters after the reference copy: it stays the plain starting policy
+            add_policy_lora(self.lam.policy, cfg.lora_r, cfg.lora_alpha)
         self.value_head = None
         if with_value_head:
             self.value_head = ValueHead(self.lam.config.d_model).to(device)
@@ -81,8 +111,9 @@ class LatentPolicy:
     @staticmethod
     def trained_module(lam, what: str) -> torch.nn.Module:
         """The part of the policy RL trains (``--latent-train``): ``policy`` = all of it, ``head`` = its output
-        layer (``policy.out``, BWArea's ``transformer_policy_layer``)."""
-        return lam.policy if what == "policy" else lam.policy.out
+        layer (``policy.out``, BWArea's ``transformer_policy_layer``); ``lora``: the policy, of which only the
+        adapters are trainable (:func:`add_policy_lora`)."""
+        return lam.policy.out if what == "head" else lam.policy
 
     @property
     def context_length(self) -> int:
@@ -237,7 +268,7 @@ class LatentPolicy:
 
     # --- parameters and persistence ---
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        params = list(self.trained.parameters())
+        params = [p for p in self.trained.parameters() if p.requires_grad]
         if self.value_head is not None:
             params += list(self.value_head.parameters())
         return params
@@ -263,13 +294,21 @@ class LatentPolicy:
         return getattr(pol, "module", pol)
 
     def save(self, out_dir: str | Path) -> None:
-        """A complete latent model directory (config + heads) holding the current policy."""
+        """A complete latent model directory (config + heads, or BWArea's weights) holding the current policy;
+        with ``--latent-train lora`` the adapters merged into it, and the adapters alone in ``LORA_FILE`` (what
+        a resumed run reads back)."""
         wrapped = self.lam.policy
-        self.lam.policy = self._unwrap()
+        lora = self.cfg.latent_train == "lora"
+        self.lam.policy = merged_lora_copy(self._unwrap()) if lora else self._unwrap()
         try:
             self.lam.save_pretrained(out_dir)
         finally:
             self.lam.policy = wrapped
+        if lora:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous().cpu() for k, v in self._unwrap().state_dict().items()
+                       if "lora_" in k}, str(Path(out_dir) / LORA_FILE))
 
     save_final = save
 
@@ -277,6 +316,11 @@ class LatentPolicy:
         """Load the policy weights of a latent model directory written by :meth:`save`."""
         from safetensors.torch import load_file
 
+        if self.cfg.latent_train == "lora":  # the starting policy plus the saved adapters
+            missing, unexpected = self._unwrap().load_state_dict(load_file(str(Path(policy_dir) / LORA_FILE)),
+                                                                  strict=False)
+            assert not unexpected and not [k for k in missing if "lora_" in k], (missing, unexpected)
+            return
         state = load_file(str(Path(policy_dir) / self.lam.weights_file))
         pol = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
         self._unwrap().load_state_dict(pol)
