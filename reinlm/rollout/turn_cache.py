@@ -56,7 +56,7 @@ class KeptCaches:
     """Each episode's keys and values between turns: ``ids[e]`` the token ids its cache holds, in order, and
     ``kv[e]`` one ``(keys, values)`` pair per layer, each (nkv, L_e, hs) with L_e = ``len(ids[e])``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.ids: dict[int, list[int]] = {}
         self.kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
