@@ -21,6 +21,8 @@ def test_list_json_names_builtins_and_adapters(capsys):
     out = json.loads(capsys.readouterr().out)
     assert {r["spec"] for r in out["builtins"]} == {"builtin:guess", "builtin:negotiate", "builtin:persuade"}
     assert {a["adapter"] for a in out["adapters"]} >= {"builtin", "textarena"}
+    usable = {a["adapter"]: a["installed"] for a in out["adapters"]}
+    assert usable["openenv"] and not usable["verifiers"]  # the OpenEnv adapter needs no package; verifiers: not wired
 
 
 def test_play_reads_turns_from_stdin(capsys, monkeypatch):

@@ -62,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _list(args) -> int:
     rows = [{"spec": f"builtin:{n}", "description": c.description} for n, c in BUILTINS.items()]
+    # usable now: the OpenEnv adapter needs no package of its own (the user's class imports openenv-core);
+    # verifiers is not wired; TextArena needs its package
+    usable = {"builtin": True, "openenv": True, "verifiers": False}
     adapters = [{"adapter": k, "description": v,
-                 "installed": k == "builtin" or importlib.util.find_spec(k) is not None} for k, v in ADAPTERS.items()]
+                 "installed": usable.get(k, importlib.util.find_spec(k) is not None)} for k, v in ADAPTERS.items()]
     if args.json:
         print_json({"builtins": rows, "adapters": adapters})
         return 0
@@ -72,7 +75,7 @@ def _list(args) -> int:
         print(f"  {r['spec']:<20} {r['description']}")
     print("adapters:")
     for a in adapters:
-        print(f"  {a['adapter'] + ':':<20} {a['description']}{'' if a['installed'] else '  [not installed]'}")
+        print(f"  {a['adapter'] + ':':<20} {a['description']}{'' if a['installed'] else '  [not available]'}")
     return 0
 
 

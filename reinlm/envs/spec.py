@@ -28,8 +28,8 @@ __all__ = ["EnvSpec", "resolve_environment", "from_python", "load_object", "ADAP
 ADAPTERS = {
     "builtin": "built-in environments (always available)",
     "textarena": "TextArena games, in process (pip install textarena)",
-    "verifiers": "verifiers environments: a module with load_environment() (not wired yet, docs/environments.md)",
-    "openenv": "OpenEnv Environment classes, in process: openenv:path.py:Class or openenv:module:Class",
+    "verifiers": "verifiers environments (not wired: docs/environments.md, \"What the extras add\")",
+    "openenv": "OpenEnv Environment classes in process: openenv:path.py:Class (your class imports openenv-core)",
 }
 
 
