@@ -13,8 +13,9 @@ The loop knows neither the algorithm nor the action space: it looks the algorith
 
 Where things live (hook in there, not here):
 
-- ``loop.py`` (this file): :class:`Trainer`: ``__init__`` builds the parts, :meth:`Trainer.train_step` is one
-  step from rollouts to metrics, :meth:`Trainer._update` the minibatch gradient steps.
+- ``loop.py`` (this file): :class:`Trainer`: ``__init__`` builds the parts (one ``_init_*`` method each),
+  :meth:`Trainer.train_step` is one step from rollouts to metrics, :meth:`Trainer._update` the minibatch
+  gradient steps (``_optimizer_step``, ``_micro_batch``).
 - ``collect.py``: prompt choice (``choose_prompts``; seeds: ``reinlm.utils.rng.step_seed``), rollouts, dynamic sampling; a
   step's batch as :class:`~reinlm.trainer.collect.Collected` (with its zero-spread flags, computed once).
 - ``scoring.py``: rewards -> :class:`~reinlm.trainer.scoring.Scored` (sequence, token-level, critic), score
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,7 +60,7 @@ from reinlm.rollout.multiturn import EpisodeBatch
 from reinlm.rollout.token import RolloutBatch
 from reinlm.trainer import run_shell
 from reinlm.trainer.batching import truncated_rows
-from reinlm.trainer.collect import Collector, choose_prompts
+from reinlm.trainer.collect import Collected, Collector, choose_prompts
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.degeneration import DegenerationConfig, DegenerationMonitor
 from reinlm.trainer.episodes import EpisodeRunner, synthetic_rows
@@ -68,7 +70,7 @@ from reinlm.trainer.optim import lr_lambda, make_adamw
 from reinlm.trainer.policy import Policy, PolicyScores
 from reinlm.trainer.run_shell import RUN_OUTPUTS, prepare_fresh_run_dir, previous_run_outputs
 from reinlm.trainer.scoring import Scorer, ScoreShaper, greedy_baseline, reward_trainer_state
-from reinlm.trainer.step_metrics import Reducer, StepTimes, perplexity_metrics, step_metrics
+from reinlm.trainer.step_metrics import Reducer, StepTimes, UpdateStats, perplexity_metrics, step_metrics
 from reinlm.trainer.teacher import DatasetSteps, Teacher, check_completions
 from reinlm.utils.distributed import destroy_process_group_at_exit
 from reinlm.utils.rng import seed_everything, step_seed
@@ -86,6 +88,21 @@ def make_policy(cfg: TrainConfig, device: torch.device, *, model: Any = None, to
     return LatentPolicy(cfg, device, with_value_head=with_value_head)
 
 
+@dataclass
+class UpdateBatch:
+    """What :meth:`Trainer._update` works on: the step's batch and what stays fixed through its passes."""
+
+    batch: RolloutBatch
+    old_logp: torch.Tensor | None  # (B, R) the trainer's log-probs before the update; None: from the first pass
+    ref: PolicyScores | None  # the reference's scores (None: no KL)
+    mask: torch.Tensor  # (B, R) the tokens in the loss
+    targets: Targets  # the algorithm's advantages/returns
+    step: int
+    off_policy: bool  # several optimiser steps on this batch
+    kl_coef: float  # beta of the KL loss term (0: none)
+    seen_old: torch.Tensor  # (B, R) the first pass's log-probs, filled when old_logp is None
+
+
 class Trainer:
     """Builds every component from a :class:`TrainConfig` and runs the loop.
 
@@ -96,10 +113,35 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, model: Any = None, tokenizer: Any = None, reward_set: Any = None,
                  prompt_set: Any = None, accelerator: Any = None, degeneration: DegenerationConfig | None = None,
                  environment: Any = None, env_rewards: Any = None, teacher: Any = None):
-        from accelerate import Accelerator
-
         self.cfg = cfg
         self.run_dir = Path(cfg.out or cfg.default_out)
+        self._init_processes(accelerator)
+        # data and rewards before any model: bad input fails fast
+        if cfg.env.environment and environment is None:  # a bad SPEC fails here, before any model loads
+            environment = resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
+                                              max_tool_calling_iterations=cfg.env.max_tool_calling_iterations)
+        self._init_prompts(prompt_set, environment)
+        self._init_rewards(reward_set, environment)
+        self._init_policy(model, tokenizer, environment, env_rewards, teacher)
+        self._check_lengths()
+        # the step's parts (collect.py, scoring.py, step_metrics.py)
+        self.score = Scorer(self.reward_set, self.critic, self.policy, self.device, cfg.chat_template, self.episodes)
+        self.shape_scores = ScoreShaper(cfg.batches.score_scaling, cfg.batches.score_clip)
+        dataset_steps = DatasetSteps(cfg, self.policy, self.train_prompts) if cfg.distill.lmbda < 1 else None
+        self.collector = Collector(cfg, self.policy, self.score, self.train_prompts, self.train_texts, self.rank,
+                                   self.world, self.device, self.episodes, dataset_steps)
+        self.reduce = Reducer(self.accelerator, self.world, self.device)
+        self._init_optimisation()
+        self.monitor = DegenerationMonitor(degeneration or DegenerationConfig())
+        self.start_step = 0
+        self.steps_done = 0
+        self.last_healthy_ckpt: int | None = None
+
+    def _init_processes(self, accelerator: Any) -> None:
+        """This process's place in a data-parallel run (one process: rank 0 of 1), and the run seed."""
+        from accelerate import Accelerator
+
+        cfg = self.cfg
         self.accelerator = accelerator or Accelerator(cpu=(cfg.device == "cpu" or not torch.cuda.is_available()))
         self.device = self.accelerator.device
         self.rank: int = self.accelerator.process_index
@@ -112,10 +154,9 @@ class Trainer:
                               "multiple of the number of processes (each process takes whole prompt groups).")
         seed_everything(cfg.seed)
 
-        # --- data (before any model: bad input fails fast) ---
-        if cfg.env.environment and environment is None:  # a bad SPEC fails here, before any model loads
-            environment = resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
-                                              max_tool_calling_iterations=cfg.env.max_tool_calling_iterations)
+    def _init_prompts(self, prompt_set: Any, environment: Any) -> None:
+        """The prompts, split into training and held-out prompts (``--held-out-fraction``)."""
+        cfg = self.cfg
         if prompt_set is None and environment is not None and cfg.prompts == "builtin:reviews":
             prompt_set = synthetic_rows(cfg.env.env_rows)
         full = prompt_set if prompt_set is not None else load_prompts(cfg.prompts, column=cfg.prompt_column,
@@ -134,17 +175,24 @@ class Trainer:
             n_held = 0 if self.held_out is self.train_prompts else len(self.held_out)
             note(held_out_line(len(full), n_held, cfg.held_out_fraction, cfg.eval_prompts))
 
-        # --- rewards ---
-        self.reward_set = reward_set if reward_set is not None else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
+    def _init_rewards(self, reward_set: Any, environment: Any) -> None:
+        """The reward set (``--reward``, ``--reward-weights``), checked against the prompts' columns, and the LLM
+        critic if any."""
+        cfg = self.cfg
+        self.reward_set = (reward_set if reward_set is not None
+                           else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error))
         weights = parse_reward_weights("reward_weights", cfg.reward_weights)
         if weights is not None:  # TRL's reward_weights: one per term of the SPEC (or of the given reward set)
             self.reward_set = apply_reward_weights(self.reward_set, weights)
         env_cols = ["environments"] if environment is not None else []  # reward functions get the instances
-        check_reward_inputs(self.reward_set, [*full.columns, *env_cols])  # a missing column fails before any model
-        check_completions(full, cfg.distill.lmbda)  # --lmbda < 1 needs dataset completions
+        check_reward_inputs(self.reward_set, [*self.full_prompts.columns, *env_cols])  # before any model
+        check_completions(self.full_prompts, cfg.distill.lmbda)  # --lmbda < 1 needs dataset completions
         self.critic = cfg.llm_critic.build() if (cfg.llm_critic.critic or cfg.llm_critic.critic_url) else None
 
-        # --- algorithm (looked up by name: docs/algorithms.md) and policy (the action space) ---
+    def _init_policy(self, model: Any, tokenizer: Any, environment: Any, env_rewards: Any, teacher: Any) -> None:
+        """The algorithm (looked up by name: docs/algorithms.md), the policy of the action space, the prompts as
+        the policy's strings, the teacher (``--teacher``), the episode runner (``--environment``), the TIS level."""
+        cfg = self.cfg
         self.algorithm = build_algorithm(cfg.algo, cfg.algorithm, cfg.ppo, cfg.distill)
         self.needs = self.algorithm.needs
         self.policy: Policy = make_policy(cfg, self.device, model=model, tokenizer=tokenizer,
@@ -164,17 +212,10 @@ class Trainer:
         self.tis_level: Literal["none", "token", "sequence"] = (
             cfg.algorithm.tis if cfg.algorithm.tis != "auto"
             else ("none" if self.policy.rollout_logprobs_exact else "token"))
-        self._check_lengths()
 
-        # --- the step's parts (collect.py, scoring.py, step_metrics.py) ---
-        self.score = Scorer(self.reward_set, self.critic, self.policy, self.device, cfg.chat_template, self.episodes)
-        self.shape_scores = ScoreShaper(cfg.batches.score_scaling, cfg.batches.score_clip)
-        dataset_steps = DatasetSteps(cfg, self.policy, self.train_prompts) if cfg.distill.lmbda < 1 else None
-        self.collector = Collector(cfg, self.policy, self.score, self.train_prompts, self.train_texts, self.rank,
-                                   self.world, self.device, self.episodes, dataset_steps)
-        self.reduce = Reducer(self.accelerator, self.world, self.device)
-
-        # --- optimisation ---
+    def _init_optimisation(self) -> None:
+        """AdamW over the policy's trainable parameters, the learning-rate schedule, DDP, the KL controller."""
+        cfg = self.cfg
         params = self.policy.trainable_parameters()
         if not params:
             raise ReinlmError("the policy has no trainable parameters.")
@@ -185,10 +226,6 @@ class Trainer:
         kl = cfg.kl
         self.kl_ctl = (AdaptiveKLController(kl.kl_coef, kl.kl_target, kl.kl_horizon) if kl.kl_target is not None
                        else ConstantKLController(kl.kl_coef))
-        self.monitor = DegenerationMonitor(degeneration or DegenerationConfig())
-        self.start_step = 0
-        self.steps_done = 0
-        self.last_healthy_ckpt: int | None = None
 
     def _check_lengths(self) -> None:
         tok = self.policy.tokenizer
@@ -248,39 +285,16 @@ class Trainer:
         off_policy = cfg.update_epochs > 1 or mb < B  # several optimiser steps on this batch
         t_reward = time.perf_counter()  # rollouts and rewards done (interleaved with dynamic-sampling refills)
 
-        # the trainer's own log-probs at the sampling parameters: with one optimiser step on the batch they come
-        # free from the update's first pass (old = its detached log-probs; TIS compares them with the sampler's).
-        # One no-grad forward recomputes them before the update only when something reads them first: values
-        # (PPO), several optimiser steps, or a KL *reward* on rollouts from another numeric path (bf16 copy, vLLM)
         ref = self.policy.reference(batch)
-        exact = self.policy.rollout_logprobs_exact
-        old = None
-        if self.needs.values or off_policy or (not exact and ref is not None and cfg.kl.kl_in == "reward"):
-            with torch.no_grad():
-                old = self.policy.score(batch, need_values=self.needs.values)
+        old = self._old_scores(batch, ref, off_policy)
         # KL of the sampled tokens to the reference: before the update when it enters the reward; with kl_in=loss
         # on inexact rollouts (no recompute) it is a metric only, taken after the update from the first pass
-        kl_after = old is None and not exact and ref is not None
+        kl_after = old is None and not self.policy.rollout_logprobs_exact and ref is not None
         kl = None if kl_after else self.policy.rollout_kl(batch, ref, cfg.kl.kl_estimator,
                                                           old=None if old is None else old.logp)
         kl = kl * mask if kl is not None else None
         beta = self.kl_ctl.value
-        baseline_scores = None
-        if self.needs.greedy_baseline:
-            baseline_scores, greedy_valid = greedy_baseline(self.policy, self.score, self.shape_scores, batch,
-                                                            self.train_prompts, got.prompt_idx,
-                                                            got.group_size or cfg.samples_per_prompt)
-            valid = valid & greedy_valid  # no baseline, no advantage
-        inputs = AdvantageInputs(scores=scores, valid=valid, mask=mask, group_ids=batch.group_ids.to(self.device),
-                                 kl=kl, beta=beta if cfg.kl.kl_in == "reward" else 0.0, dense=scored.dense,
-                                 values=None if old is None or old.values is None else old.values.detach(),
-                                 baseline_scores=baseline_scores, reduce_sum=self.reduce.sum)
-        if self.episodes is None:
-            targets = self.algorithm.advantages(inputs)
-        elif isinstance(batch, EpisodeBatch):  # --turn-credit
-            targets = self.episodes.targets(self.algorithm, inputs, batch)
-        else:
-            raise TypeError(f"--environment: the step's batch is a {type(batch).__name__}, not the episodes' batch")
+        targets, valid = self._advantages(got, scores, valid, mask, kl, beta, old)
         t_prep = time.perf_counter()
 
         old_logp = None if old is None else old.logp.detach()
@@ -304,6 +318,42 @@ class Trainer:
         metrics.update(self.policy.step_metrics())  # e.g. mismatch/ref_logp_abs at the first step
         return {"metrics": metrics, "batch": batch, "scores": scored.scores, "extras": scored.columns or {}}
 
+    def _old_scores(self, batch: RolloutBatch, ref: PolicyScores | None, off_policy: bool) -> PolicyScores | None:
+        """The trainer's own scores of the batch at the sampling parameters, before the update (None: nothing
+        reads them first).
+
+        With one optimiser step on the batch they come free from the update's first pass (old = its detached
+        log-probs; TIS compares them with the sampler's). One no-grad forward computes them here only when
+        something reads them first: values (PPO), several optimiser steps, or a KL *reward* on rollouts from
+        another numeric path (bf16 copy, vLLM).
+        """
+        exact = self.policy.rollout_logprobs_exact
+        if self.needs.values or off_policy or (not exact and ref is not None and self.cfg.kl.kl_in == "reward"):
+            with torch.no_grad():
+                return self.policy.score(batch, need_values=self.needs.values)
+        return None
+
+    def _advantages(self, got: Collected, scores: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor,
+                    kl: torch.Tensor | None, beta: float, old: PolicyScores | None) -> tuple[Targets, torch.Tensor]:
+        """The algorithm's targets (advantages, returns) of the step's batch, and the samples that got one (B,)
+        (ReMax: no greedy baseline, no advantage)."""
+        cfg, batch = self.cfg, got.batch
+        baseline_scores = None
+        if self.needs.greedy_baseline:
+            baseline_scores, greedy_valid = greedy_baseline(self.policy, self.score, self.shape_scores, batch,
+                                                            self.train_prompts, got.prompt_idx,
+                                                            got.group_size or cfg.samples_per_prompt)
+            valid = valid & greedy_valid
+        inputs = AdvantageInputs(scores=scores, valid=valid, mask=mask, group_ids=batch.group_ids.to(self.device),
+                                 kl=kl, beta=beta if cfg.kl.kl_in == "reward" else 0.0, dense=got.scored.dense,
+                                 values=None if old is None or old.values is None else old.values.detach(),
+                                 baseline_scores=baseline_scores, reduce_sum=self.reduce.sum)
+        if self.episodes is None:
+            return self.algorithm.advantages(inputs), valid
+        if isinstance(batch, EpisodeBatch):  # --turn-credit
+            return self.episodes.targets(self.algorithm, inputs, batch), valid
+        raise TypeError(f"--environment: the step's batch is a {type(batch).__name__}, not the episodes' batch")
+
     def _update(self, batch: RolloutBatch, old_logp: torch.Tensor | None, ref: PolicyScores | None,
                 mask: torch.Tensor, targets: Targets, step: int, off_policy: bool) -> tuple[dict[str, float], torch.Tensor]:
         """``update_epochs`` passes of minibatch gradient steps (mask (B, R): the tokens in the loss).
@@ -315,68 +365,61 @@ class Trainer:
         cfg = self.cfg
         B = mask.shape[0]
         mb = min(cfg.minibatch_size or B, B)
-        seen_old = torch.zeros_like(mask)
-        loss_sums: dict[str, float] = {}  # "loss/..." shares, summed within an optimiser step
-        sums: dict[str, float] = {}  # other statistics, row-weighted over micro-batches
-        rows = 0
-        opt_steps = 0
-        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 7))
         kl_coef = self.kl_ctl.value if (cfg.kl.kl_in == "loss" and ref is not None) else 0.0
+        up = UpdateBatch(batch, old_logp, ref, mask, targets, step, off_policy, kl_coef, torch.zeros_like(mask))
+        stats = UpdateStats()
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 7))
         for epoch in range(cfg.update_epochs):
             order = torch.randperm(B, generator=gen) if (epoch > 0 or mb < B) else torch.arange(B)
             for start in range(0, B, mb):
-                idx = order[start:start + mb]
-                norm = LossNorm(seqs=len(idx), tokens=float(self.reduce.sum(mask[idx].sum())), world=self.world,
-                                max_len=cfg.sampling.max_new_tokens)
-                self.optimizer.zero_grad(set_to_none=True)
-                micro = max(1, math.ceil(len(idx) / cfg.grad_accum))
-                for m0 in range(0, len(idx), micro):
-                    sub = idx[m0:m0 + micro]
-                    sub_batch = batch.select(sub.tolist())
-                    scores = self.policy.score(sub_batch, need_values=self.needs.values,
-                                               need_dist=self.teacher is not None)
-                    old = old_logp[sub] if old_logp is not None else scores.logp.detach()
-                    if old_logp is None:
-                        seen_old[sub] = old
-                    is_w = None
-                    tis_level = self.tis_level
-                    if tis_level != "none":
-                        a = cfg.algorithm
-                        is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, mask[sub], tis_level,
-                                                             a.tis_cap, a.tis_clip_min, a.tis_mode)
-                        sums["mismatch/tis_clip_fraction"] = sums.get("mismatch/tis_clip_fraction", 0.0) + \
-                            tis_clip_fraction(clipped, mask[sub]) * len(sub)
-                    kl = None
-                    if kl_coef > 0 and ref is not None:
-                        kl = self.policy.kl_loss(sub_batch, scores, ref.select(sub))
-                    inputs = LossInputs(logp=scores.logp, old_logp=old, mask=mask[sub], targets=targets.select(sub),
-                                        off_policy=off_policy, is_weights=is_w, kl=kl, kl_coef=kl_coef,
-                                        entropy=scores.entropy, values=scores.values,
-                                        sampler_logp=sub_batch.logprobs, dist=scores.dist,
-                                        teacher_dist=None if self.teacher is None else self.teacher.log_dist(sub_batch))
-                    loss, st = self.algorithm.loss(inputs, norm)
-                    if self.world == 1:  # several processes: the all-reduced gradient norm below stops them all
-                        check_loss(loss, step + 1, st)
-                    self.policy.backward(self.accelerator, loss)
-                    loss_sums["loss/total"] = loss_sums.get("loss/total", 0.0) + float(loss.detach())
-                    for k, v in st.items():
-                        if k.startswith("loss/"):
-                            loss_sums[k] = loss_sums.get(k, 0.0) + v
-                        else:
-                            sums[k] = sums.get(k, 0.0) + v * len(sub)
-                    rows += len(sub)
-                gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(),
-                                                    cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                check_grad_norm(gn, step + 1)  # before the step: a NaN never reaches the weights
-                sums["grad/norm"] = sums.get("grad/norm", 0.0) + float(gn) * len(idx)
-                self.optimizer.step()
-                self.policy.after_optimizer_step()
-                self.algorithm.end_optimizer_step(self.reduce.sum)
-                opt_steps += 1
+                self._optimizer_step(up, order[start:start + mb], stats)
         self.scheduler.step()
-        stats = {k: v / max(rows, 1) for k, v in sums.items()}
-        stats.update({k: v / max(opt_steps, 1) for k, v in loss_sums.items()})
-        return stats, seen_old
+        return stats.means(), up.seen_old
+
+    def _optimizer_step(self, up: UpdateBatch, idx: torch.Tensor, stats: UpdateStats) -> None:
+        """One optimiser step on the rows ``idx`` of the batch: ``grad_accum`` micro-batches, clip, AdamW."""
+        cfg = self.cfg
+        norm = LossNorm(seqs=len(idx), tokens=float(self.reduce.sum(up.mask[idx].sum())), world=self.world,
+                        max_len=cfg.sampling.max_new_tokens)
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = max(1, math.ceil(len(idx) / cfg.grad_accum))
+        for m0 in range(0, len(idx), micro):
+            self._micro_batch(up, idx[m0:m0 + micro], norm, stats)
+        gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(),
+                                            cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        check_grad_norm(gn, up.step + 1)  # before the step: a NaN never reaches the weights
+        stats.add("grad/norm", float(gn), len(idx))
+        self.optimizer.step()
+        self.policy.after_optimizer_step()
+        self.algorithm.end_optimizer_step(self.reduce.sum)
+        stats.opt_steps += 1
+
+    def _micro_batch(self, up: UpdateBatch, sub: torch.Tensor, norm: LossNorm, stats: UpdateStats) -> None:
+        """Forward, loss and backward of the rows ``sub`` (gradients accumulate until the optimiser step)."""
+        sub_batch = up.batch.select(sub.tolist())
+        scores = self.policy.score(sub_batch, need_values=self.needs.values, need_dist=self.teacher is not None)
+        old = up.old_logp[sub] if up.old_logp is not None else scores.logp.detach()
+        if up.old_logp is None:
+            up.seen_old[sub] = old
+        is_w = None
+        if self.tis_level != "none":
+            a = self.cfg.algorithm
+            is_w, clipped = truncated_is_weights(old, sub_batch.logprobs, up.mask[sub], self.tis_level,
+                                                 a.tis_cap, a.tis_clip_min, a.tis_mode)
+            stats.add("mismatch/tis_clip_fraction", tis_clip_fraction(clipped, up.mask[sub]), len(sub))
+        kl = None
+        if up.kl_coef > 0 and up.ref is not None:
+            kl = self.policy.kl_loss(sub_batch, scores, up.ref.select(sub))
+        inputs = LossInputs(logp=scores.logp, old_logp=old, mask=up.mask[sub], targets=up.targets.select(sub),
+                            off_policy=up.off_policy, is_weights=is_w, kl=kl, kl_coef=up.kl_coef,
+                            entropy=scores.entropy, values=scores.values, sampler_logp=sub_batch.logprobs,
+                            dist=scores.dist,
+                            teacher_dist=None if self.teacher is None else self.teacher.log_dist(sub_batch))
+        loss, st = self.algorithm.loss(inputs, norm)
+        if self.world == 1:  # several processes: the all-reduced gradient norm below stops them all
+            check_loss(loss, up.step + 1, st)
+        self.policy.backward(self.accelerator, loss)
+        stats.add_micro_batch(float(loss.detach()), st, len(sub))
 
 
 def train(cfg: TrainConfig, resume: bool = False, **inject: Any) -> Path:

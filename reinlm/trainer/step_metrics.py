@@ -10,7 +10,7 @@ Dimension legend: B = sequences on this process, R = response length (tokens, or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,37 @@ from reinlm.rollout.token import RolloutBatch
 from reinlm.trainer.policy import Policy, PolicyScores
 from reinlm.trainer.scoring import Scored
 from reinlm.utils.memory import peak_rss_mb
+
+
+@dataclass
+class UpdateStats:
+    """The statistics of one update (:meth:`reinlm.trainer.loop.Trainer._update`): the algorithm's ``loss/*``
+    shares summed within an optimiser step and averaged over optimiser steps; every other statistic weighted
+    by its rows and averaged over the rows."""
+
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=dict)
+    rows: int = 0
+    opt_steps: int = 0
+
+    def add(self, key: str, value: float, rows: int) -> None:
+        """A statistic of ``rows`` sequences."""
+        self.sums[key] = self.sums.get(key, 0.0) + value * rows
+
+    def add_micro_batch(self, loss: float, stats: dict[str, float], rows: int) -> None:
+        """A micro-batch's loss and the algorithm's statistics of it."""
+        self.loss_sums["loss/total"] = self.loss_sums.get("loss/total", 0.0) + loss
+        for k, v in stats.items():
+            if k.startswith("loss/"):
+                self.loss_sums[k] = self.loss_sums.get(k, 0.0) + v
+            else:
+                self.add(k, v, rows)
+        self.rows += rows
+
+    def means(self) -> dict[str, float]:
+        out = {k: v / max(self.rows, 1) for k, v in self.sums.items()}
+        out.update({k: v / max(self.opt_steps, 1) for k, v in self.loss_sums.items()})
+        return out
 
 
 def group_distinct_2(completions: list[str], group_size: int) -> float:
