@@ -9,6 +9,8 @@ log-prob recorded, :mod:`reinlm.rollout.sampling`):
   ``record_hidden=True`` it runs the backbone and the LM head separately and keeps the final normalised
   hidden state of every fed position (the "backbone only" stepper of the self-sampling cache).
 - ``reinlm.latent.stepper.LatentStepper``: backbone + policy (action) + world model (token).
+- ``reinlm.rollout.turn_cache.TurnStepper``: an ``LMStepper`` whose prefill continues each episode's key/value
+  cache kept from its earlier turns (multi-turn episodes prefill only the new observation).
 
 Legend: N = distinct prompts, G = samples per prompt, B = N * G rows, P = prompt length (left-padded),
 S = max new tokens, b = rows still going, H = hidden size, C = categories (vocabulary or actions).
