@@ -163,3 +163,50 @@ def test_reward_weights_multiply_the_terms(tiny_lm):
     with pytest.raises(Exception, match="reward_weights: got 1 weights for 2 reward terms"):
         Trainer(_cfg(model="tiny", reward=spec, reward_weights=[2.0], kl_coef=0.0, prompts="builtin:neutral"),
                 model=copy.deepcopy(model), tokenizer=tok)
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 1.0, 0.1), (50, 1.0, 0.05), (0, 0.9, 0.2), (100, 0.95, 0.02)])
+def test_min_p_filters_as_hf_does(top_k, top_p, min_p):
+    """reinlm's filter (top-k, top-p, min-p) keeps exactly the tokens transformers' warpers keep in generate's
+    order (TopK, TopP, MinP), and a draw never picks a dropped token."""
+    from transformers.generation.logits_process import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from reinlm.rollout.sampling import choose, filter_logits
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 1000, generator=g) * 3
+    hf = logits.clone()
+    for warper in ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1 else []) + \
+            [MinPLogitsWarper(min_p)]:
+        hf = warper(None, hf)
+    mine = filter_logits(logits, top_k, top_p, min_p)
+    assert torch.equal(torch.isinf(mine), torch.isinf(hf))
+    kept = ~torch.isinf(mine)
+    assert 0 < int(kept.sum()) < kept.numel()
+    for seed in range(20):
+        u = torch.rand(6, generator=torch.Generator().manual_seed(seed))
+        idx, _ = choose(logits, u, top_k=top_k, top_p=top_p, min_p=min_p)
+        assert kept.gather(-1, idx[:, None]).all()
+
+
+def test_generation_kwargs_override_the_sampling_keys_as_in_trl():
+    from reinlm.errors import ConfigError
+
+    cfg = _cfg(min_p=0.01, top_p=0.8, generation_kwargs={"top_p": 0.9, "min_p": 0.05, "do_sample": True})
+    assert (cfg.sampling.top_p, cfg.sampling.min_p) == (0.9, 0.05)
+    assert _cfg(min_p=None).sampling.min_p == 0.0  # TRL's default None: off
+    with pytest.raises(ConfigError, match="generation_kwargs: the key 'num_beams' has no meaning"):
+        _cfg(generation_kwargs={"num_beams": 2})
+
+
+def test_training_rollouts_use_min_p(tiny_lm):
+    """min_p 1.0 keeps only the most likely token: the training sampler's draws no longer depend on the seed."""
+    from reinlm.trainer.token_policy import TokenPolicy
+
+    model, tok = tiny_lm
+    prompts = ["Once upon a time", "The river"]
+    for min_p, same in ((1.0, True), (0.0, False)):
+        cfg = _cfg(model="tiny", kl_coef=0.0, min_p=min_p, max_new_tokens=6, rollout_dtype="same")  # float32: no ties
+        pol = TokenPolicy(cfg, torch.device("cpu"), model=copy.deepcopy(model), tokenizer=tok)
+        a, b = pol.rollout(prompts, 2, [1, 2]), pol.rollout(prompts, 2, [3, 4])
+        assert torch.equal(a.response_ids, b.response_ids) == same

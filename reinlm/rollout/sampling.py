@@ -8,10 +8,11 @@ Conventions (docs/benchmarks.md, "Sampling conventions", gives the same list):
 
 1. **Temperature first.** Every distribution is ``softmax(logits / temperature)`` computed in float32,
    whatever the model's dtype.
-2. **Filtering order: top-k, then top-p** (Hugging Face's logits-processor order). Top-k keeps the k
-   largest logits. Top-p (nucleus, Holtzman et al. 2020) keeps the
+2. **Filtering order: top-k, then top-p, then min-p** (Hugging Face's logits-processor order). Top-k keeps the
+   k largest logits. Top-p (nucleus, Holtzman et al. 2020) keeps the
    smallest set of most likely tokens whose mass reaches p: a token is kept when the mass of the strictly
-   more likely tokens is **below** p, so the token that crosses p stays.
+   more likely tokens is **below** p, so the token that crosses p stays. Min-p (Nguyen et al. 2024; HF's
+   ``MinPLogitsWarper``) then drops the tokens whose probability is below min_p times the largest one.
 3. **Draws are inverse-CDF draws** from one uniform u in [0, 1) per row and step: the token i with
    cdf_{i-1} <= u * total < cdf_i over the kept, unnormalised probabilities (``torch.multinomial`` costs
    ~20x more on a 49k vocabulary on CPU, and a uniform per step makes the stream easy to reason about).
@@ -51,6 +52,8 @@ class SamplingConfig(Config):
     temperature: float = opt(1.0, "sampling temperature; log-probs are of softmax(logits / temperature)", lo=0, lo_open=True)
     top_k: int = opt(0, "keep only the k most likely tokens when sampling (0: off)", lo=0)
     top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens whose mass reaches p (1.0: off)", lo=0, lo_open=True, hi=1)
+    min_p: float = opt(0.0, "min-p sampling: drop tokens less likely than min_p x the most likely one (0: off)",
+                       lo=0, hi=1)
     max_new_tokens: int = opt(64, "maximum number of generated tokens per completion", lo=1)
     stop_strings: list[str] = opt(default_factory=list,
                                   help="stop a completion after the token that completes any of these strings")
@@ -125,8 +128,9 @@ def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor, block: int = 512, *
     return (idx, total[:, 0]) if return_total else idx
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k, then the nucleus (top-p), to -inf (convention 2). (..., C) -> (..., C)."""
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+    """Set logits outside the top-k, then the nucleus (top-p), then below min-p, to -inf (convention 2).
+    (..., C) -> (..., C)."""
     C = logits.shape[-1]
     if 0 < top_k < C:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
@@ -137,16 +141,21 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop_sorted = probs.cumsum(-1) - probs >= top_p  # mass of the strictly more likely tokens reaches p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
     return logits
 
 
-def _draw_filtered(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tensor) -> torch.Tensor:
-    """One draw per row from softmax(scaled) after top-k, top-p. (B, C), (B,) -> (B,).
+def _draw_filtered(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tensor, min_p: float = 0.0) -> torch.Tensor:
+    """One draw per row from softmax(scaled) after top-k, top-p, min-p. (B, C), (B,) -> (B,).
 
     Same result as ``inverse_cdf_sample(softmax(filter_logits(scaled)), u)`` (up to the order of tied
     logits), computed on the sorted or top-k values only, which is cheaper on a large vocabulary.
     """
     C = scaled.shape[-1]
+    if min_p > 0.0:
+        return inverse_cdf_sample(torch.softmax(filter_logits(scaled, top_k, top_p, min_p), dim=-1), u)
     if top_p < 1.0:
         vals, idx = (scaled.topk(top_k, dim=-1) if 0 < top_k < C else scaled.sort(dim=-1, descending=True))
         probs = torch.softmax(vals, dim=-1)  # (B, k or C), descending
@@ -159,7 +168,7 @@ def _draw_filtered(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tens
 
 
 def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, greedy: bool = False, filtered_logprobs: bool = False):
+           top_p: float = 1.0, greedy: bool = False, filtered_logprobs: bool = False, min_p: float = 0.0):
     """Pick one index per row and record its log-prob (conventions 1-6). (B, C), (B,) -> (B,), (B,).
 
     Args:
@@ -175,7 +184,7 @@ def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float =
         scaled = scaled / temperature
     if not greedy and u is None:
         raise ReinlmError("choose: sampling needs one uniform per row (u); got None.")
-    if not greedy and not top_k and top_p >= 1.0:  # the common case: no sort, no normalisation pass
+    if not greedy and not top_k and top_p >= 1.0 and min_p <= 0.0:  # the common case: no sort, no normalisation pass
         if scaled.data_ptr() == logits.data_ptr():
             scaled = scaled.clone()  # float32 logits at temperature 1: never overwrite the caller's tensor
         m = scaled.amax(-1, keepdim=True)  # (B, 1)
@@ -185,9 +194,9 @@ def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float =
         # with few rows torch splits one row's sum over threads, and the rounding would then depend on how many
         # rows share the batch; a prompt's log-probs must not). A drawn token has exp(z - m) > 0.
         return idx, e.gather(-1, idx[:, None]).squeeze(-1).log() - total.log()
-    idx = scaled.argmax(-1) if greedy else _draw_filtered(scaled, top_k, top_p, u)
-    if filtered_logprobs and (top_k or top_p < 1.0):
-        scaled = filter_logits(scaled, top_k, top_p)
+    idx = scaled.argmax(-1) if greedy else _draw_filtered(scaled, top_k, top_p, u, min_p)
+    if filtered_logprobs and (top_k or top_p < 1.0 or min_p > 0.0):
+        scaled = filter_logits(scaled, top_k, top_p, min_p)
     logp = scaled.gather(-1, idx[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # (B,)
     return idx, logp
 
@@ -208,11 +217,12 @@ class Chooser:
     filtered_logprobs: bool = False
     fixed: torch.Tensor | None = None  # (B,) for mode "fixed", indexed by the engine's row ids
     record_logprob: bool = True  # False: greedy skips the log-softmax over C (logp returned as zeros)
+    min_p: float = 0.0  # min-p filtering after top-k and top-p (0: off)
 
     @classmethod
     def from_sampling(cls, sampling: SamplingConfig) -> "Chooser":
         return cls("greedy" if sampling.greedy else "sample", float(sampling.temperature), int(sampling.top_k),
-                   float(sampling.top_p))
+                   float(sampling.top_p), min_p=float(sampling.min_p))
 
     @property
     def uses_uniforms(self) -> bool:
@@ -226,7 +236,7 @@ class Chooser:
             return idx, torch.zeros(idx.shape, device=idx.device)
         if self.mode in ("sample", "greedy"):
             return choose(logits, u, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                          greedy=self.mode == "greedy", filtered_logprobs=self.filtered_logprobs)
+                          greedy=self.mode == "greedy", filtered_logprobs=self.filtered_logprobs, min_p=self.min_p)
         if self.mode == "uniform":
             C = int(num_categories if num_categories is not None else logits.shape[-1])
             idx = (u * C).long().clamp(max=C - 1)

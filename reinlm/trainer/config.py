@@ -50,6 +50,8 @@ class SamplingSettings(Config):
     temperature: float = opt(1.0, "sampling temperature (training log-probs use the same temperature)", lo=0, lo_open=True)
     top_k: int = opt(0, "top-k filtering at sampling (0: off)", lo=0)
     top_p: float = opt(1.0, "nucleus filtering at sampling (1.0: off)", lo=0, lo_open=True, hi=1)
+    min_p: float = opt(0.0, "min-p filtering at sampling, after top-k and top-p: drop tokens less likely than min_p "
+                            "x the most likely one (0: off; TRL's min_p)", lo=0, hi=1)
 
 
 @dataclass

@@ -126,7 +126,7 @@ class EpisodeRunner:
         gens = [torch.Generator(device="cpu").manual_seed((s * 1_000_003 + g) % (2**63 - 1))
                 for s in seeds for g in range(G)]
         s = cfg.sampling
-        sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+        sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
                                   max_new_tokens=self.limits.turn_tokens)
         engine = self.policy.rollout_engine
         model = engine.rollout_model

@@ -109,7 +109,7 @@ class TokenPolicy:
         from reinlm.rollout.token import SamplingConfig
 
         s = self.cfg.sampling
-        sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+        sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
                                   max_new_tokens=s.max_new_tokens, greedy=greedy)
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         return self.rollout_engine.generate(prompts, samples_per_prompt, sampling, generator=gens)

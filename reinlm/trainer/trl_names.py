@@ -30,6 +30,7 @@ TRL_SAME: dict[str, str] = {
     "temperature": "sampling temperature",
     "top_p": "nucleus sampling (1.0: off)",
     "top_k": "top-k sampling (0: off)",
+    "min_p": "min-p sampling after top-k and top-p, HF's rule (TRL's None is 0: off)",
     "seed": "seed of prompts, sampling and initialisation",
     "weight_decay": "AdamW weight decay",
     "sync_ref_model": "the reference mixed toward the policy every ref_model_sync_steps optimiser steps (TRL's "
@@ -125,6 +126,8 @@ TRL_DERIVED: dict[str, str] = {
                          "cosine. TRL's default is linear, reinlm's constant",
     "warmup_ratio": "warmup_steps = ceil(warmup_ratio x steps) (transformers 4; transformers 5 takes a float "
                     "warmup_steps)",
+    "generation_kwargs": "a mapping whose keys override the sampling settings, as in TRL: temperature, top_k, "
+                         "top_p, min_p, max_new_tokens; do_sample: true accepted; other keys refused by name",
     "report_to": "none / [] -> log: none; tensorboard -> tensorboard; wandb -> wandb (TensorBoard too)",
     "use_peft": "true: LoRA with lora_r 16 and lora_alpha 32 unless given (TRL's defaults); false: lora_r 0",
     "use_cpu": "true -> device: cpu",
@@ -151,6 +154,8 @@ TRL_DERIVED: dict[str, str] = {
 #: keys of older TRL / transformers versions, still recognised (not in TRL 1.16 / transformers 5)
 TRL_LEGACY: frozenset[str] = frozenset({"warmup_ratio", "logging_dir", "torch_dtype", "max_prompt_length"})
 
+_GENERATION_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                    "max_new_tokens": "max_new_tokens"}
 _LR_SCHEDULES = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine"}
 _OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_hf")
 
@@ -182,6 +187,8 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
     ``steps``). A derived value whose reinlm field is also given is an error naming both keys.
     """
     values = dict(values)
+    if "min_p" in values and values["min_p"] is None:  # TRL's default None: no min-p filtering
+        values["min_p"] = 0.0
     if isinstance(values.get("scale_rewards"), bool):  # TRL accepts true / false for group / none
         values["scale_rewards"] = "group" if values["scale_rewards"] else "none"
     wu = values.get("warmup_steps")
@@ -246,6 +253,17 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
                                   "order (write true or remove the key).")
     if "log_completions" in given and not _bool("log_completions", given["log_completions"]):
         put("sample_every", 0, "log_completions")
+    # --- sampling overrides (TRL: generation_kwargs win over the sampling keys)
+    if "generation_kwargs" in given and given["generation_kwargs"] is not None:
+        gk = given["generation_kwargs"]
+        if not isinstance(gk, dict):
+            refuse("generation_kwargs", "allowed: a mapping, e.g. {top_p: 0.9, min_p: 0.05}.")
+        for k, v in gk.items():
+            if k in _GENERATION_KEYS:
+                out[_GENERATION_KEYS[k]] = v
+            elif not (k == "do_sample" and v is True):
+                raise ConfigError(f"generation_kwargs: the key {k!r} has no meaning in reinlm's sampler; allowed: "
+                                  f"{', '.join(_GENERATION_KEYS)} (and do_sample: true).")
     # --- the KL anchor: TRL's beta is a k3 loss term (with the ratio correction by default)
     if "beta" in given and values.get("algo") == "distill":  # TRL's DistillationConfig.beta
         put("distill_beta", given["beta"], "beta")

@@ -55,10 +55,8 @@ TRL_UNSUPPORTED: dict[str, str] = {
                             "template with the generation prompt.",
     "max_prompt_length": "prompts are never truncated; over-long prompts are refused before training.",
     # ---------------------------------------------------------------- options not implemented yet
-    "min_p": "sampling supports temperature, top_k and top_p (min-p filtering is not implemented).",
     "repetition_penalty": "sampling applies no repetition penalty (a reward can: trl.rewards:"
                           "get_repetition_penalty_reward).",
-    "generation_kwargs": "sampling takes temperature, top_k and top_p as keys of their own.",
     "num_completions_to_print": "sample completions go to samples.jsonl every sample_every steps.",
     "log_unique_prompts": "samples.jsonl records each logged completion with its prompt.",
     "log_multimodal": "reinlm trains text-only models; there is no multimodal content to log.",
