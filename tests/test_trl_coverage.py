@@ -26,7 +26,7 @@ DERIVED_SAMPLES = {
     "vllm_importance_sampling_correction": False, "vllm_importance_sampling_mode": "token_truncate",
     "bf16": False, "use_vllm": False, "vllm_mode": "colocate", "fp16": False, "gradient_checkpointing": False,
     "optim": "adamw_torch", "eval_strategy": "no", "save_strategy": "steps", "dataset_name": "org/data",
-    "dataset_config": "main", "dataset_train_split": "train",
+    "dataset_config": "main", "dataset_train_split": "train", "generation_kwargs": {"top_p": 0.9},
 }
 #: reasons that say nothing about the key they refuse
 GENERIC = ("not supported", "not supported; remove the key.", "not implemented", "remove the key.")
