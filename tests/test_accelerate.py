@@ -1,4 +1,5 @@
-"""Data parallel equivalence: 2 CPU processes (gloo, torchrun) with half the batch each == 1 process, full batch."""
+"""Data parallel equivalence: 2 CPU processes (gloo, torchrun) with half the batch each == 1 process, full batch
+(plain data parallel, and FSDP with --sharding fsdp)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ def _tensors(path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _run(*argv, processes: int, steps: int = 3, resume: bool = False, extra_cfg: dict | None = None):
+def _run(*argv, processes: int, steps: int = 3, resume: bool = False, extra_cfg: dict | None = None,
+         extra_env: dict | None = None):
     """Run the script in one process, or under torchrun in ``processes`` (gloo on the CPU)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DDP_TRAIN_EXTRA": json.dumps(extra_cfg or {})}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DDP_TRAIN_EXTRA": json.dumps(extra_cfg or {}),
+           **(extra_env or {})}
     # `accelerate launch --cpu --num_processes 2` starts ONE process (its CPU path is the simple launcher);
     # torchrun starts the processes and Accelerator picks up RANK / WORLD_SIZE.
     launch = [sys.executable] if processes == 1 else [
@@ -97,3 +100,52 @@ def test_two_processes_match_one_with_dapo_and_invalid_samples(tiny_model_dir, t
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["reward/invalid_frac"] > 0 for r in rows)
+
+
+def _train_state_mb(run_dir) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["perf/train_state_mb"] for r in rows]
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_one_with_half_the_training_state(tiny_model_dir, tmp_path):
+    """FSDP2 (torch fully_shard) on 2 gloo processes: the same weights as one process within 1e-5 (float32), each
+    process holding half of the parameters + gradients + AdamW state; resumed = straight. The straight run is
+    started as `accelerate launch --use_fsdp` starts its processes (its environment: ACCELERATE_USE_FSDP, which
+    reinlm turns into --sharding fsdp; `accelerate launch --cpu` itself starts one process), the resumed one with
+    --sharding fsdp."""
+    fsdp = {"sharding": "fsdp"}
+    _run("token", tiny_model_dir, tmp_path / "one", REWARD, processes=1, extra_cfg=fsdp)  # one process: unsharded
+    _run("token", tiny_model_dir, tmp_path / "two", REWARD, processes=2,
+         extra_env={"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
+    assert "sharding: fsdp" in (tmp_path / "two" / "config.yaml").read_text()
+    w1, w2 = (_tensors(tmp_path / run / "final" / "model.safetensors") for run in ("one", "two"))
+    assert sorted(w1) == sorted(w2)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=1e-5)
+    base = _tensors(Path(tiny_model_dir) / "model.safetensors")
+    assert sum(not torch.equal(base[k], w1[k]) for k in w1 if k in base) > 0
+    assert _rewards(tmp_path / "one") == pytest.approx(_rewards(tmp_path / "two"), abs=1e-5)
+    one, two = _train_state_mb(tmp_path / "one"), _train_state_mb(tmp_path / "two")
+    assert all(0.45 < b / a < 0.55 for a, b in zip(one, two)), (one, two)  # measured: 97.3 MB -> 48.6 MB
+    # the checkpoint holds the whole optimiser state (gathered), and a resumed two-process run ends where the
+    # straight one did
+    _run("token", tiny_model_dir, tmp_path / "resumed", REWARD, processes=2, steps=2, extra_cfg=fsdp)
+    _run("token", tiny_model_dir, tmp_path / "resumed", REWARD, processes=2, steps=3, resume=True, extra_cfg=fsdp)
+    w3 = _tensors(tmp_path / "resumed" / "final" / "model.safetensors")
+    assert all(torch.equal(w2[k], w3[k]) for k in w2)
+    assert _rewards(tmp_path / "resumed") == _rewards(tmp_path / "two")
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"algo": "ppo"}, "algo 'ppo'"), ({"lora_r": 4}, "lora_r 4"), ({"generation_backend": "vllm"}, "generation_backend"),
+    ({"space": "latent", "latent": "somewhere"}, "space 'latent'"), ({"sharding": "zero3"}, "sharding"),
+])
+def test_fsdp_refuses_what_it_was_not_built_for(kwargs, named):
+    from reinlm.errors import ConfigError
+    from reinlm.trainer.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=named):
+        TrainConfig(model="m", device="cpu", **{"sharding": "fsdp", **kwargs})
+    if kwargs.get("sharding") != "zero3":
+        TrainConfig(model="m", device="cpu", **kwargs)  # fine without FSDP

@@ -28,7 +28,8 @@ def crc_or_constant(prompts, completions, **columns):
 def make_cfg(tmp_path, **kw) -> TrainConfig:
     base = dict(model="tiny", reward="unused", steps=2, batch_prompts=2, samples_per_prompt=4, max_new_tokens=6,
                 lr=3e-3, kl_coef=0.0, seed=0, out=str(tmp_path), device="cpu", progress=False, eval_prompts=0,
-                save_every=100, log="none", held_out_fraction=0.0, rollout_dtype="same")
+                save_every=100, log="none", held_out_fraction=0.0, rollout_dtype="same",
+                train_precision="same")  # the exact float32 path: rollouts re-score to their own log-probs
     base.update(kw)
     return TrainConfig(**base)
 

@@ -59,3 +59,35 @@ def test_final_dir_is_a_peft_adapter_and_merged_model(smol_tokenizer, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(final / MERGED_DIR)
     assert torch.allclose(merged(ids).logits, want, atol=1e-4)
     assert (final / MERGED_DIR / "tokenizer.json").is_file() and (final / "tokenizer.json").is_file()
+
+
+def test_lora_reference_is_the_base_with_the_adapter_off_and_no_copy(tiny_lm, tmp_path):
+    """With LoRA the KL reference is the policy's own base weights with the adapter switched off (as peft and TRL
+    do): no second copy of the model, and a trained adapter leaves the reference's log-probs where they were."""
+    import copy
+
+    from reinlm.rollout.token import token_logprobs
+    from reinlm.trainer.config import TrainConfig
+    from reinlm.trainer.token_policy import TokenPolicy
+
+    model, tok = tiny_lm
+    base = copy.deepcopy(model).eval()
+    cfg = TrainConfig(model="tiny", reward="unused", kl_coef=0.1, lora_r=4, lora_targets="all-linear", seed=0,
+                      out=str(tmp_path), device="cpu", progress=False, eval_prompts=0, log="none",
+                      rollout_dtype="same", train_precision="same")
+    pol = TokenPolicy(cfg, torch.device("cpu"), model=copy.deepcopy(model), tokenizer=tok)
+    assert pol.ref_model is None and pol.frozen_lm is None  # no copy: one set of base weights in memory
+    with torch.no_grad():  # a trained adapter (B is zero at initialisation)
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    batch = pol.rollout(["Tell me about red.", "A short story:"], 2, seeds=[1, 2])
+    R = batch.response_ids.shape[1]
+    with torch.no_grad():
+        want = token_logprobs(base, batch.input_ids, batch.attention_mask, R).logp
+        ref = pol.reference(batch).logp
+        policy = pol.score(batch).logp
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(ref[mask], want[mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(pol.frozen_logprobs(batch)[mask], want[mask], rtol=0, atol=1e-5)
+    assert float((policy - ref)[mask].abs().max()) > 1e-3  # the adapter is on in the training forward

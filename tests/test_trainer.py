@@ -80,9 +80,10 @@ def test_grpo_raises_a_learnable_reward(smol_tokenizer, tmp_path):
     smol_tokenizer.save_pretrained(tmp_path / "sharp")
     # rollout_dtype same: the trajectory was calibrated on float32 sampling; at lr 1e-2 the policy collapses within
     # ~6 steps onto whichever mode it samples, and a bfloat16 copy samples other tokens (it collapsed onto a
-    # 0.1-reward mode, float32 onto a 0.333 one; the dtype mismatch itself was 0.001 nats of KL per token)
+    # 0.1-reward mode, float32 onto a 0.333 one; the dtype mismatch itself was 0.001 nats of KL per token);
+    # train_precision same for the same reason: with the bf16-autocast default it went 0.099 -> 0.147 (+0.047)
     cfg = tiny_cfg(tmp_path / "sharp", tmp_path / "learn", steps=12, lr=1e-2, kl_coef=0.0,
-                   samples_per_prompt=8, max_new_tokens=10, rollout_dtype="same")
+                   samples_per_prompt=8, max_new_tokens=10, rollout_dtype="same", train_precision="same")
     run_dir = Trainer(cfg).train()
     rewards = [r["reward/mean"] for r in read_jsonl(run_dir / "metrics.jsonl")]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
@@ -105,7 +106,7 @@ def test_adaptive_kl_controller_moves_beta(tiny_model_dir, tmp_path):
     # rollout_dtype same: the k1 estimate is >= 0 on average only under the policy that sampled; with a bfloat16
     # copy sampling, 16 samples gave kl/mean = -0.016 at step 2 (the controller itself is dtype-blind)
     cfg = tiny_cfg(tiny_model_dir, tmp_path / "akl", steps=3, kl_coef=0.1, kl_target=1e-6, kl_horizon=10,
-                   rollout_dtype="same", frozen_dtype="same")  # the exact float32 reference: KL 0 at step 1
+                   rollout_dtype="same", frozen_dtype="same", train_precision="same")  # exact float32: KL 0 at step 1
     rows = read_jsonl(Trainer(cfg).train() / "metrics.jsonl")
     betas = [r["kl/beta"] for r in rows]
     assert betas[0] == pytest.approx(0.1)

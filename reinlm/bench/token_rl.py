@@ -8,7 +8,9 @@ settings on both sides: the same model directory (``reinlm.hub.resolve_model_dir
 of ``batch_prompts * G`` completions, ``max_new_tokens`` = ``max_completion_length``, temperature 1,
 full-parameter AdamW at the same learning rate (constant schedule, no warm-up, grad-norm clip 1.0), clip
 epsilon 0.2, group-std-scaled advantages, per-sequence loss averaging (TRL ``loss_type="grpo"``), no
-gradient checkpointing, float32 on CPU, no evaluation, no saving during the run. ``--kl-coef 0`` (TRL's
+gradient checkpointing, float32 weights on CPU with each side's default training precision (reinlm ``auto``:
+bfloat16 autocast where native; TRL ``bf16=True``; ``--train-precision same --trl-bf16 false`` for float32 on both),
+no evaluation, no saving during the run. ``--kl-coef 0`` (TRL's
 default) loads no reference model on either side; ``--kl-coef B > 0`` puts a k3 KL term in the loss on both.
 
 Timing excludes model loading: per-step wall time from the start of the step (generation) to the end of
@@ -62,10 +64,12 @@ class TokenRLBenchConfig(Config):
                                             "pushed after every step); see `reinlm train --help`")
     rollout_dtype: str = opt("auto", "reinlm side: auto|same|float32|bfloat16 (auto: a bfloat16 rollout copy where "
                                      "native; same: sample with the float32 trained weights)")
-    train_precision: str = opt("same", "reinlm side: same (float32 forward/backward) or bf16-autocast (bfloat16 mixed "
+    train_precision: str = opt("auto", "reinlm side: auto (reinlm's default: bf16-autocast where bfloat16 is native, "
+                                       "else same), same (float32 forward/backward) or bf16-autocast (bfloat16 mixed "
                                        "precision, float32 weights and AdamW); see `reinlm train --help`")
-    trl_bf16: bool = opt(False, "TRL side: bf16=True, TRL's bfloat16 mixed precision (autocast through accelerate; "
-                                "float32 weights and AdamW), the counterpart of --train-precision bf16-autocast")
+    trl_bf16: bool = opt(True, "TRL side: bf16=True (TRL's default: GRPOConfig's bf16 is True unless fp16 is set), "
+                               "bfloat16 mixed precision through accelerate's autocast with float32 weights and AdamW, "
+                               "the counterpart of reinlm's bf16-autocast; false: float32")
     profile: bool = opt(False, "reinlm side: time every phase of the step (generate, sync, reward, reference, old "
                                "log-probs, forward, backward, optimiser) and set each against this machine's "
                                "limit at the phase's own shapes and dtype (docs/benchmarks.md)")
@@ -83,8 +87,8 @@ class TokenRLBenchConfig(Config):
         check_range("threads", self.threads, 0)
         if self.generation_backend not in ("reinlm", "vllm"):
             raise ConfigError(f"generation_backend: got {self.generation_backend!r}; allowed: reinlm, vllm.")
-        if self.train_precision not in ("same", "bf16-autocast"):
-            raise ConfigError(f"train_precision: got {self.train_precision!r}; allowed: same, bf16-autocast.")
+        if self.train_precision not in ("auto", "same", "bf16-autocast"):
+            raise ConfigError(f"train_precision: got {self.train_precision!r}; allowed: auto, same, bf16-autocast.")
         if self.rollout_dtype not in ("auto", "same", "float32", "bfloat16"):
             raise ConfigError(f"rollout_dtype: got {self.rollout_dtype!r}; allowed: auto, same, float32, bfloat16.")
         if isinstance(self.sides, str):

@@ -29,6 +29,7 @@ from reinlm.rollout.fused import unsupported_reason
 from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import RolloutBatch, context_length, generate_rollouts
 from reinlm.rollout.vllm_backend import get_engine
+from reinlm.utils.fsdp import full_tensor
 from reinlm.utils.devices import cast_parameters, native_bfloat16, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,36 @@ class TokenRolloutEngine:
         self._stale = True
         self.last_sync_s = 0.0  # seconds the last weight sync took (perf/rollout_sync_s)
         self.syncs = 0
+        self.sharded = False  # the trained weights are FSDP shards: see keep_full_copy
+
+    def keep_full_copy(self) -> None:
+        """Before the trained model is sharded (``--sharding fsdp``): from now on rollouts run on a whole copy in the
+        rollout dtype (the decode engine needs every weight, and processes decode different prompts for a different
+        number of steps, so a sharded forward per token would hang), re-synced right after every optimiser step by
+        gathering the shards on all processes (collective; then the main process alone may roll out, e.g. for the
+        held-out evaluation)."""
+        if self._copy is None:
+            self._copy = self._make_copy()
+        self._stale = False
+        self.sharded = True
 
     @property
     def uses_copy(self) -> bool:
         """Whether rollouts run on a separate copy of the weights (another dtype, or vLLM)."""
-        return self.cfg.generation_backend == "vllm" or self.dtype != self.train_dtype
+        return self.cfg.generation_backend == "vllm" or self.dtype != self.train_dtype or self.sharded
+
+    @property
+    def same_numerics(self) -> bool:
+        """Whether rollouts compute as the trained weights do: reinlm's engine in the training dtype (the trained
+        model itself, or under FSDP its whole copy in the same dtype)."""
+        return self.cfg.generation_backend != "vllm" and self.dtype == self.train_dtype
 
     def weights_changed(self) -> None:
-        """Call after every optimiser step: the rollout weights are re-synced before the next rollout."""
+        """Call after every optimiser step (on every process): the rollout weights are re-synced before the next
+        rollout, or now when the trained weights are sharded (a gather every process must join)."""
         self._stale = True
+        if self.sharded:
+            self.sync()
 
     # ------------------------------------------------------------------ sync
     def _make_copy(self):
@@ -143,7 +165,7 @@ class TokenRolloutEngine:
             else:
                 params = dict(self._copy.named_parameters())
                 for name, w in policy_weights(self.model):
-                    params[name].copy_(w)  # casts to the rollout dtype
+                    params[name].copy_(full_tensor(w))  # casts to the rollout dtype (FSDP: gathers the shards)
         self._stale = False
         self.last_sync_s = time.perf_counter() - t0
         self.syncs += 1

@@ -122,11 +122,13 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path] | None:
 
 def save_checkpoint(run_dir: str | Path, step: int, *, policy_saver, optimizer, scheduler,
                     trainer_state: dict[str, Any], config: dict[str, Any], value_head=None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, optimizer_state: dict[str, Any] | None = None) -> Path:
     """Write checkpoint ``step`` atomically (with a size manifest) and prune all but the ``keep`` newest
     (0: keep all). Leftovers of killed writes in the run directory are removed first.
 
     ``policy_saver(dir)`` writes the policy weights into ``dir`` (so token and latent policies share this).
+    ``optimizer_state``: what to write as ``optimizer.pt`` instead of ``optimizer.state_dict()`` (FSDP: the whole
+    state gathered from every process's shards, keyed by parameter names).
     A full disk or an unwritable directory raises a ReinlmError naming the path; earlier checkpoints stay.
     """
     final = checkpoint_dir(run_dir, step)
@@ -141,7 +143,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy_saver, optimizer, 
 
                 save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
                           str(tmp / "value_head.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng_state(), tmp / "rng.pt")
             (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

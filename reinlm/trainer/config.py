@@ -206,11 +206,18 @@ class TrainConfig(Config):
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (a device that is not there is refused)",
                      check=check_device)
     dtype: Literal["float32", "bfloat16"] = opt("float32", "parameter dtype")
-    train_precision: Literal["same", "bf16-autocast"] = opt(
-        "same", "precision of the token policy's training forward/backward: same (--dtype), or bf16-autocast "
-        "(bfloat16 mixed precision, torch.autocast: matrix products in bfloat16, weights, gradients and AdamW "
-        "stay float32; about 2x faster on CPUs with native bfloat16 (AVX512-BF16/AMX) and recent GPUs, slower "
-        "where bfloat16 is emulated; TRL's bf16: true). Token space with --dtype float32 only")
+    train_precision: Literal["auto", "same", "bf16-autocast"] = opt(
+        "auto", "precision of the token policy's training forward/backward: bf16-autocast (bfloat16 mixed "
+        "precision, torch.autocast: matrix products in bfloat16, weights, gradients and AdamW stay float32; about "
+        "2x faster on CPUs with native bfloat16 (AVX512-BF16/AMX) and recent GPUs, slower where bfloat16 is "
+        "emulated; TRL's bf16: true), same (--dtype: the exact float32 path), or auto (default): bf16-autocast in "
+        "token space with --dtype float32 where the device computes bfloat16 natively, else same (config.yaml "
+        "records the resolved value)")
+    sharding: Literal["none", "fsdp"] = opt(
+        "none", "how several processes (torchrun / accelerate launch) hold the trained model: none (data parallel: "
+        "a whole copy each, gradients averaged) or fsdp (FSDP2, torch fully_shard: parameters, gradients and AdamW "
+        "state sharded across the processes, each decoder layer gathered only while it computes; token space, "
+        "full fine-tuning, the reinlm generation backend, no value model). One process ignores it")
     frozen_dtype: Literal["same", "auto", "float32", "bfloat16"] = opt(
         "auto", "dtype of the frozen networks: the token-space reference (and evaluation copy), the latent "
         "backbone with its LM head. auto (default): bfloat16 where the device computes it natively (CPU "
@@ -253,10 +260,15 @@ class TrainConfig(Config):
         super().__post_init__()
         from reinlm.algorithms import get_algorithm
 
-        if self.frozen_dtype == "auto":  # resolved here, so config.yaml records what ran
+        if "auto" in (self.frozen_dtype, self.train_precision):  # resolved here, so config.yaml records what ran
             from reinlm.utils.devices import native_bfloat16
 
-            self.frozen_dtype = "bfloat16" if native_bfloat16(self.device) else "same"
+            native = native_bfloat16(self.device)
+            if self.frozen_dtype == "auto":
+                self.frozen_dtype = "bfloat16" if native else "same"
+            if self.train_precision == "auto":
+                mixed = native and self.space == "token" and self.dtype == "float32"
+                self.train_precision = "bf16-autocast" if mixed else "same"
         # deprecated spellings (run directories written before --scale-rewards and --loss-type)
         if self.scale_std is not None:
             self.algorithm.scale_rewards = "group" if self.scale_std else "none"
@@ -316,6 +328,8 @@ class TrainConfig(Config):
             raise ConfigError(f"multi_objective_aggregation: normalize_then_sum with --algo {self.algo}; allowed: "
                               "--algo grpo (TRL's GRPOTrainer), or sum_then_normalize.",
                               field="multi_objective_aggregation")
+        if self.sharding == "fsdp":
+            self._check_fsdp(needs.values)
         if self.env.environment or self.env.tools:  # episodes: the settings that go with them
             from reinlm.trainer.episodes import check_env_settings
 
@@ -328,6 +342,23 @@ class TrainConfig(Config):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}; the setting is "
                                  f"{owner}.{name}")
         super().__setattr__(name, value)
+
+    def _check_fsdp(self, needs_values: bool) -> None:
+        """``--sharding fsdp`` is built and tested for full fine-tuning of the token policy with reinlm's decode engine
+        (docs/training.md, "FSDP"); the combinations it has not been tested with are refused."""
+        env = self.env.environment or self.env.tools
+        backend = self.rollout.generation_backend
+        untested = [("space", self.space, self.space != "token", "token"),
+                    ("lora_r", self.lora_r, self.lora_r > 0, "0 (full fine-tuning)"),
+                    ("generation_backend", backend, backend != "reinlm", "reinlm"),
+                    ("algo", self.algo, needs_values, "an algorithm without a value model (grpo, rloo, reinforce, ...)"),
+                    ("environment", env, bool(env), "none"),
+                    ("sync_ref_model", self.kl.sync_ref_model, self.kl.sync_ref_model, "false"),
+                    ("teacher", self.distill.teacher, bool(self.distill.teacher) or self.algo == "distill", "none")]
+        for name, value, bad, allowed in untested:
+            if bad:
+                raise ConfigError(f"sharding: fsdp with {name} {value!r} is not supported yet; allowed with fsdp: "
+                                  f"{name} {allowed}.", field="sharding")
 
     @property
     def critic_config(self) -> CriticConfig:

@@ -22,7 +22,7 @@ import torch
 
 from reinlm.algorithms.kl import categorical_kl
 from reinlm.algorithms.ppo import ValueHead
-from reinlm.errors import ReinlmError
+from reinlm.errors import ConfigError, ReinlmError
 from reinlm.rollout.token import RolloutBatch, decode_completions
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.policy import PolicyScores
@@ -288,6 +288,14 @@ class LatentPolicy:
         self.lam.policy = accelerator.prepare_model(self.lam.policy)
         if self.value_head is not None:
             self.value_head = accelerator.prepare_model(self.value_head)
+
+    def shard(self) -> torch.nn.Module:
+        """FSDP is token-space only (TrainConfig refuses ``--sharding fsdp`` with ``--space latent``)."""
+        raise ConfigError("sharding: fsdp is token-space only; the latent policy is a few small heads.",
+                          field="sharding")
+
+    def gather_state(self) -> None:
+        """Nothing is sharded in latent space."""
 
     def _unwrap(self):
         pol = self.lam.policy

@@ -36,6 +36,7 @@ Dimension legend: B = sequences on this process, R = response length (tokens, or
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ from reinlm.trainer.scoring import Scorer, ScoreShaper, greedy_baseline, reward_
 from reinlm.trainer.step_metrics import Reducer, StepTimes, UpdateStats, perplexity_metrics, step_metrics
 from reinlm.trainer.teacher import DatasetSteps, Teacher, check_completions
 from reinlm.utils.distributed import destroy_process_group_at_exit
+from reinlm.utils.fsdp import accelerate_fsdp, full_tensor, train_state_bytes
 from reinlm.utils.rng import seed_everything, step_seed
 
 
@@ -116,6 +118,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.out or cfg.default_out)
         self._init_processes(accelerator)
+        cfg = self.cfg  # accelerate launch's FSDP config sets --sharding fsdp there
         # data and rewards before any model: bad input fails fast
         if cfg.env.environment and environment is None:  # a bad SPEC fails here, before any model loads
             environment = resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
@@ -149,6 +152,13 @@ class Trainer:
         self.is_main: bool = self.accelerator.is_main_process
         if self.world > 1:
             destroy_process_group_at_exit()
+        if self.world > 1 and cfg.sharding != "fsdp" and accelerate_fsdp(self.accelerator):
+            # `accelerate launch` with an FSDP config: reinlm shards the model itself (FSDP2, one unit per decoder
+            # layer); checked and recorded in config.yaml as --sharding fsdp
+            cfg = self.cfg = dataclasses.replace(cfg, sharding="fsdp")
+            if self.is_main:
+                note("accelerate's FSDP config: training with --sharding fsdp (FSDP2, full shard, one unit per "
+                     "decoder layer); the config's other FSDP settings are not read.")
         if cfg.batch_prompts % self.world:
             raise ConfigError(f"batch_prompts: got {cfg.batch_prompts} with {self.world} processes; allowed: a "
                               "multiple of the number of processes (each process takes whole prompt groups).")
@@ -214,14 +224,17 @@ class Trainer:
             else ("none" if self.policy.rollout_logprobs_exact else "token"))
 
     def _init_optimisation(self) -> None:
-        """AdamW over the policy's trainable parameters, the learning-rate schedule, DDP, the KL controller."""
+        """AdamW over the policy's trainable parameters, the learning-rate schedule, DDP or FSDP (which shards the
+        model first: the optimiser then holds only this process's shards), the KL controller."""
         cfg = self.cfg
+        self.sharded = cfg.sharding == "fsdp" and self.world > 1
+        self.sharded_module = self.policy.shard() if self.sharded else None
         params = self.policy.trainable_parameters()
         if not params:
             raise ReinlmError("the policy has no trainable parameters.")
         self.optimizer = make_adamw(params, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        if self.world > 1:
+        if self.world > 1 and not self.sharded:
             self.policy.wrap_for_ddp(self.accelerator)
         kl = cfg.kl
         self.kl_ctl = (AdaptiveKLController(kl.kl_coef, kl.kl_target, kl.kl_horizon) if kl.kl_target is not None
@@ -316,6 +329,8 @@ class Trainer:
             metrics["reward/dense_mean"] = float((scored.dense * mask).sum(-1).mean())
         metrics.update(perplexity_metrics(self.policy, batch, ref, mask, cfg.log_frozen_perplexity))
         metrics.update(self.policy.step_metrics())  # e.g. mismatch/ref_logp_abs at the first step
+        # this process's trained parameters + gradients + AdamW state (its shards under FSDP)
+        metrics["perf/train_state_mb"] = train_state_bytes(self.policy.trainable_parameters(), self.optimizer) / 2**20
         return {"metrics": metrics, "batch": batch, "scores": scored.scores, "extras": scored.columns or {}}
 
     def _old_scores(self, batch: RolloutBatch, ref: PolicyScores | None, off_policy: bool) -> PolicyScores | None:
@@ -385,8 +400,8 @@ class Trainer:
         micro = max(1, math.ceil(len(idx) / cfg.grad_accum))
         for m0 in range(0, len(idx), micro):
             self._micro_batch(up, idx[m0:m0 + micro], norm, stats)
-        gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(),
-                                            cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        gn = full_tensor(torch.nn.utils.clip_grad_norm_(  # FSDP: the norm over every shard
+            self.policy.trainable_parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")))
         check_grad_norm(gn, up.step + 1)  # before the step: a NaN never reaches the weights
         stats.add("grad/norm", float(gn), len(idx))
         self.optimizer.step()

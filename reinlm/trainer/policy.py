@@ -131,6 +131,16 @@ class Policy(Protocol):
         """Wrap the trainable modules for data-parallel gradient averaging."""
         ...
 
+    def shard(self) -> torch.nn.Module:
+        """``--sharding fsdp``: shard the trainable module across the processes (before the optimiser is built);
+        returns it (the optimiser state's gathers are keyed by its parameter names)."""
+        ...
+
+    def gather_state(self) -> None:
+        """Collective under FSDP (every process calls it): gather the whole trainable state that the main process's
+        next :meth:`save` / :meth:`save_final` writes; a no-op when nothing is sharded."""
+        ...
+
     def step_metrics(self) -> dict[str, float]:
         """Metrics the policy measured during this step (each returned once), merged into the step's metrics:
         e.g. ``mismatch/ref_logp_abs``, the error a bfloat16 reference adds, at the first step."""

@@ -10,6 +10,7 @@ the final model and evaluates again. Files: docs/outputs.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -29,6 +30,7 @@ from reinlm.trainer.inputs import check_resume_inputs, describe_inputs, write_in
 from reinlm.trainer.logging import RunLogger
 from reinlm.trainer.runlock import RunLock
 from reinlm.utils.atomic import atomic_dir, atomic_write_text, remove_stale_temps
+from reinlm.utils.fsdp import full_optimizer_state, load_full_optimizer_state, local_tensor
 from reinlm.utils.integrity import json_file_problem
 from reinlm.utils.jsonio import write_json
 from reinlm.utils.rng import set_rng_state
@@ -82,7 +84,11 @@ def resume(tr: Trainer) -> int:
     step, ckpt = found
     tr.policy.load(ckpt / "policy")
     load_value_head(ckpt, tr.policy.value_head)
-    tr.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+    optimizer_state = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    if tr.sharded_module is not None:  # the whole state, keyed by parameter names: each process keeps its shards
+        load_full_optimizer_state(tr.sharded_module, tr.optimizer, optimizer_state)
+    else:
+        tr.optimizer.load_state_dict(optimizer_state)
     tr.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
     state = load_trainer_state(ckpt)
     tr.kl_ctl.load_state_dict(state["kl_controller"])
@@ -100,17 +106,24 @@ def resume(tr: Trainer) -> int:
 
 def check_policy_weights(tr: Trainer, step: int) -> None:
     """Refuse to write a checkpoint or final model with a nan/inf weight (guards.check_weights)."""
-    params = tr.policy.trainable_parameters()
-    check_weights(((f"trainable tensor {i} {tuple(p.shape)}", p) for i, p in enumerate(params)), step,
+    params = tr.policy.trainable_parameters()  # FSDP: each process checks its own shards
+    check_weights(((f"trainable tensor {i} {tuple(p.shape)}", local_tensor(p)) for i, p in enumerate(params)), step,
                   "the policy")
 
 
 def save(tr: Trainer, step: int) -> None:
-    """Checkpoint ``step`` (main process only): policy, value head, optimiser, scheduler, the KL controller,
-    running score moments, degeneration monitor, the algorithm's state, RNG (trainer/checkpoint.py)."""
-    if not tr.is_main:
+    """Checkpoint ``step``, written by the main process: policy, value head, optimiser, scheduler, the KL
+    controller, running score moments, degeneration monitor, the algorithm's state, RNG (trainer/checkpoint.py).
+    Under FSDP every process calls it (the shards are gathered first); otherwise the other processes return."""
+    if not (tr.is_main or tr.sharded):
         return
     check_policy_weights(tr, step)
+    optimizer_state = None
+    if tr.sharded_module is not None:
+        tr.policy.gather_state()
+        optimizer_state = full_optimizer_state(tr.sharded_module, tr.optimizer)
+        if not tr.is_main:
+            return
     moments = tr.shape_scores.moments
     state = {"kl_controller": tr.kl_ctl.state_dict(),
              "score_moments": moments.state_dict() if moments else None,
@@ -118,7 +131,7 @@ def save(tr: Trainer, step: int) -> None:
              "algorithm": tr.algorithm.state_dict()}
     save_checkpoint(tr.run_dir, step, policy_saver=tr.policy.save, optimizer=tr.optimizer,
                     scheduler=tr.scheduler, trainer_state=state, config=config_to_dict(tr.cfg),
-                    value_head=tr.policy.value_head, keep=tr.cfg.keep_checkpoints)
+                    value_head=tr.policy.value_head, keep=tr.cfg.keep_checkpoints, optimizer_state=optimizer_state)
     tr.last_healthy_ckpt = step
 
 
@@ -152,7 +165,7 @@ def _run_locked(tr: Trainer, resume_run: bool) -> Path:
                 log.info("removed %s/%s, left by an interrupted write", where, name)
     evaluation: dict[str, Any] = {}
     eval_path = tr.run_dir / "train_eval.json"
-    if tr.is_main and not resume_run:
+    if (tr.is_main or tr.sharded) and not resume_run:  # FSDP: every process joins the policy's forwards
         # before anything is written: a reward or prompt that fails on the first samples leaves no run behind
         evaluation["before"] = tr.evaluate_held_out("before")
     if resume_run:
@@ -168,7 +181,7 @@ def _run_locked(tr: Trainer, resume_run: bool) -> Path:
     logger = RunLogger(tr.run_dir, cfg.log, config_to_dict(cfg), enabled=tr.is_main,
                        resume_step=tr.start_step if resume_run else None)
     stopped_reason = _steps(tr, logger)
-    if tr.is_main:
+    if tr.is_main or tr.sharded:
         _finish(tr, evaluation, eval_path, stopped_reason)
     logger.close()
     tr.accelerator.wait_for_everyone()
@@ -204,8 +217,8 @@ def _steps(tr: Trainer, logger: RunLogger) -> str | None:
                 log.warning("degeneration alarm at step %d: %s", step + 1, alarm)
                 if cfg.stop_on_degeneration:
                     return f"degeneration at step {step + 1}"
-            if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps and tr.is_main:
-                with task(f"saving checkpoint step-{step + 1}"):
+            if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps and (tr.is_main or tr.sharded):
+                with _task(tr, f"saving checkpoint step-{step + 1}"):
                     tr._save(step + 1)
     finally:
         if bar is not None:
@@ -213,21 +226,32 @@ def _steps(tr: Trainer, logger: RunLogger) -> str | None:
     return None
 
 
+def _task(tr: Trainer, desc: str) -> contextlib.AbstractContextManager[None]:
+    """The progress line of a long task, on the main process only."""
+    return task(desc) if tr.is_main else contextlib.nullcontext()
+
+
 def _finish(tr: Trainer, evaluation: dict[str, Any], eval_path: Path, stopped_reason: str | None) -> None:
-    """Main process, after the steps: the last checkpoint and the final model (on an early stop, the last
-    healthy checkpoint's policy), then the "after" evaluation merged into ``train_eval.json``."""
+    """Main process (under FSDP every process: the shards are gathered, the main process writes), after the steps:
+    the last checkpoint and the final model (on an early stop, the last healthy checkpoint's policy), then the
+    "after" evaluation merged into ``train_eval.json``."""
     cfg = tr.cfg
     final_step = cfg.steps if stopped_reason is None else (tr.last_healthy_ckpt or 0)
     if stopped_reason is None:
-        with task(f"saving checkpoint step-{cfg.steps} and the final model in {tr.run_dir / 'final'}"):
-            tr._save(cfg.steps)
-            with atomic_dir(tr.run_dir / "final") as tmp:
-                tr.policy.save_final(tmp)
+        with _task(tr, f"saving checkpoint step-{cfg.steps} and the final model in {tr.run_dir / 'final'}"):
+            tr._save(cfg.steps)  # FSDP: gathers the whole state, which the final model reuses
+            if tr.is_main:
+                with atomic_dir(tr.run_dir / "final") as tmp:
+                    tr.policy.save_final(tmp)
     elif tr.last_healthy_ckpt is not None:
         tr.policy.load(checkpoint_dir(tr.run_dir, tr.last_healthy_ckpt) / "policy")
-        with atomic_dir(tr.run_dir / "final") as tmp:
-            tr.policy.save_final(tmp)
+        tr.policy.gather_state()
+        if tr.is_main:
+            with atomic_dir(tr.run_dir / "final") as tmp:
+                tr.policy.save_final(tmp)
     evaluation["after"] = tr.evaluate_held_out("after")
+    if not tr.is_main:
+        return
     if stopped_reason:
         evaluation["stopped"] = stopped_reason
     evaluation["final_step"] = final_step

@@ -64,6 +64,8 @@ class TokenPolicy:
         self.rollout_engine = TokenRolloutEngine(self.model, tokenizer, cfg.rollout, model_dir=model_dir, seed=cfg.seed)
         self._at_start = True  # the trained weights still equal the reference's (no optimiser step, no resume)
         self._optimizer_steps = 0  # counted for --sync-ref-model (saved with the mixed reference in checkpoints)
+        self.sharded = False  # --sharding fsdp across several processes: see shard()
+        self._gathered: dict | None = None  # the whole state gathered for the next save (FSDP, main process)
         self._step_metrics: dict[str, float] = {}
         self.value_model = None
         self.value_head = None
@@ -118,8 +120,9 @@ class TokenPolicy:
     def rollout_logprobs_exact(self) -> bool:
         """True when rollouts run the training model itself, in its dtype (then equal within 1e-4, tested);
         False with a rollout copy in another dtype or vLLM (``--rollout-dtype``, ``--generation-backend``), or
-        when training runs in mixed precision (``--train-precision bf16-autocast``)."""
-        return not self.rollout_engine.uses_copy and self.cfg.train_precision == "same"
+        when training runs in mixed precision (``--train-precision bf16-autocast``). Under FSDP the rollouts run on a
+        whole copy of the weights, exact when it is in the training dtype."""
+        return self.rollout_engine.same_numerics and self.cfg.train_precision == "same"
 
     def train_autocast(self):
         """Context of the training forward: ``torch.autocast`` to bfloat16 with ``--train-precision
@@ -198,6 +201,33 @@ class TokenPolicy:
         out, self._step_metrics = self._step_metrics, {}
         return out
 
+    def shard(self) -> torch.nn.Module:
+        """FSDP2 (``--sharding fsdp``, several processes): shard the trained model across the processes
+        (:func:`reinlm.utils.fsdp.shard_model`); rollouts keep a whole copy in the rollout dtype, made now from
+        the unsharded weights and re-gathered after every optimiser step. Call before the optimiser is built."""
+        from reinlm.utils.fsdp import shard_model
+
+        self.rollout_engine.keep_full_copy()
+        shard_model(self.model)
+        self.sharded = True
+        return self.model
+
+    def gather_state(self) -> None:
+        """Collective under FSDP (every process calls it): gather the whole trained state for the next
+        :meth:`save` / :meth:`save_final`, which the main process then writes. A no-op when nothing is sharded."""
+        if self.sharded:
+            from reinlm.utils.fsdp import full_model_state
+
+            self._gathered = full_model_state(self.model)
+
+    def _state_to_save(self) -> dict | None:
+        """The gathered whole state (FSDP) for ``save_pretrained(state_dict=...)``; None: the model's own."""
+        if not self.sharded:
+            return None
+        if self._gathered is None:
+            raise RuntimeError("FSDP: call gather_state() on every process before saving")
+        return self._gathered
+
     def wrap_for_ddp(self, accelerator) -> None:
         """Wrap the trainable modules for data-parallel gradient averaging."""
         self.model = accelerator.prepare_model(self.model)
@@ -270,7 +300,7 @@ class TokenPolicy:
 
             save_adapter(unwrapped, out_dir, self.cfg.model)
         else:
-            unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+            unwrapped.save_pretrained(str(out_dir), safe_serialization=True, state_dict=self._state_to_save())
         self.tokenizer.save_pretrained(str(out_dir))
         if self.value_model is not None:  # PPO with a separate value model: it is trained state too
             vm = getattr(self.value_model, "module", self.value_model)
@@ -292,7 +322,7 @@ class TokenPolicy:
 
             save_lora_final(unwrapped, self.tokenizer, out_dir, self.cfg.model)
             return
-        unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+        unwrapped.save_pretrained(str(out_dir), safe_serialization=True, state_dict=self._state_to_save())
         self.tokenizer.save_pretrained(str(out_dir))
 
     def load(self, ckpt_policy_dir: str | Path) -> None:
@@ -305,6 +335,11 @@ class TokenPolicy:
             from safetensors.torch import load_file
 
             set_peft_model_state_dict(unwrapped, load_file(str(ckpt_policy_dir / "adapter_model.safetensors")))
+        elif self.sharded:  # every process reads the whole state and keeps its shard; the rollout copy re-gathers
+            from reinlm.utils.fsdp import load_full_model_state
+
+            load_full_model_state(unwrapped, _read_safetensors_dir(ckpt_policy_dir))
+            self.rollout_engine.weights_changed()
         else:
             _load_safetensors_dir_into(unwrapped, ckpt_policy_dir)
         ref_dir = ckpt_policy_dir / SYNCED_REFERENCE
@@ -331,13 +366,19 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def _load_safetensors_dir_into(model: torch.nn.Module, model_dir: Path) -> None:
-    """Load every ``*.safetensors`` file of ``model_dir`` into ``model`` (tied LM-head weights may be absent)."""
+def _read_safetensors_dir(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every ``*.safetensors`` file of ``model_dir``."""
     from safetensors.torch import load_file
 
     state = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         state.update(load_file(str(f)))
+    return state
+
+
+def _load_safetensors_dir_into(model: torch.nn.Module, model_dir: Path) -> None:
+    """Load every ``*.safetensors`` file of ``model_dir`` into ``model`` (tied LM-head weights may be absent)."""
+    state = _read_safetensors_dir(model_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("lm_head.weight")]
     if missing or unexpected:

@@ -145,8 +145,9 @@ TRL_UNSUPPORTED: dict[str, str] = {
     # ---------------------------------------------------------------- distribution
     "deepspeed": "not supported; reinlm runs one process or torchrun/accelerate data parallel.",
     "ds3_gather_for_generation": "DeepSpeed ZeRO-3 is not supported (deepspeed).",
-    "fsdp": "not supported; reinlm runs one process or torchrun/accelerate data parallel.",
-    "fsdp_config": "FSDP is not supported (fsdp); data parallel only.",
+    "fsdp": "use sharding: fsdp (FSDP2, full shard of parameters, gradients and AdamW state) under torchrun / "
+            "accelerate launch; TRL's auto-wrap strings are not read.",
+    "fsdp_config": "reinlm configures FSDP itself (sharding: fsdp: one unit per decoder layer, full shard).",
     "accelerator_config": "reinlm configures Accelerate itself for data parallel (torchrun / accelerate launch).",
     "parallelism_config": "only data parallel is supported (torchrun / accelerate launch).",
     "ddp_find_unused_parameters": "data parallel averages gradients with an all-reduce of its own, not DDP.",

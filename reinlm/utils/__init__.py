@@ -10,5 +10,6 @@
 - ``integrity``: whether a checkpoint file is complete;
 - ``redact``: secrets removed from text;
 - ``chunks``, ``memory``: list chunks, peak resident memory;
-- ``distributed``: torch.distributed teardown.
+- ``distributed``: torch.distributed teardown;
+- ``fsdp``: FSDP2 sharding of a model and the collective gathers of its state (``--sharding fsdp``).
 """
