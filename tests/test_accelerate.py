@@ -139,7 +139,8 @@ def test_fsdp_two_processes_match_one_with_half_the_training_state(tiny_model_di
 
 @pytest.mark.parametrize("kwargs, named", [
     ({"algo": "ppo"}, "algo 'ppo'"), ({"lora_r": 4}, "lora_r 4"), ({"generation_backend": "vllm"}, "generation_backend"),
-    ({"space": "latent", "latent": "somewhere"}, "space 'latent'"), ({"sharding": "zero3"}, "sharding"),
+    ({"space": "latent", "latent": "somewhere"}, "space 'latent'"), ({"sync_ref_model": True}, "sync_ref_model"),
+    ({"sharding": "zero3"}, "sharding"),
 ])
 def test_fsdp_refuses_what_it_was_not_built_for(kwargs, named):
     from reinlm.errors import ConfigError

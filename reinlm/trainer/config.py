@@ -217,7 +217,8 @@ class TrainConfig(Config):
         "none", "how several processes (torchrun / accelerate launch) hold the trained model: none (data parallel: "
         "a whole copy each, gradients averaged) or fsdp (FSDP2, torch fully_shard: parameters, gradients and AdamW "
         "state sharded across the processes, each decoder layer gathered only while it computes; token space, "
-        "full fine-tuning, the reinlm generation backend, no value model). One process ignores it")
+        "full fine-tuning, the reinlm generation backend; no value model, environment, teacher or --sync-ref-model). "
+        "One process ignores it")
     frozen_dtype: Literal["same", "auto", "float32", "bfloat16"] = opt(
         "auto", "dtype of the frozen networks: the token-space reference (and evaluation copy), the latent "
         "backbone with its LM head. auto (default): bfloat16 where the device computes it natively (CPU "
