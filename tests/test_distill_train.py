@@ -139,6 +139,15 @@ def test_bad_distill_settings_exit_2(tmp_path, capsys, extra, words):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_dry_run_checks_the_teacher(tmp_path, capsys):
+    code = main(["train", "--dry-run", "--algo", "distill", "--teacher", str(tmp_path / "no-such-teacher"),
+                 "--reward", f"{ASSETS / 'toy_rewards.py'}:space_share", "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "teacher: " in err and "no-such-teacher" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_teacher_with_another_tokenizer_is_refused(dirs, tmp_path, capsys):
     from transformers import AutoTokenizer
 

@@ -2,9 +2,9 @@
 nothing.
 
 Checked: every key, type and range (the config), the prompt source (loaded, columns listed), the reward SPEC
-(imported, and each reward's required arguments against the dataset columns), the model (an embedded alias, a
-local directory or a Hugging Face id in the local cache), the latent model directory, and that ``--out`` could
-be written (and does not hold a run a fresh start would refuse). Printed: the resolved config as ``config.yaml``
+(imported, and each reward's required arguments against the dataset columns), the model and the ``--teacher``
+(an embedded alias, a local directory or a Hugging Face id in the local cache), the latent model directory, and
+that ``--out`` could be written (and does not hold a run a fresh start would refuse). Printed: the resolved config as ``config.yaml``
 would record it, and what each TRL key of the ``--config`` file became.
 """
 
@@ -21,16 +21,23 @@ from reinlm.envs import resolve_environment
 from reinlm.errors import ReinlmError
 from reinlm.hub import resolve_model_dir
 from reinlm.rewards import parse_reward_spec
+from reinlm.rewards.combine import apply_reward_weights, parse_reward_weights
 from reinlm.rewards.precheck import check_reward_inputs
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import previous_run_outputs
+from reinlm.trainer.teacher import check_completions
 from reinlm.trainer.trl_names import describe_trl_keys
 from reinlm.utils.outdir import check_output_dir
 
 
-def _check_model(name: str) -> str:
-    """Where the model would load from (no weights read); ReinlmError when it cannot resolve."""
-    resolved = resolve_model_dir(name)
+def _check_model(name: str, field: str = "model") -> str:
+    """Where the model would load from (no weights read); ReinlmError naming ``field`` when it cannot resolve."""
+    try:
+        resolved = resolve_model_dir(name)
+    except ReinlmError as e:  # its message names --model; say which setting it was
+        if field == "model":
+            raise
+        raise ReinlmError(f"{field}: {str(e).split(': ', 1)[-1]}") from None
     if Path(resolved).is_dir():
         return resolved
     from huggingface_hub import try_to_load_from_cache
@@ -39,7 +46,7 @@ def _check_model(name: str) -> str:
     if isinstance(cached, str):
         return f"{resolved} (Hugging Face cache: {Path(cached).parent})"
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        raise ReinlmError(f"model: {name!r} is no embedded alias, no local directory and not in the Hugging Face "
+        raise ReinlmError(f"{field}: {name!r} is no embedded alias, no local directory and not in the Hugging Face "
                           "cache, and HF_HUB_OFFLINE is set; download it first or give a local directory.")
     return f"{resolved} (not in the Hugging Face cache: it would be downloaded)"
 
@@ -54,6 +61,12 @@ def dry_run(cfg: TrainConfig, config_file: str | None, resume: bool) -> int:
     rewards = parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error)
     check_reward_inputs(rewards, prompts.columns)
     model = _check_model(cfg.model)
+    weights = parse_reward_weights("reward_weights", cfg.reward_weights)
+    if weights is not None:
+        rewards = apply_reward_weights(rewards, weights)  # one weight per term, or the error a run would give
+    if cfg.distill.teacher:  # on-policy distillation: the teacher resolves too, and --lmbda's completions exist
+        model += f"; teacher: {_check_model(cfg.distill.teacher, 'teacher')}"
+    check_completions(prompts, cfg.distill.lmbda)
     if cfg.env.environment:  # the SPEC, its class and tools (docs/environments.md)
 
         resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
