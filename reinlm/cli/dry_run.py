@@ -26,7 +26,6 @@ from reinlm.rewards.precheck import check_reward_inputs
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.loop import previous_run_outputs
 from reinlm.trainer.teacher import check_completions
-from reinlm.trainer.trl_names import describe_trl_keys
 from reinlm.utils.outdir import check_output_dir
 
 
@@ -76,7 +75,7 @@ def dry_run(cfg: TrainConfig, config_file: str | None, resume: bool) -> int:
     print("# resolved config (what config.yaml would record)")
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip())
     if config_file:
-        lines = describe_trl_keys(dict(yaml.safe_load(Path(config_file).read_text()) or {}))
+        lines = TrainConfig.describe_trl_keys(dict(yaml.safe_load(Path(config_file).read_text()) or {}))
         if lines:
             print(f"# TRL keys of {config_file}")
             print("\n".join(lines))

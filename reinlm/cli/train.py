@@ -14,7 +14,6 @@ from reinlm.errors import ConfigError, ReinlmError
 from reinlm.progress import note
 from reinlm.trainer.config import TrainConfig, add_train_args
 from reinlm.trainer.runlock import RunLock, is_main_process
-from reinlm.trainer.trl_names import describe_trl_keys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -92,6 +91,6 @@ def run(args: argparse.Namespace) -> int:
 def _say_what_trl_keys_became(config_file: str) -> None:
     """Once at the start of a fresh run: each TRL key of the config file, the reinlm setting it became and the
     table's note (where reinlm's own default differs, this is where the user sees it)."""
-    lines = describe_trl_keys(dict(yaml.safe_load(Path(config_file).read_text()) or {}))
+    lines = TrainConfig.describe_trl_keys(dict(yaml.safe_load(Path(config_file).read_text()) or {}))
     if lines and is_main_process():
         note(f"TRL keys in {config_file} (docs/trl-migration.md):\n" + "\n".join(f"  {x}" for x in lines))

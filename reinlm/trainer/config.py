@@ -28,6 +28,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from reinlm.algorithms import get_algorithm
 from reinlm.algorithms.base import available_algorithms
 from reinlm.algorithms.config import AlgorithmConfig, DistillConfig, KLConfig, PPOConfig
 from reinlm.config.fields import flat_fields, is_config_class
@@ -252,17 +253,25 @@ class TrainConfig(Config):
     def translate_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
         """TRL keys whose value maps onto reinlm fields by a rule (``per_device_train_batch_size``,
         ``max_steps``, ``bf16``, ...: :data:`reinlm.trainer.trl_names.TRL_DERIVED`)."""
+        return trl_names.translate_trl_keys(values, cls._trl_rule_defaults())
+
+    @classmethod
+    def describe_trl_keys(cls, values: dict[str, Any]) -> list[str]:
+        """One line per TRL key of a config mapping: the reinlm setting it became, and the table's note
+        (:func:`reinlm.trainer.trl_names.describe_trl_keys`)."""
+        return trl_names.describe_trl_keys(values, cls._trl_rule_defaults())
+
+    @classmethod
+    def _trl_rule_defaults(cls) -> dict[str, Any]:
+        """The defaults of the fields that the TRL_DERIVED rules read."""
         ff = flat_fields(cls)
-        defaults = {n: ff[n].default for n in ("samples_per_prompt", "grad_accum", "update_epochs", "steps")}
-        return trl_names.translate_trl_keys(values, defaults)
+        return {n: ff[n].default for n in ("samples_per_prompt", "grad_accum", "update_epochs", "steps")}
 
     def __post_init__(self) -> None:
         # every field's type and range is checked first (reinlm.config.schema.Config); here: checks across fields
         super().__post_init__()
-        from reinlm.algorithms import get_algorithm
-
         if "auto" in (self.frozen_dtype, self.train_precision):  # resolved here, so config.yaml records what ran
-            from reinlm.utils.devices import native_bfloat16
+            from reinlm.utils.devices import native_bfloat16  # here: tests fake it in its module
 
             native = native_bfloat16(self.device)
             if self.frozen_dtype == "auto":

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.errors import ReinlmError
+from reinlm.rewards.call import unwrap_partial
+from reinlm.rewards.refs import UNREBUILDABLE, describe_callable, reward_ref
 from reinlm.utils.jsonio import write_json
 
 log = logging.getLogger("reinlm")
@@ -24,8 +26,6 @@ INPUTS_FILE = "inputs.json"
 
 
 def _source_hash(fn: Any) -> str | None:
-    from reinlm.rewards.call import unwrap_partial
-
     target = unwrap_partial(fn)
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         target = type(target)
@@ -40,8 +40,6 @@ def _source_hash(fn: Any) -> str | None:
 
 def describe_inputs(prompt_set, reward_set) -> dict[str, Any]:
     """The record written to ``inputs.json``: prompts (source, count, fingerprint) and reward components."""
-    from reinlm.rewards.refs import UNREBUILDABLE, describe_callable, reward_ref
-
     comps = []
     for c in reward_set.components:
         ref = reward_ref(c.fn) or UNREBUILDABLE + describe_callable(c.fn)

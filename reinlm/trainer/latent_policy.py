@@ -23,9 +23,11 @@ import torch
 from reinlm.algorithms.kl import categorical_kl
 from reinlm.algorithms.ppo import ValueHead
 from reinlm.errors import ConfigError, ReinlmError
-from reinlm.rollout.token import RolloutBatch, decode_completions
+from reinlm.latent.model import LatentActionModel
+from reinlm.rollout.token import RolloutBatch, decode_completions, token_char_spans
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.policy import PolicyScores
+from reinlm.utils.devices import cast_parameters
 
 
 @dataclass
@@ -80,8 +82,6 @@ class LatentPolicy:
     rollout_logprobs_exact = True  # the rollout's action log-probs come from the training forward itself
 
     def __init__(self, cfg: TrainConfig, device: torch.device, latent_model=None, with_value_head: bool = False):
-        from reinlm.latent.model import LatentActionModel
-
         self.cfg = cfg
         self.device = device
         self.lam = latent_model or LatentActionModel.from_pretrained(cfg.latent, device=str(device),
@@ -92,7 +92,6 @@ class LatentPolicy:
             # bfloat16 heads (an imported CoLA model): the trained policy gets float32 weights and AdamW state, as
             # the token policy does; an update of lr 1e-4 is below bfloat16's resolution for most weights. The
             # frozen heads stay in their dtype; the policy casts its inputs to its own dtype.
-            from reinlm.utils.devices import cast_parameters
 
             cast_parameters(self.lam.policy, torch.float32)
         self.trained = self.trained_module(self.lam, cfg.latent_train)
@@ -262,8 +261,6 @@ class LatentPolicy:
                 "latent/max_action_prob": float(top.mean())}
 
     def token_spans(self, batch) -> list[list[tuple[int, int]]]:
-        from reinlm.rollout.token import token_char_spans
-
         return token_char_spans(self.tokenizer, batch.response_ids, batch.response_mask)
 
     # --- parameters and persistence ---

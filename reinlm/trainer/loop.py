@@ -67,12 +67,14 @@ from reinlm.trainer.degeneration import DegenerationConfig, DegenerationMonitor
 from reinlm.trainer.episodes import EpisodeRunner, synthetic_rows
 from reinlm.trainer.guards import check_grad_norm, check_loss
 from reinlm.trainer.held_out import evaluate_held_out
+from reinlm.trainer.latent_policy import LatentPolicy
 from reinlm.trainer.optim import lr_lambda, make_adamw
 from reinlm.trainer.policy import Policy, PolicyScores
 from reinlm.trainer.run_shell import RUN_OUTPUTS, prepare_fresh_run_dir, previous_run_outputs
 from reinlm.trainer.scoring import Scorer, ScoreShaper, greedy_baseline, reward_trainer_state
 from reinlm.trainer.step_metrics import Reducer, StepTimes, UpdateStats, perplexity_metrics, step_metrics
 from reinlm.trainer.teacher import DatasetSteps, Teacher, check_completions
+from reinlm.trainer.token_policy import TokenPolicy
 from reinlm.utils.distributed import destroy_process_group_at_exit
 from reinlm.utils.fsdp import accelerate_fsdp, full_tensor, train_state_bytes
 from reinlm.utils.rng import seed_everything, step_seed
@@ -82,10 +84,7 @@ def make_policy(cfg: TrainConfig, device: torch.device, *, model: Any = None, to
                 with_value_head: bool = False) -> Policy:
     """The policy of ``cfg.space`` (:class:`~reinlm.trainer.policy.Policy`)."""
     if cfg.space == "token":
-        from reinlm.trainer.token_policy import TokenPolicy
-
         return TokenPolicy(cfg, device, model=model, tokenizer=tokenizer, with_value_head=with_value_head)
-    from reinlm.trainer.latent_policy import LatentPolicy
 
     return LatentPolicy(cfg, device, with_value_head=with_value_head)
 

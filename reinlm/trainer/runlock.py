@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from reinlm.errors import ReinlmError
+from reinlm.utils.outdir import ensure_writable_dir
 
 log = logging.getLogger("reinlm")
 
@@ -76,7 +77,6 @@ class RunLock:
             log.warning("run-directory locking is not available on this platform; do not start two runs on %s",
                         self.run_dir)
             return self
-        from reinlm.utils.outdir import ensure_writable_dir
 
         self._created = not self.run_dir.exists()
         ensure_writable_dir(self.run_dir, self.what)

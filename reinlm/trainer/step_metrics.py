@@ -18,6 +18,7 @@ import torch
 
 from reinlm.algorithms.losses import masked_mean
 from reinlm.rollout.token import RolloutBatch
+from reinlm.textstats import distinct_n
 from reinlm.trainer.policy import Policy, PolicyScores
 from reinlm.trainer.scoring import Scored
 from reinlm.utils.memory import peak_rss_mb
@@ -56,8 +57,6 @@ class UpdateStats:
 
 def group_distinct_2(completions: list[str], group_size: int) -> float:
     """Mean over prompts of distinct-2 among that prompt's samples (consecutive groups of ``group_size``)."""
-    from reinlm.textstats import distinct_n
-
     groups = [completions[i:i + group_size] for i in range(0, len(completions), group_size)]
     return float(np.mean([distinct_n(g, 2) for g in groups])) if groups else 0.0
 

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from reinlm.errors import ConfigError
+from reinlm.hub import load_causal_lm
 from reinlm.rollout.token import RolloutBatch, encode_prompts, make_batch, token_logprobs
 from reinlm.trainer.config import TrainConfig
+from reinlm.utils.devices import cast_parameters
 from reinlm.utils.rng import step_seed
 
 COMPLETION_COLUMN = "completion"  # TRL's prompt-completion datasets
@@ -57,13 +59,9 @@ class Teacher:
 
     def __init__(self, cfg: TrainConfig, policy: Any, device: torch.device, model: Any = None, tokenizer: Any = None):
         """``policy``: the student (a token-space policy: its ``model`` and ``tokenizer`` are compared)."""
-        from reinlm.utils.devices import cast_parameters
-
         student_model, student_tokenizer = policy.model, policy.tokenizer
         name = cfg.distill.teacher or "the given teacher"
         if model is None:
-            from reinlm.hub import load_causal_lm
-
             model, tokenizer = load_causal_lm(str(cfg.distill.teacher), device=str(device), dtype=cfg.dtype)
         check_same_vocabulary(name, model, tokenizer or student_tokenizer, student_model, student_tokenizer)
         self.model = cast_parameters(model.to(device), cfg.frozen_dtype_name).eval().requires_grad_(False)

@@ -14,9 +14,13 @@ import torch
 
 from reinlm.algorithms.kl import kl_estimate
 from reinlm.algorithms.ppo import ValueHead
-from reinlm.rollout.token import RolloutBatch, token_logprobs
+from reinlm.hub import load_causal_lm, resolve_model_dir
+from reinlm.rollout.engine import TokenRolloutEngine
+from reinlm.rollout.token import RolloutBatch, SamplingConfig, eos_ids, token_char_spans, token_logprobs
 from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.lora import apply_lora, save_adapter, save_lora_final
 from reinlm.trainer.policy import PolicyScores
+from reinlm.utils.devices import cast_parameters
 
 SYNCED_REFERENCE = "reference"  # --sync-ref-model: the mixed reference, in the checkpoint's policy/ directory
 
@@ -28,8 +32,6 @@ class TokenPolicy:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, model=None, tokenizer=None,
                  with_value_head: bool = False):
-        from reinlm.hub import load_causal_lm
-
         self.cfg = cfg
         self.device = device
         if model is None:
@@ -38,8 +40,6 @@ class TokenPolicy:
         self.uses_lora = cfg.lora_r > 0
         needs_ref = cfg.kl.kl_coef > 0
         if self.uses_lora:
-            from reinlm.trainer.lora import apply_lora
-
             # base_model_name_or_path = the name the user gave (never the cache dir it was loaded from)
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.model)
             self.ref_model = None  # the reference is the same model with adapters disabled
@@ -53,12 +53,9 @@ class TokenPolicy:
         self.model.train()  # no dropout in the supported LMs; train mode keeps the semantics honest
         if cfg.disable_dropout:
             disable_dropout(self.model)
-        from reinlm.rollout.engine import TokenRolloutEngine
 
         model_dir = None
         if cfg.rollout.generation_backend == "vllm":
-            from reinlm.hub import resolve_model_dir
-
             model_dir = resolve_model_dir(cfg.model)
         # generates the rollouts: the trained weights, a rollout-dtype copy (--rollout-dtype) or vLLM
         self.rollout_engine = TokenRolloutEngine(self.model, tokenizer, cfg.rollout, model_dir=model_dir, seed=cfg.seed)
@@ -80,8 +77,6 @@ class TokenPolicy:
 
         With LoRA there is no copy: the reference is the model with its adapters disabled, in its own dtype.
         """
-        from reinlm.utils.devices import cast_parameters
-
         return cast_parameters(copy.deepcopy(model), self.cfg.frozen_dtype_name).eval().requires_grad_(False)
 
     # --- generation ---
@@ -94,8 +89,6 @@ class TokenPolicy:
     @property
     def eos_token_ids(self) -> list[int]:
         """The ids that end a completion: the tokenizer's EOS and the generation config's."""
-        from reinlm.rollout.token import eos_ids
-
         return eos_ids(self._unwrapped, self.tokenizer)
 
     @property
@@ -108,8 +101,6 @@ class TokenPolicy:
         ``seeds`` holds one seed per prompt: each prompt's group is drawn from its own generator, so the
         samples do not depend on which other prompts share the batch (or the process, under accelerate).
         """
-        from reinlm.rollout.token import SamplingConfig
-
         s = self.cfg.sampling
         sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
                                   max_new_tokens=s.max_new_tokens, greedy=greedy)
@@ -178,8 +169,6 @@ class TokenPolicy:
 
     def token_spans(self, batch) -> list[list[tuple[int, int]]]:
         """Character (start, end) of each response token in its completion string."""
-        from reinlm.rollout.token import token_char_spans
-
         return token_char_spans(self.tokenizer, batch.response_ids, batch.response_mask)
 
     def backward(self, accelerator, loss: torch.Tensor) -> None:
@@ -296,8 +285,6 @@ class TokenPolicy:
         out_dir.mkdir(parents=True, exist_ok=True)
         unwrapped = getattr(self.model, "module", self.model)
         if self.uses_lora:
-            from reinlm.trainer.lora import save_adapter
-
             save_adapter(unwrapped, out_dir, self.cfg.model)
         else:
             unwrapped.save_pretrained(str(out_dir), safe_serialization=True, state_dict=self._state_to_save())
@@ -318,8 +305,6 @@ class TokenPolicy:
         out_dir = Path(out_dir)
         unwrapped = getattr(self.model, "module", self.model)
         if self.uses_lora:
-            from reinlm.trainer.lora import save_lora_final
-
             save_lora_final(unwrapped, self.tokenizer, out_dir, self.cfg.model)
             return
         unwrapped.save_pretrained(str(out_dir), safe_serialization=True, state_dict=self._state_to_save())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from reinlm.config.coerce import check_field
 from reinlm.errors import ConfigError
 from reinlm.trainer.trl_refused import TRL_UNSUPPORTED
 
@@ -174,8 +175,6 @@ def _bool(key: str, value: Any) -> bool:
 
 
 def _int(key: str, value: Any, lo: int = 1) -> int:
-    from reinlm.config.coerce import check_field
-
     return check_field(key, value, int, {"lo": lo})
 
 
@@ -280,8 +279,6 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
                                         "linear or cosine after warmup_steps).")
         put("lr_schedule", _LR_SCHEDULES[v], "lr_scheduler_type")
     if "warmup_ratio" in given:
-        from reinlm.config.coerce import check_field
-
         ratio = check_field("warmup_ratio", given["warmup_ratio"], float, {"lo": 0, "hi": 1})
         steps = out.get("steps", current("steps"))
         put("warmup_steps", math.ceil(ratio * _int("steps", steps)), "warmup_ratio")
@@ -344,14 +341,10 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
     return out
 
 
-def describe_trl_keys(values: dict[str, Any]) -> list[str]:
+def describe_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
     """One line per TRL key of a config mapping: the reinlm field and value it became, and the table's note
-    (``reinlm train --dry-run`` prints them, so a TRL config's meaning here is visible before a run)."""
-    from reinlm.config.fields import flat_fields
-    from reinlm.trainer.config import TrainConfig
-
-    ff = flat_fields(TrainConfig)
-    defaults = {n: ff[n].default for n in ("samples_per_prompt", "grad_accum", "update_epochs", "steps")}
+    (``reinlm train --dry-run`` prints them, so a TRL config's meaning here is visible before a run).
+    ``defaults``: as for :func:`translate_trl_keys` (``TrainConfig.describe_trl_keys`` passes them)."""
     lines = []
     for key, value in values.items():
         if key in TRL_RENAMES:
