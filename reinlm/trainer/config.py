@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reinlm.algorithms import get_algorithm
-from reinlm.algorithms.base import available_algorithms
+from reinlm.algorithms.base import Needs, available_algorithms
 from reinlm.algorithms.config import AlgorithmConfig, DistillConfig, KLConfig, PPOConfig
 from reinlm.config.fields import flat_fields, is_config_class
 from reinlm.config.flags import add_dataclass_args
@@ -270,48 +270,9 @@ class TrainConfig(Config):
     def __post_init__(self) -> None:
         # every field's type and range is checked first (reinlm.config.schema.Config); here: checks across fields
         super().__post_init__()
-        if "auto" in (self.frozen_dtype, self.train_precision):  # resolved here, so config.yaml records what ran
-            from reinlm.utils.devices import native_bfloat16  # here: tests fake it in its module
-
-            native = native_bfloat16(self.device)
-            if self.frozen_dtype == "auto":
-                self.frozen_dtype = "bfloat16" if native else "same"
-            if self.train_precision == "auto":
-                mixed = native and self.space == "token" and self.dtype == "float32"
-                self.train_precision = "bf16-autocast" if mixed else "same"
-        # deprecated spellings (run directories written before --scale-rewards and --loss-type)
-        if self.scale_std is not None:
-            self.algorithm.scale_rewards = "group" if self.scale_std else "none"
-            self.scale_std = None
-        if self.loss_aggregation is not None:
-            self.algorithm.loss_type = "grpo" if self.loss_aggregation == "seq_mean" else "bnpo"
-            self.loss_aggregation = None
+        self._resolve_auto_and_deprecated()
         needs = get_algorithm(self.algo).needs
-        if self.space not in needs.spaces:
-            raise ConfigError(f"algo: got {self.algo!r} with --space {self.space}; it runs in "
-                              f"{' and '.join(needs.spaces)} space.")
-        if self.space == "latent" and not self.latent:
-            raise ConfigError("latent: --space latent needs --latent DIR, a latent-action model directory "
-                              "made by `reinlm latent pretrain`.")
-        if self.space == "token" and self.num_actions is not None:
-            raise ConfigError(f"num_actions: got {self.num_actions}, a latent-space option; use it with --space latent.")
-        if self.space == "token" and self.latent_train != "policy":
-            raise ConfigError(f"latent_train: got {self.latent_train!r}, a latent-space option; use it with --space "
-                              "latent (token space: --lora-r trains adapters only).", field="latent_train")
-        if self.lora_r > 0 and not [t for t in self.lora_targets.split(",") if t.strip()]:
-            raise ConfigError(f"lora_targets: got {self.lora_targets!r} with --lora-r {self.lora_r}; allowed: "
-                              "comma-separated module names, e.g. q_proj,v_proj.", field="lora_targets")
-        if self.space == "latent":
-            token_only = {"lora_r": (self.lora_r, 0), "value_model": (self.ppo.value_model, "shared"),
-                          "train_precision": (self.train_precision, "same"),
-                          "sync_ref_model": (self.kl.sync_ref_model, False)}
-            if self.latent_train == "lora":  # LoRA on the latent policy: --lora-r given, --lora-targets not read
-                del token_only["lora_r"]
-                check_latent_lora(self.lora_r, self.lora_targets, flat_fields(TrainConfig)["lora_targets"].default)
-            for name, (value, neutral) in token_only.items():
-                if value != neutral:
-                    raise ConfigError(f"{name}: got {value!r}, a token-space option; it cannot be "
-                                      f"used with --space latent (leave it at {neutral!r}).")
+        self._check_space_options(needs)
         if self.samples_per_prompt < needs.min_group_size:
             raise ConfigError(f"samples_per_prompt: got {self.samples_per_prompt} with algo {self.algo}; allowed: "
                               f">= {needs.min_group_size} (group baselines need at least two samples per prompt).")
@@ -345,6 +306,53 @@ class TrainConfig(Config):
 
             check_env_settings(self)
 
+
+    def _resolve_auto_and_deprecated(self) -> None:
+        """``auto`` resolved here, so config.yaml records what ran; deprecated spellings of old run directories."""
+        if "auto" in (self.frozen_dtype, self.train_precision):  # resolved here, so config.yaml records what ran
+            from reinlm.utils.devices import native_bfloat16  # here: tests fake it in its module
+
+            native = native_bfloat16(self.device)
+            if self.frozen_dtype == "auto":
+                self.frozen_dtype = "bfloat16" if native else "same"
+            if self.train_precision == "auto":
+                mixed = native and self.space == "token" and self.dtype == "float32"
+                self.train_precision = "bf16-autocast" if mixed else "same"
+        # deprecated spellings (run directories written before --scale-rewards and --loss-type)
+        if self.scale_std is not None:
+            self.algorithm.scale_rewards = "group" if self.scale_std else "none"
+            self.scale_std = None
+        if self.loss_aggregation is not None:
+            self.algorithm.loss_type = "grpo" if self.loss_aggregation == "seq_mean" else "bnpo"
+            self.loss_aggregation = None
+
+    def _check_space_options(self, needs: Needs) -> None:
+        """The algorithm runs in ``--space``; options of the other space are refused."""
+        if self.space not in needs.spaces:
+            raise ConfigError(f"algo: got {self.algo!r} with --space {self.space}; it runs in "
+                              f"{' and '.join(needs.spaces)} space.")
+        if self.space == "latent" and not self.latent:
+            raise ConfigError("latent: --space latent needs --latent DIR, a latent-action model directory "
+                              "made by `reinlm latent pretrain`.")
+        if self.space == "token" and self.num_actions is not None:
+            raise ConfigError(f"num_actions: got {self.num_actions}, a latent-space option; use it with --space latent.")
+        if self.space == "token" and self.latent_train != "policy":
+            raise ConfigError(f"latent_train: got {self.latent_train!r}, a latent-space option; use it with --space "
+                              "latent (token space: --lora-r trains adapters only).", field="latent_train")
+        if self.lora_r > 0 and not [t for t in self.lora_targets.split(",") if t.strip()]:
+            raise ConfigError(f"lora_targets: got {self.lora_targets!r} with --lora-r {self.lora_r}; allowed: "
+                              "comma-separated module names, e.g. q_proj,v_proj.", field="lora_targets")
+        if self.space == "latent":
+            token_only = {"lora_r": (self.lora_r, 0), "value_model": (self.ppo.value_model, "shared"),
+                          "train_precision": (self.train_precision, "same"),
+                          "sync_ref_model": (self.kl.sync_ref_model, False)}
+            if self.latent_train == "lora":  # LoRA on the latent policy: --lora-r given, --lora-targets not read
+                del token_only["lora_r"]
+                check_latent_lora(self.lora_r, self.lora_targets, flat_fields(TrainConfig)["lora_targets"].default)
+            for name, (value, neutral) in token_only.items():
+                if value != neutral:
+                    raise ConfigError(f"{name}: got {value!r}, a token-space option; it cannot be "
+                                      f"used with --space latent (leave it at {neutral!r}).")
     def __setattr__(self, name: str, value: Any) -> None:
         # ``cfg.kl_coef = x`` would only add an attribute beside ``cfg.kl.kl_coef``, silently ignored: refused
         owner = _nested_owner(type(self)).get(name)
