@@ -33,11 +33,24 @@ def smol_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tiny_lm(smol_tokenizer):
-    """(model, tokenizer): a 2-layer, 64-wide random Llama with the SmolLM2 vocabulary, eval mode, CPU."""
+def tiny_lm_session(smol_tokenizer):
+    """The one tiny random Llama of the session (built once); tests use ``tiny_lm``."""
     from reinlm.testing import tiny_causal_lm
 
     return tiny_causal_lm(smol_tokenizer), smol_tokenizer
+
+
+@pytest.fixture
+def tiny_lm(tiny_lm_session):
+    """(model, tokenizer): a 2-layer, 64-wide random Llama with the SmolLM2 vocabulary, eval mode, CPU.
+
+    Shared across the session, so each test gets it back trainable and in eval mode: a latent model built on it
+    freezes its backbone in place (``LatentActionModel``), which made later token-space tests that copy it find
+    no trainable parameters, depending on the order the tests ran in."""
+    model, tok = tiny_lm_session
+    model.requires_grad_(True)
+    model.eval()
+    return model, tok
 
 
 @pytest.fixture(scope="session")

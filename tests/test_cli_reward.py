@@ -151,3 +151,16 @@ def test_data_errors_and_tokenizer_for_completion_ids(capsys, tmp_path):
     data.write_text(json.dumps({"prompt": "x", "text": "no completion key"}) + "\n")
     code, _, err = run(capsys, "--reward", "sentiment", "--data", str(data))
     assert code == 2 and "row 0 has completion None" in " ".join(err.split())
+
+
+def test_error_messages_never_split_a_command_flag_or_path_across_lines(capsys):
+    """The error text is wrapped at 100 columns, but a hyphenated word (`import-bwarea`, `--latent-train`) or a long
+    path stays whole on one line: a user copies them. The word lands wherever the path before it ends."""
+    from reinlm.cli.main import _print_error
+
+    for pad in range(1, 60):
+        word = "`reinlm latent import-bwarea --latent-train`"
+        _print_error("x" * pad + " " + "a" * 40 + " " + word + " /tmp/" + "p" * 120 + " end")
+        lines = capsys.readouterr().err.splitlines()
+        for whole in ("import-bwarea", "--latent-train`", "/tmp/" + "p" * 120):
+            assert any(whole in line for line in lines), (pad, whole, lines)

@@ -17,8 +17,8 @@ TEXTS = ["The plot was dull but the acting was superb.", "I loved it.", "Terribl
 
 
 @pytest.fixture(scope="module")
-def server(tiny_lm):
-    model, tok = tiny_lm
+def server(tiny_lm_session):
+    model, tok = tiny_lm_session
     with CriticServer(model, tok) as srv:
         yield srv
 

@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_error(message: str) -> None:
-    para = textwrap.fill(" ".join(redact_secrets(str(message)).split()), width=100)  # redact before any cut
+    # redact before any cut; never split a word at a hyphen or mid-word: commands, flags and paths stay whole
+    # (a user copies them), e.g. `reinlm latent import-bwarea` or `--latent-train`
+    para = textwrap.fill(" ".join(redact_secrets(str(message)).split()), width=100,
+                         break_on_hyphens=False, break_long_words=False)
     print(f"reinlm: error: {para}", file=sys.stderr)
 
 
