@@ -29,7 +29,7 @@ def test_a_yaml_file_from_python(tmp_path):
 
 def test_resume_from_checkpoint_true_resumes_and_says_so(tmp_path, tiny_lm, capsys):
     model, tok = tiny_lm
-    model = copy.deepcopy(model).requires_grad_(True)  # the session's tiny_lm may be frozen by an earlier latent test
+    model = copy.deepcopy(model)
     out = tmp_path / "run"
     Trainer(out=str(out), model=copy.deepcopy(model), tokenizer=tok, prompts=PROMPTS, **SETTINGS).train()
     capsys.readouterr()

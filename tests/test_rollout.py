@@ -176,7 +176,7 @@ def test_rollout_tensors_work_in_autograd(tiny_lm):
     import copy
 
     model, tok = tiny_lm
-    model = copy.deepcopy(model).requires_grad_(True)  # the shared fixture may have been frozen by another test
+    model = copy.deepcopy(model)
     batch = generate_rollouts(model, tok, PROMPTS[:1], 2, SamplingConfig(max_new_tokens=3))
     scores = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1],
                             return_entropy=True)

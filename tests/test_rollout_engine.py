@@ -42,7 +42,7 @@ def assert_logprobs_match(model, batch, tol=1e-4):
 
 def test_bfloat16_copy_follows_the_trained_weights(tiny_lm):
     model, tok = tiny_lm
-    model = copy.deepcopy(model).requires_grad_(True)
+    model = copy.deepcopy(model)
     engine = TokenRolloutEngine(model, tok, RolloutConfig(rollout_dtype="bfloat16"))
     s = SamplingConfig(max_new_tokens=8)
     assert engine.dtype == torch.bfloat16 and engine.uses_copy

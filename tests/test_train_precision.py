@@ -41,12 +41,12 @@ def test_default_training_is_bf16_autocast_and_stays_close_to_float32(tiny_lm, t
     above 0.999 against the exact float32 path (train_precision same)."""
     from reinlm.utils.devices import native_bfloat16
 
-    model, tok = tiny_lm  # shared by the session: another test may have frozen its parameters
+    model, tok = tiny_lm
     fp32 = TokenPolicy(_cfg(tmp_path, train_precision="same"), torch.device("cpu"),
-                       model=copy.deepcopy(model).requires_grad_(True), tokenizer=tok)
+                       model=copy.deepcopy(model), tokenizer=tok)
     default = _cfg(tmp_path) if native_bfloat16("cpu") else _cfg(tmp_path, train_precision="bf16-autocast")
     assert default.train_precision == "bf16-autocast"
-    mixed = TokenPolicy(default, torch.device("cpu"), model=copy.deepcopy(model).requires_grad_(True), tokenizer=tok)
+    mixed = TokenPolicy(default, torch.device("cpu"), model=copy.deepcopy(model), tokenizer=tok)
     batch = fp32.rollout(PROMPTS, 4, seeds=[1, 2, 3])
     adv = torch.linspace(-1.0, 1.0, len(batch))
     loss32, logp32, g32 = _loss_and_grads(fp32, batch, adv)
