@@ -24,6 +24,7 @@ import inspect
 import typing
 from typing import Any, Callable
 
+from reinlm.envs.protocol import call_reset
 from reinlm.errors import ReinlmError
 
 __all__ = ["OpenEnvEnv", "openenv_factory", "action_type", "text_field", "render_observation"]
@@ -89,10 +90,7 @@ class OpenEnvEnv:
         self.env, self.action_cls, self.field = env, action_cls, field
 
     def reset(self, seed: int = 0, **row) -> str:
-        params = inspect.signature(self.env.reset).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in {"seed": seed, **row}.items() if takes_any or k in params}
-        return render_observation(_check_observation(self.env.reset(**kwargs), "reset"))
+        return render_observation(_check_observation(call_reset(self.env, row, seed), "reset"))
 
     def step(self, text: str):
         obs = _check_observation(self.env.step(self.action_cls(**{self.field: text})), "step")

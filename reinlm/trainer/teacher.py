@@ -131,7 +131,8 @@ class DatasetSteps:
     coin sends off-policy, None for an on-policy step (the student samples as usual)."""
 
     def __init__(self, cfg: TrainConfig, policy: Any, prompts: Any):
-        check_completions(prompts, cfg.distill.lmbda)
+        """``prompts`` carry a ``completion`` column (``check_completions``, run by the trainer before any model
+        loads)."""
         self.cfg = cfg
         self.policy = policy
         self.completions = prompts.completions
