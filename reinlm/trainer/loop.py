@@ -13,9 +13,11 @@ The loop knows neither the algorithm nor the action space: it looks the algorith
 
 Where things live (hook in there, not here):
 
-- ``loop.py`` (this file): :class:`Trainer`: ``__init__`` builds the parts (one ``_init_*`` method each),
+- ``loop.py`` (this file): :class:`Trainer`: ``__init__`` builds the parts (``parts.py``),
   :meth:`Trainer.train_step` is one step from rollouts to metrics, :meth:`Trainer._update` the minibatch
   gradient steps (``_optimizer_step``, ``_micro_batch``).
+- ``parts.py``: the parts built from the config: processes and seed, prompts and held-out split, rewards, policy,
+  optimiser, schedule and KL controller.
 - ``collect.py``: prompt choice (``choose_prompts``; seeds: ``reinlm.utils.rng.step_seed``), rollouts, dynamic sampling; a
   step's batch as :class:`~reinlm.trainer.collect.Collected` (with its zero-spread flags, computed once).
 - ``scoring.py``: rewards -> :class:`~reinlm.trainer.scoring.Scored` (sequence, token-level, critic), score
@@ -36,27 +38,18 @@ Dimension legend: B = sequences on this process, R = response length (tokens, or
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from reinlm.algorithms import AdvantageInputs, LossInputs, LossNorm, Targets, build_algorithm
-from reinlm.algorithms.controllers import AdaptiveKLController, ConstantKLController
 from reinlm.algorithms.groups import normalize_then_sum
 from reinlm.algorithms.mismatch import mismatch_stats, tis_clip_fraction, truncated_is_weights
-from reinlm.data import held_out_line, load_prompts, render_prompts
-from reinlm.data.prompts import PromptSet
 from reinlm.envs import resolve_environment
-from reinlm.errors import ConfigError, ReinlmError
-from reinlm.progress import note
-from reinlm.rewards import parse_reward_spec
-from reinlm.rewards.combine import apply_reward_weights, parse_reward_weights
-from reinlm.rewards.precheck import check_reward_inputs
 from reinlm.rollout.multiturn import EpisodeBatch
 from reinlm.rollout.token import RolloutBatch
 from reinlm.trainer import run_shell
@@ -64,29 +57,19 @@ from reinlm.trainer.batching import truncated_rows
 from reinlm.trainer.collect import Collected, Collector, choose_prompts
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.degeneration import DegenerationConfig, DegenerationMonitor
-from reinlm.trainer.episodes import EpisodeRunner, synthetic_rows
+from reinlm.trainer.episodes import EpisodeRunner
 from reinlm.trainer.guards import check_grad_norm, check_loss
 from reinlm.trainer.held_out import evaluate_held_out
-from reinlm.trainer.latent_policy import LatentPolicy
 from reinlm.trainer.optim import lr_lambda, make_adamw
+from reinlm.trainer.parts import (build_optimisation, build_rewards, check_lengths, make_policy, prompt_texts,
+                                  split_prompts, start_processes, tis_level)
 from reinlm.trainer.policy import Policy, PolicyScores
 from reinlm.trainer.run_shell import RUN_OUTPUTS, prepare_fresh_run_dir, previous_run_outputs
 from reinlm.trainer.scoring import Scorer, ScoreShaper, greedy_baseline, reward_trainer_state
 from reinlm.trainer.step_metrics import Reducer, StepTimes, UpdateStats, perplexity_metrics, step_metrics
-from reinlm.trainer.teacher import DatasetSteps, Teacher, check_completions
-from reinlm.trainer.token_policy import TokenPolicy
-from reinlm.utils.distributed import destroy_process_group_at_exit
-from reinlm.utils.fsdp import accelerate_fsdp, full_tensor, train_state_bytes
-from reinlm.utils.rng import seed_everything, step_seed
-
-
-def make_policy(cfg: TrainConfig, device: torch.device, *, model: Any = None, tokenizer: Any = None,
-                with_value_head: bool = False) -> Policy:
-    """The policy of ``cfg.space`` (:class:`~reinlm.trainer.policy.Policy`)."""
-    if cfg.space == "token":
-        return TokenPolicy(cfg, device, model=model, tokenizer=tokenizer, with_value_head=with_value_head)
-
-    return LatentPolicy(cfg, device, with_value_head=with_value_head)
+from reinlm.trainer.teacher import DatasetSteps, Teacher
+from reinlm.utils.fsdp import full_tensor, train_state_bytes
+from reinlm.utils.rng import step_seed
 
 
 @dataclass
@@ -114,18 +97,33 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, model: Any = None, tokenizer: Any = None, reward_set: Any = None,
                  prompt_set: Any = None, accelerator: Any = None, degeneration: DegenerationConfig | None = None,
                  environment: Any = None, env_rewards: Any = None, teacher: Any = None):
-        self.cfg = cfg
         self.run_dir = Path(cfg.out or cfg.default_out)
-        self._init_processes(accelerator)
-        cfg = self.cfg  # accelerate launch's FSDP config sets --sharding fsdp there
+        # this process's place in the run (parts.py); accelerate launch's FSDP config sets --sharding fsdp there
+        self.cfg, (self.accelerator, self.device, self.rank, self.world, self.is_main) = start_processes(
+            cfg, accelerator)
+        cfg = self.cfg
         # data and rewards before any model: bad input fails fast
         if cfg.env.environment and environment is None:  # a bad SPEC fails here, before any model loads
             environment = resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
                                               max_tool_calling_iterations=cfg.env.max_tool_calling_iterations)
-        self._init_prompts(prompt_set, environment)
-        self._init_rewards(reward_set, environment)
-        self._init_policy(model, tokenizer, environment, env_rewards, teacher)
-        self._check_lengths()
+        prompts = split_prompts(cfg, prompt_set, environment, self.is_main)
+        self.full_prompts, self.train_prompts, self.held_out = prompts
+        self.reward_set, self.critic = build_rewards(cfg, reward_set, self.full_prompts, environment)
+        # the algorithm (looked up by name: docs/algorithms.md) and the policy of the action space
+        self.algorithm = build_algorithm(cfg.algo, cfg.algorithm, cfg.ppo, cfg.distill)
+        self.needs = self.algorithm.needs
+        self.policy: Policy = make_policy(cfg, self.device, model=model, tokenizer=tokenizer,
+                                          with_value_head=self.needs.values)
+        self.train_texts, self.held_texts = prompt_texts(cfg, prompts, self.policy.tokenizer)
+        # --teacher: on-policy distillation (teacher.py); --environment: episodes.py plays and scores the episodes
+        self.teacher = (Teacher(cfg, self.policy, self.device, model=teacher)
+                        if cfg.distill.teacher or teacher is not None else None)
+        self.episodes = None
+        if environment is not None:
+            self.episodes = EpisodeRunner(cfg, self.policy, environment, reward_set=env_rewards)
+            self.episodes.probe(self.train_prompts)
+        self.tis_level = tis_level(cfg, self.policy)
+        check_lengths(cfg, self.policy, self.train_texts)
         # the step's parts (collect.py, scoring.py, step_metrics.py)
         self.score = Scorer(self.reward_set, self.critic, self.policy, self.device, cfg.chat_template, self.episodes)
         self.shape_scores = ScoreShaper(cfg.batches.score_scaling, cfg.batches.score_clip)
@@ -133,124 +131,12 @@ class Trainer:
         self.collector = Collector(cfg, self.policy, self.score, self.train_prompts, self.train_texts, self.rank,
                                    self.world, self.device, self.episodes, dataset_steps)
         self.reduce = Reducer(self.accelerator, self.world, self.device)
-        self._init_optimisation()
+        self.sharded, self.sharded_module, self.optimizer, self.scheduler, self.kl_ctl = build_optimisation(
+            cfg, self.policy, self.world, self.accelerator)
         self.monitor = DegenerationMonitor(degeneration or DegenerationConfig())
         self.start_step = 0
         self.steps_done = 0
         self.last_healthy_ckpt: int | None = None
-
-    def _init_processes(self, accelerator: Any) -> None:
-        """This process's place in a data-parallel run (one process: rank 0 of 1), and the run seed."""
-        from accelerate import Accelerator
-
-        cfg = self.cfg
-        self.accelerator = accelerator or Accelerator(cpu=(cfg.device == "cpu" or not torch.cuda.is_available()))
-        self.device = self.accelerator.device
-        self.rank: int = self.accelerator.process_index
-        self.world: int = self.accelerator.num_processes
-        self.is_main: bool = self.accelerator.is_main_process
-        if self.world > 1:
-            destroy_process_group_at_exit()
-        if self.world > 1 and cfg.sharding != "fsdp" and accelerate_fsdp(self.accelerator):
-            # `accelerate launch` with an FSDP config: reinlm shards the model itself (FSDP2, one unit per decoder
-            # layer); checked and recorded in config.yaml as --sharding fsdp
-            cfg = self.cfg = dataclasses.replace(cfg, sharding="fsdp")
-            if self.is_main:
-                note("accelerate's FSDP config: training with --sharding fsdp (FSDP2, full shard, one unit per "
-                     "decoder layer); the config's other FSDP settings are not read.")
-        if cfg.batch_prompts % self.world:
-            raise ConfigError(f"batch_prompts: got {cfg.batch_prompts} with {self.world} processes; allowed: a "
-                              "multiple of the number of processes (each process takes whole prompt groups).")
-        seed_everything(cfg.seed)
-
-    def _init_prompts(self, prompt_set: Any, environment: Any) -> None:
-        """The prompts, split into training and held-out prompts (``--held-out-fraction``)."""
-        cfg = self.cfg
-        if prompt_set is None and environment is not None and cfg.prompts == "builtin:reviews":
-            prompt_set = synthetic_rows(cfg.env.env_rows)
-        full = prompt_set if prompt_set is not None else load_prompts(cfg.prompts, column=cfg.prompt_column,
-                                                                     rename=cfg.rename_columns)
-        self.full_prompts = full
-        self.train_prompts: PromptSet
-        self.held_out: PromptSet
-        if cfg.held_out_fraction > 0 and cfg.eval_prompts > 0 and len(full) >= 2:  # --eval-prompts 0: none held out
-            self.train_prompts, self.held_out = full.split(cfg.held_out_fraction, cfg.seed)
-        else:
-            self.train_prompts, self.held_out = full, full
-        if len(self.train_prompts) == 0:
-            raise ConfigError(f"prompts: {cfg.prompts!r} left no training prompts after holding out "
-                              f"{cfg.held_out_fraction:.0%}; give more prompts or a smaller --held-out-fraction.")
-        if self.is_main:
-            n_held = 0 if self.held_out is self.train_prompts else len(self.held_out)
-            note(held_out_line(len(full), n_held, cfg.held_out_fraction, cfg.eval_prompts))
-
-    def _init_rewards(self, reward_set: Any, environment: Any) -> None:
-        """The reward set (``--reward``, ``--reward-weights``), checked against the prompts' columns, and the LLM
-        critic if any."""
-        cfg = self.cfg
-        self.reward_set = (reward_set if reward_set is not None
-                           else parse_reward_spec(cfg.reward, on_error=cfg.reward_on_error))
-        weights = parse_reward_weights("reward_weights", cfg.reward_weights)
-        if weights is not None:  # TRL's reward_weights: one per term of the SPEC (or of the given reward set)
-            self.reward_set = apply_reward_weights(self.reward_set, weights)
-        env_cols = ["environments"] if environment is not None else []  # reward functions get the instances
-        check_reward_inputs(self.reward_set, [*self.full_prompts.columns, *env_cols])  # before any model
-        check_completions(self.full_prompts, cfg.distill.lmbda)  # --lmbda < 1 needs dataset completions
-        self.critic = cfg.llm_critic.build() if (cfg.llm_critic.critic or cfg.llm_critic.critic_url) else None
-
-    def _init_policy(self, model: Any, tokenizer: Any, environment: Any, env_rewards: Any, teacher: Any) -> None:
-        """The algorithm (looked up by name: docs/algorithms.md), the policy of the action space, the prompts as
-        the policy's strings, the teacher (``--teacher``), the episode runner (``--environment``), the TIS level."""
-        cfg = self.cfg
-        self.algorithm = build_algorithm(cfg.algo, cfg.algorithm, cfg.ppo, cfg.distill)
-        self.needs = self.algorithm.needs
-        self.policy: Policy = make_policy(cfg, self.device, model=model, tokenizer=tokenizer,
-                                          with_value_head=self.needs.values)
-        # conversational prompts (and --chat-template) become prompt strings here, before any rollout
-        self.train_texts = render_prompts(self.train_prompts.prompts, self.policy.tokenizer, cfg.chat_template)
-        self.held_texts = (self.train_texts if self.held_out is self.train_prompts
-                           else render_prompts(self.held_out.prompts, self.policy.tokenizer, cfg.chat_template))
-        self.teacher = None  # --teacher: on-policy distillation (trainer/teacher.py)
-        if cfg.distill.teacher or teacher is not None:
-            self.teacher = Teacher(cfg, self.policy, self.device, model=teacher)
-        self.episodes = None  # --environment: trainer/episodes.py plays and scores the episodes
-        if environment is not None:
-            self.episodes = EpisodeRunner(cfg, self.policy, environment, reward_set=env_rewards)
-            self.episodes.probe(self.train_prompts)
-        # --tis auto: correct the mismatch exactly when the rollouts come from another numeric path
-        self.tis_level: Literal["none", "token", "sequence"] = (
-            cfg.algorithm.tis if cfg.algorithm.tis != "auto"
-            else ("none" if self.policy.rollout_logprobs_exact else "token"))
-
-    def _init_optimisation(self) -> None:
-        """AdamW over the policy's trainable parameters, the learning-rate schedule, DDP or FSDP (which shards the
-        model first: the optimiser then holds only this process's shards), the KL controller."""
-        cfg = self.cfg
-        self.sharded = cfg.sharding == "fsdp" and self.world > 1
-        self.sharded_module = self.policy.shard() if self.sharded else None
-        params = self.policy.trainable_parameters()
-        if not params:
-            raise ReinlmError("the policy has no trainable parameters.")
-        self.optimizer = make_adamw(params, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        if self.world > 1 and not self.sharded:
-            self.policy.wrap_for_ddp(self.accelerator)
-        kl = cfg.kl
-        self.kl_ctl = (AdaptiveKLController(kl.kl_coef, kl.kl_target, kl.kl_horizon) if kl.kl_target is not None
-                       else ConstantKLController(kl.kl_coef))
-
-    def _check_lengths(self) -> None:
-        tok = self.policy.tokenizer
-        context = self.policy.context_length
-        max_new_tokens = self.cfg.sampling.max_new_tokens
-        if max_new_tokens >= context:
-            raise ConfigError(f"max_new_tokens: got {max_new_tokens}; allowed: fewer than the model's "
-                              f"context of {context} tokens.")
-        longest = max(len(tok(p)["input_ids"]) for p in self.train_texts)
-        if longest + max_new_tokens > context:
-            raise ConfigError(f"prompts: the longest prompt has {longest} tokens, which with max_new_tokens "
-                              f"{max_new_tokens} exceeds the model's context of {context}; shorten "
-                              "the prompts or lower --max-new-tokens.")
 
     # ------------------------------------------------------------------ the run (run_shell.py)
     def train(self, resume: bool = False) -> Path:
