@@ -292,9 +292,7 @@ class TrainConfig(Config):
                               "(mixed precision keeps float32 weights; bfloat16 weights already train in bfloat16).",
                               field="train_precision")
         if self.algo == "distill" or self.distill.teacher or self.distill.lmbda < 1:
-            from reinlm.trainer.teacher import check_distill_settings
-
-            check_distill_settings(self)
+            self._check_distill()
         if self.algorithm.multi_objective_aggregation == "normalize_then_sum" and self.algo != "grpo":
             raise ConfigError(f"multi_objective_aggregation: normalize_then_sum with --algo {self.algo}; allowed: "
                               "--algo grpo (TRL's GRPOTrainer), or sum_then_normalize.",
@@ -377,6 +375,25 @@ class TrainConfig(Config):
             if bad:
                 raise ConfigError(f"sharding: fsdp with {name} {value!r} is not supported yet; allowed with fsdp: "
                                   f"{name} {allowed}.", field="sharding")
+
+    def _check_distill(self) -> None:
+        """Checks across fields of on-policy distillation (ConfigError naming the setting and what is allowed)."""
+        d = self.distill
+        if self.algo == "distill" and not d.teacher:
+            raise ConfigError("teacher: --algo distill needs --teacher MODEL (an alias, HF id, local dir such as a "
+                              "run's final/, or .gguf) with the student's tokenizer.", field="teacher")
+        if d.teacher and self.space != "token":
+            raise ConfigError(f"teacher: got {d.teacher!r} with --space {self.space}; allowed: token space only "
+                              "(the teacher scores the student's tokens).", field="teacher")
+        if d.lmbda < 1 and self.algo != "distill":
+            raise ConfigError(f"lmbda: got {d.lmbda} with --algo {self.algo}; allowed: 1.0, or --algo distill (the "
+                              "dataset's completions carry no policy gradient).", field="lmbda")
+        if self.algo == "distill" and self.batches.dynamic_sampling:
+            raise ConfigError("dynamic_sampling: --algo distill does not train on rewards, so there is no reward "
+                              "spread to select groups by; allowed: false.", field="dynamic_sampling")
+        if d.lmbda < 1 and (self.env.environment or self.env.tools):
+            raise ConfigError(f"lmbda: got {d.lmbda} with --environment; allowed: 1.0 (episodes have no dataset "
+                              "completions).", field="lmbda")
 
     @property
     def critic_config(self) -> CriticConfig:

@@ -15,30 +15,77 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import yaml
 
+from reinlm.algorithms.base import Algorithm
+from reinlm.algorithms.controllers import AdaptiveKLController, ConstantKLController
 from reinlm.config.build import config_to_dict
 from reinlm.errors import ReinlmError
 from reinlm.progress import note, step_bar, task
 from reinlm.trainer.checkpoint import (checkpoint_dir, latest_checkpoint, load_trainer_state, load_value_head,
                                        save_checkpoint)
+from reinlm.trainer.config import TrainConfig
+from reinlm.trainer.degeneration import DegenerationMonitor
 from reinlm.trainer.guards import NonFiniteError, check_weights, stopped_message
 from reinlm.trainer.inputs import check_resume_inputs, describe_inputs, write_inputs
 from reinlm.trainer.logging import RunLogger
+from reinlm.trainer.policy import Policy
 from reinlm.trainer.runlock import RunLock
+from reinlm.trainer.scoring import ScoreShaper
 from reinlm.utils.atomic import atomic_dir, atomic_write_text, remove_stale_temps
 from reinlm.utils.fsdp import full_optimizer_state, load_full_optimizer_state, local_tensor
 from reinlm.utils.integrity import json_file_problem
 from reinlm.utils.jsonio import write_json
 from reinlm.utils.rng import set_rng_state
 
-if TYPE_CHECKING:
-    from reinlm.trainer.loop import Trainer
-
 log = logging.getLogger("reinlm")
+
+
+class RunnableTrainer(Protocol):
+    """What the run shell needs of a trainer (:class:`reinlm.trainer.loop.Trainer` is one; this module does not
+    import it: the loop imports this module)."""
+
+    run_dir: Path
+    start_step: int  # the step a resumed run continues from
+    steps_done: int
+    last_healthy_ckpt: int | None  # the newest checkpoint written before any degeneration alarm
+
+    @property
+    def cfg(self) -> TrainConfig: ...
+    @property
+    def is_main(self) -> bool: ...
+    @property
+    def accelerator(self) -> Any: ...
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def algorithm(self) -> Algorithm: ...
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler: ...
+    @property
+    def kl_ctl(self) -> AdaptiveKLController | ConstantKLController: ...
+    @property
+    def shape_scores(self) -> ScoreShaper: ...
+    @property
+    def monitor(self) -> DegenerationMonitor: ...
+    @property
+    def reward_set(self) -> Any: ...
+    @property
+    def full_prompts(self) -> Any: ...
+    @property
+    def sharded(self) -> bool: ...  # FSDP over several processes: every process joins saving and evaluation
+    @property
+    def sharded_module(self) -> Any: ...  # the FSDP-wrapped module (None: not sharded)
+
+    def train_step(self, step: int) -> dict[str, Any]: ...
+    def evaluate_held_out(self, tag: str) -> dict[str, Any]: ...
+    def resume(self) -> int: ...
+    def _save(self, step: int) -> None: ...
 
 RUN_OUTPUTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "final", "train_eval.json", "tb")
 
@@ -75,7 +122,7 @@ def prepare_fresh_run_dir(run_dir: str | Path, overwrite: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def resume(tr: Trainer) -> int:
+def resume(tr: RunnableTrainer) -> int:
     """Load the newest complete checkpoint of ``tr.run_dir`` into ``tr``; returns the step to continue from."""
     found = latest_checkpoint(tr.run_dir)
     if found is None:
@@ -104,14 +151,14 @@ def resume(tr: Trainer) -> int:
     return step
 
 
-def check_policy_weights(tr: Trainer, step: int) -> None:
+def check_policy_weights(tr: RunnableTrainer, step: int) -> None:
     """Refuse to write a checkpoint or final model with a nan/inf weight (guards.check_weights)."""
     params = tr.policy.trainable_parameters()  # FSDP: each process checks its own shards
     check_weights(((f"trainable tensor {i} {tuple(p.shape)}", local_tensor(p)) for i, p in enumerate(params)), step,
                   "the policy")
 
 
-def save(tr: Trainer, step: int) -> None:
+def save(tr: RunnableTrainer, step: int) -> None:
     """Checkpoint ``step``, written by the main process: policy, value head, optimiser, scheduler, the KL
     controller, running score moments, degeneration monitor, the algorithm's state, RNG (trainer/checkpoint.py).
     Under FSDP every process calls it (the shards are gathered first); otherwise the other processes return."""
@@ -136,7 +183,7 @@ def save(tr: Trainer, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run(tr: Trainer, resume_run: bool) -> Path:
+def run(tr: RunnableTrainer, resume_run: bool) -> Path:
     """Run (or continue) training; returns the run directory.
 
     The main process holds the run-directory lock throughout (a second writer is refused). A non-finite
@@ -156,7 +203,7 @@ def run(tr: Trainer, resume_run: bool) -> Path:
             lock.release()
 
 
-def _run_locked(tr: Trainer, resume_run: bool) -> Path:
+def _run_locked(tr: RunnableTrainer, resume_run: bool) -> Path:
     cfg = tr.cfg
     inputs = describe_inputs(tr.full_prompts, tr.reward_set)
     if tr.is_main:
@@ -188,7 +235,7 @@ def _run_locked(tr: Trainer, resume_run: bool) -> Path:
     return tr.run_dir
 
 
-def _steps(tr: Trainer, logger: RunLogger) -> str | None:
+def _steps(tr: RunnableTrainer, logger: RunLogger) -> str | None:
     """The steps from ``tr.start_step`` on: log metrics and samples, show progress, watch for degeneration,
     checkpoint. Returns why the run stopped early (None when it ran every step)."""
     cfg = tr.cfg
@@ -226,12 +273,12 @@ def _steps(tr: Trainer, logger: RunLogger) -> str | None:
     return None
 
 
-def _task(tr: Trainer, desc: str) -> contextlib.AbstractContextManager[None]:
+def _task(tr: RunnableTrainer, desc: str) -> contextlib.AbstractContextManager[None]:
     """The progress line of a long task, on the main process only."""
     return task(desc) if tr.is_main else contextlib.nullcontext()
 
 
-def _finish(tr: Trainer, evaluation: dict[str, Any], eval_path: Path, stopped_reason: str | None) -> None:
+def _finish(tr: RunnableTrainer, evaluation: dict[str, Any], eval_path: Path, stopped_reason: str | None) -> None:
     """Main process (under FSDP every process: the shards are gathered, the main process writes), after the steps:
     the last checkpoint and the final model (on an early stop, the last healthy checkpoint's policy), then the
     "after" evaluation merged into ``train_eval.json``."""

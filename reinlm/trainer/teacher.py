@@ -148,23 +148,3 @@ class DatasetSteps:
         model = getattr(self.policy.model, "module", self.policy.model)
         return dataset_batch(model, tok, texts, [self.completions[i] for i in prompt_idx],
                              cfg.sampling.max_new_tokens, eos, pad, cfg.sampling.temperature)
-
-
-def check_distill_settings(cfg: TrainConfig) -> None:
-    """Checks across fields of on-policy distillation (ConfigError naming the setting and what is allowed)."""
-    d = cfg.distill
-    if cfg.algo == "distill" and not d.teacher:
-        raise ConfigError("teacher: --algo distill needs --teacher MODEL (an alias, HF id, local dir such as a run's "
-                          "final/, or .gguf) with the student's tokenizer.", field="teacher")
-    if d.teacher and cfg.space != "token":
-        raise ConfigError(f"teacher: got {d.teacher!r} with --space {cfg.space}; allowed: token space only (the "
-                          "teacher scores the student's tokens).", field="teacher")
-    if d.lmbda < 1 and cfg.algo != "distill":
-        raise ConfigError(f"lmbda: got {d.lmbda} with --algo {cfg.algo}; allowed: 1.0, or --algo distill (the "
-                          "dataset's completions carry no policy gradient).", field="lmbda")
-    if cfg.algo == "distill" and cfg.batches.dynamic_sampling:
-        raise ConfigError("dynamic_sampling: --algo distill does not train on rewards, so there is no reward spread "
-                          "to select groups by; allowed: false.", field="dynamic_sampling")
-    if d.lmbda < 1 and (cfg.env.environment or cfg.env.tools):
-        raise ConfigError(f"lmbda: got {d.lmbda} with --environment; allowed: 1.0 (episodes have no dataset "
-                          "completions).", field="lmbda")
