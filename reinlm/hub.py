@@ -71,6 +71,9 @@ EMBEDDED_ALIASES: dict[str, EmbeddedModel] = {
 }
 
 
+ADAPTER_BASE_FILE = "reinlm_base.json"  # beside a LoRA adapter: {"model": the base model's name as the user gave it}
+
+
 def cache_dir() -> Path:
     """reinlm's cache directory: ``$REINLM_CACHE``, else ``~/.cache/reinlm`` (``$XDG_CACHE_HOME`` honoured)."""
     env = os.environ.get("REINLM_CACHE")
@@ -292,6 +295,9 @@ def _load_adapter(adapter_dir: str, dev: torch.device, dt: torch.dtype):
     if not base_name:
         raise ReinlmError(f"model: the adapter in {adapter_dir!r} names no base model "
                           f"(base_model_name_or_path); allowed: an adapter saved by PEFT with its base model.")
+    given = Path(adapter_dir) / ADAPTER_BASE_FILE
+    if _looks_like_path(base_name) and not Path(base_name).expanduser().exists() and given.is_file():
+        base_name = json.loads(given.read_text())["model"]  # another machine: the name the run was given
     base, _ = load_causal_lm(base_name, device=str(dev), dtype=dt)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged._reinlm_base_dir = resolve_model_dir(base_name)

@@ -4,6 +4,7 @@ base name, loadable by peft.PeftModel.from_pretrained; final/merged/ = the merge
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_final_dir_is_a_peft_adapter_and_merged_model(smol_tokenizer, tmp_path):
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     final = tmp_path / "final"
-    save_lora_final(model, smol_tokenizer, final, "HuggingFaceTB/SmolLM2-135M")
+    save_lora_final(model, smol_tokenizer, final, "HuggingFaceTB/SmolLM2-135M", merged=True)
     conf = json.loads((final / "adapter_config.json").read_text())
     assert conf["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M"
     ids = torch.tensor([[1, 200, 3000, 45]])
@@ -59,6 +60,45 @@ def test_final_dir_is_a_peft_adapter_and_merged_model(smol_tokenizer, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(final / MERGED_DIR)
     assert torch.allclose(merged(ids).logits, want, atol=1e-4)
     assert (final / MERGED_DIR / "tokenizer.json").is_file() and (final / "tokenizer.json").is_file()
+    assert not (final / "reinlm_base.json").exists()  # a hub id is recorded as given
+    save_lora_final(model, smol_tokenizer, tmp_path / "lean", "HuggingFaceTB/SmolLM2-135M")
+    assert not (tmp_path / "lean" / MERGED_DIR).exists()  # merged only when asked for
+
+
+def test_adapter_of_an_embedded_alias_loads_with_plain_peft_and_on_another_machine(smol_tokenizer, tmp_path,
+                                                                                monkeypatch):
+    """An embedded alias is not a hub id: the adapter records the local directory reinlm loaded (so PEFT finds the
+    base), and the alias beside it (so reinlm finds the base where that directory does not exist)."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from reinlm import hub
+    from reinlm.testing import save_tiny_model
+    from reinlm.trainer.lora import save_adapter
+
+    base_dir = Path(save_tiny_model(smol_tokenizer, tmp_path / "base", seed=0))
+
+    class Alias(hub.EmbeddedModel):
+        def path(self) -> Path:
+            return base_dir
+
+    monkeypatch.setitem(hub.EMBEDDED_ALIASES, "tiny-alias", Alias("none", "x", "causal_lm", "a tiny test model"))
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(base_dir), 4, 8, "all-linear", "tiny-alias")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    ids = torch.tensor([[1, 200, 3000, 45]])
+    want = model(ids).logits
+    save_adapter(model, tmp_path / "adapter", "tiny-alias")
+    conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == str(base_dir.resolve())
+    assert json.loads((tmp_path / "adapter" / "reinlm_base.json").read_text()) == {"model": "tiny-alias"}
+    assert torch.allclose(AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")(ids).logits, want, atol=1e-5)
+    conf["base_model_name_or_path"] = "/elsewhere/.cache/reinlm/gguf/gone"  # the directory of another machine
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(conf))
+    merged, _ = hub.load_causal_lm(str(tmp_path / "adapter"), device="cpu")
+    assert torch.allclose(merged(ids).logits, want, atol=1e-4)
 
 
 def test_lora_reference_is_the_base_with_the_adapter_off_and_no_copy(tiny_lm, tmp_path):
@@ -91,3 +131,11 @@ def test_lora_reference_is_the_base_with_the_adapter_off_and_no_copy(tiny_lm, tm
     torch.testing.assert_close(ref[mask], want[mask], rtol=0, atol=1e-5)
     torch.testing.assert_close(pol.frozen_logprobs(batch)[mask], want[mask], rtol=0, atol=1e-5)
     assert float((policy - ref)[mask].abs().max()) > 1e-3  # the adapter is on in the training forward
+
+
+def test_save_merged_without_lora_is_refused():
+    from reinlm.trainer.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="lora_save_merged: true with --lora-r 0"):
+        TrainConfig(lora_save_merged=True)
+    assert TrainConfig(lora_save_merged=True, lora_r=4).lora_save_merged

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,7 +193,11 @@ def test_cli_train_then_generate_from_final(tiny_model_dir, tmp_path, capsys):
                "--device", "cpu", "--out", str(out), "--progress", "false", "--log", "none"])
     assert rc == 0
     assert "run directory" in capsys.readouterr().out
-    assert (out / "final" / "model.safetensors").is_file()
+    final, last = out / "final" / "model.safetensors", out / "checkpoints" / "step-1" / "policy" / "model.safetensors"
+    assert final.is_file() and final.stat().st_size > 1_000_000
+    assert final.stat().st_ino == last.stat().st_ino  # one copy of the weights on disk, not two (a hard link)
+    shutil.rmtree(out / "checkpoints")  # pruning the checkpoint leaves the final model whole
+    assert main(["generate", "--model", str(out / "final"), "--max-new-tokens", "2", "--prompt", "Hello"]) == 0
     # an unknown algo is refused by the config layer (checked against the algorithm registry) with exit status 2
     assert main(["train", "--algo", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "algo: got 'nope'" in capsys.readouterr().err

@@ -116,18 +116,23 @@ def test_lora_run_writes_a_portable_adapter(tiny_model_dir, tmp_path, smol_token
     assert train(tiny_model_dir, out, "--reward", f"{space_share}:space_share", "--lora-r", "4", "--lora-targets", "all-linear",
                  "--lr", "1e-2", "--save-every", "1", "--steps", "2") == 0
     conf = json.loads((out / "final" / "adapter_config.json").read_text())
-    assert conf["base_model_name_or_path"] == str(tiny_model_dir)  # the name given, not a cache path
+    assert conf["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())  # a path PEFT can load
     assert sorted({m.split(".")[-1] for m in conf["target_modules"]}) == ["down_proj", "gate_proj", "k_proj", "o_proj",
                                                                          "q_proj", "up_proj", "v_proj"]
     ckpt_conf = json.loads((out / "checkpoints" / "step-2" / "policy" / "adapter_config.json").read_text())
-    assert ckpt_conf["base_model_name_or_path"] == str(tiny_model_dir)
+    assert ckpt_conf["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())
+    assert not (out / "final" / "merged").exists()  # the merged copy only with --lora-save-merged
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.tensor([[1, 200, 3000]])
     before = base(ids).logits
     adapted = PeftModel.from_pretrained(base, out / "final")
     after = adapted(ids).logits
     assert not torch.allclose(before, after, atol=1e-4)  # the adapter was trained
-    merged, _ = load_causal_lm(str(out), device="cpu")  # a run dir loads its final/merged model
+    from peft import AutoPeftModelForCausalLM
+
+    plain = AutoPeftModelForCausalLM.from_pretrained(out / "final")  # plain PEFT finds the base by itself
+    assert torch.allclose(plain(ids).logits, after, atol=1e-5)
+    merged, _ = load_causal_lm(str(out), device="cpu")  # a run dir loads its adapter merged into the base
     assert torch.allclose(merged(ids).logits, after, atol=1e-4)
 
 

@@ -203,6 +203,9 @@ class TrainConfig(Config):
     lora_r: int = opt(0, "LoRA rank (0: full fine-tuning)", lo=0)
     lora_alpha: int = opt(16, "LoRA alpha", lo=1)
     lora_targets: str = opt("q_proj,v_proj", "modules LoRA adapts: all-linear, module names (q_proj,v_proj) or a regex of full module names", sep=",")
+    lora_save_merged: bool = opt(False, "with --lora-r: also write final/merged/, the adapters merged into the base "
+                                        "model (an ordinary model directory, the size of the base model); final/ "
+                                        "itself is the PEFT adapter either way")
     # --- runtime ---
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (a device that is not there is refused)",
                      check=check_device)
@@ -337,6 +340,10 @@ class TrainConfig(Config):
         if self.space == "token" and self.latent_train != "policy":
             raise ConfigError(f"latent_train: got {self.latent_train!r}, a latent-space option; use it with --space "
                               "latent (token space: --lora-r trains adapters only).", field="latent_train")
+        if self.lora_save_merged and (self.lora_r == 0 or self.space == "latent"):
+            raise ConfigError(f"lora_save_merged: true with --lora-r {self.lora_r} in {self.space} space; it writes a "
+                              "token-space LoRA run's final/merged/: use it with --lora-r 1 or more, --space token.",
+                              field="lora_save_merged")
         if self.lora_r > 0 and not [t for t in self.lora_targets.split(",") if t.strip()]:
             raise ConfigError(f"lora_targets: got {self.lora_targets!r} with --lora-r {self.lora_r}; allowed: "
                               "comma-separated module names, e.g. q_proj,v_proj.", field="lora_targets")

@@ -1,10 +1,16 @@
 """LoRA (Hu et al. 2021, via peft): adapter configuration from the ``--lora-*`` flags, and portable outputs.
 
 A LoRA run's ``final/`` directory holds the **adapter** (``adapter_config.json`` + ``adapter_model.safetensors``
-+ the tokenizer), loadable with ``peft.PeftModel.from_pretrained(base_model, RUN_DIR/final)``, and
-``final/merged/`` holds the **merged** model (an ordinary model directory). ``base_model_name_or_path`` in the
-adapter config is the model name the user gave (an HF id, a local path, or an embedded alias), never a
-machine-local cache path; checkpoints' adapters record the same name.
++ the tokenizer), loadable with plain PEFT calls (``peft.AutoPeftModelForCausalLM.from_pretrained(RUN_DIR/final)``
+or ``peft.PeftModel.from_pretrained(base_model, RUN_DIR/final)``); with ``--lora-save-merged`` also
+``final/merged/``, the **merged** model (an ordinary model directory, the size of the base model).
+
+``base_model_name_or_path`` in the adapter config is what PEFT and transformers can load (:func:`peft_base_path`):
+a Hugging Face id as given, a local directory as an absolute path, and for an embedded alias or a ``.gguf`` file
+the local directory reinlm de-quantised it into (an alias is not a hub id, and a GGUF is not what
+``from_pretrained`` reads). The name the user gave is kept beside it in ``reinlm_base.json``
+(:data:`reinlm.hub.ADAPTER_BASE_FILE`), so reinlm still finds the base on a machine where that directory does
+not exist. Checkpoints' adapters record the same.
 
 ``--lora-targets`` takes peft's forms: ``all-linear`` (every linear layer but the output head), a comma list of
 module names (``q_proj,v_proj``; a name matches a module whose name ends with it), or a regular expression
@@ -19,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from reinlm.errors import ConfigError
+from reinlm.hub import ADAPTER_BASE_FILE, EMBEDDED_ALIASES, resolve_model_dir
+from reinlm.utils.jsonio import write_json
 
 MERGED_DIR = "merged"  # final/merged/: the merged model of a LoRA run
 _REGEX_CHARS = re.compile(r"[\\^$*+?()\[\]{}|]")
@@ -77,24 +85,42 @@ def set_base_name(peft_model, base_name: str) -> None:
         conf.base_model_name_or_path = base_name
 
 
+def peft_base_path(base_name: str) -> str:
+    """What an adapter records as ``base_model_name_or_path`` for the model the user named ``base_name``: the
+    local directory reinlm loads for an embedded alias or a ``.gguf`` file, the absolute path of a local
+    directory, a Hugging Face id unchanged (so ``AutoPeftModelForCausalLM.from_pretrained`` finds the base)."""
+    name = str(base_name)
+    local = Path(name).expanduser()
+    if name in EMBEDDED_ALIASES or name.endswith(".gguf") or local.exists():
+        return str(Path(resolve_model_dir(name)).resolve())
+    return name
+
+
 def save_adapter(peft_model, out_dir: str | Path, base_name: str) -> None:
-    """Write the adapter of ``peft_model`` to ``out_dir`` with ``base_name`` as its base model.
+    """Write the adapter of ``peft_model`` to ``out_dir``: ``base_model_name_or_path`` = :func:`peft_base_path`,
+    and the name the user gave in ``reinlm_base.json`` when the two differ.
 
     ``save_embedding_layers=False``: LoRA here never changes the embeddings, and the default ("auto") looks the
     base model up on the hub at every save.
     """
-    set_base_name(peft_model, base_name)
+    out_dir = Path(out_dir)
+    base_path = peft_base_path(base_name)
+    set_base_name(peft_model, base_path)
     peft_model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
+    if base_path != str(base_name):
+        write_json(out_dir / ADAPTER_BASE_FILE, {"model": str(base_name)})
 
 
-def save_lora_final(peft_model, tokenizer, out_dir: str | Path, base_name: str) -> None:
-    """Write ``out_dir`` = the adapter (+ tokenizer) and ``out_dir/merged`` = the merged model (+ tokenizer)."""
+def save_lora_final(peft_model, tokenizer, out_dir: str | Path, base_name: str, merged: bool = False) -> None:
+    """Write ``out_dir`` = the adapter (+ tokenizer) and, with ``merged``, ``out_dir/merged`` = the merged model
+    (+ tokenizer)."""
     out_dir = Path(out_dir)
     save_adapter(peft_model, out_dir, base_name)
     tokenizer.save_pretrained(str(out_dir))
-    merged = copy.deepcopy(peft_model).merge_and_unload()
-    merged.save_pretrained(str(out_dir / MERGED_DIR), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir / MERGED_DIR))
+    if merged:
+        model = copy.deepcopy(peft_model).merge_and_unload()
+        model.save_pretrained(str(out_dir / MERGED_DIR), safe_serialization=True)
+        tokenizer.save_pretrained(str(out_dir / MERGED_DIR))
 
 
 def describe_targets(peft_model) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from reinlm.config.build import config_to_dict
 from reinlm.errors import ReinlmError
 from reinlm.progress import note, step_bar, task
 from reinlm.trainer.checkpoint import (checkpoint_dir, latest_checkpoint, load_trainer_state, load_value_head,
-                                       save_checkpoint)
+                                       save_checkpoint, share_identical_files)
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.degeneration import DegenerationMonitor
 from reinlm.trainer.guards import NonFiniteError, check_weights, stopped_message
@@ -278,6 +278,13 @@ def _task(tr: RunnableTrainer, desc: str) -> contextlib.AbstractContextManager[N
     return task(desc) if tr.is_main else contextlib.nullcontext()
 
 
+def _save_final(tr: RunnableTrainer, step: int) -> None:
+    """``final/`` from the live policy; its files equal to checkpoint ``step``'s policy files become hard links."""
+    with atomic_dir(tr.run_dir / "final") as tmp:
+        tr.policy.save_final(tmp)
+        share_identical_files(tmp, checkpoint_dir(tr.run_dir, step) / "policy")
+
+
 def _finish(tr: RunnableTrainer, evaluation: dict[str, Any], eval_path: Path, stopped_reason: str | None) -> None:
     """Main process (under FSDP every process: the shards are gathered, the main process writes), after the steps:
     the last checkpoint and the final model (on an early stop, the last healthy checkpoint's policy), then the
@@ -288,14 +295,12 @@ def _finish(tr: RunnableTrainer, evaluation: dict[str, Any], eval_path: Path, st
         with _task(tr, f"saving checkpoint step-{cfg.steps} and the final model in {tr.run_dir / 'final'}"):
             tr._save(cfg.steps)  # FSDP: gathers the whole state, which the final model reuses
             if tr.is_main:
-                with atomic_dir(tr.run_dir / "final") as tmp:
-                    tr.policy.save_final(tmp)
+                _save_final(tr, cfg.steps)
     elif tr.last_healthy_ckpt is not None:
         tr.policy.load(checkpoint_dir(tr.run_dir, tr.last_healthy_ckpt) / "policy")
         tr.policy.gather_state()
         if tr.is_main:
-            with atomic_dir(tr.run_dir / "final") as tmp:
-                tr.policy.save_final(tmp)
+            _save_final(tr, tr.last_healthy_ckpt)
     evaluation["after"] = tr.evaluate_held_out("after")
     if not tr.is_main:
         return

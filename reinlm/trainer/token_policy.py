@@ -40,7 +40,6 @@ class TokenPolicy:
         self.uses_lora = cfg.lora_r > 0
         needs_ref = cfg.kl.kl_coef > 0
         if self.uses_lora:
-            # base_model_name_or_path = the name the user gave (never the cache dir it was loaded from)
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.model)
             self.ref_model = None  # the reference is the same model with adapters disabled
         else:
@@ -301,11 +300,12 @@ class TokenPolicy:
 
     def save_final(self, out_dir: str | Path) -> None:
         """Write the final model loadable by ``reinlm generate --model``. With LoRA: ``out_dir`` is the adapter
-        (``peft.PeftModel.from_pretrained(base, out_dir)``) and ``out_dir/merged`` the merged model."""
+        (``peft.AutoPeftModelForCausalLM.from_pretrained(out_dir)``), with ``--lora-save-merged`` also
+        ``out_dir/merged``, the merged model."""
         out_dir = Path(out_dir)
         unwrapped = getattr(self.model, "module", self.model)
         if self.uses_lora:
-            save_lora_final(unwrapped, self.tokenizer, out_dir, self.cfg.model)
+            save_lora_final(unwrapped, self.tokenizer, out_dir, self.cfg.model, merged=self.cfg.lora_save_merged)
             return
         unwrapped.save_pretrained(str(out_dir), safe_serialization=True, state_dict=self._state_to_save())
         self.tokenizer.save_pretrained(str(out_dir))
