@@ -1,12 +1,15 @@
 """The token rollout engine: exact log-probs, EOS handling, groups, stop strings, character spans."""
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from reinlm.errors import ConfigError
 from reinlm.rollout.sampling import choose, filter_logits, inverse_cdf_sample
-from reinlm.rollout.token import (SamplingConfig, decode_completions, generate_rollouts, sequence_logprobs,
-                                  token_char_spans, token_logprobs)
+from reinlm.rollout.token import (SamplingConfig, decode_completions, eos_ids, generate_rollouts, pad_token_id,
+                                  sequence_logprobs, token_char_spans, token_logprobs)
 
 PROMPTS = ["The weather today is", "Hi", "Once upon a time, in a small village by the sea, there lived"]
 
@@ -73,6 +76,25 @@ def test_eos_is_kept_in_the_mask_when_pad_equals_eos(eos_prone_lm):
     assert stopped >= 3
     # the EOS is a real response token but not part of the completion text
     assert all(tok.eos_token not in c for c in batch.completions)
+
+
+def test_the_pad_rule_and_a_rollout_without_a_pad_token(eos_prone_lm):
+    """One pad rule (rollout.token.pad_token_id, used by rollouts, episodes, vLLM, the teacher's dataset steps):
+    the tokenizer's pad token, else the first EOS id, else 0."""
+    assert pad_token_id(SimpleNamespace(pad_token_id=None), [3, 7]) == 3
+    assert pad_token_id(SimpleNamespace(pad_token_id=None), []) == 0
+    assert pad_token_id(SimpleNamespace(pad_token_id=9), [3, 7]) == 9
+    model, tok = eos_prone_lm
+    tok = copy.deepcopy(tok)
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    batch = generate_rollouts(model, tok, PROMPTS, 2, SamplingConfig(max_new_tokens=16),
+                              generator=torch.Generator().manual_seed(2))
+    first_eos = eos_ids(model, tok)[0]
+    assert batch.pad_token_id == first_eos
+    padded = batch.response_ids[batch.response_mask == 0]
+    assert len(padded) > 0 and (padded == first_eos).all()
+    assert (batch.prompt_ids[batch.prompt_mask == 0] == first_eos).all()
 
 
 def test_groups_prompts_and_select(tiny_lm):

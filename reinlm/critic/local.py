@@ -14,7 +14,7 @@ from reinlm.critic.base import Completion, CriticBackend
 from reinlm.hub import load_causal_lm
 from reinlm.rollout.decode import LMStepper, decode
 from reinlm.rollout.sampling import Chooser
-from reinlm.rollout.token import decode_completions, encode_prompts
+from reinlm.rollout.token import decode_completions, encode_prompts, pad_token_id
 from reinlm.utils.chunks import chunked
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def chat_generate(model, tokenizer, conversations: list[list[dict]], max_new_tok
     device = next(model.parameters()).device
     stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
             if isinstance(t, int) and t >= 0 and t != tokenizer.unk_token_id]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
+    pad = pad_token_id(tokenizer, stop)
     stepper = LMStepper(model, Chooser("greedy", record_logprob=False))
     answers: list[str] = []
     for chunk in chunked(conversations, batch_size):

@@ -35,7 +35,7 @@ from reinlm.envs.protocol import EnvFault, EnvTimeout, as_step_result, call_rese
 from reinlm.rollout.decode import LMStepper, decode
 from reinlm.rollout.sampling import Chooser, SamplingConfig
 from reinlm.rollout.turn_cache import KeptCaches, TurnStepper, kept_cache_supported
-from reinlm.rollout.token import RolloutBatch, eos_ids, left_pad
+from reinlm.rollout.token import RolloutBatch, eos_ids, left_pad, pad_token_id
 
 __all__ = ["Episode", "EpisodeBatch", "EpisodeLimits", "TurnFormat", "run_episodes", "episodes_to_batch",
            "episode_metrics"]
@@ -187,7 +187,7 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
     fmt = fmt or TurnFormat(tokenizer)
     device = next(model.parameters()).device
     eos = eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    pad_id = pad_token_id(tokenizer, eos)
     timeout = limits.env_timeout or None
     episodes: list[Episode] = []
     for i, env in enumerate(envs):

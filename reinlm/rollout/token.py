@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
@@ -116,6 +116,12 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def pad_token_id(tokenizer: Any, eos: list[int]) -> int:
+    """The id that pads prompts and responses (the one rule): the tokenizer's pad token, else the first id that
+    ends a completion (``eos``: :func:`eos_ids`), else 0. Padded positions are masked; the id only has to exist."""
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+
+
 def encode_prompts(tokenizer, prompts: list[str], pad_id: int,
                    add_special_tokens: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenize and left-pad (independent of ``tokenizer.padding_side``): -> ids (N, P), mask (N, P)."""
@@ -186,7 +192,7 @@ def generate_rollouts(model, tokenizer, prompts: Sequence[str], samples_per_prom
     prompts = check_prompts(prompts, samples_per_prompt)
     device = _model_device(model)
     eos = eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    pad_id = pad_token_id(tokenizer, eos)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, pad_id)  # (N, P)
     check_context(context_length(model), prompt_ids.shape[1], sampling.max_new_tokens)
     G = samples_per_prompt

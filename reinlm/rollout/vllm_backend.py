@@ -34,7 +34,7 @@ import torch
 from reinlm.errors import ReinlmError
 from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import (RolloutBatch, check_context, check_prompts, encode_prompts, eos_ids,
-                                  make_batch)
+                                  make_batch, pad_token_id)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class VLLMEngine:
         prompts = check_prompts(prompts, samples_per_prompt)
         tok, G = self.tokenizer, samples_per_prompt
         eos = eos_ids(None, tok)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
+        pad_id = pad_token_id(tok, eos)
         ids, mask = encode_prompts(tok, prompts, pad_id)  # (N, P)
         check_context(self.max_model_len, ids.shape[1], sampling.max_new_tokens)
         seeds = _prompt_seeds(generator, len(prompts))

@@ -29,7 +29,7 @@ from reinlm.errors import ConfigError, ReinlmError
 from reinlm.rollout.multiturn import (EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics, episodes_to_batch,
                                       run_episodes)
 from reinlm.rollout.sampling import SamplingConfig
-from reinlm.rollout.token import generate_rollouts
+from reinlm.rollout.token import generate_rollouts, pad_token_id
 
 __all__ = ["EpisodeRunner", "synthetic_rows", "check_env_settings"]
 
@@ -138,7 +138,7 @@ class EpisodeRunner:
         finally:
             model.train(was_training)
         tok = self.policy.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else self.policy.eos_token_ids[0]
+        pad = pad_token_id(tok, self.policy.eos_token_ids)
         return episodes_to_batch(episodes, tok, G, cfg.sampling.temperature, pad, device=self.policy.device)
 
     def score(self, batch: EpisodeBatch, raw_prompts: list, columns: dict[str, list], **reward_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float],

@@ -24,7 +24,7 @@ import torch
 
 from reinlm.errors import ConfigError
 from reinlm.hub import load_causal_lm
-from reinlm.rollout.token import RolloutBatch, encode_prompts, make_batch, token_logprobs
+from reinlm.rollout.token import RolloutBatch, encode_prompts, make_batch, pad_token_id, token_logprobs
 from reinlm.trainer.config import TrainConfig
 from reinlm.utils.devices import cast_parameters
 from reinlm.utils.rng import step_seed
@@ -144,7 +144,7 @@ class DatasetSteps:
             return None
         tok = self.policy.tokenizer
         eos = tok.eos_token_id if tok.eos_token_id is not None else self.policy.eos_token_ids[0]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        pad = pad_token_id(tok, self.policy.eos_token_ids)
         model = getattr(self.policy.model, "module", self.policy.model)
         return dataset_batch(model, tok, texts, [self.completions[i] for i in prompt_idx],
                              cfg.sampling.max_new_tokens, eos, pad, cfg.sampling.temperature)
