@@ -20,6 +20,8 @@ T = TypeVar("T")
 def _construct(cls: type[T], values: dict[str, Any]) -> T:
     kwargs: dict[str, Any] = {}
     hints = type_hints(cls)
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a config dataclass")
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -33,8 +35,8 @@ def _construct(cls: type[T], values: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def build_config(cls: type[T], flags: argparse.Namespace | dict | None = None,
-                 yaml_values: dict | list[dict] | None = None, *, also: tuple[type, ...] = (),
+def build_config(cls: type[T], flags: argparse.Namespace | dict[str, Any] | None = None,
+                 yaml_values: dict[str, Any] | list[dict[str, Any]] | None = None, *, also: tuple[type, ...] = (),
                  extra: tuple[str, ...] = (), source: str | None = None, strict_yaml: bool = True) -> T:
     """Instantiate ``cls`` from defaults < ``yaml_values`` < given ``flags`` (``None`` = not given).
 
@@ -80,7 +82,7 @@ def build_config(cls: type[T], flags: argparse.Namespace | dict | None = None,
         raise
 
 
-def config_to_dict(cfg: Any) -> dict:
+def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-serialisable, *flat* dict of a config dataclass (nested configs flattened;
     paths become strings, tuples lists), which :func:`build_config` reads back."""
     out = {}

@@ -69,7 +69,7 @@ def _noun(tp: Any, plural: bool = False) -> str:
     return w + "s" if plural else w
 
 
-def _bad(name: str, value: Any, tp: Any, meta, optional: bool, extra: str = "") -> ConfigError:
+def _bad(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any], optional: bool, extra: str = "") -> ConfigError:
     shown = "null" if value is None else repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
@@ -88,7 +88,7 @@ def _as_bool(text: str) -> bool | None:
     return None
 
 
-def _coerce_scalar(name: str, value: Any, tp: Any, meta, optional: bool) -> Any:
+def _coerce_scalar(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any], optional: bool) -> Any:
     """``value`` converted to ``tp`` where the conversion loses nothing; raises ConfigError otherwise."""
     if tp is bool:
         if isinstance(value, bool):
@@ -111,7 +111,7 @@ def _coerce_scalar(name: str, value: Any, tp: Any, meta, optional: bool) -> Any:
                 except ValueError:
                     raise _bad(name, value, tp, meta, optional) from None
         if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-            return int(value)
+            return math.trunc(value)
         raise _bad(name, value, tp, meta, optional)
     if tp is float:
         if isinstance(value, bool):
@@ -146,8 +146,9 @@ def check_field(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any] |
                 optional: bool = False) -> Any:
     """Check one value against its declared type and :func:`opt` constraints; returns it coerced (see
     :func:`_check_type_and_range`), then runs the field's own ``check``."""
-    value = _check_type_and_range(name, value, tp, meta or {}, optional)
-    if value is not None and (meta or {}).get("check") is not None:
+    meta = meta or {}
+    value = _check_type_and_range(name, value, tp, meta, optional)
+    if value is not None and meta.get("check") is not None:
         meta["check"](name, value)
     return value
 
@@ -212,7 +213,7 @@ def _check_type_and_range(name: str, value: Any, tp: Any, meta: typing.Mapping[s
     return value
 
 
-def check_choice(field: str, value: Any, allowed) -> None:
+def check_choice(field: str, value: Any, allowed: typing.Collection[Any]) -> None:
     """Raise a :class:`ConfigError` naming ``field`` unless ``value`` is in ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{field}: got {value!r}; allowed: {', '.join(map(str, allowed))}.", field=field)

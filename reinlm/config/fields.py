@@ -21,8 +21,13 @@ def unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-@functools.lru_cache(maxsize=None)
 def type_hints(cls: type) -> dict[str, Any]:
+    """The resolved type hints of ``cls`` (cached: classes do not change)."""
+    return _type_hints(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -37,7 +42,7 @@ class FlatField:
 
     name: str
     path: tuple[str, ...]  # attribute names from the top config down to the field
-    field: dataclasses.Field
+    field: dataclasses.Field[Any]
     type: Any  # the declared type, Optional unwrapped
     optional: bool
     owner: type  # the dataclass declaring it

@@ -4,6 +4,7 @@ are checked when the config is built, so a flag and a YAML key give the same mes
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -13,12 +14,12 @@ from reinlm.config.keys import key_aliases
 from reinlm.errors import ConfigError
 
 
-def _flag_type(name: str, tp: Any, meta, optional: bool):
+def _flag_type(name: str, tp: Any, meta: Mapping[str, Any], optional: bool) -> Callable[[str], Any]:
     """An argparse ``type`` that reads the text with :func:`check_field`'s coercion (ranges are checked
     when the config is built, so that the flag and YAML give the same message)."""
     type_only = {k: v for k, v in meta.items() if k in ("sep",)}
 
-    def parse(text: str):
+    def parse(text: str) -> Any:
         if optional and text.strip().lower() in ("none", "null"):
             return EXPLICIT_NONE
         try:

@@ -28,7 +28,7 @@ def _unsupported(cls: type) -> dict[str, str]:
     return out
 
 
-def normalize_keys(classes: tuple[type, ...], values: dict, source: str | None = None) -> dict:
+def normalize_keys(classes: tuple[type, ...], values: dict[str, Any], source: str | None = None) -> dict[str, Any]:
     """YAML/dict keys -> flat field names: nested mappings flattened, aliases resolved, unknown and
     unsupported keys refused (naming the closest valid key). ``classes`` share the mapping."""
     where = f"config {source!r}: " if source else "config: "

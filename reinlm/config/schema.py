@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
         flag: bool = True, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-        hi_open: bool = False, choices: tuple | list | None = None, aliases: tuple[str, ...] = (),
+        hi_open: bool = False, choices: tuple[Any, ...] | list[Any] | None = None, aliases: tuple[str, ...] = (),
         finite: bool = True, sep: str | None = None, metavar: str | None = None, check: Any = None,
         required: bool = False) -> Any:
     """Declare a config field with its one-line documentation and its allowed values.
@@ -62,7 +62,7 @@ class Config:
         validate_fields(self)
 
     @classmethod
-    def from_dict(cls: type[T], values: dict, *, source: str | None = None) -> T:
+    def from_dict(cls: type[T], values: dict[str, Any], *, source: str | None = None) -> T:
         """Build from a dict of flat (or nested) keys, aliases allowed, strictly (unknown keys refused)."""
         return build_config(cls, None, values, source=source)
 
@@ -104,7 +104,7 @@ def check_device(name: str, value: str) -> None:
         raise ConfigError(str(e).replace("device:", f"{name}:", 1), field=name) from None
 
 
-def device_opt(default: str = "auto", help: str = "cpu, cuda, cuda:N or auto", **kw) -> Any:
+def device_opt(default: str = "auto", help: str = "cpu, cuda, cuda:N or auto", **kw: Any) -> Any:
     """:func:`opt` for a device field (checked by :func:`check_device`)."""
     return opt(default, help, check=check_device, **kw)
 

@@ -13,7 +13,7 @@ from reinlm.errors import ConfigError
 from reinlm.utils.textfile import read_text
 
 
-class YamlValues(dict):
+class YamlValues(dict[str, Any]):
     """The mapping read from a YAML file, remembering the file (``source``) for error messages."""
 
     source: str | None = None
@@ -23,7 +23,7 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
 
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
@@ -40,7 +40,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
             seen[key] = key_node.start_mark
         except TypeError:
             pass
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    mapping: dict[Any, Any] = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    return mapping
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, TypeVar
 
 import torch
 
 from reinlm.algorithms.groups import zero_spread
+from reinlm.rollout.token import RolloutBatch
+
+B = TypeVar("B", bound=RolloutBatch)  # a rollout batch type (token, latent, episodes)
 
 # how each tensor field of a rollout batch is padded when batches of different lengths are joined
 _LEFT = ("prompt_ids", "prompt_mask")  # aligned at the end of the prompt
@@ -41,7 +45,7 @@ def _pad(t: torch.Tensor, left: int, right: int, value: float) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def concat_rollouts(batches: list):
+def concat_rollouts(batches: list[B]) -> B:
     """Join rollout batches of the same type into one, padding prompts on the left and responses on the right.
 
     Group ids are renumbered so that groups from different batches stay distinct. Works for
@@ -52,9 +56,9 @@ def concat_rollouts(batches: list):
         return batches[0]
     P = max(b.prompt_ids.shape[1] for b in batches)
     R = max(b.response_ids.shape[1] for b in batches)
-    out: dict = {}
+    out: dict[str, Any] = {}
     offset = 0
-    pieces: dict[str, list] = {f.name: [] for f in dataclasses.fields(batches[0])}
+    pieces: dict[str, list[Any]] = {f.name: [] for f in dataclasses.fields(batches[0])}
     for b in batches:
         dP, dR = P - b.prompt_ids.shape[1], R - b.response_ids.shape[1]
         for f in dataclasses.fields(b):
@@ -87,18 +91,20 @@ def concat_rollouts(batches: list):
     return type(batches[0])(**out)
 
 
-def truncated_rows(batch, max_new_tokens: int, eos_ids: list[int]) -> torch.Tensor:
+def truncated_rows(batch: RolloutBatch, max_new_tokens: int, eos_ids: list[int]) -> torch.Tensor:
     """(B,) bool: completions cut at ``max_new_tokens`` without ending on an EOS token."""
     lengths = batch.response_mask.long().sum(-1)  # (B,)
     last = batch.response_ids.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)  # (B,)
     ended = torch.isin(last, torch.tensor(eos_ids, device=last.device)) if eos_ids else torch.zeros_like(lengths, dtype=torch.bool)
-    return (lengths >= max_new_tokens) & ~ended
+    cut: torch.Tensor = (lengths >= max_new_tokens) & ~ended
+    return cut
 
 
 def select_groups(scores: torch.Tensor, group_ids: torch.Tensor, valid: torch.Tensor) -> tuple[list[int], list[int]]:
     """Group ids (in batch order) with a spread of valid scores, and those without (module docstring)."""
     flat = zero_spread(scores, group_ids, valid)  # (B,)
-    keep, drop = [], []
+    keep: list[int] = []
+    drop: list[int] = []
     for g in dict.fromkeys(group_ids.tolist()):  # unique, in order
         (drop if bool(flat[group_ids == g][0]) else keep).append(g)
     return keep, drop

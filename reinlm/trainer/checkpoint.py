@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +126,9 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path] | None:
     return None
 
 
-def save_checkpoint(run_dir: str | Path, step: int, *, policy_saver, optimizer, scheduler,
-                    trainer_state: dict[str, Any], config: dict[str, Any], value_head=None,
+def save_checkpoint(run_dir: str | Path, step: int, *, policy_saver: Callable[[Path], None],
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    trainer_state: dict[str, Any], config: dict[str, Any], value_head: torch.nn.Module | None = None,
                     keep: int = 2, optimizer_state: dict[str, Any] | None = None) -> Path:
     """Write checkpoint ``step`` atomically (with a size manifest) and prune all but the ``keep`` newest
     (0: keep all). Leftovers of killed writes in the run directory are removed first.
@@ -194,12 +196,13 @@ def share_identical_files(new_dir: str | Path, old_dir: str | Path) -> int:
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     """Read ``trainer_state.json`` of a checkpoint."""
     try:
-        return json.loads((ckpt / "trainer_state.json").read_text())
+        state: dict[str, Any] = json.loads((ckpt / "trainer_state.json").read_text())
+        return state
     except FileNotFoundError as e:
         raise ReinlmError(f"resume: {str(ckpt)!r} is not a complete checkpoint (no trainer_state.json).") from e
 
 
-def load_value_head(ckpt: Path, value_head) -> None:
+def load_value_head(ckpt: Path, value_head: torch.nn.Module | None) -> None:
     """Load ``value_head.safetensors`` into ``value_head`` when the checkpoint has one."""
     path = ckpt / "value_head.safetensors"
     if value_head is not None and path.is_file():

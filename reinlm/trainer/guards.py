@@ -12,7 +12,8 @@ which checkpoint is the last good one.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from pathlib import Path
+from typing import Iterable, Mapping, SupportsFloat
 
 import torch
 
@@ -23,11 +24,11 @@ class NonFiniteError(ReinlmError):
     """A loss, gradient norm or weight became nan/inf; training stopped before it could spread."""
 
 
-def _is_finite(x) -> bool:
+def _is_finite(x: object) -> bool:
     if isinstance(x, torch.Tensor):
         return bool(torch.isfinite(x).all())
     try:
-        return math.isfinite(float(x))
+        return math.isfinite(float(x)) if isinstance(x, SupportsFloat) else True
     except (TypeError, ValueError):
         return True
 
@@ -37,7 +38,9 @@ def nonfinite_entries(values: Mapping[str, object]) -> list[str]:
     out = []
     for k, v in values.items():
         if not _is_finite(v):
-            shown = float(v) if not isinstance(v, torch.Tensor) or v.numel() == 1 else "nan/inf entries"
+            shown: float | str = "nan/inf entries"
+            if isinstance(v, SupportsFloat) and (not isinstance(v, torch.Tensor) or v.numel() == 1):
+                shown = float(v)
             out.append(f"{k}={shown}")
     return out
 
@@ -58,7 +61,8 @@ def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    norm: torch.Tensor = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    return norm
 
 
 def check_grad_norm(norm: torch.Tensor | float, step: int) -> None:
@@ -87,7 +91,7 @@ def check_weights(named: Iterable[tuple[str, torch.Tensor]], step: int, what: st
         raise NonFiniteError(f"step {step}: {what} has non-finite weights ({', '.join(bad)}); nothing was written.")
 
 
-def stopped_message(err: NonFiniteError, run_dir, last_good_step: int | None) -> str:
+def stopped_message(err: NonFiniteError, run_dir: str | Path, last_good_step: int | None) -> str:
     """``err``'s paragraph plus where the run stands: the last good checkpoint and how to continue."""
     if last_good_step is None:
         where = "No checkpoint was written before it."

@@ -16,8 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from reinlm.data.prompts import PromptSet
 from reinlm.errors import ReinlmError
 from reinlm.rewards.call import unwrap_partial
+from reinlm.rewards.combine import RewardSet
 from reinlm.rewards.refs import UNREBUILDABLE, describe_callable, reward_ref
 from reinlm.utils.jsonio import write_json
 
@@ -38,7 +40,7 @@ def _source_hash(fn: Any) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def describe_inputs(prompt_set, reward_set) -> dict[str, Any]:
+def describe_inputs(prompt_set: PromptSet, reward_set: RewardSet) -> dict[str, Any]:
     """The record written to ``inputs.json``: prompts (source, count, fingerprint) and reward components."""
     comps = []
     for c in reward_set.components:
@@ -85,5 +87,5 @@ def check_resume_inputs(run_dir: str | Path, record: dict[str, Any]) -> None:
                         "continuing with the new code", new["name"], old["source_sha256"], new["source_sha256"])
 
 
-def _terms(comps: list[tuple]) -> str:
+def _terms(comps: list[tuple[str, float, str]]) -> str:
     return " + ".join(f"{w:g}*{ref}" for _, w, ref in comps) or "none"

@@ -20,7 +20,7 @@ log = logging.getLogger("reinlm")
 class RunLogger:
     """Writes one JSON object per step to ``metrics.jsonl`` and mirrors scalars to TensorBoard / W&B."""
 
-    def __init__(self, run_dir: str | Path, backend: str = "tensorboard", config: dict | None = None,
+    def __init__(self, run_dir: str | Path, backend: str = "tensorboard", config: dict[str, Any] | None = None,
                  enabled: bool = True, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
@@ -70,7 +70,7 @@ class RunLogger:
             self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def log_samples(self, step: int, prompts: list[str], completions: list[str], rewards: list[float],
-                    limit: int = 4, extra: dict[str, list] | None = None) -> None:
+                    limit: int = 4, extra: dict[str, list[Any]] | None = None) -> None:
         """Append up to ``limit`` sample completions of this step to ``samples.jsonl``; ``extra``: columns the
         rewards logged with ``log_extra`` (one value per sample), written under ``extra``."""
         if not self.enabled:
@@ -92,7 +92,7 @@ class RunLogger:
             self._wandb.finish()
 
 
-def _dumps(obj: dict) -> str:
+def _dumps(obj: dict[str, Any]) -> str:
     import json
 
     return json.dumps(obj)

@@ -22,11 +22,16 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from reinlm.errors import ConfigError
 from reinlm.hub import ADAPTER_BASE_FILE, EMBEDDED_ALIASES, resolve_model_dir
 from reinlm.utils.jsonio import write_json
+
+if TYPE_CHECKING:  # peft loads only with --lora-r > 0
+    from peft import LoraConfig, PeftModel
 
 MERGED_DIR = "merged"  # final/merged/: the merged model of a LoRA run
 _REGEX_CHARS = re.compile(r"[\\^$*+?()\[\]{}|]")
@@ -54,7 +59,7 @@ def lora_target_modules(spec: str) -> str | list[str]:
     return names
 
 
-def lora_config(r: int, alpha: int, targets: str):
+def lora_config(r: int, alpha: int, targets: str) -> LoraConfig:
     """A ``peft.LoraConfig`` for a causal LM (no dropout)."""
     from peft import LoraConfig
 
@@ -62,7 +67,7 @@ def lora_config(r: int, alpha: int, targets: str):
                       task_type="CAUSAL_LM")
 
 
-def apply_lora(model, r: int, alpha: int, targets: str, base_name: str):
+def apply_lora(model: torch.nn.Module, r: int, alpha: int, targets: str, base_name: str) -> PeftModel:
     """Wrap ``model`` with fresh LoRA adapters; a target that matches no module is a :class:`ConfigError`
     listing some of the model's linear layers."""
     from peft import get_peft_model
@@ -78,7 +83,7 @@ def apply_lora(model, r: int, alpha: int, targets: str, base_name: str):
     return peft_model
 
 
-def set_base_name(peft_model, base_name: str) -> None:
+def set_base_name(peft_model: torch.nn.Module, base_name: str) -> None:
     """Record ``base_name`` as ``base_model_name_or_path`` in every adapter config of ``peft_model`` (peft fills
     it from the loaded model, which is a cache directory for GGUF and embedded models)."""
     for conf in getattr(peft_model, "peft_config", {}).values():
@@ -96,7 +101,7 @@ def peft_base_path(base_name: str) -> str:
     return name
 
 
-def save_adapter(peft_model, out_dir: str | Path, base_name: str) -> None:
+def save_adapter(peft_model: PeftModel, out_dir: str | Path, base_name: str) -> None:
     """Write the adapter of ``peft_model`` to ``out_dir``: ``base_model_name_or_path`` = :func:`peft_base_path`,
     and the name the user gave in ``reinlm_base.json`` when the two differ.
 
@@ -111,7 +116,8 @@ def save_adapter(peft_model, out_dir: str | Path, base_name: str) -> None:
         write_json(out_dir / ADAPTER_BASE_FILE, {"model": str(base_name)})
 
 
-def save_lora_final(peft_model, tokenizer, out_dir: str | Path, base_name: str, merged: bool = False) -> None:
+def save_lora_final(peft_model: PeftModel, tokenizer: Any, out_dir: str | Path, base_name: str,
+                    merged: bool = False) -> None:
     """Write ``out_dir`` = the adapter (+ tokenizer) and, with ``merged``, ``out_dir/merged`` = the merged model
     (+ tokenizer)."""
     out_dir = Path(out_dir)
@@ -123,7 +129,7 @@ def save_lora_final(peft_model, tokenizer, out_dir: str | Path, base_name: str, 
         tokenizer.save_pretrained(str(out_dir / MERGED_DIR))
 
 
-def describe_targets(peft_model) -> dict[str, Any]:
+def describe_targets(peft_model: torch.nn.Module) -> dict[str, Any]:
     """Which modules the adapters were put on: ``{"n_modules": int, "names": sorted short names}``."""
     names = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and len(getattr(m, "lora_A", {}))]
     return {"n_modules": len(names), "names": sorted({n.split(".")[-1] for n in names})}

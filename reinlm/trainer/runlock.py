@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from reinlm.errors import ReinlmError
 from reinlm.utils.outdir import ensure_writable_dir
@@ -31,9 +32,10 @@ class RunDirLocked(ReinlmError):
     """Another live process holds the run directory."""
 
 
-def _read_holder(path: Path) -> dict:
+def _read_holder(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text() or "{}")
+        holder = json.loads(path.read_text() or "{}")
+        return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):
         return {}
 
@@ -55,7 +57,7 @@ class RunLock:
     ...     pass
     """
 
-    def __init__(self, run_dir: str | os.PathLike, what: str = "out"):
+    def __init__(self, run_dir: str | os.PathLike[str], what: str = "out"):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.what = what
@@ -140,7 +142,7 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
