@@ -118,6 +118,8 @@ def test_all_invalid_episodes_stop_with_a_clear_error(tiny_model_dir, tmp_path):
     (["--environment", "{d}/envs.py:IntObs"], "must be text"),
     (["--environment", "builtin:guess", "--opponent", "random"], "one-player"),
     (["--environment", "builtin:guess", "--turn-credit", "gae"], "gae"),
+    (["--environment", "textarena:TicTacToe-v0", "--opponent", "{d}/no-such-model"], "no-such-model"),
+    (["--environment", "textarena:TicTacToe-v0", "--opponent", "http://localhost:1/v1"], "HTTP"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tiny_model_dir, tmp_path, capsys, extra, word):
     (tmp_path / "envs.py").write_text(
@@ -141,14 +143,28 @@ def test_textarena_guess_the_number_trains_two_steps_without_a_dataset(tiny_mode
     assert "Guess The Number" in t["observations"][0] and len(t["turns"]) == len(t["turn_rewards"])
 
 
-def test_two_player_game_against_the_frozen_starting_policy(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("opponent", ["frozen", "model"])
+def test_two_player_game_against_a_frozen_opponent(tiny_model_dir, smol_tokenizer, tmp_path, monkeypatch, opponent):
+    """``--opponent frozen``: a copy of the starting policy plays the other seat; ``--opponent MODEL``: that model
+    (here another tiny model, told apart by its weights)."""
     from reinlm.trainer.episodes import FrozenOpponent
 
     calls, reply = [], FrozenOpponent.__call__
-    monkeypatch.setattr(FrozenOpponent, "__call__", lambda self, obs: calls.append(obs) or reply(self, obs))
+    monkeypatch.setattr(FrozenOpponent, "__call__",
+                        lambda self, obs: calls.append((obs, self.model.lm_head.weight.clone())) or reply(self, obs))
+    spec = "frozen"
+    if opponent == "model":
+        from reinlm.testing import save_tiny_model
+
+        spec = str(save_tiny_model(smol_tokenizer, tmp_path / "opponent", seed=5))
     out = tmp_path / "ttt"
-    assert main(_flags(tiny_model_dir, out, "--environment", "textarena:TicTacToe-v0", "--opponent", "frozen",
+    assert main(_flags(tiny_model_dir, out, "--environment", "textarena:TicTacToe-v0", "--opponent", spec,
                        "--steps", "1", "--max-turns", "1")) == 0
     t = read_jsonl(out / "samples.jsonl")[0]["extra"]["transcript"]
     assert t["valid"] and "Tic Tac Toe" in t["observations"][0]
-    assert calls and all("Tic Tac Toe" in c or "Board" in c or "[" in c for c in calls)  # the frozen policy played
+    assert calls and all("Tic Tac Toe" in c or "Board" in c or "[" in c for c, _ in calls)  # the opponent played
+    from safetensors.torch import load_file
+
+    want = load_file(str(Path(spec if opponent == "model" else tiny_model_dir) / "model.safetensors"))
+    w = want.get("lm_head.weight", want["model.embed_tokens.weight"])
+    assert torch.equal(calls[0][1], w.to(calls[0][1].dtype))  # in the frozen (or rollout) dtype

@@ -29,5 +29,5 @@ class EnvConfig(Config):
         "outcome", "credit of each turn: outcome (the episode's return on every model token, TRL's), discounted "
         "(each turn's discounted return-to-go, --gamma), gae (turn-level GAE with PPO's value head)")
     opponent: str | None = opt(None, "two-player games: frozen (a frozen copy of the starting policy), random "
-                                     "(random moves) or SPEC; the trained seat alternates")
+                                     "(random moves) or a model name or path (frozen); the trained seat alternates")
     env_rows: int = opt(64, "distinct episode seeds per pass when no --prompts dataset is given", lo=1)

@@ -116,6 +116,19 @@ def from_python(environment_factory=None, tools: list[Callable] | None = None,
     return EnvSpec(spec, {None: _trl_or_text(environment_factory, spec, tools, max_tool_calling_iterations)})
 
 
+def _check_opponent_model(opponent: str) -> None:
+    """``--opponent MODEL``: a model name or path the hub resolves (``ReinlmError`` naming it otherwise)."""
+    from reinlm.hub import resolve_model_dir
+
+    if opponent.startswith(("http://", "https://")):
+        raise ReinlmError(f"opponent: got {opponent!r}; an HTTP chat endpoint is not wired yet; allowed: frozen, "
+                          "random, or a model name or path (a frozen causal LM).")
+    try:
+        resolve_model_dir(opponent)
+    except ReinlmError as e:
+        raise ReinlmError(f"opponent: got {opponent!r}; allowed: frozen, random, or a model name or path. {e}") from e
+
+
 def resolve_environment(spec: str, *, tools: str = "", max_tool_calling_iterations: int | None = None,
                         opponent: str | None = None) -> EnvSpec:
     """A SPEC string -> :class:`EnvSpec` (module docstring). Bad input raises ``ReinlmError`` (exit 2)."""
@@ -138,11 +151,10 @@ def resolve_environment(spec: str, *, tools: str = "", max_tool_calling_iteratio
             raise ReinlmError(f"opponent: got {opponent!r} for textarena:{rest}, a one-player game; leave "
                               "--opponent out.")
         if players > 1 and opponent not in (None, "random", "frozen"):
-            raise ReinlmError(f"opponent: got {opponent!r}; allowed: frozen or random (a model or HTTP "
-                              "opponent is not wired yet).")
+            _check_opponent_model(opponent)
         opp = opponent or ("frozen" if players > 1 else None)
         out = EnvSpec(spec, {None: lambda: TextArenaEnv(rest, players, "random" if opp == "random" else None)},
-                      players=players, needs_opponent=opp == "frozen", description=f"TextArena {rest}")
+                      players=players, needs_opponent=opp not in (None, "random"), description=f"TextArena {rest}")
         out.extras["opponent"] = opp
         return out
     elif kind == "openenv":

@@ -52,6 +52,7 @@ class Episode:
     prompt_len: int  # tokens of the first observation
     turns: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each model turn in ids
     rewards: list[float] = field(default_factory=list)  # one reward per model turn
+    turn_actions: list[list[int]] = field(default_factory=list)  # latent space: each turn's actions, one per token
     texts: list[str] = field(default_factory=list)  # each model turn, decoded (what env.step got)
     observations: list[str] = field(default_factory=list)  # the first observation, then each later one
     valid: bool = True  # False when the environment raised, hung or answered with a wrong type
@@ -163,7 +164,8 @@ def _fault(ep: Episode, e: EnvFault) -> None:
 def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list[int], samples_per_row: int,
                  sampling: SamplingConfig, limits: EpisodeLimits, generators: list[torch.Generator] | None = None,
                  fmt: TurnFormat | None = None, on_turn: Callable[[int, int], None] | None = None,
-                 reprefill: bool = False) -> list[Episode]:
+                 reprefill: bool = False, make_stepper: Callable[[], Any] | None = None,
+                 eos: list[int] | None = None) -> list[Episode]:
     """Play B = N * G episodes: ``envs[i * G + j]`` plays row ``i`` with seed ``env_seeds[i]``.
 
     Args:
@@ -180,13 +182,17 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
         reprefill: re-prefill each transcript every turn instead of keeping its key/value cache (the reference
             path; models whose cache cannot be kept always re-prefill, :func:`~reinlm.rollout.turn_cache.
             kept_cache_supported`).
+        make_stepper: ``fn() -> stepper`` for another stepper than the LM's (latent space: the latent model's, whose
+            action chooser samples and whose ``extras["action"]`` each turn's :attr:`Episode.turn_actions` keeps);
+            it re-prefills the transcript every turn.
+        eos: the ids that end a turn (None: the tokenizer's and ``model``'s generation config's).
 
     Returns B :class:`Episode` records (invalid ones flagged, never raised).
     """
     G = samples_per_row
     fmt = fmt or TurnFormat(tokenizer)
     device = next(model.parameters()).device
-    eos = eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer) if eos is None else list(eos)
     pad_id = pad_token_id(tokenizer, eos)
     timeout = limits.env_timeout or None
     episodes: list[Episode] = []
@@ -211,7 +217,7 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
 
     chooser = Chooser.from_sampling(sampling)
     S = int(limits.turn_tokens)
-    caches = None if reprefill or not kept_cache_supported(model) else KeptCaches()
+    caches = None if reprefill or make_stepper is not None or not kept_cache_supported(model) else KeptCaches()
     for turn in range(limits.max_turns):
         live = [i for i, ep in enumerate(episodes) if not ep.done]
         if limits.context is not None:
@@ -224,7 +230,7 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
             on_turn(turn, len(live))
         if caches is None:  # the whole transcript
             ids, mask = left_pad([episodes[i].ids for i in live], pad_id)  # (b, P_turn)
-            stepper = LMStepper(model, chooser)
+            stepper = LMStepper(model, chooser) if make_stepper is None else make_stepper()
         else:  # what each kept cache does not hold yet
             ids, mask = left_pad([_unheld(caches, i, episodes[i].ids) for i in live], pad_id)  # (b, T)
             stepper = TurnStepper(model, chooser, caches, live)
@@ -232,6 +238,7 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
         out = decode(stepper, ids.to(device), mask.to(device), samples_per_prompt=1,
                      max_new_tokens=S, stop_ids=None if sampling.ignore_eos else eos, pad_id=pad_id, generator=gens)
         tokens, logps, lengths = out.tokens.cpu(), out.logprobs.float().cpu(), out.lengths.cpu()
+        actions = out.extras["action"].cpu() if "action" in out.extras else None  # (b, S) latent space
         for r, i in enumerate(live):
             ep = episodes[i]
             budget = limits.max_completion_length - ep.model_tokens
@@ -242,6 +249,8 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
             ep.model_mask += [1] * n
             ep.logprobs += logps[r, :n].tolist()
             ep.turns.append((start, start + n))
+            if actions is not None:
+                ep.turn_actions.append(actions[r, :n].tolist())
             text = tokenizer.decode(new, skip_special_tokens=True)
             ep.texts.append(text)
             try:

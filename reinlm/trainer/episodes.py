@@ -30,6 +30,7 @@ from reinlm.rollout.multiturn import (EpisodeBatch, EpisodeLimits, TurnFormat, e
                                       run_episodes)
 from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import generate_rollouts, pad_token_id
+from reinlm.trainer.latent_episodes import frozen_latent_opponent, latent_episode_batch, latent_turn_stepper
 
 __all__ = ["EpisodeRunner", "synthetic_rows", "check_env_settings"]
 
@@ -41,9 +42,6 @@ def synthetic_rows(n: int) -> PromptSet:
 
 def check_env_settings(cfg) -> None:
     """Settings that do not go with ``--environment`` (ConfigError naming them)."""
-    if cfg.space != "token":
-        raise ConfigError("environment: --space latent with an environment is not wired yet; use --space token "
-                          "(docs/environments.md lists what is missing).", field="environment")
     if cfg.rollout.generation_backend != "reinlm":
         raise ConfigError(f"generation_backend: got {cfg.rollout.generation_backend!r} with --environment; "
                           "episodes decode through reinlm's engine (--generation-backend reinlm).",
@@ -86,7 +84,7 @@ class EpisodeRunner:
                                     context=policy.context_length)
         self.opponent = None
         if self.spec.needs_opponent:
-            self.opponent = FrozenOpponent(policy, self.fmt, cfg)
+            self.opponent = FrozenOpponent(policy, self.fmt, cfg, self.spec.extras.get("opponent") or "frozen")
 
     def probe(self, rows: PromptSet) -> None:
         """Reset one environment on the first row before anything is written: a reset that raises or returns
@@ -128,18 +126,30 @@ class EpisodeRunner:
         s = cfg.sampling
         sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
                                   max_new_tokens=self.limits.turn_tokens)
-        engine = self.policy.rollout_engine
-        model = engine.rollout_model
-        was_training = model.training
-        model.eval()
-        try:
-            episodes = run_episodes(model, self.policy.tokenizer, envs, row_dicts, seeds, G, sampling, self.limits,
-                                    gens, self.fmt)
-        finally:
-            model.train(was_training)
+        episodes = self._play(envs, row_dicts, seeds, G, sampling, gens)
         tok = self.policy.tokenizer
         pad = pad_token_id(tok, self.policy.eos_token_ids)
-        return episodes_to_batch(episodes, tok, G, cfg.sampling.temperature, pad, device=self.policy.device)
+        batch = episodes_to_batch(episodes, tok, G, cfg.sampling.temperature, pad, device=self.policy.device)
+        return batch if cfg.space == "token" else latent_episode_batch(self.policy, batch)
+
+    def _play(self, envs: list, rows: list[dict], seeds: list[int], G: int, sampling: SamplingConfig,
+              gens: list[torch.Generator]) -> list:
+        """The episodes, played by the token policy's rollout model, or in latent space by the latent model's
+        policy and world model (:mod:`reinlm.trainer.latent_episodes`); the sampling model in eval mode."""
+        if self.cfg.space == "token":
+            sampler = trained = self.policy.rollout_engine.rollout_model
+            extra: dict = {}
+        else:  # the latent model samples; its policy is the one part that is ever in train mode
+            sampler, trained = self.policy.lam, self.policy.policy
+            extra = dict(make_stepper=latent_turn_stepper(sampler, sampling.temperature),
+                         eos=self.policy.eos_token_ids)
+        was_training = trained.training
+        trained.eval()
+        try:
+            return run_episodes(sampler, self.policy.tokenizer, envs, rows, seeds, G, sampling, self.limits, gens,
+                                self.fmt, **extra)
+        finally:
+            trained.train(was_training)
 
     def score(self, batch: EpisodeBatch, raw_prompts: list, columns: dict[str, list], **reward_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float],
                                         dict[str, list]]:
@@ -174,16 +184,33 @@ class EpisodeRunner:
 
 
 class FrozenOpponent:
-    """``--opponent frozen``: a frozen copy of the starting policy answers the opponent's observations."""
+    """The opponent of a two-player game (``--opponent``), frozen: it answers the observations of its seat.
 
-    def __init__(self, policy, fmt: TurnFormat, cfg):
-        self.model = copy.deepcopy(policy.rollout_engine.rollout_model).eval().requires_grad_(False)
+    ``frozen``: a copy of the starting policy (token space: the rollout model; latent space: the latent model
+    with the behaviour-cloned policy, :func:`~reinlm.trainer.latent_episodes.frozen_latent_opponent`); a model
+    name or path: that causal LM, with its own tokenizer and chat format, in ``--frozen-dtype``.
+    """
+
+    def __init__(self, policy, fmt: TurnFormat, cfg, spec: str = "frozen"):
+        self.latent = None
         self.tok, self.fmt = policy.tokenizer, fmt
+        if spec != "frozen":
+            from reinlm.hub import load_causal_lm
+
+            model, self.tok = load_causal_lm(spec, device=str(policy.device), dtype=cfg.frozen_dtype_name)
+            self.model, self.fmt = model.requires_grad_(False), TurnFormat(self.tok)
+        elif cfg.space == "token":
+            self.model = copy.deepcopy(policy.rollout_engine.rollout_model).eval().requires_grad_(False)
+        else:
+            self.latent = frozen_latent_opponent(policy.lam, policy.ref_policy, cfg.sampling.temperature)
         self.sampling = SamplingConfig(temperature=cfg.sampling.temperature,
                                        max_new_tokens=min(cfg.env.turn_tokens, 32))
         self.rng = random.Random(cfg.seed)
 
     def __call__(self, observation: str) -> str:
         gen = torch.Generator().manual_seed(self.rng.randrange(2**31))
-        prompt = self.tok.decode(self.fmt.first(observation[-2000:]))
+        ids = self.fmt.first(observation[-2000:])
+        if self.latent is not None:
+            return self.latent(ids, self.sampling.max_new_tokens, gen)
+        prompt = self.tok.decode(ids)
         return generate_rollouts(self.model, self.tok, [prompt], 1, self.sampling, generator=gen).completions[0]

@@ -176,7 +176,9 @@ class LatentPolicy:
         return batch
 
     # --- scoring ---
-    def _logp_all(self, policy: torch.nn.Module, batch: LatentRolloutBatch) -> torch.Tensor:
+    def action_logp_all(self, policy: torch.nn.Module, batch: LatentRolloutBatch) -> torch.Tensor:
+        """log pi(a | x_<=t) / temperature, normalised, of ``policy`` (the trained or the reference one) at the
+        batch's R response steps: (B, R, K), from its states ``hidden`` (B, T, ...)."""
         P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
         logits = policy(batch.hidden, batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, K)
         return torch.log_softmax(logits.float() / self.cfg.sampling.temperature, dim=-1)
@@ -185,7 +187,7 @@ class LatentPolicy:
         """logp (B, R) of the taken actions, entropy (B, R), the whole distributions (B, R, K) and values (B, R)
         if asked, with gradients."""
         batch = as_latent(batch)
-        logp_all = self._logp_all(self.lam.policy, batch)  # (B, R, K)
+        logp_all = self.action_logp_all(self.lam.policy, batch)  # (B, R, K)
         logp = logp_all.gather(-1, batch.actions[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         values = None
@@ -202,7 +204,7 @@ class LatentPolicy:
         Cheap (a few small blocks over cached states), so it is computed even when beta = 0, for the metric.
         """
         batch = as_latent(batch)
-        logp_all = self._logp_all(self.ref_policy, batch)
+        logp_all = self.action_logp_all(self.ref_policy, batch)
         return PolicyScores(logp_all.gather(-1, batch.actions[..., None]).squeeze(-1), dist=logp_all)
 
     def reference_perplexity(self, batch: RolloutBatch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
@@ -213,7 +215,7 @@ class LatentPolicy:
     def eval_kl(self, batch: RolloutBatch) -> torch.Tensor:
         """Summed exact KL of each sample's action distributions to the BC policy, (B,)."""
         batch = as_latent(batch)
-        kl = categorical_kl(batch.old_logp_all, self._logp_all(self.ref_policy, batch))
+        kl = categorical_kl(batch.old_logp_all, self.action_logp_all(self.ref_policy, batch))
         return (kl * batch.response_mask).sum(-1)
 
     @torch.no_grad()
