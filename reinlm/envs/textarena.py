@@ -6,8 +6,8 @@ for the trained seat at the end (``env.close()``), and TextArena's ``invalid_mov
 ``env/invalid_move_frac``.
 
 Two-player games need an opponent (``--opponent``): ``random`` plays a random bracketed move (``[Accept]``,
-``[Deny]``, ``[N]`` or a word), ``frozen`` a frozen copy of the starting policy or a named model (the trainer supplies it as a
-callable ``fn(observation) -> text``; a reply without a bracketed move is replaced by a random one). The
+``[Deny]``, ``[N]`` or a word), ``frozen`` a frozen copy of the starting policy, or a named model (the trainer
+supplies it as a callable ``fn(observation) -> text``; a reply without a bracketed move is replaced by a random one). The
 trained seat alternates with the episode seed: even seeds play seat 0, odd seeds seat 1 (tested).
 """
 
