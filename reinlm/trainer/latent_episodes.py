@@ -39,17 +39,17 @@ class LatentEpisodeBatch(EpisodeBatch, LatentRolloutBatch):
     """An :class:`EpisodeBatch` with what the latent policy's update reads (module docstring)."""
 
 
-def latent_turn_stepper(lam, temperature: float) -> Callable[[], Any]:
+def latent_turn_stepper(lam: Any, temperature: float) -> Callable[[], Any]:
     """``fn() -> stepper``: a fresh stepper of the latent model ``lam`` for one turn (actions sampled at
     ``temperature``, no top-k / top-p; tokens greedy from the world model)."""
-    def make():
+    def make() -> Any:
         return lam._make_stepper(Chooser("sample", float(temperature), 0, 1.0), Chooser("greedy", record_logprob=False))
 
     return make
 
 
 @torch.no_grad()
-def latent_episode_batch(policy, batch: EpisodeBatch) -> LatentEpisodeBatch:
+def latent_episode_batch(policy: Any, batch: EpisodeBatch) -> LatentEpisodeBatch:
     """Token-space episode batch (:func:`~reinlm.rollout.multiturn.episodes_to_batch`) -> the latent one.
 
     ``policy``: the :class:`~reinlm.trainer.latent_policy.LatentPolicy`. Adds ``actions`` (B, R) (each model
@@ -82,7 +82,7 @@ class frozen_latent_opponent:  # noqa: N801 (used as a function)
     the frozen behaviour-cloned policy ``ref_policy`` in place of the trained one (the same frozen backbone and
     world model, shared, not copied; ``model``: that view), its actions sampled at ``temperature``."""
 
-    def __init__(self, lam, ref_policy: torch.nn.Module, temperature: float):
+    def __init__(self, lam: Any, ref_policy: torch.nn.Module, temperature: float) -> None:
         import copy
 
         self.lam = lam
@@ -95,4 +95,5 @@ class frozen_latent_opponent:  # noqa: N801 (used as a function)
         x = torch.tensor([ids], device=self.lam.device)
         out = self.model.generate(x, torch.ones_like(x), max_new_tokens=max_new_tokens,
                                   eos_token_id=self.lam.eos_token_ids(), generator=generator, return_dict=True)
-        return self.lam.tokenizer.decode(out.response_ids[0][out.response_mask[0].bool()], skip_special_tokens=True)
+        ids_out = out.response_ids[0][out.response_mask[0].bool()]
+        return str(self.lam.tokenizer.decode(ids_out, skip_special_tokens=True))
