@@ -32,6 +32,11 @@ def _prompts(args) -> list[str]:
 def run_latent_generate(args) -> int:
     """Generate ``num_samples`` continuations per prompt with the latent model in ``args.latent``; prints text
     (and with ``show_actions`` the action ids), or a JSON list with ``--json``. Returns 0."""
+    for name, neutral in (("min_p", 0.0), ("repetition_penalty", 1.0)):  # token-sampling rules the policy has not
+        value = getattr(args, name, None)
+        if value is not None and value != neutral:
+            raise ConfigError(f"{name}: got {value!r} with --latent; latent generation samples actions with "
+                              f"--temperature/--top-k/--top-p only (leave {name} at {neutral!r}).")
     seed = getattr(args, "seed", None) or 0
     n = getattr(args, "num_samples", None) or 1
     max_new = getattr(args, "max_new_tokens", None) or 20

@@ -158,13 +158,21 @@ class LMStepper:
         if self.records_states:
             self.hidden = h.new_zeros(B, capacity, h.shape[-1])  # (B, cap, H)
             self.hidden[:, :P] = h.repeat_interleave(G, 0)
+        self.seen = None  # (b, V) bool: the tokens of each row so far, for the repetition penalty
+        if self.chooser.repetition_penalty != 1.0:
+            seen = torch.zeros(N, logits.shape[-1], dtype=torch.bool, device=ids.device)
+            real = mask[:, mask.shape[1] - ids.shape[1]:].bool()  # (N, P): the fed ids that are not padding
+            seen[real.nonzero()[:, 0], ids[real]] = True
+            self.seen = seen.repeat_interleave(G, 0)
 
     def choose(self, t: int, rows: torch.Tensor, u: torch.Tensor | None):
-        tok, logp = self.chooser(self.logits, None if u is None else u[:, 0], rows)
+        tok, logp = self.chooser(self.logits, None if u is None else u[:, 0], rows, seen=self.seen)
         return tok, logp, {}
 
     def feed(self, tok: torch.Tensor, rows: torch.Tensor, t: int) -> None:
         P = self.P
+        if self.seen is not None:
+            self.seen[torch.arange(tok.shape[0], device=tok.device), tok] = True
         if self.fused is not None:
             h = self.fused.step(tok, self.next_pos[:, 0], self.attn[:, : P + t + 1])  # (b, H)
             self.logits = self.fused.logits(h)
@@ -182,6 +190,8 @@ class LMStepper:
         else:
             self.cache.batch_select_indices(idx)
         self.logits, self.attn, self.next_pos = self.logits[idx], self.attn[idx], self.next_pos[idx]
+        if self.seen is not None:
+            self.seen = self.seen[idx]
 
     def finish(self, R: int) -> dict[str, torch.Tensor]:
         return {"hidden": self.hidden[:, : self.P + R]} if self.records_states else {}

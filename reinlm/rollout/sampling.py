@@ -28,6 +28,12 @@ Conventions (docs/benchmarks.md, "Sampling conventions", gives the same list):
    distribution; the filtered log-prob is available as ``choose(..., filtered_logprobs=True)``.
 6. **Greedy** takes the argmax of the logits (ties: the lowest index), records the log-prob at the
    temperature as above, and consumes no uniforms.
+7. **Repetition penalty** (Keskar et al. 2019, CTRL, section 4.1; Hugging Face's
+   ``RepetitionPenaltyLogitsProcessor``): before the temperature, each logit of a token already in the row (its
+   prompt and what it generated so far) is divided by the penalty when positive and multiplied by it when
+   negative. Like a filter, it changes what is drawn, not what is recorded (convention 5: the log-prob of the
+   model's own distribution, which the training forward recomputes; ``filtered_logprobs`` records the
+   penalised, filtered one).
 
 The stopping convention (what happens to a row that emits EOS) lives in :mod:`reinlm.rollout.decode`.
 """
@@ -41,7 +47,8 @@ import torch
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError, ReinlmError
 
-__all__ = ["SamplingConfig", "draw_uniforms", "inverse_cdf_sample", "filter_logits", "choose", "Chooser"]
+__all__ = ["SamplingConfig", "draw_uniforms", "inverse_cdf_sample", "filter_logits", "apply_repetition_penalty",
+           "choose", "Chooser"]
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -54,6 +61,9 @@ class SamplingConfig(Config):
     top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens whose mass reaches p (1.0: off)", lo=0, lo_open=True, hi=1)
     min_p: float = opt(0.0, "min-p sampling: drop tokens less likely than min_p x the most likely one (0: off)",
                        lo=0, hi=1)
+    repetition_penalty: float = opt(1.0, "divide the positive logits (multiply the negative ones) of tokens already in "
+                                          "the prompt or the completion by this, before the temperature (1.0: off; "
+                                          "HF's and TRL's repetition_penalty)", lo=0, lo_open=True)
     max_new_tokens: int = opt(64, "maximum number of generated tokens per completion", lo=1)
     stop_strings: list[str] = opt(default_factory=list,
                                   help="stop a completion after the token that completes any of these strings")
@@ -147,6 +157,13 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
     return logits
 
 
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Convention 7: z_i / penalty where token i was seen and z_i > 0, z_i * penalty where seen and z_i <= 0.
+    logits (B, C) (computed on in float32), seen (B, C) bool -> (B, C) float32."""
+    z = logits.float()
+    return torch.where(seen, torch.where(z > 0, z / penalty, z * penalty), z)
+
+
 def _draw_filtered(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tensor, min_p: float = 0.0) -> torch.Tensor:
     """One draw per row from softmax(scaled) after top-k, top-p, min-p. (B, C), (B,) -> (B,).
 
@@ -168,14 +185,17 @@ def _draw_filtered(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tens
 
 
 def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, greedy: bool = False, filtered_logprobs: bool = False, min_p: float = 0.0):
-    """Pick one index per row and record its log-prob (conventions 1-6). (B, C), (B,) -> (B,), (B,).
+           top_p: float = 1.0, greedy: bool = False, filtered_logprobs: bool = False, min_p: float = 0.0,
+           draw_logits: torch.Tensor | None = None):
+    """Pick one index per row and record its log-prob (conventions 1-7). (B, C), (B,) -> (B,), (B,).
 
     Args:
         logits: raw logits (any float dtype; computed on in float32).
         u: (B,) uniforms in [0, 1) (ignored, may be ``None``, when ``greedy``).
         filtered_logprobs: record the log-prob of the filtered, renormalised distribution that was actually
             sampled instead of the full one (convention 5's alternative; equal when no filter is on).
+        draw_logits: (B, C) the logits to draw from when they differ from the recorded ones (convention 7: the
+            repetition-penalised logits); ``None``: ``logits``.
 
     Returns ``(index (B,) long, logp (B,) float32)``.
     """
@@ -184,6 +204,11 @@ def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float =
         scaled = scaled / temperature
     if not greedy and u is None:
         raise ReinlmError("choose: sampling needs one uniform per row (u); got None.")
+    if draw_logits is not None:
+        drawn = draw_logits.float() / temperature  # (B, C)
+        idx = drawn.argmax(-1) if greedy else _draw_filtered(drawn, top_k, top_p, u, min_p)
+        recorded = filter_logits(drawn, top_k, top_p, min_p) if filtered_logprobs else scaled
+        return idx, recorded.gather(-1, idx[:, None]).squeeze(-1) - recorded.logsumexp(-1)
     if not greedy and not top_k and top_p >= 1.0 and min_p <= 0.0:  # the common case: no sort, no normalisation pass
         if scaled.data_ptr() == logits.data_ptr():
             scaled = scaled.clone()  # float32 logits at temperature 1: never overwrite the caller's tensor
@@ -218,11 +243,13 @@ class Chooser:
     fixed: torch.Tensor | None = None  # (B,) for mode "fixed", indexed by the engine's row ids
     record_logprob: bool = True  # False: greedy skips the log-softmax over C (logp returned as zeros)
     min_p: float = 0.0  # min-p filtering after top-k and top-p (0: off)
+    repetition_penalty: float = 1.0  # convention 7 (1.0: off); the stepper hands over which tokens each row has seen
 
     @classmethod
     def from_sampling(cls, sampling: SamplingConfig) -> "Chooser":
         return cls("greedy" if sampling.greedy else "sample", float(sampling.temperature), int(sampling.top_k),
-                   float(sampling.top_p), min_p=float(sampling.min_p))
+                   float(sampling.top_p), min_p=float(sampling.min_p),
+                   repetition_penalty=float(sampling.repetition_penalty))
 
     @property
     def uses_uniforms(self) -> bool:
@@ -230,13 +257,17 @@ class Chooser:
         return self.mode in ("sample", "uniform")
 
     def __call__(self, logits: torch.Tensor | None, u: torch.Tensor | None, rows: torch.Tensor | None = None,
-                 num_categories: int | None = None):
+                 num_categories: int | None = None, seen: torch.Tensor | None = None):
+        """``seen`` (B, C) bool: the tokens each row has seen, for the repetition penalty (``None``: none)."""
+        draw = (apply_repetition_penalty(logits, seen, self.repetition_penalty)
+                if seen is not None and logits is not None and self.repetition_penalty != 1.0 else None)
         if self.mode == "greedy" and not self.record_logprob:
-            idx = logits.argmax(-1)  # no softmax over the vocabulary (it costs ~9% of a latent step on CPU)
+            idx = (logits if draw is None else draw).argmax(-1)  # no softmax over the vocabulary (~9% of a latent step)
             return idx, torch.zeros(idx.shape, device=idx.device)
         if self.mode in ("sample", "greedy"):
             return choose(logits, u, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                          greedy=self.mode == "greedy", filtered_logprobs=self.filtered_logprobs, min_p=self.min_p)
+                          greedy=self.mode == "greedy", filtered_logprobs=self.filtered_logprobs, min_p=self.min_p,
+                          draw_logits=draw)
         if self.mode == "uniform":
             C = int(num_categories if num_categories is not None else logits.shape[-1])
             idx = (u * C).long().clamp(max=C - 1)

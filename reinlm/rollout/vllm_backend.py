@@ -140,7 +140,7 @@ class VLLMEngine:
         params = [SamplingParams(
             n=G, temperature=0.0 if sampling.greedy else float(sampling.temperature),
             top_k=int(sampling.top_k) if sampling.top_k else 0, top_p=float(sampling.top_p),
-            min_p=float(sampling.min_p), max_tokens=int(sampling.max_new_tokens), logprobs=0, seed=s, ignore_eos=bool(sampling.ignore_eos),
+            min_p=float(sampling.min_p), repetition_penalty=float(sampling.repetition_penalty), max_tokens=int(sampling.max_new_tokens), logprobs=0, seed=s, ignore_eos=bool(sampling.ignore_eos),
             stop_token_ids=[] if sampling.ignore_eos else eos, stop=list(sampling.stop_strings) or None,
             include_stop_str_in_output=True, detokenize=bool(sampling.stop_strings),
         ) for s in seeds]

@@ -53,6 +53,10 @@ class SamplingSettings(Config):
     top_p: float = opt(1.0, "nucleus filtering at sampling (1.0: off)", lo=0, lo_open=True, hi=1)
     min_p: float = opt(0.0, "min-p filtering at sampling, after top-k and top-p: drop tokens less likely than min_p "
                             "x the most likely one (0: off; TRL's min_p)", lo=0, hi=1)
+    repetition_penalty: float = opt(1.0, "divide the positive logits (multiply the negative ones) of tokens already in "
+                                          "the prompt or the completion by this when sampling (1.0: off; TRL's "
+                                          "repetition_penalty); the training log-probs stay the model's own", lo=0,
+                                     lo_open=True)
 
 
 @dataclass
@@ -350,7 +354,8 @@ class TrainConfig(Config):
         if self.space == "latent":
             token_only = {"lora_r": (self.lora_r, 0), "value_model": (self.ppo.value_model, "shared"),
                           "train_precision": (self.train_precision, "same"),
-                          "sync_ref_model": (self.kl.sync_ref_model, False)}
+                          "sync_ref_model": (self.kl.sync_ref_model, False),
+                          "repetition_penalty": (self.sampling.repetition_penalty, 1.0)}
             if self.latent_train == "lora":  # LoRA on the latent policy: --lora-r given, --lora-targets not read
                 del token_only["lora_r"]
                 check_latent_lora(self.lora_r, self.lora_targets, flat_fields(TrainConfig)["lora_targets"].default)

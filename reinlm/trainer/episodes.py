@@ -125,6 +125,7 @@ class EpisodeRunner:
                 for s in seeds for g in range(G)]
         s = cfg.sampling
         sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                                  repetition_penalty=s.repetition_penalty,
                                   max_new_tokens=self.limits.turn_tokens)
         episodes = self._play(envs, row_dicts, seeds, G, sampling, gens)
         tok = self.policy.tokenizer

@@ -102,6 +102,7 @@ class TokenPolicy:
         """
         s = self.cfg.sampling
         sampling = SamplingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                                  repetition_penalty=s.repetition_penalty,
                                   max_new_tokens=s.max_new_tokens, greedy=greedy)
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         return self.rollout_engine.generate(prompts, samples_per_prompt, sampling, generator=gens)

@@ -32,6 +32,8 @@ TRL_SAME: dict[str, str] = {
     "top_p": "nucleus sampling (1.0: off)",
     "top_k": "top-k sampling (0: off)",
     "min_p": "min-p sampling after top-k and top-p, HF's rule (TRL's None is 0: off)",
+    "repetition_penalty": "HF's rule at sampling (prompt and completion tokens; 1.0: off); the training log-probs "
+                          "are the model's own, as TRL's",
     "seed": "seed of prompts, sampling and initialisation",
     "weight_decay": "AdamW weight decay",
     "sync_ref_model": "the reference mixed toward the policy every ref_model_sync_steps optimiser steps (TRL's "
@@ -128,7 +130,7 @@ TRL_DERIVED: dict[str, str] = {
     "warmup_ratio": "warmup_steps = ceil(warmup_ratio x steps) (transformers 4; transformers 5 takes a float "
                     "warmup_steps)",
     "generation_kwargs": "a mapping whose keys override the sampling settings, as in TRL: temperature, top_k, "
-                         "top_p, min_p, max_new_tokens; do_sample: true accepted; other keys refused by name",
+                         "top_p, min_p, repetition_penalty, max_new_tokens; do_sample: true accepted; other keys refused by name",
     "report_to": "none / [] -> log: none; tensorboard -> tensorboard; wandb -> wandb (TensorBoard too)",
     "use_peft": "true: LoRA with lora_r 16 and lora_alpha 32 unless given (TRL's defaults); false: lora_r 0",
     "use_cpu": "true -> device: cpu",
@@ -156,7 +158,7 @@ TRL_DERIVED: dict[str, str] = {
 TRL_LEGACY: frozenset[str] = frozenset({"warmup_ratio", "logging_dir", "torch_dtype", "max_prompt_length"})
 
 _GENERATION_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
-                    "max_new_tokens": "max_new_tokens"}
+                    "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_new_tokens"}
 _LR_SCHEDULES = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine"}
 _OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_hf")
 

@@ -55,8 +55,6 @@ TRL_UNSUPPORTED: dict[str, str] = {
                             "template with the generation prompt.",
     "max_prompt_length": "prompts are never truncated; over-long prompts are refused before training.",
     # ---------------------------------------------------------------- options not implemented yet
-    "repetition_penalty": "sampling applies no repetition penalty (a reward can: trl.rewards:"
-                          "get_repetition_penalty_reward).",
     "num_completions_to_print": "sample completions go to samples.jsonl every sample_every steps.",
     "log_unique_prompts": "samples.jsonl records each logged completion with its prompt.",
     "log_multimodal": "reinlm trains text-only models; there is no multimodal content to log.",
