@@ -205,7 +205,9 @@ def test_two_processes_pretrain_the_same_heads_as_one(backbone_dir, docs, tmp_pa
     assert s1["nll_world_model_idm"] == pytest.approx(s2["nll_world_model_idm"], abs=1e-4)
 
 
-def test_interrupted_text_cache_build_continues_where_it_stopped(backbone_dir, docs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("every, seconds", [(1, 120.0), (1000, 0.0)])  # by batch count, and by the clock
+def test_interrupted_text_cache_build_continues_where_it_stopped(backbone_dir, docs, tmp_path, monkeypatch, every,
+                                                                 seconds):
     from reinlm.hub import load_causal_lm
     from reinlm.latent import hidden_cache as hc
 
@@ -224,7 +226,7 @@ def test_interrupted_text_cache_build_continues_where_it_stopped(backbone_dir, d
     monkeypatch.setattr(hc, "backbone_forward", failing)
     with pytest.raises(KeyboardInterrupt):
         hc.build_text_cache(model, tok, str(docs), tmp_path / "resumed", meta, max_len=24, batch_size=4,
-                            checkpoint_every=1)
+                            checkpoint_every=every, checkpoint_seconds=seconds)
     part = json.loads((tmp_path / "resumed" / "partial.json").read_text())
     assert len(part["offsets"]) - 1 == 4 * 4  # four batches of four chunks were kept
     counted = []

@@ -161,12 +161,14 @@ def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len: int = 256, batch_size: int = 8,
-                     max_tokens: int = 0, text_column: str = "text", checkpoint_every: int = 32) -> HiddenCache:
+                     max_tokens: int = 0, text_column: str = "text", checkpoint_every: int = 32,
+                     checkpoint_seconds: float = 120.0) -> HiddenCache:
     """Stream the documents of the text corpus ``spec``, cut each into chunks of ``max_len`` tokens (at least 2)
     and cache the backbone states of each chunk (batches of ``batch_size`` chunks); at most ``max_tokens``
     tokens when > 0. The documents are never all in memory.
 
-    Every ``checkpoint_every`` batches the arrays are flushed and ``partial.json`` records the sequences
+    Every ``checkpoint_every`` batches, or ``checkpoint_seconds`` after the last checkpoint when that comes first
+    (a slow machine loses at most that much work), the arrays are flushed and ``partial.json`` records the sequences
     written and the reader's position: an interrupted build of the same backbone, corpus, chunk length and
     token cap continues there (the result equals a build that was never interrupted).
     """
@@ -186,6 +188,7 @@ def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len
     pad = tokenizer.pad_token_id or 0
     dev = next(model.parameters()).device
     start, done_before = time.time(), writer.n
+    last_checkpoint = start
 
     def flush(group):
         group = [c for c in group if len(c) >= 2]
@@ -210,8 +213,10 @@ def build_text_cache(model, tokenizer, spec: str, out: Path, meta: dict, max_len
                 flush(group)
                 group, pending, batches = [], 0, batches + 1
                 bar.update(writer.n - before)
-                if checkpoint_every and batches % checkpoint_every == 0:
+                due = checkpoint_every and batches % checkpoint_every == 0
+                if due or time.time() - last_checkpoint >= checkpoint_seconds:
                     writer.checkpoint({"meta": meta, "total": total, "pos": [doc, piece + 1]})
+                    last_checkpoint = time.time()
         before = writer.n
         flush(group)
         bar.update(writer.n - before)
