@@ -19,7 +19,8 @@ is that field: fields win over this table (a test checks that no entry shadows a
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from reinlm.config.coerce import check_field
 from reinlm.errors import ConfigError
@@ -177,7 +178,8 @@ def _bool(key: str, value: Any) -> bool:
 
 
 def _int(key: str, value: Any, lo: int = 1) -> int:
-    return check_field(key, value, int, {"lo": lo})
+    n: int = check_field(key, value, int, {"lo": lo})
+    return n
 
 
 def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -185,8 +187,21 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
 
     ``values``: flat keys as written in the file (renames not yet resolved); ``defaults``: the reinlm
     defaults of the fields the rules read (``samples_per_prompt``, ``grad_accum``, ``update_epochs``,
-    ``steps``). A derived value whose reinlm field is also given is an error naming both keys.
+    ``steps``). A derived value whose reinlm field is also given is an error naming both keys. Each rule of
+    :data:`_RULES` (one function per group of TRL keys) runs in order on a :class:`_Translation`.
     """
+    values = _older_spellings(values)
+    if not any(k in TRL_DERIVED for k in values):
+        return values
+    t = _Translation(values, defaults)
+    for rule in _RULES:
+        rule(t)
+    return t.out
+
+
+def _older_spellings(values: dict[str, Any]) -> dict[str, Any]:
+    """TRL's and transformers' other spellings of a value: ``min_p: null``, ``scale_rewards: true``, a float
+    ``warmup_steps`` in (0, 1) (transformers 5: a share of the steps, i.e. ``warmup_ratio``)."""
     values = dict(values)
     if "min_p" in values and values["min_p"] is None:  # TRL's default None: no min-p filtering
         values["min_p"] = 0.0
@@ -197,30 +212,57 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
         if "warmup_ratio" in values:
             raise ConfigError("warmup_steps and warmup_ratio: both give the warm-up; keep one.")
         values["warmup_ratio"] = values.pop("warmup_steps")
-    if not any(k in TRL_DERIVED for k in values):
-        return values
-    out = {k: v for k, v in values.items() if k not in TRL_DERIVED}
-    given = {k: v for k, v in values.items() if k in TRL_DERIVED}
+    return values
 
-    def current(field: str) -> Any:
-        for key in (field, *[t for t, (f, _) in TRL_RENAMES.items() if f == field]):
-            if key in values:
-                return values[key]
-        return defaults[field]
 
-    def put(field: str, value: Any, from_key: str) -> None:
-        clash = [k for k in (field, *[t for t, (f, _) in TRL_RENAMES.items() if f == field]) if k in values]
+class _Translation:
+    """One mapping's TRL keys being translated: ``given`` (its TRL_DERIVED keys), ``out`` (the other keys, and
+    the reinlm fields the rules set)."""
+
+    def __init__(self, values: dict[str, Any], defaults: dict[str, Any]):
+        self.values = values
+        self.defaults = defaults
+        self.out = {k: v for k, v in values.items() if k not in TRL_DERIVED}
+        self.given = {k: v for k, v in values.items() if k in TRL_DERIVED}
+
+    def current(self, field: str) -> Any:
+        """The value of reinlm's ``field`` in the mapping (under its name or a TRL rename), else its default."""
+        for key in _names_of(field):
+            if key in self.values:
+                return self.values[key]
+        return self.defaults[field]
+
+    def put(self, field: str, value: Any, from_key: str) -> None:
+        """Set reinlm's ``field`` from TRL's ``from_key``; an error when the mapping gives the field too."""
+        clash = [k for k in _names_of(field) if k in self.values]
         if clash:
             raise ConfigError(f"{from_key}: sets {field} (TRL's {from_key}), but {clash[0]!r} is given too; keep one.")
-        out[field] = value
+        self.out[field] = value
 
-    def refuse(key: str, why: str) -> None:
-        raise ConfigError(f"{key}: got {given[key]!r}; {why}")
+    def refuse(self, key: str, why: str) -> NoReturn:
+        raise ConfigError(f"{key}: got {self.given[key]!r}; {why}")
 
-    # --- batch shape and step count
-    G = _int("num_generations", current("samples_per_prompt"))
-    gas = _int("gradient_accumulation_steps", current("grad_accum"))
-    mu = _int("num_iterations", current("update_epochs"))
+    def true(self, key: str) -> bool:
+        """Whether the boolean TRL key ``key`` is given as true."""
+        return key in self.given and _bool(key, self.given[key])
+
+    def false(self, key: str) -> bool:
+        """Whether the boolean TRL key ``key`` is given as false."""
+        return key in self.given and not _bool(key, self.given[key])
+
+
+def _names_of(field: str) -> tuple[str, ...]:
+    """reinlm's ``field`` and the TRL keys renamed to it."""
+    return (field, *[t for t, (f, _) in TRL_RENAMES.items() if f == field])
+
+
+def _batch_shape(t: _Translation) -> None:
+    """per_device_train_batch_size, generation_batch_size, steps_per_generation, max_steps -> batch_prompts,
+    minibatch_size, steps (TRL counts completions per optimiser step, reinlm prompts per rollout step)."""
+    given = t.given
+    G = _int("num_generations", t.current("samples_per_prompt"))
+    gas = _int("gradient_accumulation_steps", t.current("grad_accum"))
+    mu = _int("num_iterations", t.current("update_epochs"))
     P = _int("per_device_train_batch_size", given["per_device_train_batch_size"]) \
         if "per_device_train_batch_size" in given else None
     GB = _int("generation_batch_size", given["generation_batch_size"]) if "generation_batch_size" in given else None
@@ -231,116 +273,157 @@ def translate_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> dict
         raise ConfigError("steps_per_generation: needs per_device_train_batch_size (completions per micro-batch) "
                           "to size the rollout batch; or give batch_prompts and minibatch_size directly.")
     updates = 1  # optimiser steps per rollout batch and update epoch
-    if P is not None or GB is not None:
-        if GB is None:
-            GB = P * (spg if spg is not None else gas)
-        if P is not None and GB % (P * gas):
+    if P is not None:
+        GB = GB if GB is not None else P * (spg if spg is not None else gas)
+        if GB % (P * gas):
             raise ConfigError(f"per_device_train_batch_size: gives {GB} completions per rollout, not a multiple of "
                               f"per_device_train_batch_size x gradient_accumulation_steps = {P * gas}; reinlm "
                               "takes whole optimiser steps from each rollout batch.")
+    if GB is not None:
         if GB % G:
             raise ConfigError(f"per_device_train_batch_size: gives {GB} completions per rollout, not a multiple of "
                               f"num_generations = {G}; reinlm rolls out whole prompt groups (batch_prompts x "
                               "samples_per_prompt completions).")
-        put("batch_prompts", GB // G, "per_device_train_batch_size" if P is not None else "generation_batch_size")
+        t.put("batch_prompts", GB // G, "per_device_train_batch_size" if P is not None else "generation_batch_size")
         if P is not None:
             updates = GB // (P * gas)
-            put("minibatch_size", 0 if updates == 1 else P * gas, "per_device_train_batch_size")
+            t.put("minibatch_size", 0 if updates == 1 else P * gas, "per_device_train_batch_size")
     if "max_steps" in given:
-        put("steps", max(1, math.ceil(_int("max_steps", given["max_steps"]) / (mu * updates))), "max_steps")
-    # --- data order and sample logging
-    if "shuffle_dataset" in given and not _bool("shuffle_dataset", given["shuffle_dataset"]):
-        refuse("shuffle_dataset", "reinlm draws a seeded random set of prompts each step; there is no sequential "
-                                  "order (write true or remove the key).")
-    if "log_completions" in given and not _bool("log_completions", given["log_completions"]):
-        put("sample_every", 0, "log_completions")
-    # --- sampling overrides (TRL: generation_kwargs win over the sampling keys)
-    if "generation_kwargs" in given and given["generation_kwargs"] is not None:
-        gk = given["generation_kwargs"]
-        if not isinstance(gk, dict):
-            refuse("generation_kwargs", "allowed: a mapping, e.g. {top_p: 0.9, min_p: 0.05}.")
-        for k, v in gk.items():
-            if k in _GENERATION_KEYS:
-                out[_GENERATION_KEYS[k]] = v
-            elif not (k == "do_sample" and v is True):
-                raise ConfigError(f"generation_kwargs: the key {k!r} has no meaning in reinlm's sampler; allowed: "
-                                  f"{', '.join(_GENERATION_KEYS)} (and do_sample: true).")
-    # --- the KL anchor: TRL's beta is a k3 loss term (with the ratio correction by default)
-    if "beta" in given and values.get("algo") == "distill":  # TRL's DistillationConfig.beta
-        put("distill_beta", given["beta"], "beta")
-    elif "beta" in given:
-        put("kl_coef", given["beta"], "beta")
-        for field, value in (("kl_in", "loss"), ("kl_estimator", "k3"), ("use_bias_correction_kl", True)):
-            if field not in values:
-                out[field] = value
-    # --- schedule
-    if "lr_scheduler_type" in given:
-        v = str(given["lr_scheduler_type"])
+        t.put("steps", max(1, math.ceil(_int("max_steps", given["max_steps"]) / (mu * updates))), "max_steps")
+
+
+def _data_order_and_samples(t: _Translation) -> None:
+    """shuffle_dataset (true only), log_completions (false -> sample_every 0)."""
+    if t.false("shuffle_dataset"):
+        t.refuse("shuffle_dataset", "reinlm draws a seeded random set of prompts each step; there is no sequential "
+                                    "order (write true or remove the key).")
+    if t.false("log_completions"):
+        t.put("sample_every", 0, "log_completions")
+
+
+def _generation_kwargs(t: _Translation) -> None:
+    """generation_kwargs: sampling overrides (TRL: they win over the sampling keys)."""
+    gk = t.given.get("generation_kwargs")
+    if gk is None:
+        return
+    if not isinstance(gk, dict):
+        t.refuse("generation_kwargs", "allowed: a mapping, e.g. {top_p: 0.9, min_p: 0.05}.")
+    for k, v in gk.items():
+        if k in _GENERATION_KEYS:
+            t.out[_GENERATION_KEYS[k]] = v
+        elif not (k == "do_sample" and v is True):
+            raise ConfigError(f"generation_kwargs: the key {k!r} has no meaning in reinlm's sampler; allowed: "
+                              f"{', '.join(_GENERATION_KEYS)} (and do_sample: true).")
+
+
+def _kl_anchor(t: _Translation) -> None:
+    """beta: TRL's KL anchor is a k3 loss term (with the ratio correction by default); distillation's beta."""
+    if "beta" not in t.given:
+        return
+    if t.values.get("algo") == "distill":  # TRL's DistillationConfig.beta
+        t.put("distill_beta", t.given["beta"], "beta")
+        return
+    t.put("kl_coef", t.given["beta"], "beta")
+    for field, value in (("kl_in", "loss"), ("kl_estimator", "k3"), ("use_bias_correction_kl", True)):
+        if field not in t.values:
+            t.out[field] = value
+
+
+def _schedule(t: _Translation) -> None:
+    """lr_scheduler_type, warmup_ratio."""
+    if "lr_scheduler_type" in t.given:
+        v = str(t.given["lr_scheduler_type"])
         if v not in _LR_SCHEDULES:
-            refuse("lr_scheduler_type", f"allowed: {', '.join(_LR_SCHEDULES)} (reinlm's lr_schedule is constant, "
-                                        "linear or cosine after warmup_steps).")
-        put("lr_schedule", _LR_SCHEDULES[v], "lr_scheduler_type")
-    if "warmup_ratio" in given:
-        ratio = check_field("warmup_ratio", given["warmup_ratio"], float, {"lo": 0, "hi": 1})
-        steps = out.get("steps", current("steps"))
-        put("warmup_steps", math.ceil(ratio * _int("steps", steps)), "warmup_ratio")
-    # --- logging, precision, devices, adapters
-    if "report_to" in given:
-        v = given["report_to"]
+            t.refuse("lr_scheduler_type", f"allowed: {', '.join(_LR_SCHEDULES)} (reinlm's lr_schedule is constant, "
+                                          "linear or cosine after warmup_steps).")
+        t.put("lr_schedule", _LR_SCHEDULES[v], "lr_scheduler_type")
+    if "warmup_ratio" in t.given:
+        ratio = check_field("warmup_ratio", t.given["warmup_ratio"], float, {"lo": 0, "hi": 1})
+        steps = t.out.get("steps", t.current("steps"))
+        t.put("warmup_steps", math.ceil(ratio * _int("steps", steps)), "warmup_ratio")
+
+
+def _logging_adapters_device(t: _Translation) -> None:
+    """report_to, use_peft, use_cpu."""
+    if "report_to" in t.given:
+        v = t.given["report_to"]
         names = [v] if isinstance(v, str) else list(v or [])
         names = [str(n).lower() for n in names if str(n).lower() != "none"]
         bad = [n for n in names if n not in ("tensorboard", "wandb", "all")]
         if bad:
-            refuse("report_to", f"allowed: none, tensorboard, wandb (reinlm has no {bad[0]} logger).")
-        put("log", "wandb" if "wandb" in names else ("tensorboard" if names else "none"), "report_to")
-    if "use_peft" in given:
-        if _bool("use_peft", given["use_peft"]):
-            if "lora_r" not in values:
-                put("lora_r", 16, "use_peft")
-            if "lora_alpha" not in values:
-                out["lora_alpha"] = 32
-        elif "lora_r" not in values:
-            put("lora_r", 0, "use_peft")
-    if "use_cpu" in given and _bool("use_cpu", given["use_cpu"]):
-        put("device", "cpu", "use_cpu")
+            t.refuse("report_to", f"allowed: none, tensorboard, wandb (reinlm has no {bad[0]} logger).")
+        t.put("log", "wandb" if "wandb" in names else ("tensorboard" if names else "none"), "report_to")
+    if t.true("use_peft"):
+        if "lora_r" not in t.values:
+            t.put("lora_r", 16, "use_peft")
+        if "lora_alpha" not in t.values:
+            t.out["lora_alpha"] = 32
+    elif "use_peft" in t.given and "lora_r" not in t.values:
+        t.put("lora_r", 0, "use_peft")
+    if t.true("use_cpu"):
+        t.put("device", "cpu", "use_cpu")
+
+
+def _importance_sampling(t: _Translation) -> None:
+    """vllm_importance_sampling_mode / _correction -> tis, tis_mode."""
+    given = t.given
     if "vllm_importance_sampling_mode" in given:
         modes = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
         v = str(given["vllm_importance_sampling_mode"])
         if v not in modes:
-            refuse("vllm_importance_sampling_mode", f"allowed: {', '.join(modes)}.")
-        if "vllm_importance_sampling_correction" not in given or _bool(
-                "vllm_importance_sampling_correction", given["vllm_importance_sampling_correction"]):
-            put("tis", v.split("_")[0], "vllm_importance_sampling_mode")
-            put("tis_mode", v.split("_")[1], "vllm_importance_sampling_mode")
+            t.refuse("vllm_importance_sampling_mode", f"allowed: {', '.join(modes)}.")
+        if not t.false("vllm_importance_sampling_correction"):
+            t.put("tis", v.split("_")[0], "vllm_importance_sampling_mode")
+            t.put("tis_mode", v.split("_")[1], "vllm_importance_sampling_mode")
         else:
-            put("tis", "none", "vllm_importance_sampling_correction")
+            t.put("tis", "none", "vllm_importance_sampling_correction")
     elif "vllm_importance_sampling_correction" in given:
-        on = _bool("vllm_importance_sampling_correction", given["vllm_importance_sampling_correction"])
-        put("tis", "token" if on else "none", "vllm_importance_sampling_correction")
+        on = t.true("vllm_importance_sampling_correction")
+        t.put("tis", "token" if on else "none", "vllm_importance_sampling_correction")
+
+
+def _precision_and_backend(t: _Translation) -> None:
+    """bf16, use_vllm, vllm_mode, fp16, gradient_checkpointing, optim."""
+    given = t.given
     if "bf16" in given:
-        put("train_precision", "bf16-autocast" if _bool("bf16", given["bf16"]) else "same", "bf16")
+        t.put("train_precision", "bf16-autocast" if t.true("bf16") else "same", "bf16")
     if "use_vllm" in given:
-        put("generation_backend", "vllm" if _bool("use_vllm", given["use_vllm"]) else "reinlm", "use_vllm")
+        t.put("generation_backend", "vllm" if t.true("use_vllm") else "reinlm", "use_vllm")
     if "vllm_mode" in given and str(given["vllm_mode"]) != "colocate":
-        refuse("vllm_mode", "allowed: colocate (reinlm runs vLLM in the training process; no server mode).")
-    if "fp16" in given and _bool("fp16", given["fp16"]):
-        refuse("fp16", "reinlm has no fp16 mixed precision; use dtype: float32 or bfloat16.")
-    if "gradient_checkpointing" in given and _bool("gradient_checkpointing", given["gradient_checkpointing"]):
-        refuse("gradient_checkpointing", "reinlm does not implement gradient checkpointing; write false or remove it.")
+        t.refuse("vllm_mode", "allowed: colocate (reinlm runs vLLM in the training process; no server mode).")
+    if t.true("fp16"):
+        t.refuse("fp16", "reinlm has no fp16 mixed precision; use dtype: float32 or bfloat16.")
+    if t.true("gradient_checkpointing"):
+        t.refuse("gradient_checkpointing", "reinlm does not implement gradient checkpointing; write false or remove "
+                                           "it.")
     if "optim" in given and str(given["optim"]) not in _OPTIMS:
-        refuse("optim", f"allowed: {', '.join(_OPTIMS)} (reinlm's optimiser is AdamW).")
-    if "eval_strategy" in given and str(given["eval_strategy"]).lower() != "no":
-        refuse("eval_strategy", "reinlm evaluates held-out prompts before and after training (eval_prompts, "
-                                "eval_samples); write no or remove it.")
-    if "save_strategy" in given and str(given["save_strategy"]).lower() != "steps":
-        refuse("save_strategy", "allowed: steps (checkpoints every save_every steps).")
-    dataset_keys = [k for k in ("dataset_name", "dataset_config", "dataset_train_split") if k in given]
-    if dataset_keys:  # TRL's script arguments -> one prompt SPEC
-        if "dataset_name" not in given:
-            refuse(dataset_keys[0], "it needs dataset_name (the Hugging Face dataset id) too.")
-        config, split = given.get("dataset_config") or "", given.get("dataset_train_split") or "train"
-        put("prompts", f"hf:{given['dataset_name']}:{config}:{split}", "dataset_name")
-    return out
+        t.refuse("optim", f"allowed: {', '.join(_OPTIMS)} (reinlm's optimiser is AdamW).")
+
+
+def _evaluation_and_saving(t: _Translation) -> None:
+    """eval_strategy (no only), save_strategy (steps only)."""
+    if "eval_strategy" in t.given and str(t.given["eval_strategy"]).lower() != "no":
+        t.refuse("eval_strategy", "reinlm evaluates held-out prompts before and after training (eval_prompts, "
+                                  "eval_samples); write no or remove it.")
+    if "save_strategy" in t.given and str(t.given["save_strategy"]).lower() != "steps":
+        t.refuse("save_strategy", "allowed: steps (checkpoints every save_every steps).")
+
+
+def _dataset(t: _Translation) -> None:
+    """dataset_name, dataset_config, dataset_train_split (TRL's script arguments) -> one prompt SPEC."""
+    dataset_keys = [k for k in ("dataset_name", "dataset_config", "dataset_train_split") if k in t.given]
+    if not dataset_keys:
+        return
+    if "dataset_name" not in t.given:
+        t.refuse(dataset_keys[0], "it needs dataset_name (the Hugging Face dataset id) too.")
+    config, split = t.given.get("dataset_config") or "", t.given.get("dataset_train_split") or "train"
+    t.put("prompts", f"hf:{t.given['dataset_name']}:{config}:{split}", "dataset_name")
+
+
+#: the rules of :func:`translate_trl_keys`, in order (the schedule reads the steps the batch shape sets)
+_RULES: tuple[Callable[[_Translation], None], ...] = (
+    _batch_shape, _data_order_and_samples, _generation_kwargs, _kl_anchor, _schedule, _logging_adapters_device,
+    _importance_sampling, _precision_and_backend, _evaluation_and_saving, _dataset)
 
 
 def describe_trl_keys(values: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
