@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,9 @@ def _run(*argv, processes: int, steps: int = 3, resume: bool = False, extra_cfg:
     launch = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     extra = [str(steps)] + (["resume"] if resume else [])
-    done = subprocess.run([*launch, str(SCRIPT), *map(str, argv), str(processes), *extra], env=env,
-                          capture_output=True, text=True, timeout=600)
+    with tempfile.TemporaryDirectory(prefix="reinlm-torchrun-") as scratch:  # torchrun's torchelastic_* dirs go here
+        done = subprocess.run([*launch, str(SCRIPT), *map(str, argv), str(processes), *extra],
+                              env={**env, "TMPDIR": scratch}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
 

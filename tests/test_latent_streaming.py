@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -186,8 +187,9 @@ def _torchrun(args, processes):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     launch = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    done = subprocess.run([*launch, str(ASSETS / "ddp_pretrain.py"), *map(str, args), str(processes)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    with tempfile.TemporaryDirectory(prefix="reinlm-torchrun-") as scratch:  # torchrun's torchelastic_* dirs go here
+        done = subprocess.run([*launch, str(ASSETS / "ddp_pretrain.py"), *map(str, args), str(processes)],
+                              env={**env, "TMPDIR": scratch}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
 
