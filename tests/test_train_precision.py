@@ -76,8 +76,13 @@ def test_train_precision_auto_resolves_by_hardware_space_and_dtype(monkeypatch, 
     assert TrainConfig(model="m", device="cpu", dtype="bfloat16").train_precision == "same"  # weights in bf16
     latent = TrainConfig(model="m", device="cpu", space="latent", latent=str(tmp_path))
     assert latent.train_precision == "same"  # a token-space option
+    # the frozen networks' auto dtype: the token-space reference follows the training forward's precision
+    assert cfg.frozen_dtype == "bfloat16"
+    assert TrainConfig(model="m", device="cpu", train_precision="same").frozen_dtype == "same"
+    assert latent.frozen_dtype == "bfloat16"  # the latent backbone
     monkeypatch.setattr(devices, "native_bfloat16", lambda device="auto": False)  # emulated bf16 is slower
     assert TrainConfig(model="m", device="cpu").train_precision == "same"
+    assert TrainConfig(model="m", device="cpu", train_precision="bf16-autocast").frozen_dtype == "same"
     assert TrainConfig(model="m", device="cpu", train_precision="auto").train_precision == "same"
 
 
@@ -88,3 +93,38 @@ def test_train_precision_is_refused_where_it_cannot_apply(tmp_path):
         _cfg(tmp_path, train_precision="bf16-autocast", space="latent", latent=str(tmp_path))
     with pytest.raises(ConfigError, match="train_precision"):
         _cfg(tmp_path, train_precision="fp16")
+
+
+def test_reference_runs_the_training_forward_so_the_kl_starts_at_zero(tiny_lm, tmp_path):
+    """Under bf16-autocast training the reference is the training forward at the starting weights: its linear
+    weights stored in bfloat16 (what autocast computes them in), embeddings and norms float32, run under the same
+    autocast. Its log-probs equal the policy's bit for bit, so a one-step run logs KL exactly 0 at step 1 (a pure
+    bfloat16 reference made it -0.0027 here: samples from the bfloat16 rollout copy, k1 = -KL(ref || policy))."""
+    from reinlm.trainer.loop import Trainer
+    from reinlm.utils.jsonio import read_jsonl
+
+    model, tok = tiny_lm
+    kw = dict(train_precision="bf16-autocast", frozen_dtype="bfloat16", kl_coef=0.05)
+    pol = TokenPolicy(_cfg(tmp_path, **kw), torch.device("cpu"), model=copy.deepcopy(model), tokenizer=tok)
+    ref = pol.ref_model
+    assert {p.dtype for n, p in ref.named_parameters() if "proj" in n or "lm_head" in n} == {torch.bfloat16}
+    assert {p.dtype for n, p in ref.named_parameters() if "embed" in n or "norm" in n} == {torch.float32}
+    batch = pol.rollout(PROMPTS, 4, seeds=[1, 2, 3])
+    assert torch.equal(pol.reference(batch).logp, pol.score(batch).logp.detach())
+    assert pol.step_metrics() == {"mismatch/ref_logp_abs": 0.0}  # logged at the first step of every such run
+    cfg = _cfg(tmp_path / "run", prompts="builtin:neutral", reward="target_length:20", batch_prompts=2,
+               rollout_dtype="bfloat16", **kw)
+    rows = read_jsonl(Trainer(cfg, model=copy.deepcopy(model), tokenizer=tok).train() / "metrics.jsonl")
+    assert rows[0]["kl/mean"] == 0.0 and rows[0]["kl/per_token"] == 0.0
+    assert rows[0]["mismatch/kl"] > 0  # the rollouts did come from another numeric path (the bfloat16 copy)
+
+
+def test_autocast_storage_keeps_a_tied_embedding_float32(tiny_lm):
+    """A tied LM head (SmolLM2's) is the input embedding, which autocast leaves in float32: it stays float32."""
+    from reinlm.utils.devices import cast_autocast_weights
+
+    m = copy.deepcopy(tiny_lm[0])
+    m.lm_head.weight = m.model.embed_tokens.weight
+    cast_autocast_weights(m, torch.bfloat16)
+    assert m.lm_head.weight is m.model.embed_tokens.weight and m.lm_head.weight.dtype == torch.float32
+    assert m.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16

@@ -230,7 +230,8 @@ def test_ppo_with_a_separate_value_model_resumes_to_the_same_weights(tiny_model_
 def test_frozen_dtype_bfloat16_casts_only_the_frozen_copies(tiny_model_dir, tmp_path):
     from reinlm.trainer.token_policy import TokenPolicy
 
-    cfg = tiny_cfg(tiny_model_dir, tmp_path / "bf16", algo="ppo", value_model="separate", frozen_dtype="bfloat16")
+    cfg = tiny_cfg(tiny_model_dir, tmp_path / "bf16", algo="ppo", value_model="separate", frozen_dtype="bfloat16",
+                   train_precision="same")  # bf16-autocast: test_train_precision.py
     assert cfg.frozen_dtype_name == "bfloat16"
     pol = TokenPolicy(cfg, torch.device("cpu"), with_value_head=True)
     dtypes = lambda m: {p.dtype for p in m.parameters()}  # noqa: E731
@@ -250,12 +251,14 @@ def test_frozen_dtype_bfloat16_casts_only_the_frozen_copies(tiny_model_dir, tmp_
 
 
 def test_bfloat16_reference_error_is_measured_once_at_the_start(tiny_model_dir, tmp_path):
-    """mismatch/ref_logp_abs: the bfloat16 reference's log-probs against the exact float32 ones (the trained
-    weights before any step), measured at the first reference call only; none with the float32 reference."""
+    """mismatch/ref_logp_abs: the bfloat16 reference's log-probs against the float32 training forward's (the trained
+    weights before any step), measured at the first reference call only; none with the float32 reference. (Under
+    bf16-autocast training it is 0: test_train_precision.py.)"""
     from reinlm.rollout.token import token_logprobs
     from reinlm.trainer.token_policy import TokenPolicy
 
-    pol = TokenPolicy(tiny_cfg(tiny_model_dir, tmp_path / "a", frozen_dtype="bfloat16"), torch.device("cpu"))
+    pol = TokenPolicy(tiny_cfg(tiny_model_dir, tmp_path / "a", frozen_dtype="bfloat16", train_precision="same"),
+                      torch.device("cpu"))
     batch = pol.rollout(["Tell me about red.", "The sea"], 2, seeds=[1, 2])
     R, mask = batch.response_ids.shape[1], batch.response_mask.float()
     ref = pol.reference(batch).logp
@@ -274,7 +277,7 @@ def test_bfloat16_reference_error_is_measured_once_at_the_start(tiny_model_dir, 
 
 def test_reference_error_is_logged_at_the_first_step_only(tiny_model_dir, tmp_path):
     cfg = tiny_cfg(tiny_model_dir, tmp_path / "log", steps=2, frozen_dtype="bfloat16", eval_prompts=0,
-                   samples_per_prompt=2, max_new_tokens=4)
+                   samples_per_prompt=2, max_new_tokens=4, train_precision="same")
     rows = read_jsonl(Trainer(cfg).train() / "metrics.jsonl")
     assert rows[0]["mismatch/ref_logp_abs"] > 1e-4 and "mismatch/ref_logp_abs" not in rows[1]
 

@@ -230,9 +230,12 @@ class TrainConfig(Config):
     frozen_dtype: Literal["same", "auto", "float32", "bfloat16"] = opt(
         "auto", "dtype of the frozen networks: the token-space reference (and evaluation copy), the latent "
         "backbone with its LM head. auto (default): bfloat16 where the device computes it natively (CPU "
-        "avx512_bf16/amx_bf16, recent GPUs), else --dtype; same: --dtype (the exact float32 path). Frozen weights "
-        "never take an optimizer step, so bfloat16 halves their memory traffic without rounding any update; the "
-        "error it adds to the reference's log-probs is logged at the first step (mismatch/ref_logp_abs)")
+        "avx512_bf16/amx_bf16, recent GPUs) and, in token space, training runs bf16-autocast; else --dtype. same: "
+        "--dtype (the exact float32 path). The token-space reference runs the training forward's numerics: under "
+        "bf16-autocast its linear weights are stored in bfloat16 (what autocast computes them in anyway), so its "
+        "log-probs equal the policy's at the start and the KL starts at 0; a bfloat16 reference beside float32 "
+        "training (--frozen-dtype bfloat16 --train-precision same) adds an error, logged at the first step "
+        "(mismatch/ref_logp_abs)")
     seed: int = opt(0, "seed for prompts, sampling and initialisation", lo=0, hi=2**63 - 1)
     out: str | None = opt(None, "run directory (default: runs/<algo>-<space>-<seed>)")
     overwrite: bool = opt(False, "replace an earlier run in --out (its metrics, samples, checkpoints and final model); "
@@ -318,11 +321,12 @@ class TrainConfig(Config):
             from reinlm.utils.devices import native_bfloat16  # here: tests fake it in its module
 
             native = native_bfloat16(self.device)
-            if self.frozen_dtype == "auto":
-                self.frozen_dtype = "bfloat16" if native else "same"
             if self.train_precision == "auto":
                 mixed = native and self.space == "token" and self.dtype == "float32"
                 self.train_precision = "bf16-autocast" if mixed else "same"
+            if self.frozen_dtype == "auto":  # token space: the reference follows the training forward's precision
+                follows = self.space != "token" or self.train_precision == "bf16-autocast"
+                self.frozen_dtype = "bfloat16" if native and follows else "same"
         # deprecated spellings (run directories written before --scale-rewards and --loss-type)
         if self.scale_std is not None:
             self.algorithm.scale_rewards = "group" if self.scale_std else "none"

@@ -20,7 +20,7 @@ from reinlm.rollout.token import RolloutBatch, SamplingConfig, eos_ids, token_ch
 from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.lora import apply_lora, save_adapter, save_lora_final
 from reinlm.trainer.policy import PolicyScores
-from reinlm.utils.devices import cast_parameters
+from reinlm.utils.devices import cast_autocast_weights, cast_parameters
 
 SYNCED_REFERENCE = "reference"  # --sync-ref-model: the mixed reference, in the checkpoint's policy/ directory
 
@@ -74,9 +74,16 @@ class TokenPolicy:
     def _frozen_copy(self, model):
         """A frozen deep copy of the starting model in ``--frozen-dtype`` (the reference, the evaluation copy).
 
-        With LoRA there is no copy: the reference is the model with its adapters disabled, in its own dtype.
+        Its forward runs the training forward's numerics (:meth:`train_autocast`), so at the start its log-probs
+        equal the policy's and the KL starts at 0. Under ``--train-precision bf16-autocast`` only the weights
+        autocast multiplies in bfloat16 anyway are stored in ``--frozen-dtype`` (the linear layers; embeddings and
+        norms stay float32, as in the training forward): bit for bit the training forward, in about half the
+        memory. With LoRA there is no copy: the reference is the model with its adapters disabled.
         """
-        return cast_parameters(copy.deepcopy(model), self.cfg.frozen_dtype_name).eval().requires_grad_(False)
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.cfg.train_precision == "bf16-autocast":
+            return cast_autocast_weights(frozen, self.cfg.frozen_dtype_name)
+        return cast_parameters(frozen, self.cfg.frozen_dtype_name)
 
     # --- generation ---
     @property
@@ -125,11 +132,17 @@ class TokenPolicy:
     @torch.no_grad()
     def frozen_logprobs(self, batch, temperature: float = 1.0) -> torch.Tensor:
         """Log-probs (B, R) of the response tokens under the frozen starting model."""
+        return self._frozen_forward(self.frozen_lm, batch, temperature)
+
+    def _frozen_forward(self, frozen, batch, temperature: float) -> torch.Tensor:
+        """Log-probs (B, R) of the response under ``frozen`` (LoRA: the model with its adapters off), in the
+        training forward's numerics (:meth:`train_autocast`): one function for the policy and its reference."""
         R = batch.response_ids.shape[1]
-        if self.uses_lora:
-            with self._unwrapped.disable_adapter():
-                return token_logprobs(self.model, batch.input_ids, batch.attention_mask, R, temperature).logp
-        return token_logprobs(self.frozen_lm, batch.input_ids, batch.attention_mask, R, temperature).logp
+        with self.train_autocast():
+            if self.uses_lora:
+                with self._unwrapped.disable_adapter():
+                    return token_logprobs(self.model, batch.input_ids, batch.attention_mask, R, temperature).logp
+            return token_logprobs(frozen, batch.input_ids, batch.attention_mask, R, temperature).logp
 
     @torch.no_grad()
     def eval_kl(self, batch) -> torch.Tensor:
@@ -245,21 +258,16 @@ class TokenPolicy:
 
     @torch.no_grad()
     def reference(self, batch) -> PolicyScores | None:
-        """Log-probs (B, R) of the response under the frozen reference; ``None`` when KL is off."""
-        R = batch.response_ids.shape[1]
-        if self.uses_lora:
-            with self._unwrapped.disable_adapter():
-                return PolicyScores(token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
-                                                   self.cfg.sampling.temperature).logp)
-        if self.ref_model is None:
+        """Log-probs (B, R) of the response under the frozen reference, in the training forward's numerics;
+        ``None`` when KL is off."""
+        if self.ref_model is None and not self.uses_lora:
             return None
-        logp = token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask, R,
-                              self.cfg.sampling.temperature).logp
-        if self._at_start and next(self.ref_model.parameters()).dtype != next(self._unwrapped.parameters()).dtype:
-            # the error the frozen dtype adds, measured once: before any optimiser step the trained weights are the
-            # reference's, so their forward (in --dtype, no autocast) is the exact reference
-            exact = token_logprobs(self.model, batch.input_ids, batch.attention_mask, R,
-                                   self.cfg.sampling.temperature).logp
+        temperature = self.cfg.sampling.temperature
+        logp = self._frozen_forward(self.ref_model, batch, temperature)
+        if self._at_start and not self.uses_lora and self.cfg.frozen_dtype_name != self.cfg.dtype:
+            # the error the frozen dtype adds to the KL, measured once: before any optimiser step the trained weights
+            # are the reference's, so the training forward's log-probs are the exact reference
+            exact = self._frozen_forward(self.model, batch, temperature)
             mask = batch.response_mask.float()
             self._step_metrics["mismatch/ref_logp_abs"] = float(((logp - exact).abs() * mask).sum()
                                                                 / mask.sum().clamp(min=1))
