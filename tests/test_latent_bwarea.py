@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -241,6 +242,19 @@ def model(ckpt):
     return m
 
 
+def ref_frozen_lm_logprobs(sd, ids, R):
+    """log p(x_{t+1} | x_<=t) of the last R tokens (B, R): logsumexp_a [log pi(a | x_<=t) + log p_WM(x_{t+1} | x_<=t,
+    a)], the world model's history merged with the IDM's actions (BWArea's training forward)."""
+    T = ids.shape[1]
+    hist = ref_idm_actions(sd, ids)
+    pol = torch.log_softmax(ref_policy_logits(sd, ids), -1)[:, T - R - 1:T - 1]  # (B, R, K)
+    per_action = []
+    for a in range(K):
+        lp = torch.log_softmax(ref_world_logits(sd, ids, hist, current=torch.full_like(ids, a)), -1)
+        per_action.append(pol[..., a] + lp[:, T - R - 1:T - 1].gather(-1, ids[:, T - R:, None]).squeeze(-1))
+    return torch.logsumexp(torch.stack(per_action), 0)
+
+
 def ids_batch():
     g = torch.Generator().manual_seed(3)
     return torch.randint(5, 2000, (2, 7), generator=g)
@@ -413,20 +427,12 @@ SPACE_REWARD = f"{Path(__file__).parent / 'assets' / 'toy_rewards.py'}:space_sha
 def test_frozen_perplexity_is_the_world_model_marginalised_over_the_policy(ckpt, model):
     """``perplexity_frozen`` on BWArea (no backbone LM): log p(x_{t+1} | x_<=t) = logsumexp_a [log pi(a | x_<=t) +
     log p_WM(x_{t+1} | x_<=t, a)], the history merged with the IDM's actions; checked against the reference."""
-    sd = ckpt[0]
     ids = ids_batch()
     B, T = ids.shape
     R = 3
     with torch.no_grad():
         got = model.frozen_lm_logprobs(ids, torch.ones_like(ids), R, model.policy)
-    hist = ref_idm_actions(sd, ids)
-    pol = torch.log_softmax(ref_policy_logits(sd, ids), -1)[:, T - R - 1:T - 1]  # (B, R, K)
-    per_action = []
-    for a in range(K):
-        lp = torch.log_softmax(ref_world_logits(sd, ids, hist, current=torch.full_like(ids, a)), -1)
-        per_action.append(pol[..., a] + lp[:, T - R - 1:T - 1].gather(-1, ids[:, T - R:, None]).squeeze(-1))
-    want = torch.logsumexp(torch.stack(per_action), 0)
-    assert got.shape == (B, R) and torch.allclose(got, want, atol=1e-5, rtol=0)
+    assert got.shape == (B, R) and torch.allclose(got, ref_frozen_lm_logprobs(ckpt[0], ids, R), atol=1e-5, rtol=0)
 
 
 LORA_WEIGHTS = {f"policy.blocks.{i}.{n}.weight" for i in range(L) for n in ("qkv", "proj", "mlp.gate", "mlp.up", "mlp.down")}
@@ -504,17 +510,13 @@ def test_a_bwarea_run_resumes_to_the_same_policy(ckpt, tmp_path, what):
 
 
 def test_backbone_commands_refuse_a_bwarea_directory_naming_what_runs(ckpt, tmp_path, capsys):
-    """Fine-tuning, the Q-model, search, the QD table and the latent benches compute on a frozen backbone's states:
+    """Fine-tuning and the latent benches compute on a frozen backbone's states:
     on a BWArea directory each exits 2 naming itself and what runs on BWArea, before writing anything."""
     d = str(ckpt[1])
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"text": f"hello there, document {i}"}) + "\n" for i in range(8)))
     cases = [(["latent", "finetune", "--latent", d, "--data", str(docs), "--out", str(tmp_path / "o")],
               "reinlm latent finetune"),
-             (["latent", "train-q", "--latent", d, "--reward", "contains_words:the", "--out", str(tmp_path / "o")],
-              "reinlm latent train-q"),
-             (["search", "--latent", d, "--reward", "contains_words:the", "hello"], "reinlm search"),
-             (["latent", "qd", "--latent", d], "reinlm latent qd"),
              (["bench", "latent-vs-token", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench latent-vs-token"),
              (["bench", "reward-hacking", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench reward-hacking")]
     for argv, command in cases:
@@ -524,6 +526,144 @@ def test_backbone_commands_refuse_a_bwarea_directory_naming_what_runs(ckpt, tmp_
                f"backbone" in err, (command, err)
         assert "`reinlm train --space latent --latent DIR`" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------- Q-model and search
+
+EARNED = "target_length:20,normalize=true"  # -|len - 20| / 20: differs between the tiny model's texts
+
+
+def test_train_q_and_search_run_on_a_bwarea_directory(ckpt, model, tmp_path, capsys):
+    """``reinlm latent train-q`` then ``reinlm search --q --compare best-of-n`` on a BWArea directory, end to end: the
+    Q-model (a copy of BWArea's policy: it reads token ids through its own embeddings) learns the scored rollouts,
+    and search with it finds better texts than best-of-N sampling at no more world-model forwards."""
+    from safetensors.torch import load_file
+
+    from reinlm.latent.qmodel import QModel
+
+    d, q = str(ckpt[1]), tmp_path / "q"
+    assert main(["latent", "train-q", "--latent", d, "--reward", EARNED, "--prompts", "builtin:reviews",
+                 "--num-prompts", "4", "--samples-per-prompt", "4", "--max-new-tokens", "6", "--epochs", "30",
+                 "--batch-size", "8", "--lr", "1e-3", "--target-every", "5", "--held-out-fraction", "0.25",
+                 "--progress", "false", "--out", str(q), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = [json.loads(x) for x in (q / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(len(r["actions"]) == len(r["response_ids"]) >= 1 for r in rows)
+    assert [r["reward"] for r in rows] == [pytest.approx(-abs(len(r["completion"]) - 20) / 20) for r in rows]
+    assert max(r["reward"] for r in rows) - min(r["reward"] for r in rows) > 0.3  # something to learn
+    order = np.random.default_rng(0).permutation(16)  # train-q's split: 4 held out, 12 trained on
+    train = [rows[i] for i in order[4:]]
+    zero_q = sum(r["reward"] ** 2 for r in train) / sum(len(r["actions"]) for r in train)  # TD loss of Q = 0
+    assert result["train_after"]["td_loss"] < 0.2 * zero_q, (result["train_after"], zero_q)
+    qm = QModel.from_pretrained(q, model)  # Q at each rollout's last step, recomputed from its token ids: the reward
+    last = []
+    for r in train:
+        p = model.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            qs = qm(torch.tensor([p + r["response_ids"][:-1]]))[0]  # (T, K)
+        last.append(float(qs[len(p) + len(r["actions"]) - 2, r["actions"][-1]]))
+    err = np.mean([(x - r["reward"]) ** 2 for x, r in zip(last, train)])
+    assert err < 0.2 * np.mean([r["reward"] ** 2 for r in train]), (err, last)
+    w = load_file(str(q / "q.safetensors"))
+    assert w["inp.weight"].shape == (len(ckpt[0]["lm_head.weight"]), H)  # token embeddings: it reads ids
+    assert w["out.weight"].shape == (K, H)
+
+    argv = ["search", "--latent", d, "--reward", EARNED, "--q", str(q), "--budget", "64", "--max-depth", "6",
+            "--rounds", "8", "--compare", "best-of-n", "--prompts", "builtin:reviews", "--num-prompts", "3", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    for r in report["prompts"]:
+        s, b = r["search"], r["best_of_n"]
+        assert s["reward"] == pytest.approx(-abs(len(s["text"]) - 20) / 20) and len(s["actions"]) >= 1
+        assert b["wm_forwards"] <= s["stats"]["wm_forwards"] <= 64 and s["stats"]["q_model"]
+    m = report["summary"]
+    assert m["search_mean_best_reward"] >= m["best_of_n_mean_best_reward"], m
+    assert m["search_wins"] >= 2, m
+
+
+def test_search_nodes_follow_bwareas_world_model_and_the_td_rule(ckpt, model):
+    """Search's tree on BWArea: every node's tokens are the world model's argmax under the node's actions (the
+    prompt's history merged with the IDM's actions, as BWArea generates), and with a Q-model every node stops
+    growing at its first step whose squared TD error (Q(s_t, a_t) - gamma max Q(s_t+1))^2 reaches the threshold
+    (or at max_segment), recomputed here from the Q-model over the node's token ids."""
+    from reinlm.latent.qmodel import QModel
+    from reinlm.latent.search import LatentSearch, SearchConfig, tree_nodes
+    from reinlm.rewards import parse_reward_spec
+
+    q = QModel.from_policy(model, gamma=0.9)
+    with torch.no_grad():  # a Q-model with varied values (a fresh one is 0 everywhere: every TD error 0)
+        q.net.out.weight.copy_(torch.randn(q.net.out.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.03)
+    thr = 0.05
+    cfg = SearchConfig(latent="x", reward=EARNED, budget=120, max_depth=8, rounds=8, branching_root=3, branching=2,
+                       max_segment=4, td_threshold=thr)
+    prompt = "The old house"
+    res = LatentSearch(model, parse_reward_spec(EARNED), cfg, q).search(prompt)
+    p_ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    P = len(p_ids)
+    with torch.no_grad():
+        hist = model.idm_logits_from_hidden(torch.tensor([p_ids]))[0].argmax(-1).tolist()  # (P-1,)
+    nodes = tree_nodes(res.root)[1:]
+    lengths = []
+    for n in nodes:
+        ids = torch.tensor([p_ids + n.tokens])
+        with torch.no_grad():
+            logits = model.world_logits(ids, None, torch.tensor([hist + n.actions + [0]]))[0]  # (T, V)
+            qs = q(ids)[0]  # (T, K)
+        assert logits[P - 1: P - 1 + len(n.tokens)].argmax(-1).tolist() == n.tokens
+        d0, d1 = n.parent.depth, n.depth
+        td = [float((qs[P - 1 + j, n.actions[j]] - 0.9 * qs[P + j].max()) ** 2) for j in range(d0, d1)]
+        if not n.terminal:
+            assert all(x < thr + 1e-5 for x in td[:-1]), td
+            assert td[-1] >= thr - 1e-5 or d1 - d0 == cfg.max_segment, td
+        lengths.append(d1 - d0)
+    assert len(nodes) >= 6 and len(set(lengths)) >= 2  # the TD rule cut nodes at different lengths
+
+
+# ---------------------------------------------------------------------------------------------- QD table
+
+class CharEncoder:
+    """Bag-of-characters sentence embedding: no encoder model needed."""
+
+    def encode(self, texts):
+        return np.array([[t.count(c) + 1e-3 for c in "etaoinshrdlu ."] for t in texts])
+
+
+def test_qd_table_runs_on_a_bwarea_directory(ckpt, model, capsys, monkeypatch):
+    """``reinlm latent qd`` on a BWArea directory (which holds no held-out pretraining text: --prefixes is asked
+    for): every row's samples are what the row says (token_sampling = BWArea's own generation with the policy's
+    actions and world-model tokens both sampled at temperature 1) and every row's perplexity is the frozen model's,
+    the world model marginalised over the policy, recomputed here with the reference."""
+    import reinlm.hub
+    from reinlm.data import load_prompts
+    from reinlm.latent.qd import ROWS, sample_row
+
+    monkeypatch.setattr(reinlm.hub, "load_sentence_encoder", lambda *a, **k: CharEncoder())
+    d = str(ckpt[1])
+    assert main(["latent", "qd", "--latent", d]) == 2
+    assert "--prefixes SPEC" in err_text(capsys)
+    M, P, R = 3, 3, 4
+    assert main(["latent", "qd", "--latent", d, "--prefixes", "builtin:neutral", "--num-prefixes", "2", "--samples",
+                 str(M), "--prefix-tokens", str(P), "--new-tokens", str(R), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert list(rows) == list(ROWS)
+    tok = model.tokenizer
+    prefixes = [tok(t, add_special_tokens=False)["input_ids"][:P] for t in load_prompts("builtin:neutral", limit=2).prompts]
+    ids = torch.tensor([p for p in prefixes for _ in range(M)])  # (6, P): no padding
+    model.set_action_sampling(greedy=False, tau=1.0, top_k=0, top_p=1.0)
+    conts = []
+    for i, row in enumerate(ROWS):  # qd_rows seeds row i's generator with seed * 1000 + i
+        r = rows[row]
+        assert r["qd"] == pytest.approx(1 / r["similarity"]) and 0 <= r["distinct_2"] <= 1
+        cont = sample_row(model, row, ids, torch.ones_like(ids), R, torch.Generator().manual_seed(i))
+        assert cont.shape == (2 * M, R) and not (cont == tok.eos_token_id).any()
+        assert tok.batch_decode(cont, skip_special_tokens=True)[0] == r["example"]
+        conts.append(torch.cat([ids, cont], 1))
+    lp = ref_frozen_lm_logprobs(ckpt[0], torch.cat(conts), R).view(len(ROWS), 2 * M, R)  # every row in one batch
+    for i, row in enumerate(ROWS):
+        assert rows[row]["perplexity"] == pytest.approx(math.exp(-lp[i].mean().item()), rel=1e-4), row
+    gen = model.generate(ids, max_new_tokens=R, do_sample=True, eos_token_id=[], generator=torch.Generator().manual_seed(2))
+    assert torch.equal(sample_row(model, "token_sampling", ids, torch.ones_like(ids), R, torch.Generator().manual_seed(2)),
+                       gen[:, P:])
 
 
 # ---------------------------------------------------------------------------------------------- the cards' code

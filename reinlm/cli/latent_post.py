@@ -98,8 +98,6 @@ def format_result(result: dict) -> str:
 def train_q(cfg: QTrainConfig, lam=None) -> dict:
     """Sample and score rollouts (or read ``cfg.rollouts``), fit the Q-model, write ``cfg.out``; returns the
     result dict (also ``OUT/q_result.json``). ``lam``: an already loaded latent model."""
-    if lam is None:
-        require_backbone_family(cfg.latent, "reinlm latent train-q")
     if not cfg.rollouts and not cfg.reward:
         raise ReinlmError("reward: got none; pass --reward SPEC to score sampled rollouts, or --rollouts FILE.jsonl "
                           "of scored rollouts.")

@@ -11,8 +11,8 @@ from pathlib import Path
 from reinlm.cli.jsonout import print_json
 from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
-from reinlm.latent.model import LatentActionModel, require_backbone_family
-from reinlm.latent.qd import QDConfig, held_out_prefixes, qd_rows
+from reinlm.latent.model import LatentActionModel
+from reinlm.latent.qd import QDConfig, check_held_out, held_out_prefixes, qd_rows
 from reinlm.utils.rng import seed_everything
 
 
@@ -29,10 +29,10 @@ def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) 
     ...}``. ``model`` / ``encoder``: already loaded ones to use."""
     from reinlm.hub import load_sentence_encoder  # not at the top: `reinlm --help` would load the hub
 
-    if model is None:
-        require_backbone_family(cfg.latent, "reinlm latent qd")
-    seed_everything(cfg.seed)
     latent_dir = Path(cfg.latent)
+    if not cfg.prefixes:
+        check_held_out(latent_dir)  # before any model loads
+    seed_everything(cfg.seed)
     model = model or LatentActionModel.from_pretrained(latent_dir, device=cfg.device)
     model.set_action_sampling(greedy=False, tau=cfg.action_tau, top_k=0, top_p=1.0)
     tok = model.tokenizer

@@ -14,7 +14,7 @@ from reinlm.config.build import build_config
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ReinlmError
-from reinlm.latent.model import LatentActionModel, require_backbone_family
+from reinlm.latent.model import LatentActionModel
 from reinlm.latent.qmodel import QModel
 from reinlm.latent.search import SearchConfig, search_prompts
 from reinlm.rewards import parse_reward_spec
@@ -51,8 +51,6 @@ def run_search(cfg: SearchConfig, lam=None) -> dict:
     returns the report dict (:func:`reinlm.latent.search.search_prompts`). ``lam``: an already loaded model."""
     if bool(cfg.prompt) == bool(cfg.prompts):
         raise ReinlmError("prompt: give exactly one of a prompt (positional) or --prompts SPEC.")
-    if lam is None:
-        require_backbone_family(cfg.latent, "reinlm search")
     reward_set = parse_reward_spec(cfg.reward)
     if cfg.prompts:
         from reinlm.data import load_prompts  # not at the top: `reinlm --help` would load the data layer

@@ -42,6 +42,7 @@ from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.config import ActionSampling
 from reinlm.latent.seed_api import SeedAPI
+from reinlm.rollout.sampling import Chooser
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.integrity import json_file_problem, safetensors_problem
 from reinlm.utils.jsonio import write_json
@@ -283,6 +284,12 @@ class BWAreaModel(SeedAPI, nn.Module):
             per_action.append(pol[..., a] + logp)
         return torch.logsumexp(torch.stack(per_action), 0)
 
+    def lm_stepper(self, token_chooser) -> "BWAreaStepper":
+        """The decode engine's stepper of this model as a plain language model, drawing tokens with
+        ``token_chooser`` (the QD table's ``token_sampling`` row): BWArea has no backbone LM, so each token comes
+        from the world model under an action sampled from the policy at temperature 1 (its generation)."""
+        return BWAreaStepper(self, Chooser("sample"), token_chooser)
+
     def head_input(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """What the IDM and the policy read: the token ids themselves (each owns its embeddings). (B, T)."""
         return ids
@@ -294,8 +301,9 @@ class BWAreaModel(SeedAPI, nn.Module):
                 f"LM head or heads-only world model); a BWArea model has none (its parts own their embeddings and "
                 f"its action enters between the world model's layers). On a BWArea directory reinlm runs: "
                 f"`reinlm generate --latent DIR`, `reinlm explore --latent DIR`, `reinlm train --space latent "
-                f"--latent DIR` and the model cards' code (reinlm.latent.compat); `latent finetune`, `latent "
-                f"train-q`, `latent qd`, `search` and the latent benches need a frozen-backbone directory.")
+                f"--latent DIR`, `reinlm latent train-q`, `reinlm search`, `reinlm latent qd` and the model cards' "
+                f"code (reinlm.latent.compat); `latent finetune` and the latent benches need a frozen-backbone "
+                f"directory.")
         return super().__getattr__(name)
 
     # ------------------------------------------------------------------ parts
@@ -338,8 +346,12 @@ class BWAreaModel(SeedAPI, nn.Module):
 
     # ------------------------------------------------------------------ the seeds' API
 
-    def _make_stepper(self, action_chooser, token_chooser):
-        return BWAreaStepper(self, action_chooser, token_chooser)
+    def make_stepper(self, action_chooser, token_chooser, history: torch.Tensor | None = None) -> "BWAreaStepper":
+        """The decode engine's stepper over this model (generation, search's expansions): token ids. ``history``
+        (N, P-1) long: the actions merged at the prompt's positions 0..P-2 (default: the IDM's argmax); the
+        world model's upper layers attend to them, so search re-starts a node's text with the actions that wrote
+        it."""
+        return BWAreaStepper(self, action_chooser, token_chooser, history)
 
     # ------------------------------------------------------------------ save / load
 
@@ -400,16 +412,17 @@ class BWAreaStepper:
     Per new position p: ``feed`` runs the token through the policy's and the world model's lower layers (with
     their key/value caches); ``choose`` draws the action from the policy's logits at p, merges it into the lower
     state, runs the upper layers at p (their cache holds the history merged with the actions taken), and picks
-    the token. The prompt's history (positions 0 .. P-2) is merged with the IDM's actions. ``finish`` returns
+    the token. The prompt's history (positions 0 .. P-2) is merged with the IDM's actions (or ``history``, the
+    actions that wrote it: search's expansions). ``finish`` returns
     ``{"hidden": token ids (B, P + R - 1)}``: what the policy reads.
     """
 
     records_states = True
     n_streams = 2
 
-    def __init__(self, model: BWAreaModel, action_chooser, token_chooser):
-        self.m, self.act, self.tok = model, action_chooser, token_chooser
-        self.pol = getattr(model.policy, "module", model.policy)  # unwrapped (data-parallel RL wraps it)
+    def __init__(self, model: BWAreaModel, action_chooser, token_chooser, history: torch.Tensor | None = None):
+        self.m, self.act, self.tok, self.history = model, action_chooser, token_chooser, history
+        self.pol = model.policy_module()  # unwrapped (data-parallel RL wraps it)
         self.use_policy = action_chooser.mode in ("sample", "greedy")
         self.K = model.config.num_code
 
@@ -422,7 +435,8 @@ class BWAreaStepper:
             self.pol_cache, self.pol_logits = self.pol.prefill(ids, mask, capacity)  # (N, K) at P-1
         s, low_cache = prefill_blocks(w.lower_blocks, w.embed(ids), mask, capacity, w.rotary)  # (N, P, H)
         if P > 1:
-            hist_actions = m.idm_logits_from_hidden(ids, mask).argmax(-1)  # (N, P-1)
+            hist_actions = (self.history if self.history is not None else
+                            m.idm_logits_from_hidden(ids, mask).argmax(-1))  # (N, P-1)
             merged = w.merge(s[:, :-1], m.codebook.code(hist_actions))
             _, up_cache = prefill_blocks(w.upper_blocks, merged, mask[:, :-1], capacity, w.rotary)
         else:
@@ -467,6 +481,11 @@ class BWAreaStepper:
         if self.pol_cache is not None:
             self.pol_cache = self.pol_cache.select(idx)
             self.pol_logits = self.pol_logits[idx]
+
+    def policy_inputs(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """What the policy (and a Q-model) read at positions 0..n-1 of ``rows`` (the engine's row ids, (b,)): the
+        token ids fed so far, (b, n) long."""
+        return self.ids[rows, :n]
 
     def finish(self, R: int) -> dict[str, torch.Tensor]:
         return {"hidden": self.ids[:, : self.P + max(R - 1, 0)]}

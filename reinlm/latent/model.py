@@ -26,6 +26,7 @@ from reinlm.latent.modules import (CausalStack, RotaryEmbedding, StackCache, Wor
                                    sample_actions)
 from reinlm.latent.seed_api import InverseOutput, LatentGeneration, PolicyOutput, SeedAPI  # noqa: F401 (re-exported)
 from reinlm.latent.stepper import LatentStepper
+from reinlm.rollout.decode import LMStepper
 from reinlm.rollout.token import eos_ids, token_logprobs
 from reinlm.utils.atomic import atomic_dir
 from reinlm.utils.integrity import json_file_problem, safetensors_problem
@@ -80,15 +81,16 @@ def latent_family(model_dir: str | Path) -> str:
 
 def require_backbone_family(model_dir: str | Path, command: str) -> None:
     """Refuse (:class:`ReinlmError`, exit 2) a BWArea directory given to ``command``, a command whose computation
-    runs on a frozen backbone's hidden states (fine-tuning, the Q-model, search, the QD table, the latent
-    benches), naming what runs on BWArea; checked before any model loads or anything is written."""
+    runs on a frozen backbone's hidden states (fine-tuning, the latent benches), naming what runs
+    on BWArea; checked before any model loads or anything is written."""
     if latent_family(model_dir) == "bwarea":
         raise ReinlmError(
             f"latent: {str(model_dir)!r} is a BWArea model (`reinlm latent import-bwarea`); `{command}` runs on a "
             f"latent model over a frozen backbone (pretrained by `reinlm latent pretrain` or imported by `reinlm "
             f"latent import-cola`): BWArea has no backbone, its parts own their embeddings. On a BWArea directory "
             f"reinlm runs `reinlm generate --latent DIR`, `reinlm explore --latent DIR`, `reinlm train --space "
-            f"latent --latent DIR` (--latent-train policy or head) and the model cards' code (reinlm.latent.compat).")
+            f"latent --latent DIR` (--latent-train policy, head or lora), `reinlm latent train-q`, `reinlm search`, "
+            f"`reinlm latent qd` and the model cards' code (reinlm.latent.compat).")
 
 
 class LatentActionModel(SeedAPI, nn.Module):
@@ -170,6 +172,11 @@ class LatentActionModel(SeedAPI, nn.Module):
         """Log-probs (B, R) of the last R tokens of ``input_ids`` (B, T) under the frozen language model this latent
         model starts from: the backbone itself, temperature 1 (``ref_policy`` is not needed)."""
         return token_logprobs(self.backbone, input_ids, attention_mask, R, 1.0).logp
+
+    def lm_stepper(self, token_chooser):
+        """The decode engine's stepper of the frozen language model this latent model starts from, drawing tokens
+        with ``token_chooser``: the backbone itself (the QD table's ``token_sampling`` row)."""
+        return LMStepper(self.backbone, token_chooser)
 
     def frozen_policy_copy(self) -> CausalStack:
         """A frozen deep copy of the policy (the reference for the exact KL of latent RL)."""
@@ -301,22 +308,21 @@ class LatentActionModel(SeedAPI, nn.Module):
 
     # ------------------------------------------------------------------ the seeds' API
 
-    def _make_stepper(self, action_chooser, token_chooser):
+    def make_stepper(self, action_chooser, token_chooser, history: torch.Tensor | None = None) -> LatentStepper:
+        """The decode engine's stepper over this model (generation, search's expansions): backbone states.
+        ``history`` (the actions that wrote the prompt's positions 0..P-2) changes nothing here: the world model
+        merges each action into its own position's backbone state alone (BWArea's attends to them)."""
         return LatentStepper(self, action_chooser, token_chooser)
 
     # ------------------------------------------------------------------ incremental policy (generation only)
-
-    def _policy_module(self) -> CausalStack:
-        pol = self.policy
-        return getattr(pol, "module", pol)  # unwrap DDP
 
     def policy_prefill(self, h: torch.Tensor, mask: torch.Tensor | None, capacity: int
                        ) -> tuple[StackCache, torch.Tensor]:
         """Policy over the prompt states h (N, P, H) keeping its keys/values for ``capacity`` positions:
         -> (cache, logits of the last position (N, K)). See :meth:`CausalStack.prefill`."""
-        return self._policy_module().prefill(h, mask, capacity)
+        return self.policy_module().prefill(h, mask, capacity)
 
     def policy_step(self, h: torch.Tensor, key_mask: torch.Tensor, cache: StackCache, t: int) -> torch.Tensor:
         """One new position t per row: h (b, 1, H), key_mask (b, t+1) -> logits (b, K); writes position t of
         ``cache``. See :meth:`CausalStack.step`."""
-        return self._policy_module().step(h, key_mask, cache, t)
+        return self.policy_module().step(h, key_mask, cache, t)

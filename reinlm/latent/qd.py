@@ -3,13 +3,15 @@
 N prefixes from held-out text, M samples each (one group per prefix); the continuations are embedded with a
 sentence encoder (``minilm`` by default, any sentence-transformers id); similarity = mean pairwise cosine
 inside groups averaged over groups, QD = 1 / similarity (:func:`reinlm.textstats.quality_diversity`).
-Similarity alone rewards gibberish, so each row also gives the perplexity of its samples under the backbone
-(and distinct-2). Rows:
+Similarity alone rewards gibberish, so each row also gives the perplexity of its samples under the frozen
+language model the latent model starts from (``frozen_lm_logprobs``: the backbone; on BWArea, which has none,
+its world model marginalised over its policy's actions) and distinct-2. Rows:
 
 - ``latent_policy``: actions sampled from the BC policy (tau 1), world-model tokens greedy (``--wm-tokens
   sample``: sampled at temperature 1);
 - ``latent_random``: uniformly random actions, world-model tokens as above (the CoLA card's row);
-- ``token_sampling``: the backbone sampling tokens at temperature 1;
+- ``token_sampling``: the frozen language model sampling tokens at temperature 1 (``lm_stepper``: the backbone;
+  on BWArea its policy's action then the world model's token, both at temperature 1);
 - ``random_tokens``: uniformly random token ids.
 
 Only the continuation is embedded (the prefix is shared by a group and would inflate its similarity).
@@ -25,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reinlm.config.schema import Config, check_device, opt
+from reinlm.errors import ReinlmError
 from reinlm.latent.hidden_cache import HiddenCache, left_pad
 from reinlm.latent.model import LatentActionModel
-from reinlm.rollout.decode import LMStepper, decode
+from reinlm.rollout.decode import decode
 from reinlm.rollout.sampling import Chooser
 from reinlm.textstats import distinct_n, quality_diversity
 
@@ -53,6 +55,15 @@ class QDConfig(Config):
                                         "protocol: all randomness is in the actions) or sample (temperature 1)", choices=("greedy", "sample"))
     device: str = opt("cpu", help="cpu, cuda, cuda:N or auto", check=check_device)
     seed: int = opt(0, help="random seed", lo=0)
+
+
+def check_held_out(latent_dir: Path) -> None:
+    """Refuse (exit 2) a latent directory with no held-out text of its pretraining (an imported CoLA or BWArea
+    model): the prefixes must then come from ``--prefixes``."""
+    if not (latent_dir / "held_out.npz").is_file() and not (latent_dir / "pretrain_config.json").is_file():
+        raise ReinlmError(f"prefixes: {str(latent_dir)!r} holds no held-out text of its pretraining (held_out.npz, "
+                          f"written by `reinlm latent pretrain`; an imported model has none); pass --prefixes "
+                          f"SPEC (e.g. builtin:neutral).")
 
 
 def held_out_prefixes(latent_dir: Path, n: int, prefix_tokens: int) -> list[list[int]]:
@@ -86,9 +97,8 @@ def sample_row(model: LatentActionModel, row: str, ids: torch.Tensor, mask: torc
     if row == "latent_random":
         return model.generate(ids, mask, max_new_tokens=R, action_mode="random", do_sample=wm_sample,
                               generator=g)[:, ids.shape[1]:]
-    if row == "token_sampling":  # the backbone itself, temperature 1, no stop (the NLL cuts at the first EOS)
-
-        out = decode(LMStepper(model.backbone, Chooser("sample")), ids, mask, max_new_tokens=R, stop_ids=None,
+    if row == "token_sampling":  # the frozen LM, temperature 1, no stop (the NLL cuts at the first EOS)
+        out = decode(model.lm_stepper(Chooser("sample")), ids, mask, max_new_tokens=R, stop_ids=None,
                      pad_id=tok.pad_token_id or 0, generator=g)
         return out.tokens  # (B, R)
     if row == "random_tokens":
@@ -99,8 +109,10 @@ def sample_row(model: LatentActionModel, row: str, ids: torch.Tensor, mask: torc
 
 
 @torch.no_grad()
-def backbone_nll(model: LatentActionModel, ids: torch.Tensor, mask: torch.Tensor, cont: torch.Tensor) -> tuple[float, int]:
-    """Summed NLL of continuations (B, R) given prompts (B, P) under the backbone, cut at the first EOS."""
+def frozen_lm_nll(model: LatentActionModel, ids: torch.Tensor, mask: torch.Tensor, cont: torch.Tensor
+                  ) -> tuple[float, int]:
+    """Summed NLL of continuations (B, R) given prompts (B, P) under the frozen language model
+    (``model.frozen_lm_logprobs`` with the model's own policy), cut at the first EOS; and the token count."""
     eos = model.tokenizer.eos_token_id
     B, R = cont.shape
     cmask = torch.ones_like(cont)
@@ -108,10 +120,8 @@ def backbone_nll(model: LatentActionModel, ids: torch.Tensor, mask: torch.Tensor
     after = (is_eos.cumsum(1) - is_eos) > 0  # strictly after the first EOS
     cmask[after] = 0
     full, fmask = torch.cat([ids, cont], 1), torch.cat([mask, cmask], 1)
-    h, _ = model.backbone_hidden(full, fmask)
-    logits = model.token_logits(h[:, ids.shape[1] - 1:-1])  # (B, R, V) predicts each continuation token
-    nll = F.cross_entropy(logits.flatten(0, 1), cont.flatten(), reduction="none").view(B, R)
-    return float((nll * cmask).sum()), int(cmask.sum())
+    logp = model.frozen_lm_logprobs(full, fmask, R, model.policy)  # (B, R) of each continuation token
+    return float(-(logp * cmask).sum()), int(cmask.sum())
 
 
 def qd_rows(model: LatentActionModel, prefixes: list[list[int]], encoder, cfg: QDConfig) -> dict:
@@ -126,7 +136,7 @@ def qd_rows(model: LatentActionModel, prefixes: list[list[int]], encoder, cfg: Q
     for r_i, row in enumerate(ROWS):  # all N*M samples of a row in one batch
         g = torch.Generator().manual_seed(cfg.seed * 1000 + r_i)
         cont = sample_row(model, row, ids, mask, cfg.new_tokens, g, cfg.wm_tokens == "sample")  # (N*M, R)
-        nll, n = backbone_nll(model, ids, mask, cont.to(model.device))
+        nll, n = frozen_lm_nll(model, ids, mask, cont.to(model.device))
         texts = tok.batch_decode(cont, skip_special_tokens=True)
         emb = np.asarray(encoder.encode(texts))  # (N*M, D)
         qd = quality_diversity([emb[i * M:(i + 1) * M] for i in range(len(prefixes))])

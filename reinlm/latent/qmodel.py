@@ -2,18 +2,20 @@
 
 CoLA (LAMDA-RL/CoLA, ``postrain/``) trains a Q-network that reads the text so far and outputs one value per
 latent action; its Monte-Carlo tree search (:mod:`reinlm.latent.search`) extends a node greedily while the
-Q-model's temporal-difference error stays small. Here the Q-network is a small causal stack over the frozen
-backbone's states h (the same shape as the policy, and by default initialised from it), so it costs a few
-small blocks per step and never re-runs the backbone.
+Q-model's temporal-difference error stays small. Here the Q-network is a copy of the latent model's policy
+network (by default initialised from it) with a zero output layer, reading what the policy reads
+(``head_input``): over a frozen backbone its states h (a few small blocks per step, the backbone never re-run);
+on BWArea the token ids (the copy owns its embeddings, as BWArea's policy does).
 
-A rollout of R steps: state s_t = the text up to response token t-1 (backbone state at position P-1+t),
+A rollout of R steps: state s_t = the text up to response token t-1 (the input at position P-1+t),
 action a_t, reward r_t = 0 except r_{R-1} = the sequence reward. Double DQN (van Hasselt et al. 2016):
 
     y_t = r_t + gamma * m_{t+1} * Q_target(s_{t+1}, argmax_a Q(s_{t+1}, a)),     m_R = 0
     loss = sum_t m_t (Q(s_t, a_t) - y_t)^2 / sum_t m_t
 
 with ``m_t`` = 1 on real steps; the target network is copied from Q every ``target_every`` optimiser steps.
-Legend: N = rollouts, B = rollouts per batch, T = positions, R = response steps, H = hidden, K = actions.
+Legend: N = rollouts, B = rollouts per batch, T = positions, R = response steps, H = hidden, K = actions;
+"(T, *)" is what the policy reads per position: (T, H) backbone states or (T,) token ids (BWArea).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- the network
 
 class QModel(nn.Module):
-    """Q(s, .) over the K actions from the backbone states: (B, T, H) -> (B, T, K).
+    """Q(s, .) over the K actions from what the policy reads (``head_input``): (B, T, *) -> (B, T, K).
 
     The network has the policy's architecture (whatever the latent model's preset): it is built as a copy of
     the policy module, so a Q-model always belongs to a latent model (``from_pretrained(dir, lam)``)."""
@@ -100,7 +102,7 @@ class QModel(nn.Module):
     def from_policy(cls, lam, gamma: float = 0.99, latent: str = "", init_from_policy: bool = True) -> "QModel":
         """A policy-shaped Q-model: the policy's blocks copied (or re-initialised with ``init_from_policy=False``),
         the output layer zero (so every Q-value starts at 0)."""
-        net = copy.deepcopy(lam._policy_module()).float().train().requires_grad_(True)
+        net = copy.deepcopy(lam.policy_module()).float().train().requires_grad_(True)
         if not init_from_policy:
             for m in net.modules():
                 if m is not net and hasattr(m, "reset_parameters"):
@@ -160,8 +162,9 @@ class QModel(nn.Module):
 
 @dataclass
 class Rollout:
-    """One scored rollout: ``h`` (T, H) the states of its real positions (prompt + response, last token
-    excluded), ``prompt_len`` p (s_t is at position p-1+t), ``actions`` (R,), ``reward``."""
+    """One scored rollout: ``h`` (T, *) what the policy reads at its real positions (prompt + response, last
+    token excluded: backbone states (T, H) or token ids (T,)), ``prompt_len`` p (s_t is at position p-1+t),
+    ``actions`` (R,), ``reward``."""
 
     h: torch.Tensor
     prompt_len: int
@@ -174,14 +177,13 @@ class Rollout:
 
 
 def collate(rollouts: list[Rollout], device="cpu"):
-    """Right-padded batch: h (B, T, H), hmask (B, T), state index (B, R+1), actions (B, R), rewards (B, R),
+    """Right-padded batch: h (B, T, *), hmask (B, T), state index (B, R+1), actions (B, R), rewards (B, R),
     mask (B, R). Row b's state s_t is at position ``index[b, t]`` (s_R, past the end, repeats the last state
     and is masked out)."""
     B = len(rollouts)
     T = max(r.h.shape[0] for r in rollouts)
     R = max(r.steps for r in rollouts)
-    H = rollouts[0].h.shape[1]
-    h = torch.zeros(B, T, H)
+    h = torch.zeros((B, T, *rollouts[0].h.shape[1:]), dtype=rollouts[0].h.dtype)
     hmask = torch.zeros(B, T, dtype=torch.long)
     index = torch.zeros(B, R + 1, dtype=torch.long)
     actions = torch.zeros(B, R, dtype=torch.long)
@@ -189,7 +191,7 @@ def collate(rollouts: list[Rollout], device="cpu"):
     scores = torch.zeros(B)
     for b, r in enumerate(rollouts):
         t = r.h.shape[0]
-        h[b, :t], hmask[b, :t] = r.h.float(), 1
+        h[b, :t], hmask[b, :t] = r.h, 1
         index[b] = (r.prompt_len - 1 + torch.arange(R + 1)).clamp(max=t - 1)
         actions[b, : r.steps], mask[b, : r.steps] = r.actions, 1
         scores[b] = r.reward
@@ -198,7 +200,7 @@ def collate(rollouts: list[Rollout], device="cpu"):
 
 
 def q_at_states(qnet: nn.Module, h: torch.Tensor, hmask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Q-values of the states s_0..s_R: (B, T, H) -> (B, R+1, K)."""
+    """Q-values of the states s_0..s_R: (B, T, *) -> (B, R+1, K)."""
     q_all = qnet(h, hmask)  # (B, T, K)
     return q_all.gather(1, index[..., None].expand(-1, -1, q_all.shape[-1]))
 
@@ -229,7 +231,7 @@ def sample_rollouts(lam, prompts: list[str], samples_per_prompt: int, max_new_to
             R = int(g.response_mask[b].sum())
             if R == 0:
                 continue
-            h = g.hidden[b, P - p_len: P - 1 + R].cpu()  # (p + R - 1, H)
+            h = g.hidden[b, P - p_len: P - 1 + R].cpu()  # (p + R - 1, *) what the policy read
             acts = g.actions[b, :R].cpu()
             out_r.append(Rollout(h, p_len, acts, 0.0))
             out_rows.append({"prompt": chunk[b // samples_per_prompt], "completion": completions[b],
@@ -260,7 +262,7 @@ def rollouts_from_rows(lam, rows: list[tuple[int, dict]], path: str) -> list[Rol
         if not p_ids or not r_ids:
             raise ReinlmError(f"rollouts: {path!r} line {lineno} has an empty prompt or response.")
         ids = torch.tensor([p_ids + r_ids], device=lam.device)
-        h, _ = lam.backbone_hidden(ids)  # (1, p + R, H)
+        h = lam.head_input(ids)  # (1, p + R, *)
         p, R = len(p_ids), len(r_ids)
         if row.get("actions") is not None:
             acts = torch.tensor([int(a) for a in row["actions"]])

@@ -23,13 +23,16 @@ rollouts included): an expansion starts only when its worst case fits in what is
 spends more. Best-of-N sampling with the policy at the same spend is the baseline (:func:`best_of_n`).
 
 Decoding: both run on the shared decode engine (:func:`reinlm.rollout.decode.decode`): an expansion is one
-prefill of the node's text and one batch row per new child (:class:`ExpansionStepper`, a latent stepper that
-also checks the Q-model's TD error as it feeds each token); best-of-N uses ``LatentActionModel.generate``. Legend: b = rows (children being grown), T = positions, H = hidden,
-K = actions, V = vocabulary.
+prefill of the node's text and one batch row per new child (:class:`ExpansionStepper`, the latent family's own
+stepper, ``lam.make_stepper``, with the expansion's action rule, checking the Q-model's TD error as it feeds each
+token); best-of-N uses the family's ``generate``. Both latent families search: over a frozen backbone the policy
+and the Q-model read the backbone's states, on BWArea the token ids (its parts own their embeddings).
+Legend: b = rows (children being grown), T = positions, H = hidden, K = actions, V = vocabulary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -40,7 +43,6 @@ import torch
 
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ConfigError, ReinlmError
-from reinlm.latent.stepper import LatentStepper
 from reinlm.rollout.decode import decode
 from reinlm.rollout.sampling import Chooser
 
@@ -219,61 +221,96 @@ class SearchResult:
 
 # ---------------------------------------------------------------------------------------------- one expansion
 
-class ExpansionStepper(LatentStepper):
-    """A stepper of the decode engine for one expansion: row i takes action ``first[i]``, then the policy's
-    greedy action while its node is still growing, then rollout actions (sampled with the engine's uniforms
-    at ``temperature``, or greedy); tokens are the world model's argmax. A node stops growing at the first
-    step whose squared TD error (Q(s, a) - gamma max_a' Q(s', a'))^2 reaches ``td_threshold`` (checked when
-    the step's token is fed, from the recorded states), or after ``max_segment`` tokens; without a Q-model
-    after ``segment_tokens``. ``boundary[i]``: the node's length in new tokens (0 while still growing)."""
+class ExpansionChooser:
+    """The action rule of one expansion, given to the family's stepper as its action chooser: at step 0 row i
+    takes ``first[i]``; later the policy's greedy action while its node is still growing (``boundary[i] == 0``),
+    then ``rollout``'s action (sampled with the engine's uniforms, or greedy). It records the action's prior
+    pi(a | x) at temperature 1 (``prob``, (b,)) and returns its log as the step's log-prob."""
 
-    def __init__(self, lam, first: torch.Tensor, qmodel, gamma: float, cfg: SearchConfig):
-        sampler = Chooser("greedy") if cfg.rollout_actions == "greedy" else Chooser("sample", cfg.temperature)
-        super().__init__(lam, sampler, Chooser("greedy", record_logprob=False))
-        self.first, self.q, self.gamma, self.cfg = first, qmodel, gamma, cfg
+    mode = "sample"  # the family's stepper runs the policy for it
+
+    def __init__(self, first: torch.Tensor, rollout: Chooser, boundary: torch.Tensor):
+        self.first, self.rollout, self.boundary = first, rollout, boundary
+        self.t = 0  # the step being chosen (set by ExpansionStepper.choose)
+        self.prob: torch.Tensor | None = None
+
+    def __call__(self, logits: torch.Tensor, u: torch.Tensor | None, rows: torch.Tensor, num_categories: int):
+        logits = logits.float()  # (b, K)
+        if self.t == 0:
+            a = self.first[rows]
+        else:
+            rolled, _ = self.rollout(logits, u, rows, num_categories)
+            a = torch.where(self.boundary[rows.cpu()].to(rows.device) == 0, logits.argmax(-1), rolled)
+        self.prob = logits.softmax(-1).gather(-1, a[:, None]).squeeze(-1)  # (b,) prior of the step
+        return a, self.prob.clamp_min(1e-12).log()
+
+
+class ExpansionStepper:
+    """A stepper of the decode engine for one expansion, over the latent family's own stepper
+    (``lam.make_stepper``: backbone states for the frozen-backbone family, token ids for BWArea): row i takes
+    action ``first[i]``, then the policy's greedy action while its node is still growing, then rollout actions
+    (:class:`ExpansionChooser`); tokens are the world model's argmax. A node stops growing at the first step
+    whose squared TD error (Q(s, a) - gamma max_a' Q(s', a'))^2 reaches ``td_threshold`` (checked when the
+    step's token is fed, from what the policy reads: ``policy_inputs``), or after ``max_segment`` tokens;
+    without a Q-model after ``segment_tokens``. ``boundary[i]``: the node's length in new tokens (0 while
+    still growing). ``history`` (1, T-1): the actions that wrote the node's text (the family's stepper merges
+    them where its world model attends to past actions: BWArea)."""
+
+    records_states = True
+    n_streams = 2
+
+    def __init__(self, lam, first: torch.Tensor, qmodel, gamma: float, cfg: SearchConfig,
+                 history: torch.Tensor | None = None):
+        rollout = Chooser("greedy") if cfg.rollout_actions == "greedy" else Chooser("sample", cfg.temperature)
         k = first.shape[0]
         self.boundary = torch.zeros(k, dtype=torch.long)
+        self.chooser = ExpansionChooser(first, rollout, self.boundary)
+        self.inner = lam.make_stepper(self.chooser, Chooser("greedy", record_logprob=False), history)
+        self.q, self.gamma, self.cfg = qmodel, gamma, cfg
         self.q_state = None  # (k, K) Q(s_t, .) of each growing row's current state
         self.q_sa = torch.zeros(k)  # Q(s_t, a_t) of each row's last step
 
+    def context(self):
+        return getattr(self.inner, "context", contextlib.nullcontext)()
+
     def start(self, ids: torch.Tensor, mask: torch.Tensor, G: int, capacity: int) -> None:
-        super().start(ids, mask, G, capacity)
-        if self.q is not None:
-            self.q_state = self.q(self.hidden[:, : self.P])[:, -1].cpu()  # (k, K) all rows share the node's state
+        self.inner.start(ids, mask, G, capacity)
+        self.P = ids.shape[1]
+        if self.q is not None:  # all rows share the node's state
+            rows = torch.arange(self.boundary.shape[0], device=ids.device)
+            self.q_state = self.q(self.inner.policy_inputs(rows, self.P))[:, -1].cpu()  # (k, K)
 
     def choose(self, t: int, rows: torch.Tensor, u: torch.Tensor | None):
-        lam = self.lam
-        if t > 0:  # the policy reads the state fed at the previous step
-            self.pol_logits = lam.policy_step(self.h_last, self.attn[:, : self.P + t], self.pol_cache, self.P + t - 1)
-        logits = self.pol_logits.float()  # (b, K)
-        if t == 0:
-            a = self.first[rows]
-        else:
-            rolled, _ = self.act(logits, None if u is None else u[:, 0], rows, self.K)
-            a = torch.where(self.boundary[rows.cpu()].to(rows.device) == 0, logits.argmax(-1), rolled)
-        p = logits.softmax(-1).gather(-1, a[:, None]).squeeze(-1)  # (b,) prior of the step
+        self.chooser.t = t
+        nxt, lp, extras = self.inner.choose(t, rows, u)
+        a = extras["action"]
         if self.q is not None:
             r = rows.cpu()
             self.q_sa[r] = self.q_state[r].gather(-1, a.cpu()[:, None]).squeeze(-1)  # Q(s_t, a_t)
-        nxt = lam.token_logits(lam.world_model(self.h_last, a[:, None]))[:, 0].argmax(-1)  # (b,)
-        return nxt, p.clamp_min(1e-12).log(), {"action": a, "prob": p}
+        return nxt, lp, {"action": a, "prob": self.chooser.prob}
 
     def feed(self, tok: torch.Tensor, rows: torch.Tensor, t: int) -> None:
-        super().feed(tok, rows, t)
+        self.inner.feed(tok, rows, t)
         cfg, r = self.cfg, rows.cpu()
         growing = self.boundary[r] == 0
         if not bool(growing.any()):
             return
         if self.q is not None:
             g = growing.nonzero().squeeze(1)
-            q_next = self.q(self.hidden[rows[g.to(rows.device)], : self.P + t + 1])[:, -1].cpu()  # Q(s_{t+1}, .)
-            self.q_state[r[g]] = q_next
+            q_next = self.q(self.inner.policy_inputs(rows[g.to(rows.device)], self.P + t + 1))[:, -1].cpu()
+            self.q_state[r[g]] = q_next  # Q(s_{t+1}, .)
             td = (self.q_sa[r[g]] - self.gamma * q_next.max(-1).values) ** 2
             stop = torch.zeros_like(growing)
             stop[g] = (td >= cfg.td_threshold) | (t + 1 >= cfg.max_segment)
         else:
             stop = torch.full_like(growing, t + 1 >= cfg.segment_tokens)
         self.boundary[r[growing & stop]] = t + 1
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.inner.keep(idx)
+
+    def finish(self, R: int) -> dict[str, torch.Tensor]:
+        return self.inner.finish(R)
 
 
 # ---------------------------------------------------------------------------------------------- the search
@@ -286,6 +323,7 @@ class LatentSearch:
         self.gamma = qmodel.gamma if qmodel is not None else 1.0
         tok = lam.tokenizer
         self.eos = tok.eos_token_id if tok is not None else None
+        self._prompt_acts: list[int] | None = None
 
     @torch.no_grad()
     def _expand(self, node: Node, prompt_ids: list[int], k: int, budget: Budget, gen: torch.Generator):
@@ -296,14 +334,14 @@ class LatentSearch:
         lam, cfg = self.lam, self.cfg
         dev = lam.device
         ids = torch.tensor([prompt_ids + node.tokens], device=dev)  # (1, T)
-        h, _ = lam.backbone_hidden(ids)
-        probs0 = lam.policy_logits_from_hidden(h)[0, -1].float().softmax(-1)  # (K,)
+        probs0 = lam.policy_logits_from_hidden(lam.head_input(ids))[0, -1].float().softmax(-1)  # (K,)
         order = [a for a in probs0.argsort(descending=True).tolist() if a not in node.tried][:k]
         k = len(order)
         if k == 0:
             return []
         S = cfg.max_depth - node.depth
-        stepper = ExpansionStepper(lam, torch.tensor(order, device=dev), self.q, self.gamma, cfg)
+        history = torch.tensor([self._prompt_actions(ids[:, : len(prompt_ids)]) + node.actions], device=dev)
+        stepper = ExpansionStepper(lam, torch.tensor(order, device=dev), self.q, self.gamma, cfg, history)
         res = decode(stepper, ids, torch.ones_like(ids), samples_per_prompt=k, max_new_tokens=S,
                      stop_ids=[self.eos] if self.eos is not None else None, pad_id=0, generator=[gen])
         lengths = res.lengths.tolist()
@@ -321,6 +359,13 @@ class LatentSearch:
             out.append((child, node.tokens + toks, node.actions + acts))
         return out
 
+    def _prompt_actions(self, prompt: torch.Tensor) -> list[int]:
+        """The IDM's argmax actions of the prompt's steps 0..P-2 (what generation merges there); computed once."""
+        if self._prompt_acts is None:
+            lam = self.lam
+            self._prompt_acts = lam.idm_logits_from_hidden(lam.head_input(prompt))[0].argmax(-1).tolist()
+        return self._prompt_acts
+
     def _completion(self, tokens: list[int]) -> str:
         return self.lam.tokenizer.decode(tokens, skip_special_tokens=True)
 
@@ -333,6 +378,7 @@ class LatentSearch:
         if not prompt_ids:
             raise ReinlmError("prompt: got an empty prompt; allowed: a prompt of at least one token.")
         gen = torch.Generator(device=lam.device).manual_seed(cfg.seed)
+        self._prompt_acts = None
         budget = Budget(cfg.budget)
         root = Node(tokens=[], actions=[], prior=1.0, width=cfg.branching_root)
         select = SELECTORS[cfg.selection]

@@ -3,7 +3,8 @@
 ``set_action_sampling``, ``reset_action_info`` / ``get_action_info`` and ``generate`` are written once here; a
 family (:class:`~reinlm.latent.model.LatentActionModel` over a frozen backbone,
 :class:`~reinlm.latent.bwarea.BWAreaModel`) supplies ``config.num_actions``, ``tokenizer``, ``device`` and
-``_make_stepper(action_chooser, token_chooser)`` (its stepper for :func:`reinlm.rollout.decode.decode`),
+``make_stepper(action_chooser, token_chooser)`` (its stepper for :func:`reinlm.rollout.decode.decode`; search
+expands with it too),
 ``head_input(ids, mask)`` (what the IDM and the policy read), ``idm_logits_from_hidden``,
 ``policy_logits_from_hidden``, ``world_states(ids, mask, actions)`` and ``token_logits(state)``.
 Legend: B = batch, T = positions, P = prompt length, R = generated length, H = hidden size, K = actions.
@@ -97,6 +98,11 @@ class SeedAPI:
         if a.numel() and (int(a.min()) < 0 or int(a.max()) >= K):
             raise ReinlmError(f"action_idx: got values in [{int(a.min())}, {int(a.max())}]; allowed: 0..{K - 1}.")
 
+    def policy_module(self):
+        """The policy's stack, unwrapped when data-parallel RL wrapped it in DDP (generation and the Q-model read it)."""
+        pol = self.policy
+        return getattr(pol, "module", pol)
+
     def reset_action_info(self) -> None:
         """Forget the actions recorded by the last ``generate``."""
         self._action_info: dict[str, list[torch.Tensor]] = {"action_idx": [], "action_prob": []}
@@ -132,7 +138,7 @@ class SeedAPI:
         repeated, which is the same as (but cheaper than) passing every prompt G times.
 
         It runs reinlm's decode engine (:mod:`reinlm.rollout.decode`) with the family's stepper
-        (``_make_stepper``: :mod:`reinlm.latent.stepper`, or BWArea's in :mod:`reinlm.latent.bwarea`). Cost per step: one single-token backbone forward, one single-position
+        (``make_stepper``: :mod:`reinlm.latent.stepper`, or BWArea's in :mod:`reinlm.latent.bwarea`). Cost per step: one single-token backbone forward, one single-position
         step of the policy's blocks (their keys/values are cached, so the policy is not re-run over the
         history), the world model and the LM head on the rows still going (a row that finished is fed its EOS
         once, so its state is kept, then dropped from every cache). States of positions after a row finished
@@ -176,7 +182,7 @@ class SeedAPI:
         # world-model tokens: greedy by default (the randomness lives in the actions)
         tok_chooser = (Chooser("sample", float(temperature), int(top_k or 0), float(top_p if top_p is not None else 1.0))
                        if do_sample else Chooser("greedy", record_logprob=False))
-        out = decode(self._make_stepper(act, tok_chooser), input_ids, attention_mask.long(), samples_per_prompt=G,
+        out = decode(self.make_stepper(act, tok_chooser), input_ids, attention_mask.long(), samples_per_prompt=G,
                      max_new_tokens=max(int(max_new_tokens), 0), stop_ids=eos, pad_id=int(pad_token_id),
                      generator=generator)
         R = out.tokens.shape[1]

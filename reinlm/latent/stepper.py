@@ -114,6 +114,11 @@ class LatentStepper:
         if self.pol_cache is not None:
             self.pol_cache = self.pol_cache.select(idx)
 
+    def policy_inputs(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """What the policy (and a Q-model) read at positions 0..n-1 of ``rows`` (the engine's row ids, (b,)): the
+        backbone states fed so far, (b, n, H) float32."""
+        return self.hidden[rows, :n]
+
     def finish(self, R: int) -> dict[str, torch.Tensor]:
         return {"hidden": self.hidden[:, : self.P + max(R - 1, 0)]}
 
