@@ -190,9 +190,11 @@ def test_cli_train_then_generate_from_final(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["train", "--model", str(tiny_model_dir), "--reward", SPACE_REWARD, "--prompts", "builtin:neutral",
                "--steps", "1", "--batch-prompts", "1", "--samples-per-prompt", "2", "--max-new-tokens", "4",
-               "--device", "cpu", "--out", str(out), "--progress", "false", "--log", "none"])
+               "--device", "cpu", "--out", str(out), "--progress", "false", "--log", "none", "--print-completions", "1"])
     assert rc == 0
-    assert "run directory" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "run directory" in printed.out
+    assert "step 1: 1 of 2 completions" in printed.err and "  [1] reward " in printed.err  # TRL's log_completions
     final, last = out / "final" / "model.safetensors", out / "checkpoints" / "step-1" / "policy" / "model.safetensors"
     assert final.is_file() and final.stat().st_size > 1_000_000
     assert final.stat().st_ino == last.stat().st_ino  # one copy of the weights on disk, not two (a hard link)

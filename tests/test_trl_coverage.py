@@ -27,6 +27,7 @@ DERIVED_SAMPLES = {
     "bf16": False, "use_vllm": False, "vllm_mode": "colocate", "fp16": False, "gradient_checkpointing": False,
     "optim": "adamw_torch", "eval_strategy": "no", "save_strategy": "steps", "dataset_name": "org/data",
     "dataset_config": "main", "dataset_train_split": "train", "generation_kwargs": {"top_p": 0.9},
+    "num_completions_to_print": 3,
 }
 #: reasons that say nothing about the key they refuse
 GENERIC = ("not supported", "not supported; remove the key.", "not implemented", "remove the key.")

@@ -4,6 +4,7 @@ is lost (``"1e-5"`` -> 1e-05, ``2.0`` -> 2), else a ConfigError naming the field
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import numbers
 import typing
@@ -195,6 +196,12 @@ def _check_type_and_range(name: str, value: Any, tp: Any, meta: typing.Mapping[s
             raise _bad(name, value, tp, meta, optional) from None
         return tuple(out) if origin is tuple else out
     if origin is dict or tp is dict:
+        if isinstance(value, str):  # a command-line flag: a JSON object
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{name}: got {value!r}, which is not JSON; allowed: a JSON object, e.g. "
+                                  "'{\"key\": true}'.", field=name) from None
         if isinstance(value, dict):
             return value
         raise _bad(name, value, tp, meta, optional)

@@ -49,13 +49,15 @@ def _require_template(tokenizer, why: str) -> None:
                           f"option off.")
 
 
-def render_conversation(messages: Sequence[Message], tokenizer) -> str:
-    """One conversation as the prompt text the model continues: the chat template with the generation prompt.
+def render_conversation(messages: Sequence[Message], tokenizer, template_kwargs: dict[str, Any] | None = None) -> str:
+    """One conversation as the prompt text the model continues: the chat template with the generation prompt
+    (``template_kwargs``: extra variables of the template, e.g. ``enable_thinking``).
 
     A leading BOS written by the template is dropped when the tokenizer adds BOS itself, so it never appears
     twice once the text is tokenized.
     """
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+                                         **(template_kwargs or {}))
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos) and _adds_bos(tokenizer):
         text = text[len(bos):]
@@ -68,9 +70,10 @@ def _adds_bos(tokenizer) -> bool:
 
 
 def render_prompts(prompts: Sequence[Any], tokenizer, chat_template: bool = False,
-                   system: str | None = None) -> list[str]:
+                   system: str | None = None, template_kwargs: dict[str, Any] | None = None) -> list[str]:
     """Prompt strings for generation: conversations rendered with the chat template (generation prompt
-    added); text prompts wrapped as a user message first when ``chat_template`` is on, else unchanged.
+    added; ``template_kwargs``: extra template variables); text prompts wrapped as a user message first when
+    ``chat_template`` is on, else unchanged.
 
     Raises :class:`ReinlmError` when a template is needed and the tokenizer has none.
     """
@@ -78,7 +81,7 @@ def render_prompts(prompts: Sequence[Any], tokenizer, chat_template: bool = Fals
     if any(is_conversation(c) for c in convs):
         _require_template(tokenizer, "the prompts are conversations (message lists)" if not chat_template
                           else "the chat-template option is on")
-    return [render_conversation(c, tokenizer) if is_conversation(c) else str(c) for c in convs]
+    return [render_conversation(c, tokenizer, template_kwargs) if is_conversation(c) else str(c) for c in convs]
 
 
 def apply_chat_template(prompts: Sequence[str], tokenizer, system: str | None = None) -> list[str]:

@@ -172,6 +172,10 @@ class TrainConfig(Config):
     rename_columns: str = opt("", "rename dataset columns before use: OLD=NEW,... (e.g. question=prompt,answer=solution)")
     held_out_fraction: float = opt(0.2, "share of prompts kept out of training for the before/after evaluation (0, or --eval-prompts 0: train on all)", lo=0, hi=0.9)
     chat_template: bool = opt(False, "wrap text prompts as a user message of the model's chat template (message-list prompts always use it)")
+    chat_template_kwargs: dict[str, Any] = opt(
+        default_factory=dict, help="extra variables for the chat template when prompts are rendered with it (TRL's "
+        "chat_template_kwargs), e.g. {\"enable_thinking\": false}; on the command line a JSON object",
+        metavar="JSON")
     # --- rollouts ---
     steps: int = opt(30, "number of RL steps (one rollout batch each)", lo=1)
     batch_prompts: int = opt(2, "prompts per step (global, across processes)", lo=1)
@@ -243,6 +247,9 @@ class TrainConfig(Config):
     save_every: int = opt(10, "write a checkpoint every N steps (and at the end)", lo=1)
     keep_checkpoints: int = opt(2, "checkpoints kept on disk, the newest (0: all)", lo=0)
     sample_every: int = opt(5, "log sample completions every N steps (0: never)", lo=0)
+    print_completions: int = opt(0, "also print this many of the step's completions (prompt, completion, reward) on "
+                                    "the console every --sample-every steps (-1: all of them; 0: none; TRL's "
+                                    "log_completions with num_completions_to_print)", lo=-1)
     log: Literal["tensorboard", "wandb", "none"] = opt("tensorboard", "extra logger besides metrics.jsonl (TensorBoard always unless none)")
     eval_prompts: int = opt(8, "held-out prompts for the before/after evaluation (0: skip)", lo=0)
     eval_samples: int = opt(4, "samples per held-out prompt in the evaluation", lo=1)

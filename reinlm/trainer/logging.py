@@ -92,6 +92,24 @@ class RunLogger:
             self._wandb.finish()
 
 
+def format_samples(step: int, prompts: list[str], completions: list[str], rewards: list[float], limit: int = -1,
+                   width: int = 100) -> str:
+    """The console table of a step's completions (TRL's ``log_completions``): the first ``limit`` (-1: all), each
+    as its reward, prompt and completion, one line each, cut to ``width`` characters with an ellipsis."""
+    rows = list(zip(prompts, completions, rewards))
+    shown = rows if limit < 0 else rows[:limit]
+
+    def cut(text: str, room: int) -> str:
+        text = " ".join(str(text).split())  # one line: newlines and runs of spaces as single spaces
+        return text if len(text) <= room else text[: room - 3] + "..."
+
+    lines = [f"step {step}: {len(shown)} of {len(rows)} completions"]
+    for i, (p, c, r) in enumerate(shown, 1):
+        lines += [f"  [{i}] reward {float(r):.4f}", f"      prompt:     {cut(p, width - 18)}",
+                  f"      completion: {cut(c, width - 18)}"]
+    return "\n".join(lines)
+
+
 def _dumps(obj: dict[str, Any]) -> str:
     import json
 

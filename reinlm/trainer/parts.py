@@ -119,9 +119,10 @@ def make_policy(cfg: TrainConfig, device: torch.device, *, model: Any = None, to
 def prompt_texts(cfg: TrainConfig, prompts: Prompts, tokenizer: Any) -> tuple[list[str], list[str]]:
     """The training and held-out prompts as the policy's strings (conversational prompts and
     ``--chat-template`` rendered), before any rollout."""
-    train = render_prompts(prompts.train.prompts, tokenizer, cfg.chat_template)
+    kw = cfg.chat_template_kwargs
+    train = render_prompts(prompts.train.prompts, tokenizer, cfg.chat_template, template_kwargs=kw)
     held = (train if prompts.held_out is prompts.train
-            else render_prompts(prompts.held_out.prompts, tokenizer, cfg.chat_template))
+            else render_prompts(prompts.held_out.prompts, tokenizer, cfg.chat_template, template_kwargs=kw))
     return train, held
 
 

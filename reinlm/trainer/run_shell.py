@@ -31,7 +31,7 @@ from reinlm.trainer.config import TrainConfig
 from reinlm.trainer.degeneration import DegenerationMonitor
 from reinlm.trainer.guards import NonFiniteError, check_weights, stopped_message
 from reinlm.trainer.inputs import check_resume_inputs, describe_inputs, write_inputs
-from reinlm.trainer.logging import RunLogger
+from reinlm.trainer.logging import RunLogger, format_samples
 from reinlm.trainer.policy import Policy
 from reinlm.trainer.runlock import RunLock
 from reinlm.trainer.scoring import ScoreShaper
@@ -256,6 +256,9 @@ def _steps(tr: RunnableTrainer, logger: RunLogger) -> str | None:
             if cfg.sample_every and (step % cfg.sample_every == 0 or step + 1 == cfg.steps):
                 logger.log_samples(step + 1, batch.prompts, batch.completions, out["scores"].tolist(),
                                    extra=out["extras"])
+                if cfg.print_completions and tr.is_main:
+                    note(format_samples(step + 1, batch.prompts, batch.completions, out["scores"].tolist(),
+                                        cfg.print_completions))
             if bar is not None:
                 bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m['kl/mean']:.3f}",
                                 cps=f"{m['perf/completions_per_s']:.1f}")

@@ -33,6 +33,8 @@ TRL_SAME: dict[str, str] = {
     "top_p": "nucleus sampling (1.0: off)",
     "top_k": "top-k sampling (0: off)",
     "min_p": "min-p sampling after top-k and top-p, HF's rule (TRL's None is 0: off)",
+    "chat_template_kwargs": "extra chat-template variables when conversation prompts are rendered (e.g. "
+                            "enable_thinking: false)",
     "repetition_penalty": "HF's rule at sampling (prompt and completion tokens; 1.0: off); the training log-probs "
                           "are the model's own, as TRL's",
     "seed": "seed of prompts, sampling and initialisation",
@@ -111,8 +113,9 @@ TRL_RENAMES: dict[str, tuple[str, str]] = {
 TRL_DERIVED: dict[str, str] = {
     "shuffle_dataset": "true is accepted (each step draws a seeded random set of prompts, TRL's shuffled order); "
                        "false is refused (reinlm has no sequential pass over the prompts)",
-    "log_completions": "true is accepted (sample completions go to samples.jsonl every sample_every steps); false -> "
-                       "sample_every: 0",
+    "log_completions": "true -> print_completions: the step's completions printed as on TRL's console every "
+                       "sample_every steps (they go to samples.jsonl either way); false -> sample_every: 0",
+    "num_completions_to_print": "with log_completions: true, print_completions = this many (TRL's None: all)",
     "beta": "kl_coef = beta with TRL's meaning: the k3 KL as a loss term weighted by the importance ratio (kl_in: "
             "loss, kl_estimator: k3, use_bias_correction_kl: true, each unless given). reinlm's own kl_coef defaults "
             "to 0.05 as a k1 reward penalty (kl_in: reward); TRL's beta defaults to 0.0. With algo: distill, "
@@ -293,12 +296,16 @@ def _batch_shape(t: _Translation) -> None:
 
 
 def _data_order_and_samples(t: _Translation) -> None:
-    """shuffle_dataset (true only), log_completions (false -> sample_every 0)."""
+    """shuffle_dataset (true only), log_completions (true -> print_completions, false -> sample_every 0) with
+    num_completions_to_print."""
     if t.false("shuffle_dataset"):
         t.refuse("shuffle_dataset", "reinlm draws a seeded random set of prompts each step; there is no sequential "
                                     "order (write true or remove the key).")
     if t.false("log_completions"):
         t.put("sample_every", 0, "log_completions")
+    n = t.given.get("num_completions_to_print")
+    if t.true("log_completions"):
+        t.put("print_completions", -1 if n is None else _int("num_completions_to_print", n), "log_completions")
 
 
 def _generation_kwargs(t: _Translation) -> None:

@@ -51,11 +51,8 @@ TRL_UNSUPPORTED: dict[str, str] = {
     "use_transformers_paged": "TRL's deprecated name of use_transformers_continuous_batching, which reinlm does not "
                               "use.",
     "pad_to_multiple_of": "reinlm pads each rollout to its longest sequence; there is no padding multiple to set.",
-    "chat_template_kwargs": "extra chat-template variables are not passed; chat_template: true renders the model's "
-                            "template with the generation prompt.",
     "max_prompt_length": "prompts are never truncated; over-long prompts are refused before training.",
     # ---------------------------------------------------------------- options not implemented yet
-    "num_completions_to_print": "sample completions go to samples.jsonl every sample_every steps.",
     "log_unique_prompts": "samples.jsonl records each logged completion with its prompt.",
     "log_multimodal": "reinlm trains text-only models; there is no multimodal content to log.",
     "cast_lm_head_to_fp32": "the LM head computes in the training precision (train_precision); no separate "
