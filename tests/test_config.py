@@ -262,8 +262,9 @@ def test_trl_renames_and_derived_keys(tmp_path):
     assert cfg.lr == 1e-5 and isinstance(cfg.lr, float)
     # 8 completions x 2 micro-batches per optimiser step = 16 completions = 4 prompts x 4 generations
     assert (cfg.samples_per_prompt, cfg.batch_prompts, cfg.minibatch_size, cfg.grad_accum) == (4, 4, 0, 2)
-    # 10 optimiser steps with 2 iterations per rollout batch = 5 rollout steps; warm-up ceil(0.1 x 5)
-    assert (cfg.steps, cfg.update_epochs, cfg.warmup_steps) == (5, 2, 1)
+    # 10 optimiser steps with 2 iterations per rollout batch = 5 rollout steps; TRL's warmup_ratio is a field of
+    # its own (a share of the optimiser steps: tests/test_schedules.py)
+    assert (cfg.steps, cfg.update_epochs, cfg.warmup_ratio, cfg.warmup_steps) == (5, 2, 0.1, 0)
     assert (cfg.sampling.max_new_tokens, cfg.kl.kl_coef, cfg.algorithm.clip_eps, cfg.lr_schedule) == \
         (16, 0.02, 0.3, "cosine")
     # TRL's beta: a k3 KL loss term with the importance-ratio correction (TRL's defaults), not reinlm's k1 penalty
@@ -282,8 +283,11 @@ def test_trl_bf16_and_use_vllm_map_onto_mixed_precision_and_the_vllm_backend():
 
 
 def test_warmup_steps_as_a_share_like_transformers_5():
-    assert build_config(TrainConfig, None, {"warmup_steps": 0.1, "steps": 20}).warmup_steps == 2
+    cfg = build_config(TrainConfig, None, {"warmup_steps": 0.1, "steps": 20})
+    assert (cfg.warmup_ratio, cfg.warmup_steps) == (0.1, 0)  # a share of the optimiser steps, as warmup_ratio
     assert build_config(TrainConfig, None, {"warmup_steps": 3}).warmup_steps == 3
+    with pytest.raises(ConfigError, match="warmup_ratio: got 0.1 with warmup_steps 3; both give the warm-up"):
+        build_config(TrainConfig, None, {"warmup_ratio": 0.1, "warmup_steps": 3})
 
 
 def test_trl_generation_batch_with_several_optimiser_steps():

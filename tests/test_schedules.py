@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 
 import pytest
 
@@ -33,13 +35,35 @@ def test_trainer_form_matches_trainer_lr_lambda():
     from reinlm.trainer.loop import lr_lambda
 
     for decay in ("constant", "linear", "cosine"):
-        cfg = SimpleNamespace(steps=20, warmup_steps=4, lr_schedule=decay)
+        cfg = SimpleNamespace(steps=20, warmup_steps=4, warmup_ratio=None, lr_schedule=decay)
         assert [lr_multiplier(20, 4, decay)(s) for s in range(25)] == pytest.approx(
             [lr_lambda(cfg)(s) for s in range(25)], abs=1e-15)
     f = lr_multiplier(20, 4, "linear")
     assert [f(s) for s in (0, 3, 4, 12, 20)] == pytest.approx([0.25, 1.0, 1.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="allowed: constant, linear, cosine"):
         lr_multiplier(10, 0, "step")
+
+
+def test_trls_warmup_ratio_counts_optimiser_steps(tiny_lm, tmp_path):
+    """warmup_ratio as in TRL: warm-up over ceil(ratio x all optimiser steps), the schedule stepped per optimiser
+    step. 2 rollout steps x 2 epochs x 2 minibatches = 8 optimiser steps; warm-up ceil(8 x 0.25) = 2, then the
+    linear decay over the 6 after it: multipliers (s + 1) / 2 for s < 2, then 1 - (s - 2) / 6."""
+    from reinlm.trainer.config import TrainConfig
+    from reinlm.trainer.loop import Trainer
+
+    model, tok = tiny_lm
+    reward = f"{Path(__file__).parent / 'assets' / 'toy_rewards.py'}:space_share"
+    cfg = TrainConfig(model="tiny", reward=reward, prompts="builtin:neutral", steps=2, batch_prompts=2,
+                      samples_per_prompt=2, minibatch_size=2, update_epochs=2, max_new_tokens=4, lr=1e-3,
+                      warmup_ratio=0.25, lr_schedule="linear", seed=0, device="cpu", progress=False,
+                      eval_prompts=0, log="none", out=str(tmp_path / "run"))
+    tr = Trainer(cfg, model=copy.deepcopy(model), tokenizer=tok)
+    seen: list[float] = []  # the learning rate each optimiser step uses
+    tr.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    for s in range(cfg.steps):
+        tr.train_step(s)
+    want = [1e-3 * m for m in (0.5, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6)]
+    assert seen == pytest.approx(want, rel=1e-12)
 
 
 def test_one_step_seed_for_the_trainer_and_latent_pretraining():

@@ -22,7 +22,7 @@ from reinlm.trainer.config import TrainConfig
 DERIVED_SAMPLES = {
     "beta": 0.04, "shuffle_dataset": True, "log_completions": False,
     "max_steps": 4, "per_device_train_batch_size": 8, "generation_batch_size": 16, "steps_per_generation": 2,
-    "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "report_to": "none", "use_peft": True, "use_cpu": True,
+    "lr_scheduler_type": "cosine", "report_to": "none", "use_peft": True, "use_cpu": True,
     "vllm_importance_sampling_correction": False, "vllm_importance_sampling_mode": "token_truncate",
     "bf16": False, "use_vllm": False, "vllm_mode": "colocate", "fp16": False, "gradient_checkpointing": False,
     "optim": "adamw_torch", "eval_strategy": "no", "save_strategy": "steps", "dataset_name": "org/data",

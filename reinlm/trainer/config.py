@@ -204,6 +204,9 @@ class TrainConfig(Config):
                             hi=1, hi_open=True)
     adam_epsilon: float = opt(1e-8, "AdamW epsilon added to the denominator (TRL's adam_epsilon)", lo=0, lo_open=True)
     warmup_steps: int = opt(0, "linear learning-rate warm-up steps", lo=0)
+    warmup_ratio: float | None = opt(None, "warm-up over ceil(this share x all optimiser steps) (TRL's "
+                                     "warmup_ratio); the schedule then counts optimiser steps, as TRL's does",
+                                     lo=0, hi=1)
     lr_schedule: Literal["constant", "linear", "cosine"] = opt("constant", "learning-rate decay after warm-up")
     max_grad_norm: float = opt(1.0, "gradient-norm clip (0: off)", lo=0)
     disable_dropout: bool = opt(False, "set every torch.nn.Dropout of the trained model to p = 0 (TRL's "
@@ -308,6 +311,9 @@ class TrainConfig(Config):
             raise ConfigError(f"train_precision: got bf16-autocast with --dtype {self.dtype}; allowed: --dtype float32 "
                               "(mixed precision keeps float32 weights; bfloat16 weights already train in bfloat16).",
                               field="train_precision")
+        if self.warmup_ratio is not None and self.warmup_steps > 0:
+            raise ConfigError(f"warmup_ratio: got {self.warmup_ratio} with warmup_steps {self.warmup_steps}; both "
+                              "give the warm-up; allowed: one of them.", field="warmup_ratio")
         if self.algo == "distill" or self.distill.teacher or self.distill.lmbda < 1:
             self._check_distill()
         if self.algorithm.multi_objective_aggregation == "normalize_then_sum" and self.algo != "grpo":

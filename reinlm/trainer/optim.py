@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -20,7 +21,24 @@ def make_adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: fl
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
 
 
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at an optimiser step: linear warm-up, then the decay schedule
-    (:func:`reinlm.schedules.lr_multiplier`, warm-up before the decay)."""
-    return lr_multiplier(cfg.steps, cfg.warmup_steps, cfg.lr_schedule, warmup_inside=False)
+def optimizer_steps_per_step(cfg: TrainConfig, world: int) -> int:
+    """Optimiser steps in one rollout step: ``update_epochs`` x ceil(B / minibatch), B = this process's sequences
+    (``batch_prompts x samples_per_prompt / world``)."""
+    B = cfg.batch_size // world
+    mb = min(cfg.minibatch_size or B, B)
+    return cfg.update_epochs * math.ceil(B / mb)
+
+
+def lr_lambda(cfg: TrainConfig, per_step: int = 1) -> Callable[[int], float]:
+    """Multiplier of the base learning rate: linear warm-up, then the decay schedule
+    (:func:`reinlm.schedules.lr_multiplier`, warm-up before the decay).
+
+    It counts rollout steps (``--warmup-steps``, the scheduler stepped once per rollout step), or, with
+    ``--warmup-ratio`` (TRL's), optimiser steps, ``per_step`` of them per rollout step
+    (:func:`optimizer_steps_per_step`): T = steps x per_step, warm-up ceil(T x warmup_ratio) (transformers'
+    ``get_warmup_steps``), the scheduler stepped after every optimiser step.
+    """
+    if cfg.warmup_ratio is None:
+        return lr_multiplier(cfg.steps, cfg.warmup_steps, cfg.lr_schedule, warmup_inside=False)
+    total = cfg.steps * per_step
+    return lr_multiplier(total, math.ceil(total * cfg.warmup_ratio), cfg.lr_schedule, warmup_inside=False)

@@ -53,7 +53,10 @@ TRL_SAME: dict[str, str] = {
     "max_grad_norm": "gradient-norm clip (0: off)",
     "warmup_steps": "linear warm-up; TRL counts optimiser steps, reinlm rollout steps (the same when "
                     "num_iterations is 1 and per_device_train_batch_size covers the whole rollout batch); a "
-                    "float in (0, 1) is a share of the steps, as in transformers 5",
+                    "float in (0, 1) is warmup_ratio, as in transformers 5",
+    "warmup_ratio": "warm-up over ceil(warmup_ratio x all optimiser steps), the schedule (warm-up and decay) "
+                    "stepped per optimiser step, as in TRL (transformers 4; transformers 5 writes it as a float "
+                    "warmup_steps)",
     "entropy_coef": "entropy bonus coefficient",
     "lora_r": "LoRA rank (0: full fine-tuning; TRL's default with use_peft is 16)",
     "lora_alpha": "LoRA alpha (TRL's default is 32, reinlm's 16)",
@@ -131,8 +134,6 @@ TRL_DERIVED: dict[str, str] = {
                             "generation_batch_size; default gradient_accumulation_steps)",
     "lr_scheduler_type": "constant, constant_with_warmup -> lr_schedule: constant (with warmup_steps); linear; "
                          "cosine. TRL's default is linear, reinlm's constant",
-    "warmup_ratio": "warmup_steps = ceil(warmup_ratio x steps) (transformers 4; transformers 5 takes a float "
-                    "warmup_steps)",
     "generation_kwargs": "a mapping whose keys override the sampling settings, as in TRL: temperature, top_k, "
                          "top_p, min_p, repetition_penalty, max_new_tokens; do_sample: true accepted; other keys refused by name",
     "report_to": "none / [] -> log: none; tensorboard -> tensorboard; wandb -> wandb (TensorBoard too)",
@@ -337,17 +338,13 @@ def _kl_anchor(t: _Translation) -> None:
 
 
 def _schedule(t: _Translation) -> None:
-    """lr_scheduler_type, warmup_ratio."""
+    """lr_scheduler_type (warmup_ratio is a field of its own: TrainConfig.warmup_ratio)."""
     if "lr_scheduler_type" in t.given:
         v = str(t.given["lr_scheduler_type"])
         if v not in _LR_SCHEDULES:
             t.refuse("lr_scheduler_type", f"allowed: {', '.join(_LR_SCHEDULES)} (reinlm's lr_schedule is constant, "
                                           "linear or cosine after warmup_steps).")
         t.put("lr_schedule", _LR_SCHEDULES[v], "lr_scheduler_type")
-    if "warmup_ratio" in t.given:
-        ratio = check_field("warmup_ratio", t.given["warmup_ratio"], float, {"lo": 0, "hi": 1})
-        steps = t.out.get("steps", t.current("steps"))
-        t.put("warmup_steps", math.ceil(ratio * _int("steps", steps)), "warmup_ratio")
 
 
 def _logging_adapters_device(t: _Translation) -> None:
@@ -427,7 +424,7 @@ def _dataset(t: _Translation) -> None:
     t.put("prompts", f"hf:{t.given['dataset_name']}:{config}:{split}", "dataset_name")
 
 
-#: the rules of :func:`translate_trl_keys`, in order (the schedule reads the steps the batch shape sets)
+#: the rules of :func:`translate_trl_keys`, in order
 _RULES: tuple[Callable[[_Translation], None], ...] = (
     _batch_shape, _data_order_and_samples, _generation_kwargs, _kl_anchor, _schedule, _logging_adapters_device,
     _importance_sampling, _precision_and_backend, _evaluation_and_saving, _dataset)
