@@ -110,15 +110,15 @@ def test_latent_episode_run_resumes_to_the_same_policy_and_freezes_the_rest(tiny
 def test_two_player_game_in_latent_space_against_the_frozen_latent_policy(tiny_latent_dir, tmp_path, monkeypatch):
     """``--opponent frozen`` in latent space: the latent model with the behaviour-cloned policy plays the other seat;
     the trained policy stays the latent model's, and the opponent's policy is not trained."""
-    from reinlm.trainer import latent_episodes
+    from reinlm.latent import turns
 
-    calls, make = [], latent_episodes.frozen_latent_opponent
+    calls, make = [], turns.frozen_latent_opponent
 
     def spy(lam, ref_policy, temperature):
         reply = make(lam, ref_policy, temperature)
         return lambda ids, n, gen: calls.append(reply.model.policy is ref_policy is not lam.policy) or reply(ids, n, gen)
 
-    monkeypatch.setattr(latent_episodes, "frozen_latent_opponent", spy)
+    monkeypatch.setattr(turns, "frozen_latent_opponent", spy)
     monkeypatch.setattr("reinlm.trainer.episodes.frozen_latent_opponent", spy)
     trainer = Trainer(_cfg(tiny_latent_dir, tmp_path / "ttt", environment="textarena:TicTacToe-v0", opponent="frozen",
                            steps=1, max_turns=1, samples_per_prompt=2))

@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
 def run_search(cfg: SearchConfig, lam=None) -> dict:
     """Search the prompt or every prompt of ``cfg.prompts`` (and run best-of-N beside it with ``compare``);
     returns the report dict (:func:`reinlm.latent.search.search_prompts`). ``lam``: an already loaded model."""
+    if cfg.environment:
+        return _run_environment_search(cfg, lam)
     if bool(cfg.prompt) == bool(cfg.prompts):
         raise ReinlmError("prompt: give exactly one of a prompt (positional) or --prompts SPEC.")
     reward_set = parse_reward_spec(cfg.reward)
@@ -71,8 +73,30 @@ def run_search(cfg: SearchConfig, lam=None) -> dict:
     return search_prompts(lam, reward_set, prompts, cols, cfg, qmodel)
 
 
+def _run_environment_search(cfg: SearchConfig, lam=None) -> dict:
+    """``--environment SPEC``: the search across its episodes' turns (:mod:`reinlm.latent.env_search`)."""
+    from reinlm.envs.spec import resolve_environment
+    from reinlm.latent.env_search import search_environment
+
+    for name in ("prompt", "prompts", "q", "reward"):
+        if getattr(cfg, name):
+            raise ReinlmError(f"{name}: not used with --environment (the episodes start from the environment's "
+                              f"reset and its return is the reward); leave it out.")
+    spec = resolve_environment(cfg.environment)  # a bad SPEC fails here, before any model loads
+    if spec.needs_opponent:
+        raise ReinlmError(f"environment: {cfg.environment} is a two-player game (it needs an opponent model); "
+                          "search runs one-player environments.")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    lam = lam or LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
+    lam.eval()
+    return search_environment(lam, spec, cfg)
+
+
 def format_report(report: dict) -> str:
     """Plain text: per prompt the best text and reward (and best-of-N's), then the summary."""
+    if "episodes" in report:
+        return _format_environment_report(report)
     lines = []
     for r in report["prompts"]:
         s = r["search"]
@@ -92,4 +116,27 @@ def format_report(report: dict) -> str:
                      f"{m['ties']}, best-of-N wins {m['best_of_n_wins']}; world-model forwards "
                      f"{m['search_wm_forwards_mean']:.0f} vs {m['best_of_n_wm_forwards_mean']:.0f}; seconds "
                      f"{m['search_seconds_mean']:.1f} vs {m['best_of_n_seconds_mean']:.1f}")
+    return "\n".join(lines)
+
+
+def _format_environment_report(report: dict) -> str:
+    """Plain text of an environment search: per episode the best return and its turns (and best-of-N's)."""
+    lines = []
+    for r in report["episodes"]:
+        s, st = r["search"], r["search"]["stats"]
+        best = s["best"] or {"return": float("nan"), "turns": []}
+        lines.append(f"episode seed {s['seed']}: search return {best['return']:.3f} ({st['rounds']} rounds, "
+                     f"{st['nodes']} nodes, {st['rollouts']} rollouts, {st['wm_forwards']} world-model forwards, "
+                     f"stopped by {st['stopped_by']}): {best['turns']!r}")
+        if "best_of_n" in r:
+            b = r["best_of_n"]
+            bb = b["best"] or {"return": float("nan"), "turns": []}
+            lines.append(f"  best-of-{b['n']:<3d} return {bb['return']:.3f} ({b['wm_forwards']} world-model "
+                         f"forwards, mean return {b['mean_return']:.3f}): {bb['turns']!r}")
+    if "summary" in report:
+        m = report["summary"]
+        lines.append(f"\n{m['episodes']} episodes: mean best return search {m['search_mean_return']:.3f} vs best-of-N "
+                     f"{m['best_of_n_mean_return']:.3f}; search wins {m['search_wins']}, ties {m['ties']}, best-of-N "
+                     f"wins {m['best_of_n_wins']}; world-model forwards {m['search_wm_forwards_mean']:.0f} vs "
+                     f"{m['best_of_n_wm_forwards_mean']:.0f}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ Faults never stop a run: :func:`guarded_call` runs one environment call with a w
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import threading
@@ -29,7 +30,7 @@ from typing import Any, Callable
 from reinlm.errors import ReinlmError
 
 __all__ = ["TextEnv", "StepResult", "EnvFault", "EnvTimeout", "guarded_call", "check_env_class", "call_reset",
-           "as_step_result"]
+           "as_step_result", "fork_env"]
 
 
 class TextEnv:
@@ -137,3 +138,18 @@ def check_env_class(obj, spec: str, need_step: bool = True) -> None:
         raise ReinlmError(f"environment: {spec!r} has no {' or '.join(missing)} method; an environment needs "
                           "reset(**row) -> str and step(text) -> (observation, reward, done, info), or (TRL's "
                           "contract) reset(**row) plus tool methods (docs/environments.md).")
+
+
+def fork_env(env: Any, make: Callable[[], Any]) -> Any:
+    """A second environment in the state of ``env`` (tree search branches an episode): a new one from ``make()``
+    restored to ``env.snapshot()`` when ``env`` has ``snapshot()`` and ``restore(state)``, else ``copy.deepcopy(env)``.
+    ``ReinlmError`` (exit 2) for an environment that neither snapshots nor copies."""
+    if callable(getattr(env, "snapshot", None)) and callable(getattr(env, "restore", None)):
+        other = make()
+        other.restore(env.snapshot())
+        return other
+    try:
+        return copy.deepcopy(env)
+    except Exception as e:  # noqa: BLE001 (locks, open files, sockets, ...)
+        raise ReinlmError(f"environment: {type(env).__name__} cannot be copied to branch the search "
+                          f"({type(e).__name__}: {e}); give it snapshot() -> state and restore(state) methods.") from e

@@ -52,8 +52,14 @@ class SearchConfig(Config):
     """Every ``reinlm search`` flag (defaults: CoLA's, except ``max_depth`` / ``budget`` sized for a CPU)."""
 
     latent: str = opt("", help="latent model directory (from `reinlm latent pretrain`)", required=True, metavar="DIR")
-    reward: str = opt("", help="reward SPEC that scores completed texts (e.g. sentiment, contains_words:good)",
-                      required=True, metavar="SPEC")
+    reward: str = opt("", help="reward SPEC that scores completed texts (e.g. sentiment, contains_words:good); "
+                      "required without --environment", metavar="SPEC")
+    environment: str = opt("", help="search across the turns of this environment's episodes instead of one text "
+                           "(builtin:NAME, path.py:Class, ...; its return is the reward; docs/environments.md)",
+                           metavar="SPEC")
+    episodes: int = opt(1, lo=1, help="with --environment: episodes to search (environment seeds --seed, --seed + 1, ...)")
+    max_turns: int = opt(2, lo=1, help="with --environment: model turns per episode")
+    turn_tokens: int = opt(16, lo=1, help="with --environment: tokens the model may write in one turn")
     q: str = opt("", help="Q-model directory from `reinlm latent train-q` (without one, nodes are segment_tokens long)")
     prompt: str = opt("", help="the prompt (also the positional argument)", flag=False)
     prompts: str = opt("", help="prompt SPEC: search each of these prompts instead of one (e.g. builtin:reviews)")
@@ -86,6 +92,9 @@ class SearchConfig(Config):
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.reward and not self.environment:
+            raise ConfigError("reward: got none; allowed: a reward SPEC (--reward), or --environment SPEC (the "
+                              "episode's return is the reward).", field="reward")
         if 0 < self.budget < self.max_depth:  # the first expansion alone may cost max_depth: it would never start
             raise ConfigError(f"budget: got {self.budget}, fewer world-model forwards than one rollout can cost "
                               f"(max_depth = {self.max_depth}); allowed: 0 (no limit) or at least {self.max_depth}.")

@@ -27,8 +27,6 @@ heads, hs = head size, C = cache capacity (positions), V = vocabulary.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from reinlm.rollout.fast import packing_supported
@@ -38,13 +36,11 @@ STATIC_ROPE = ("default", "linear", "llama3")
 
 
 def _pack(w: torch.Tensor) -> torch.Tensor:
-    packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 16)
-    return packed
+    return torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 16)
 
 
 def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    return y
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -53,13 +49,13 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _base_and_head(model: Any) -> tuple[Any, Any]:
+def _base_and_head(model):
     base = getattr(model, "model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return base, head
 
 
-def unsupported_reason(model: Any) -> str | None:
+def unsupported_reason(model) -> str | None:
     """Why :class:`FusedDecoder` cannot run ``model`` (a ``*ForCausalLM``), or None when it can."""
     conf = getattr(model, "config", None)
     base, head = _base_and_head(model)
@@ -84,10 +80,10 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
-def fused_decoder(model: Any) -> FusedDecoder | None:
+def fused_decoder(model) -> "FusedDecoder | None":
     """The fused decoder of ``model`` (made once and kept on the model; its packed weights are rebuilt when a
     source weight changed, e.g. after a rollout copy's sync), or None when :func:`unsupported_reason` says so."""
-    fd: FusedDecoder | None = getattr(model, "_reinlm_fused", None)
+    fd = getattr(model, "_reinlm_fused", None)
     if fd is None:
         if unsupported_reason(model) is not None:
             return None
@@ -97,7 +93,7 @@ def fused_decoder(model: Any) -> FusedDecoder | None:
     return fd
 
 
-def _key(ts: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+def _key(ts: list[torch.Tensor]) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in ts)
 
 
@@ -106,7 +102,7 @@ class FusedDecoder:
     key/value cache (see the module docstring). Call :meth:`begin` after a Hugging Face prefill, then
     :meth:`step` once per new token, :meth:`select` when rows finish, :meth:`logits` for the LM head."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model):
         base, head = _base_and_head(model)
         conf = model.config
         self.model, self.base, self.head = model, base, head
@@ -115,7 +111,7 @@ class FusedDecoder:
         self.hs = getattr(conf, "head_dim", None) or conf.hidden_size // self.nh
         self.scale = self.hs ** -0.5
         self.rope = base.rotary_emb
-        self._key: tuple[tuple[int, int], ...] | None = None
+        self._key = None
 
     def _sources(self) -> list[torch.Tensor]:
         out = []
@@ -150,7 +146,7 @@ class FusedDecoder:
         self._key = _key(self._sources())
 
     # ------------------------------------------------------------------ cache
-    def begin(self, cache: Any, capacity: int) -> None:
+    def begin(self, cache, capacity: int) -> None:
         """Take over a prefilled transformers cache (rows b, P positions): keys/values copied into float32
         buffers of ``capacity`` positions, (b, nkv, C, hs) per layer."""
         self.k, self.v = [], []

@@ -37,7 +37,7 @@ from reinlm.rollout.sampling import Chooser, SamplingConfig
 from reinlm.rollout.turn_cache import KeptCaches, TurnStepper, kept_cache_supported
 from reinlm.rollout.token import RolloutBatch, eos_ids, left_pad, pad_token_id
 
-__all__ = ["Episode", "EpisodeBatch", "EpisodeLimits", "TurnFormat", "run_episodes", "episodes_to_batch",
+__all__ = ["Episode", "EpisodeBatch", "EpisodeLimits", "TurnFormat", "run_episodes", "start_episodes", "play_turns", "episodes_to_batch",
            "episode_metrics"]
 
 
@@ -189,12 +189,20 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
 
     Returns B :class:`Episode` records (invalid ones flagged, never raised).
     """
-    G = samples_per_row
     fmt = fmt or TurnFormat(tokenizer)
-    device = next(model.parameters()).device
-    eos = eos_ids(model, tokenizer) if eos is None else list(eos)
-    pad_id = pad_token_id(tokenizer, eos)
-    timeout = limits.env_timeout or None
+    episodes = start_episodes(fmt, envs, rows, env_seeds, samples_per_row, limits.env_timeout or None)
+    play_turns(model, tokenizer, episodes, sampling, limits, generators, fmt, on_turn, reprefill, make_stepper, eos)
+    for ep in episodes:
+        if not ep.done:
+            ep.done = ep.truncated = True
+    return episodes
+
+
+def start_episodes(fmt: TurnFormat, envs: list, rows: list[dict], env_seeds: list[int], samples_per_row: int,
+                   timeout: float | None) -> list[Episode]:
+    """Reset ``envs[i * G + j]`` on row ``i`` with seed ``env_seeds[i]`` -> B :class:`Episode` records holding the
+    first observation (a reset that raises, hangs or returns something other than text makes its episode invalid)."""
+    G = samples_per_row
     episodes: list[Episode] = []
     for i, env in enumerate(envs):
         row, seed = rows[i // G], env_seeds[i // G]
@@ -214,11 +222,26 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
         ep.prompt_len = len(ep.ids)
         ep.observations.append(first)
         episodes.append(ep)
+    return episodes
 
+
+def play_turns(model, tokenizer, episodes: list[Episode], sampling: SamplingConfig, limits: EpisodeLimits,
+               generators: list[torch.Generator] | None = None, fmt: TurnFormat | None = None,
+               on_turn: Callable[[int, int], None] | None = None, reprefill: bool = False,
+               make_stepper: Callable[[], Any] | None = None, eos: list[int] | None = None,
+               turns: int | None = None) -> None:
+    """Play the live (not done) ``episodes`` on, in place, for at most ``turns`` more turns (None: until each is
+    done or has ``limits.max_turns`` turns); arguments as :func:`run_episodes`, which calls it after the resets.
+    Episodes may be mid-way (tree search continues copies of one, :mod:`reinlm.latent.env_search`)."""
+    fmt = fmt or TurnFormat(tokenizer)
+    device = next(model.parameters()).device
+    eos = eos_ids(model, tokenizer) if eos is None else list(eos)
+    pad_id = pad_token_id(tokenizer, eos)
+    timeout = limits.env_timeout or None
     chooser = Chooser.from_sampling(sampling)
     S = int(limits.turn_tokens)
     caches = None if reprefill or make_stepper is not None or not kept_cache_supported(model) else KeptCaches()
-    for turn in range(limits.max_turns):
+    for turn in range(limits.max_turns if turns is None else turns):
         live = [i for i, ep in enumerate(episodes) if not ep.done]
         if limits.context is not None:
             for i in [i for i in live if len(episodes[i].ids) + S > limits.context]:
@@ -268,7 +291,7 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
                 if res.observation:
                     ep.observations.append(res.observation)
                 continue
-            if ep.model_tokens >= limits.max_completion_length or turn == limits.max_turns - 1:
+            if ep.model_tokens >= limits.max_completion_length or len(ep.turns) >= limits.max_turns:
                 ep.done = ep.truncated = True
                 continue
             obs = fmt.next(res.observation, ended_with_eos=bool(new) and new[-1] in eos)
@@ -280,10 +303,6 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
             for i in live:
                 if episodes[i].done:
                     caches.drop(i)
-    for ep in episodes:
-        if not ep.done:
-            ep.done = ep.truncated = True
-    return episodes
 
 
 def _unheld(caches: KeptCaches, e: int, ids: list[int]) -> list[int]:

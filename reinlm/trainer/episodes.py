@@ -26,11 +26,12 @@ from reinlm.envs.protocol import call_reset
 from reinlm.envs.spec import EnvSpec, resolve_environment
 from reinlm.envs.trl import ToolEnv
 from reinlm.errors import ConfigError, ReinlmError
+from reinlm.latent.turns import frozen_latent_opponent, latent_turn_stepper
 from reinlm.rollout.multiturn import (EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics, episodes_to_batch,
                                       run_episodes)
 from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import generate_rollouts, pad_token_id
-from reinlm.trainer.latent_episodes import frozen_latent_opponent, latent_episode_batch, latent_turn_stepper
+from reinlm.trainer.latent_episodes import latent_episode_batch
 
 __all__ = ["EpisodeRunner", "synthetic_rows", "check_env_settings"]
 
@@ -188,7 +189,7 @@ class FrozenOpponent:
     """The opponent of a two-player game (``--opponent``), frozen: it answers the observations of its seat.
 
     ``frozen``: a copy of the starting policy (token space: the rollout model; latent space: the latent model
-    with the behaviour-cloned policy, :func:`~reinlm.trainer.latent_episodes.frozen_latent_opponent`); a model
+    with the behaviour-cloned policy, :func:`~reinlm.latent.turns.frozen_latent_opponent`); a model
     name or path: that causal LM, with its own tokenizer and chat format, in ``--frozen-dtype``.
     """
 
