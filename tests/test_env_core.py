@@ -259,6 +259,30 @@ def test_tool_env_runs_tools_and_reports_failures():
         [{"name": "f", "arguments": {"a": 1}}]
 
 
+def test_tool_calls_in_the_tokenizers_own_format(smol_tokenizer):
+    """A tokenizer with a response_template (transformers' parse_response) parses calls in its own format; the
+    first observation then prescribes none (here a made-up <function_call> format, so the fallback's blocks are
+    not calls)."""
+    import copy
+
+    tok = copy.deepcopy(smol_tokenizer)
+    tok.response_template = {
+        "start_anchor": "<|im_start|>assistant\n", "defaults": {"role": "assistant"},
+        "fields": {"content": {}, "tool_calls": {"open": "<function_call>", "close": "</function_call>",
+                                                 "content": "json", "repeats": True,
+                                                 "transform": {"type": "function", "function": "{content}"}}}}
+    env = ToolEnv(Counter(), max_tool_calling_iterations=3)
+    env.tokenizer = tok
+    first = env.reset(prompt="Count to three.")
+    assert '"increment"' in first and "<tool_call>" not in first
+    obs, r, done, info = env.step('Sure. <function_call>{"name": "increment", "arguments": {"step": 2}}</function_call>'
+                                  '<function_call>{"name": "explode", "arguments": {}}</function_call>')
+    assert not done and info["tool_calls"] == 2 and info["tool_failures"] == 1 and env.env.counter == 2
+    assert '"content": "2"' in obs
+    obs, r, done, info = env.step('<tool_call>{"name": "increment", "arguments": {"step": 1}}</tool_call>')
+    assert done and r == 2.0  # not a call in this tokenizer's format: the episode ended, counter unchanged
+
+
 def test_bad_environment_specs_are_refused(tmp_path):
     with pytest.raises(ReinlmError, match="builtin:guess"):
         resolve_environment("builtin:chess")

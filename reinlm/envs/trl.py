@@ -13,10 +13,12 @@ semantics and speaks reinlm's text protocol (:mod:`reinlm.envs.protocol`):
   has one (reward functions also get the instances as ``environments=``);
 - at most ``max_tool_calling_iterations`` rounds of tool calls (TRL's name), then the episode ends.
 
-**Tool-call format.** Calls are ``<tool_call>{"name": NAME, "arguments": {...}}</tool_call>`` blocks, the
-format of the Hermes / Qwen2.5 / Qwen3 / SmolLM3 chat templates, and results go back as
-``<tool_response>{"name": ..., "content": ...}</tool_response>``. It is also the documented fallback for
-models whose template has no tool format (SmolLM2): the first observation then states the format in words.
+**Tool-call format.** A tokenizer with its own parser of responses (transformers' ``response_template``, read
+by ``tokenizer.parse_response``) parses the model's calls in its own format, and the first observation lists the
+tools without prescribing a format. Otherwise (SmolLM2 and most tokenizers today) calls are
+``<tool_call>{"name": NAME, "arguments": {...}}</tool_call>`` blocks, the format of the Hermes / Qwen2.5 / Qwen3 /
+SmolLM3 chat templates, stated in words in the first observation (the documented fallback). Results go back as
+``<tool_response>{"name": ..., "content": ...}</tool_response>`` either way.
 """
 
 from __future__ import annotations
@@ -59,15 +61,33 @@ def find_tools(instance) -> list[Callable]:
     return out
 
 
-def parse_tool_calls(text: str) -> list[dict]:
+def own_format(tokenizer) -> bool:
+    """Whether ``tokenizer`` parses responses in its own format (a transformers ``response_template``)."""
+    return tokenizer is not None and getattr(tokenizer, "response_template", None) is not None
+
+
+def parse_tool_calls(text: str, tokenizer=None) -> list[dict]:
     """The tool calls written in ``text``: ``[{"name": str, "arguments": dict}]``, or ``{"error": ...}`` entries
-    for blocks that are not valid calls (they count as failed calls). An unclosed last block is parsed too."""
-    calls = []
-    for body in _CALL.findall(text):
+    for calls that are not valid (they count as failed calls). With a tokenizer that has its own format
+    (:func:`own_format`) its ``parse_response`` finds them; else the fallback's ``<tool_call>`` blocks (an unclosed
+    last block is parsed too)."""
+    if own_format(tokenizer):
         try:
-            call = json.loads(body)
-        except json.JSONDecodeError as e:
-            calls.append({"error": f"tool call is not JSON: {e.msg}"})
+            found = tokenizer.parse_response(text, prefix="").get("tool_calls") or []
+        except Exception as e:  # noqa: BLE001 (a malformed call)
+            return [{"error": f"tool call could not be parsed: {e}"}]
+        found = [c.get("function", c) if isinstance(c, dict) else c for c in found]  # OpenAI's {"function": ...}
+    else:
+        found = []
+        for body in _CALL.findall(text):
+            try:
+                found.append(json.loads(body))
+            except json.JSONDecodeError as e:
+                found.append({"error": f"tool call is not JSON: {e.msg}"})
+    calls: list[dict] = []
+    for call in found:
+        if isinstance(call, dict) and "error" in call:
+            calls.append(call)
             continue
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             calls.append({"error": "tool call needs a \"name\""})
@@ -106,14 +126,16 @@ class ToolEnv:
         self.max_iterations = max_tool_calling_iterations
         self.describe_tools = describe_tools
         self.has_reward = env is not None and callable(getattr(env, "get_reward", None))
+        self.tokenizer = None  # set by the trainer: a tokenizer with its own tool-call format parses the calls
 
     def tools_text(self) -> str:
         """What the model is told about its tools (the fallback format, module docstring)."""
         if not self.schemas:
             return ""
         lines = [json.dumps(s["function"]) for s in self.schemas]
-        return ("\n\nYou can call these tools:\n" + "\n".join(lines) + "\nTo call a tool, write "
-                f"{TOOL_CALL_FORMAT}. Answer without a tool call when you are done.")
+        how = "" if own_format(self.tokenizer) else f"\nTo call a tool, write {TOOL_CALL_FORMAT}."
+        return ("\n\nYou can call these tools:\n" + "\n".join(lines) + how
+                + " Answer without a tool call when you are done.")
 
     def reset(self, **row) -> str:
         self.iterations = 0
@@ -142,7 +164,7 @@ class ToolEnv:
             return {"error": str(e)}, True
 
     def step(self, text: str):
-        calls = parse_tool_calls(text) if self.tools else []
+        calls = parse_tool_calls(text, self.tokenizer) if self.tools else []
         limit = self.max_iterations is not None and self.iterations >= self.max_iterations
         if not calls or limit:
             reward = float(self.env.get_reward()) if self.has_reward else 0.0

@@ -110,6 +110,8 @@ class EpisodeRunner:
 
     def _make(self, row: dict):
         env = self.spec.make(row)
+        if isinstance(env, ToolEnv):  # the policy's tokenizer parses tool calls in its own format when it has one
+            env.tokenizer = self.policy.tokenizer
         if self.opponent is not None and hasattr(env, "opponent"):
             env.opponent = self.opponent
         return env
