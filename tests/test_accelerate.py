@@ -53,16 +53,23 @@ def _rewards(run_dir):
     return [r["reward/mean"] for r in rows]
 
 
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, tmp_path_factory):
+    """The one-process token run (3 steps) both equality tests compare with (one process ignores --sharding)."""
+    out = tmp_path_factory.mktemp("one-process") / "one"
+    _run("token", tiny_model_dir, out, REWARD, processes=1)
+    return out
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(tiny_model_dir, tmp_path):
-    _run("token", tiny_model_dir, tmp_path / "one", REWARD, processes=1)
+def test_two_processes_match_one(tiny_model_dir, one_process, tmp_path):
     _run("token", tiny_model_dir, tmp_path / "two", REWARD, processes=2)
-    w1, w2 = (_tensors(tmp_path / run / "final" / "model.safetensors") for run in ("one", "two"))
+    w1, w2 = (_tensors(run / "final" / "model.safetensors") for run in (one_process, tmp_path / "two"))
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
     base = _tensors(Path(tiny_model_dir) / "model.safetensors")
     assert sum(not torch.equal(base[k], w1[k]) for k in w1 if k in base) > 0
-    assert _rewards(tmp_path / "one") == pytest.approx(_rewards(tmp_path / "two"), abs=1e-5)
+    assert _rewards(one_process) == pytest.approx(_rewards(tmp_path / "two"), abs=1e-5)
     # two processes, stopped after step 2 and resumed: the same weights as the straight two-process run
     _run("token", tiny_model_dir, tmp_path / "resumed", REWARD, processes=2, steps=2)
     _run("token", tiny_model_dir, tmp_path / "resumed", REWARD, processes=2, steps=3, resume=True)
@@ -110,25 +117,24 @@ def _train_state_mb(run_dir) -> list[float]:
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_match_one_with_half_the_training_state(tiny_model_dir, tmp_path):
+def test_fsdp_two_processes_match_one_with_half_the_training_state(tiny_model_dir, one_process, tmp_path):
     """FSDP2 (torch fully_shard) on 2 gloo processes: the same weights as one process within 1e-5 (float32), each
     process holding half of the parameters + gradients + AdamW state; resumed = straight. The straight run is
     started as `accelerate launch --use_fsdp` starts its processes (its environment: ACCELERATE_USE_FSDP, which
     reinlm turns into --sharding fsdp; `accelerate launch --cpu` itself starts one process), the resumed one with
     --sharding fsdp."""
     fsdp = {"sharding": "fsdp"}
-    _run("token", tiny_model_dir, tmp_path / "one", REWARD, processes=1, extra_cfg=fsdp)  # one process: unsharded
     _run("token", tiny_model_dir, tmp_path / "two", REWARD, processes=2,
          extra_env={"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
     assert "sharding: fsdp" in (tmp_path / "two" / "config.yaml").read_text()
-    w1, w2 = (_tensors(tmp_path / run / "final" / "model.safetensors") for run in ("one", "two"))
+    w1, w2 = (_tensors(run / "final" / "model.safetensors") for run in (one_process, tmp_path / "two"))
     assert sorted(w1) == sorted(w2)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=1e-5)
     base = _tensors(Path(tiny_model_dir) / "model.safetensors")
     assert sum(not torch.equal(base[k], w1[k]) for k in w1 if k in base) > 0
-    assert _rewards(tmp_path / "one") == pytest.approx(_rewards(tmp_path / "two"), abs=1e-5)
-    one, two = _train_state_mb(tmp_path / "one"), _train_state_mb(tmp_path / "two")
+    assert _rewards(one_process) == pytest.approx(_rewards(tmp_path / "two"), abs=1e-5)
+    one, two = _train_state_mb(one_process), _train_state_mb(tmp_path / "two")
     assert all(0.45 < b / a < 0.55 for a, b in zip(one, two)), (one, two)  # measured: 97.3 MB -> 48.6 MB
     # the checkpoint holds the whole optimiser state (gathered), and a resumed two-process run ends where the
     # straight one did

@@ -231,6 +231,36 @@ def test_safetensors_check(tmp_path):
     assert "not a safetensors file" in safetensors_problem(p)
 
 
+def test_json_check_parses_an_unchanged_file_once_and_sees_every_change(tmp_path, monkeypatch):
+    """A model directory is checked at every load: a JSON file found valid is not parsed again while it is unchanged
+    (its size and modification time), and any rewrite is seen, a same-size one too; a file written within the
+    last 2 s is not remembered (a rewrite may keep its timestamp)."""
+    import json
+    import os
+    import time
+
+    from reinlm.utils import integrity
+
+    parsed = []
+    real = json.loads
+    monkeypatch.setattr(integrity.json, "loads", lambda text: parsed.append(1) or real(text))
+    p = tmp_path / "tokenizer.json"
+    p.write_text('{"a": 1}')
+    assert integrity.json_file_problem(p) is None and integrity.json_file_problem(p) is None
+    assert len(parsed) == 2  # just written: parsed each time
+    old = time.time() - 10
+    os.utime(p, (old, old))
+    assert integrity.json_file_problem(p) is None and integrity.json_file_problem(p) is None
+    assert len(parsed) == 3  # unchanged since: parsed once
+    p.write_text('{"a": 1')  # shorter
+    assert "not valid JSON" in integrity.json_file_problem(p)
+    p.write_text('{"a": 1}')
+    os.utime(p, (old, old))
+    assert integrity.json_file_problem(p) is None
+    p.write_text('{"a" 12}')  # the same size, a new timestamp
+    assert "not valid JSON" in integrity.json_file_problem(p)
+
+
 # --------------------------------------------------------------------------- model directories
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, smol_tokenizer):
