@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
 from reinlm.rollout.sampling import Chooser, draw_uniforms
 
-__all__ = ["DecodeResult", "LMStepper", "decode", "position_ids_from_mask", "hf_cache_kwarg"]
+__all__ = ["DecodeResult", "LMStepper", "Stepper", "decode", "position_ids_from_mask", "hf_cache_kwarg"]
 
 
 # ----------------------------------------------------------------------------------------------- HF helpers
@@ -48,7 +49,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def hf_cache_kwarg(model) -> str:
+def hf_cache_kwarg(model: Any) -> str:
     """Name of the KV-cache keyword of ``model.forward``: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
     for m in (model, getattr(model, "get_base_model", lambda: None)()):
         if m is not None and "cache" in inspect.signature(m.forward).parameters:
@@ -56,7 +57,7 @@ def hf_cache_kwarg(model) -> str:
     return "past_key_values"
 
 
-def _returned_cache(out, kwarg: str):
+def _returned_cache(out: Any, kwarg: str) -> Any:
     cache = getattr(out, kwarg, None)
     return cache if cache is not None else out.past_key_values
 
@@ -80,6 +81,21 @@ class DecodeResult:
 
 
 # ----------------------------------------------------------------------------------------------- steppers
+class Stepper(Protocol):
+    """What :func:`decode` calls (:class:`LMStepper` is one; ``reinlm.latent.stepper.LatentStepper`` and
+    ``reinlm.rollout.turn_cache.TurnStepper`` too). ``context()``, entered around the loop, is optional."""
+
+    n_streams: int  # uniform columns per step
+    records_states: bool  # the stop token is fed once more, so its state is kept
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, G: int, capacity: int) -> None: ...
+    def choose(self, t: int, rows: torch.Tensor, u: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]: ...
+    def feed(self, tok: torch.Tensor, rows: torch.Tensor, t: int) -> None: ...
+    def keep(self, idx: torch.Tensor) -> None: ...
+    def finish(self, R: int) -> dict[str, torch.Tensor]: ...
+
+
 class LMStepper:
     """One forward of a Hugging Face causal LM per step, with its KV cache; the chooser picks the token.
 
@@ -98,7 +114,7 @@ class LMStepper:
     manager entered around the loop; here: :func:`reinlm.rollout.fast.decode_attention_on`).
     """
 
-    def __init__(self, model, chooser: Chooser, record_hidden: bool = False, fused: bool = True):
+    def __init__(self, model: Any, chooser: Chooser, record_hidden: bool = False, fused: bool = True) -> None:
         from reinlm.rollout.fused import fused_decoder
 
         self.model = model
@@ -106,21 +122,24 @@ class LMStepper:
         self.records_states = bool(record_hidden)
         self.n_streams = 1 if chooser.uses_uniforms else 0
         self._kw = hf_cache_kwarg(model.base_model if record_hidden else model)
-        self._head = model.get_output_embeddings() if record_hidden else None
+        self._head: torch.nn.Module | None = model.get_output_embeddings() if record_hidden else None
         self.fused = fused_decoder(model) if fused else None
+        self.cache: Any = None  # the transformers Cache (None while the fused decoder holds the keys and values)
+        self.seen: torch.Tensor | None = None  # (b, V) bool: the tokens of each row so far (repetition penalty)
 
-    def context(self):
+    def context(self) -> contextlib.AbstractContextManager[None]:
         """Entered by :func:`decode` around the whole loop: single-token steps use the decode attention."""
         from reinlm.rollout.fast import decode_attention_on
 
         return decode_attention_on(self.model)
 
-    def _forward(self, ids, mask, pos, cache=None, last_only=False):
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any = None,
+                 last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
         """-> (logits of the last position (b, V), hidden (b, T, H) or None, cache)."""
-        if self.records_states:
+        if self._head is not None:  # records_states: the backbone, then the LM head on the last position
             out = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                                         **{self._kw: cache})
-            h = out.last_hidden_state  # (b, T, H)
+            h: torch.Tensor = out.last_hidden_state  # (b, T, H)
             return self._head(h[:, -1]), h, _returned_cache(out, self._kw)
         # the last position as an index tensor, not the int 1: a slice hands the LM head a non-contiguous input,
         # which a frozen bfloat16 head on the CPU runs as a batched matmul copying its weight once per row
@@ -128,9 +147,10 @@ class LMStepper:
         kw = {"logits_to_keep": torch.tensor([ids.shape[1] - 1], device=ids.device)} if last_only else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                          **{self._kw: cache}, **kw)
-        return out.logits[:, -1], None, _returned_cache(out, self._kw)
+        logits: torch.Tensor = out.logits[:, -1]
+        return logits, None, _returned_cache(out, self._kw)
 
-    def past(self, ids: torch.Tensor, mask: torch.Tensor):
+    def past(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """What the prefill of ``ids`` (N, P) continues: -> (cache or None, key mask (N, L + P), positions (N, P)).
 
         Here nothing (L = 0, positions skip the left padding); ``reinlm.rollout.turn_cache.TurnStepper``
@@ -155,17 +175,18 @@ class LMStepper:
             self.cache = None
         self.attn = torch.cat([mask.repeat_interleave(G, 0), mask.new_ones(B, capacity - P)], dim=1)  # (b, cap)
         self.next_pos = pos[:, -1:].repeat_interleave(G, 0) + 1  # (b, 1)
-        if self.records_states:
+        if self.records_states and h is not None:
             self.hidden = h.new_zeros(B, capacity, h.shape[-1])  # (B, cap, H)
             self.hidden[:, :P] = h.repeat_interleave(G, 0)
-        self.seen = None  # (b, V) bool: the tokens of each row so far, for the repetition penalty
+        self.seen = None
         if self.chooser.repetition_penalty != 1.0:
             seen = torch.zeros(N, logits.shape[-1], dtype=torch.bool, device=ids.device)
             real = mask[:, mask.shape[1] - ids.shape[1]:].bool()  # (N, P): the fed ids that are not padding
             seen[real.nonzero()[:, 0], ids[real]] = True
             self.seen = seen.repeat_interleave(G, 0)
 
-    def choose(self, t: int, rows: torch.Tensor, u: torch.Tensor | None):
+    def choose(self, t: int, rows: torch.Tensor, u: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         tok, logp = self.chooser(self.logits, None if u is None else u[:, 0], rows, seen=self.seen)
         return tok, logp, {}
 
@@ -173,6 +194,7 @@ class LMStepper:
         P = self.P
         if self.seen is not None:
             self.seen[torch.arange(tok.shape[0], device=tok.device), tok] = True
+        h: torch.Tensor | None
         if self.fused is not None:
             h = self.fused.step(tok, self.next_pos[:, 0], self.attn[:, : P + t + 1])  # (b, H)
             self.logits = self.fused.logits(h)
@@ -180,7 +202,7 @@ class LMStepper:
         else:
             self.logits, h, self.cache = self._forward(tok[:, None], self.attn[:, : P + t + 1], self.next_pos,
                                                        self.cache)
-        if self.records_states:
+        if self.records_states and h is not None:
             self.hidden[rows, P + t] = h[:, 0]
         self.next_pos = self.next_pos + 1
 
@@ -198,8 +220,9 @@ class LMStepper:
 
 
 # ----------------------------------------------------------------------------------------------- the loop
-def decode(stepper, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, samples_per_prompt: int = 1,
-           max_new_tokens: int, stop_ids=None, pad_id: int = 0, generator=None,
+def decode(stepper: Stepper, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, samples_per_prompt: int = 1,
+           max_new_tokens: int, stop_ids: Sequence[int] | torch.Tensor | None = None, pad_id: int = 0,
+           generator: torch.Generator | Sequence[torch.Generator] | None = None,
            stop_check: Callable[[torch.Tensor], torch.Tensor] | None = None,
            on_step: Callable[[int, int], None] | None = None) -> DecodeResult:
     """Generate up to ``max_new_tokens`` tokens for each of the N * G rows with ``stepper``.

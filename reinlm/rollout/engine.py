@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -28,22 +30,22 @@ from reinlm.rollout.fast import pack_linears, packing_supported
 from reinlm.rollout.fused import unsupported_reason
 from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import RolloutBatch, context_length, generate_rollouts
-from reinlm.rollout.vllm_backend import get_engine
+from reinlm.rollout.vllm_backend import VLLMEngine, get_engine
 from reinlm.utils.fsdp import full_tensor
 from reinlm.utils.devices import cast_parameters, native_bfloat16, resolve_dtype
 
 log = logging.getLogger(__name__)
 
 
-def _unwrap(model):
+def _unwrap(model: Any) -> Any:
     return getattr(model, "module", model)  # DDP
 
 
-def _is_peft(model) -> bool:
+def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
-def policy_weights(model):
+def policy_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every weight of ``model`` as a plain (non-LoRA) model names it.
 
     LoRA adapters are merged on the fly (W + scale * B A, computed without touching the trained weights); tied
@@ -55,7 +57,7 @@ def policy_weights(model):
         yield from model.named_parameters()
         return
     base = model.get_base_model()
-    merged = {}
+    merged: dict[str, torch.Tensor] = {}
     for name, module in base.named_modules():
         if hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer"):
             adapters = [a for a in getattr(module, "active_adapters", []) if a in getattr(module, "lora_A", {})]
@@ -69,7 +71,7 @@ def policy_weights(model):
         yield clean, merged.get(clean, p)
 
 
-def resolve_rollout_dtype(name: str, train_dtype: torch.dtype, device) -> torch.dtype:
+def resolve_rollout_dtype(name: str, train_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """``auto`` -> bfloat16 where ``device`` computes it natively (and the weights are float32), else the training
     dtype; ``same`` -> the training dtype; ``float32`` / ``bfloat16`` as named."""
     if name == "same":
@@ -91,8 +93,8 @@ class TokenRolloutEngine:
         seed: seed of the vLLM engine.
     """
 
-    def __init__(self, model, tokenizer, cfg: RolloutConfig | None = None, *, model_dir: str | None = None,
-                 seed: int = 0):
+    def __init__(self, model: Any, tokenizer: Any, cfg: RolloutConfig | None = None, *, model_dir: str | None = None,
+                 seed: int = 0) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg or RolloutConfig()
@@ -101,8 +103,8 @@ class TokenRolloutEngine:
         p = next(_unwrap(model).parameters())
         self.device, self.train_dtype = p.device, p.dtype
         self.dtype = resolve_rollout_dtype(self.cfg.rollout_dtype, self.train_dtype, self.device)
-        self._copy = None  # the rollout-dtype copy (reinlm backend), made at the first rollout
-        self._vllm = None
+        self._copy: torch.nn.Module | None = None  # the rollout-dtype copy (reinlm backend), made at the first rollout
+        self._vllm: VLLMEngine | None = None
         self._stale = True
         self.last_sync_s = 0.0  # seconds the last weight sync took (perf/rollout_sync_s)
         self.syncs = 0
@@ -138,7 +140,7 @@ class TokenRolloutEngine:
             self.sync()
 
     # ------------------------------------------------------------------ sync
-    def _make_copy(self):
+    def _make_copy(self) -> torch.nn.Module:
         model = _unwrap(self.model)
         if _is_peft(model):
             base = copy.deepcopy(model).merge_and_unload()
@@ -151,7 +153,8 @@ class TokenRolloutEngine:
             # oneDNN-packed linears; each re-packs itself after a sync changed its weight. A Llama-family copy
             # decodes with reinlm.rollout.fused instead (its own packed, fused weights, rebuilt after a sync)
             pack_linears(base)
-        return base
+        copied: torch.nn.Module = base
+        return copied
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -170,14 +173,14 @@ class TokenRolloutEngine:
         self.last_sync_s = time.perf_counter() - t0
         self.syncs += 1
 
-    def _vllm_backend(self):
+    def _vllm_backend(self) -> VLLMEngine:
         if self._vllm is None:
             self._vllm = get_engine(self.model_dir, self.tokenizer, dtype=self.dtype, cfg=self.cfg, seed=self.seed,
                                     context=context_length(_unwrap(self.model)))
         return self._vllm
 
     @property
-    def rollout_model(self):
+    def rollout_model(self) -> Any:
         """The module the decode engine samples from (the trained model itself, or the synced copy)."""
         if self.uses_copy and self.cfg.generation_backend != "vllm":
             if self._stale or self._copy is None:
@@ -187,7 +190,7 @@ class TokenRolloutEngine:
 
     # ------------------------------------------------------------------ generate
     def generate(self, prompts: list[str], samples_per_prompt: int, sampling: SamplingConfig,
-                 generator=None) -> RolloutBatch:
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> RolloutBatch:
         """Sample ``samples_per_prompt`` completions per prompt -> RolloutBatch on the training device.
 
         ``generator``: one per prompt (or one, or None), as :func:`reinlm.rollout.token.generate_rollouts`.

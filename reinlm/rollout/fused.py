@@ -27,6 +27,8 @@ heads, hs = head size, C = cache capacity (positions), V = vocabulary.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from reinlm.rollout.fast import packing_supported
@@ -36,11 +38,13 @@ STATIC_ROPE = ("default", "linear", "llama3")
 
 
 def _pack(w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 16)
+    packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 16)
+    return packed
 
 
 def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return y
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -49,13 +53,13 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _base_and_head(model):
+def _base_and_head(model: Any) -> tuple[Any, Any]:
     base = getattr(model, "model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return base, head
 
 
-def unsupported_reason(model) -> str | None:
+def unsupported_reason(model: Any) -> str | None:
     """Why :class:`FusedDecoder` cannot run ``model`` (a ``*ForCausalLM``), or None when it can."""
     conf = getattr(model, "config", None)
     base, head = _base_and_head(model)
@@ -80,10 +84,10 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
-def fused_decoder(model) -> "FusedDecoder | None":
+def fused_decoder(model: Any) -> FusedDecoder | None:
     """The fused decoder of ``model`` (made once and kept on the model; its packed weights are rebuilt when a
     source weight changed, e.g. after a rollout copy's sync), or None when :func:`unsupported_reason` says so."""
-    fd = getattr(model, "_reinlm_fused", None)
+    fd: FusedDecoder | None = getattr(model, "_reinlm_fused", None)
     if fd is None:
         if unsupported_reason(model) is not None:
             return None
@@ -93,7 +97,7 @@ def fused_decoder(model) -> "FusedDecoder | None":
     return fd
 
 
-def _key(ts: list[torch.Tensor]) -> tuple:
+def _key(ts: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
     return tuple((t.data_ptr(), t._version) for t in ts)
 
 
@@ -102,7 +106,7 @@ class FusedDecoder:
     key/value cache (see the module docstring). Call :meth:`begin` after a Hugging Face prefill, then
     :meth:`step` once per new token, :meth:`select` when rows finish, :meth:`logits` for the LM head."""
 
-    def __init__(self, model):
+    def __init__(self, model: Any) -> None:
         base, head = _base_and_head(model)
         conf = model.config
         self.model, self.base, self.head = model, base, head
@@ -111,7 +115,7 @@ class FusedDecoder:
         self.hs = getattr(conf, "head_dim", None) or conf.hidden_size // self.nh
         self.scale = self.hs ** -0.5
         self.rope = base.rotary_emb
-        self._key = None
+        self._key: tuple[tuple[int, int], ...] | None = None
 
     def _sources(self) -> list[torch.Tensor]:
         out = []
@@ -146,7 +150,7 @@ class FusedDecoder:
         self._key = _key(self._sources())
 
     # ------------------------------------------------------------------ cache
-    def begin(self, cache, capacity: int) -> None:
+    def begin(self, cache: Any, capacity: int) -> None:
         """Take over a prefilled transformers cache (rows b, P positions): keys/values copied into float32
         buffers of ``capacity`` positions, (b, nkv, C, hs) per layer."""
         self.k, self.v = [], []

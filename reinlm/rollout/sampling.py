@@ -40,7 +40,9 @@ The stopping convention (what happens to a row that emits EOS) lives in :mod:`re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, TypeVar, overload
 
 import torch
 
@@ -49,6 +51,8 @@ from reinlm.errors import ConfigError, ReinlmError
 
 __all__ = ["SamplingConfig", "draw_uniforms", "inverse_cdf_sample", "filter_logits", "apply_repetition_penalty",
            "choose", "Chooser"]
+
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -70,7 +74,7 @@ class SamplingConfig(Config):
     greedy: bool = opt(False, "take the most likely token instead of sampling (log-probs still at temperature)")
     ignore_eos: bool = opt(False, "do not stop at EOS (fixed-length generation, for benchmarks)")
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()  # every field checked and coerced first
         if isinstance(self.stop_strings, str):
             self.stop_strings = [self.stop_strings]
@@ -81,7 +85,8 @@ class SamplingConfig(Config):
 
 
 # ----------------------------------------------------------------------------------------------- randomness
-def draw_uniforms(generator, n_prompts: int, G: int, steps: int) -> torch.Tensor:
+def draw_uniforms(generator: torch.Generator | Sequence[torch.Generator] | None, n_prompts: int, G: int,
+                  steps: int) -> torch.Tensor:
     """Uniform draws in [0, 1) for the whole generation, taken up front (convention 4): -> (N * G, steps).
 
     ``generator``: ``None`` (global RNG), one ``torch.Generator`` for the batch, or a list with one generator
@@ -100,7 +105,14 @@ def draw_uniforms(generator, n_prompts: int, G: int, steps: int) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------- draws
-def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor, block: int = 512, *, return_total: bool = False):
+@overload
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor, block: int = 512, *,
+                       return_total: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor, block: int = 512, *,
+                       return_total: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor, block: int = 512, *,
+                       return_total: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Index i with cdf_{i-1} <= u * total < cdf_i: a draw from (unnormalised) ``probs``. (B, C), (B,) -> (B,).
 
     For a large C the scan is two-level (the same index up to float rounding at a boundary): the mass of each
@@ -186,7 +198,7 @@ def _draw_filtered(scaled: torch.Tensor, top_k: int, top_p: float, u: torch.Tens
 
 def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, greedy: bool = False, filtered_logprobs: bool = False, min_p: float = 0.0,
-           draw_logits: torch.Tensor | None = None):
+           draw_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one index per row and record its log-prob (conventions 1-7). (B, C), (B,) -> (B,), (B,).
 
     Args:
@@ -206,10 +218,11 @@ def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float =
         raise ReinlmError("choose: sampling needs one uniform per row (u); got None.")
     if draw_logits is not None:
         drawn = draw_logits.float() / temperature  # (B, C)
-        idx = drawn.argmax(-1) if greedy else _draw_filtered(drawn, top_k, top_p, u, min_p)
+        idx = drawn.argmax(-1) if greedy or u is None else _draw_filtered(drawn, top_k, top_p, u, min_p)
         recorded = filter_logits(drawn, top_k, top_p, min_p) if filtered_logprobs else scaled
         return idx, recorded.gather(-1, idx[:, None]).squeeze(-1) - recorded.logsumexp(-1)
-    if not greedy and not top_k and top_p >= 1.0 and min_p <= 0.0:  # the common case: no sort, no normalisation pass
+    if u is not None and not greedy and not top_k and top_p >= 1.0 and min_p <= 0.0:
+        # the common case: no sort, no normalisation pass
         if scaled.data_ptr() == logits.data_ptr():
             scaled = scaled.clone()  # float32 logits at temperature 1: never overwrite the caller's tensor
         m = scaled.amax(-1, keepdim=True)  # (B, 1)
@@ -219,7 +232,7 @@ def choose(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float =
         # with few rows torch splits one row's sum over threads, and the rounding would then depend on how many
         # rows share the batch; a prompt's log-probs must not). A drawn token has exp(z - m) > 0.
         return idx, e.gather(-1, idx[:, None]).squeeze(-1).log() - total.log()
-    idx = scaled.argmax(-1) if greedy else _draw_filtered(scaled, top_k, top_p, u, min_p)
+    idx = scaled.argmax(-1) if greedy or u is None else _draw_filtered(scaled, top_k, top_p, u, min_p)
     if filtered_logprobs and (top_k or top_p < 1.0 or min_p > 0.0):
         scaled = filter_logits(scaled, top_k, top_p, min_p)
     logp = scaled.gather(-1, idx[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # (B,)
@@ -257,22 +270,33 @@ class Chooser:
         return self.mode in ("sample", "uniform")
 
     def __call__(self, logits: torch.Tensor | None, u: torch.Tensor | None, rows: torch.Tensor | None = None,
-                 num_categories: int | None = None, seen: torch.Tensor | None = None):
-        """``seen`` (B, C) bool: the tokens each row has seen, for the repetition penalty (``None``: none)."""
+                 num_categories: int | None = None, seen: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``seen`` (B, C) bool: the tokens each row has seen, for the repetition penalty (``None``: none).
+        ``logits`` may be ``None`` for ``uniform`` (with ``num_categories``) and ``fixed``."""
         draw = (apply_repetition_penalty(logits, seen, self.repetition_penalty)
                 if seen is not None and logits is not None and self.repetition_penalty != 1.0 else None)
         if self.mode == "greedy" and not self.record_logprob:
-            idx = (logits if draw is None else draw).argmax(-1)  # no softmax over the vocabulary (~9% of a latent step)
+            # no softmax over the vocabulary (~9% of a latent step)
+            idx = (_given(logits, "logits") if draw is None else draw).argmax(-1)
             return idx, torch.zeros(idx.shape, device=idx.device)
         if self.mode in ("sample", "greedy"):
-            return choose(logits, u, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            return choose(_given(logits, "logits"), u, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                           greedy=self.mode == "greedy", filtered_logprobs=self.filtered_logprobs, min_p=self.min_p,
                           draw_logits=draw)
         if self.mode == "uniform":
-            C = int(num_categories if num_categories is not None else logits.shape[-1])
-            idx = (u * C).long().clamp(max=C - 1)
+            C = int(num_categories if num_categories is not None else _given(logits, "logits").shape[-1])
+            idx = (_given(u, "u") * C).long().clamp(max=C - 1)
             return idx, torch.full(idx.shape, -float(torch.log(torch.tensor(float(C)))), device=idx.device)
         if self.mode == "fixed":
-            idx = self.fixed[rows] if rows is not None else self.fixed
+            fixed = _given(self.fixed, "fixed")
+            idx = fixed[rows] if rows is not None else fixed
             return idx, torch.zeros(idx.shape, device=idx.device)
         raise ReinlmError(f"chooser: got mode {self.mode!r}; allowed: sample, greedy, uniform, fixed.")
+
+
+def _given(value: T | None, what: str) -> T:
+    """``value``, or a ReinlmError naming ``what`` when the chooser's mode needs it and it is None."""
+    if value is None:
+        raise ReinlmError(f"chooser: {what} is needed in this mode; got None.")
+    return value

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, Sequence, TypeVar, overload
 
 import torch
 
@@ -36,6 +37,9 @@ __all__ = [
     "decode_completions",
     "position_ids_from_mask",
 ]
+
+
+_B = TypeVar("_B", bound="RolloutBatch")
 
 
 # ----------------------------------------------------------------------------------------------- batch
@@ -77,7 +81,7 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
-    def to(self, device) -> "RolloutBatch":
+    def to(self: _B, device: torch.device | str) -> _B:
         """A copy with every tensor on ``device``."""
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in kw.items():
@@ -85,7 +89,7 @@ class RolloutBatch:
                 kw[k] = v.to(device)
         return type(self)(**kw)
 
-    def select(self, indices) -> "RolloutBatch":
+    def select(self: _B, indices: Sequence[int] | torch.Tensor) -> _B:
         """The sub-batch of the rows ``indices`` (list of ints or a 1-D index tensor), in that order."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         rows = idx.tolist()
@@ -99,14 +103,15 @@ class RolloutBatch:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _model_device(model) -> torch.device:
+def _model_device(model: Any) -> torch.device:
     try:
-        return next(model.parameters()).device
+        device: torch.device = next(model.parameters()).device
+        return device
     except StopIteration:
         return torch.device("cpu")
 
 
-def eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every id that ends a completion: the tokenizer's EOS and the model's generation-config EOS ids."""
     ids: set[int] = set()
     for src in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
@@ -122,7 +127,7 @@ def pad_token_id(tokenizer: Any, eos: list[int]) -> int:
     return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
 
 
-def encode_prompts(tokenizer, prompts: list[str], pad_id: int,
+def encode_prompts(tokenizer: Any, prompts: list[str], pad_id: int,
                    add_special_tokens: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenize and left-pad (independent of ``tokenizer.padding_side``): -> ids (N, P), mask (N, P)."""
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
@@ -147,7 +152,7 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids_t, mask_t
 
 
-def context_length(model) -> int | None:
+def context_length(model: Any) -> int | None:
     """The model's maximum sequence length (``max_position_embeddings`` or the like), None if unknown."""
     conf = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
@@ -157,7 +162,7 @@ def context_length(model) -> int | None:
     return None
 
 
-def stop_string_checker(tokenizer, stop_strings: list[str]):
+def stop_string_checker(tokenizer: Any, stop_strings: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn(ids (b, t)) -> (b,) bool``: whether each row's decoded response contains a stop string.
 
     The engine calls it every step on the live rows, which stop at the first hit, so a hit was completed by
@@ -171,8 +176,9 @@ def stop_string_checker(tokenizer, stop_strings: list[str]):
     return check
 
 # ----------------------------------------------------------------------------------------------- engine
-def generate_rollouts(model, tokenizer, prompts: Sequence[str], samples_per_prompt: int = 1,
-                      sampling: SamplingConfig | None = None, generator=None) -> RolloutBatch:
+def generate_rollouts(model: Any, tokenizer: Any, prompts: Sequence[str], samples_per_prompt: int = 1,
+                      sampling: SamplingConfig | None = None,
+                      generator: torch.Generator | Sequence[torch.Generator] | None = None) -> RolloutBatch:
     """Sample ``samples_per_prompt`` completions for every prompt with the decode engine.
 
     Args:
@@ -205,7 +211,7 @@ def generate_rollouts(model, tokenizer, prompts: Sequence[str], samples_per_prom
                       out.mask, out.logprobs, sampling.temperature, pad_id)
 
 
-def check_prompts(prompts, samples_per_prompt) -> list[str]:
+def check_prompts(prompts: Sequence[str], samples_per_prompt: int) -> list[str]:
     """Validate the engine's inputs: a non-empty list of strings and G >= 1 (``ReinlmError`` / ``ConfigError``)."""
     if isinstance(prompts, str) or len(prompts) == 0 or not all(isinstance(p, str) for p in prompts):
         raise ReinlmError("prompts: expected a non-empty list of strings.")
@@ -221,7 +227,7 @@ def check_context(ctx: int | None, prompt_len: int, max_new_tokens: int) -> None
                           f"the model's context is {ctx}, so allowed: <= {ctx - prompt_len}.")
 
 
-def make_batch(tokenizer, prompts: list[str], G: int, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+def make_batch(tokenizer: Any, prompts: list[str], G: int, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                response: torch.Tensor, response_mask: torch.Tensor, logprobs: torch.Tensor, temperature: float,
                pad_id: int) -> RolloutBatch:
     """A :class:`RolloutBatch` from the N distinct prompts (N, P) and the B = N * G responses (B, R)."""
@@ -242,13 +248,14 @@ def make_batch(tokenizer, prompts: list[str], G: int, prompt_ids: torch.Tensor, 
     return batch
 
 # ----------------------------------------------------------------------------------------------- decoding
-def decode_completions(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+def decode_completions(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
     """Completion strings: the real response tokens decoded with special tokens skipped. (B, R) -> len B."""
     rows = [ids[m.bool()].tolist() for ids, m in zip(response_ids.cpu(), response_mask.cpu())]
-    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+    texts: list[str] = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    return texts
 
 
-def token_char_spans(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[list[tuple[int, int]]]:
+def token_char_spans(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[list[tuple[int, int]]]:
     """Character span (start, end) of every real response token inside its completion string.
 
     The completion is ``decode_completions(...)[i]``; the spans partition it in order, so
@@ -285,7 +292,7 @@ class ResponseScores(NamedTuple):
     dist: torch.Tensor | None = None  # (B, R, V) log-softmax of the temperature-scaled next-token logits
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
+def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
                    temperature: float = 1.0, *, return_entropy: bool = False,
                    return_hidden: bool = False, return_dist: bool = False) -> ResponseScores:
     """Log-probs of the last ``response_len`` tokens of ``input_ids`` in one forward pass (gradients flow).
@@ -323,8 +330,14 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return ResponseScores(logp, entropy, hidden, dist)
 
 
-def sequence_logprobs(model, batch: RolloutBatch, temperature: float | None = None, *,
-                      return_entropy: bool = False):
+@overload
+def sequence_logprobs(model: Any, batch: RolloutBatch, temperature: float | None = None, *,
+                      return_entropy: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def sequence_logprobs(model: Any, batch: RolloutBatch, temperature: float | None = None, *,
+                      return_entropy: Literal[True]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+def sequence_logprobs(model: Any, batch: RolloutBatch, temperature: float | None = None, *,
+                      return_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Recompute ``batch.logprobs`` with ``model`` (one forward; the batch's temperature by default).
 
     Returns logp (B, R), or ``(logp, entropy)`` with ``return_entropy=True``. Padding positions hold

@@ -30,14 +30,17 @@ blocking of the matrix products differs between the two. Models whose cache is n
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from reinlm.rollout.decode import LMStepper, position_ids_from_mask
+from reinlm.rollout.sampling import Chooser
 
 __all__ = ["KeptCaches", "TurnStepper", "kept_cache_supported"]
 
 
-def kept_cache_supported(model) -> bool:
+def kept_cache_supported(model: Any) -> bool:
     """Whether ``model``'s cache can be kept across turns: every layer attends to the full context."""
     conf = getattr(model, "config", None)
     if conf is None:
@@ -72,7 +75,8 @@ class KeptCaches:
         self.ids.pop(e, None)
         self.kv.pop(e, None)
 
-    def stack(self, episodes: list[int], device) -> tuple[list | None, torch.Tensor, torch.Tensor]:
+    def stack(self, episodes: list[int], device: torch.device | str
+              ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]] | None, torch.Tensor, torch.Tensor]:
         """The kept caches of ``episodes`` (b of them) as one left-padded batch.
 
         Returns (per layer ``(keys, values)`` each (b, nkv, L, hs), or None when no episode holds anything;
@@ -109,12 +113,13 @@ class TurnStepper(LMStepper):
             are fed only the ids after ``caches.held(e)`` (one sample per row: ``samples_per_prompt=1``).
     """
 
-    def __init__(self, model, chooser, caches: KeptCaches, episodes: list[int], fused: bool = True):
+    def __init__(self, model: Any, chooser: Chooser, caches: KeptCaches, episodes: list[int],
+                 fused: bool = True) -> None:
         super().__init__(model, chooser, record_hidden=False, fused=fused)
         self.caches, self.episodes = caches, list(episodes)
         self.dtype = next(model.parameters()).dtype
 
-    def past(self, ids: torch.Tensor, mask: torch.Tensor):
+    def past(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """-> (a ``DynamicCache`` of the kept keys/values or None, key mask (b, L + T), positions (b, T))."""
         from transformers import DynamicCache
 

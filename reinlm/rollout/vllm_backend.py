@@ -50,7 +50,7 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def get_engine(model_dir: str, tokenizer, *, dtype: torch.dtype, cfg, seed: int = 0,
+def get_engine(model_dir: str | None, tokenizer, *, dtype: torch.dtype, cfg, seed: int = 0,
                context: int | None = None) -> "VLLMEngine":
     """The process's vLLM engine for ``model_dir`` in ``dtype`` (started on first use, then shared).
 

@@ -40,16 +40,17 @@ def choose_prompts(n_prompts: int, batch_prompts: int, seed: int, step: int, att
 
 @dataclass
 class Collected:
-    """A step's batch on this process: the rollouts, their scores, the prompt index of each group, whether each
-    sample's group has no reward spread (B,) bool (:func:`~reinlm.algorithms.groups.zero_spread` over the
-    valid scores), and the dynamic-sampling statistics (empty without it)."""
+    """A step's batch on this process: the rollouts, their scores, the prompt index of each group, the samples
+    per prompt (``samples_per_prompt``; 1 on a GKD dataset step), whether each sample's group has no reward
+    spread (B,) bool (:func:`~reinlm.algorithms.groups.zero_spread` over the valid scores), and the
+    dynamic-sampling statistics (empty without it)."""
 
     batch: RolloutBatch
     scored: Scored
     prompt_idx: list[int]
+    group_size: int
     flat: torch.Tensor
     stats: dict[str, float]
-    group_size: int | None = None  # samples per prompt in this batch (1 on a GKD dataset step; None: the config's)
 
 
 class Collector:
@@ -74,9 +75,9 @@ class Collector:
         self.timing = {"generate": 0.0, "reward": 0.0}
         self.on_policy = True  # the last rollout_and_score sampled from the student (False: a dataset step)
 
-    def rollout_and_score(self, step: int, attempt: int) -> tuple[RolloutBatch, Scored, list[int]]:
+    def rollout_and_score(self, step: int, attempt: int) -> tuple[RolloutBatch, Scored, list[int], int]:
         """This process's share of the step's prompts (``attempt`` > 0: a dynamic-sampling refill), rolled out
-        and scored; also returns the prompt index of each group."""
+        and scored; also returns the prompt index of each group and the group size G."""
         cfg = self.cfg
         all_idx = choose_prompts(len(self.prompts), cfg.batch_prompts, cfg.seed, step, attempt)
         local_idx = all_idx[self.rank::self.world]
@@ -93,21 +94,21 @@ class Collector:
         scored = self.score(batch, self.prompts, local_idx, G)
         self.timing["generate"] += t1 - t0
         self.timing["reward"] += time.perf_counter() - t1
-        return batch, scored, local_idx
+        return batch, scored, local_idx, G
 
     def collect(self, step: int) -> Collected:
         """The step's batch: one rollout, or with ``--dynamic-sampling`` the groups that have a reward spread,
         refilled from fresh prompts for at most ``--dynamic-sampling-max-tries`` extra rollouts, then topped up
         with zero-spread groups so the batch always holds ``batch_prompts`` groups (trainer/batching.py)."""
         self.timing = {"generate": 0.0, "reward": 0.0}
-        batch, scored, idx = self.rollout_and_score(step, 0)
+        batch, scored, idx, G = self.rollout_and_score(step, 0)
         if not self.cfg.batches.dynamic_sampling:
-            G = self.cfg.samples_per_prompt if self.on_policy else 1
             stats = {} if self.dataset_steps is None else {"distill/on_policy": float(self.on_policy)}
-            return Collected(batch, scored, idx, zero_spread(scored.scores, batch.group_ids, scored.valid), stats, G)
-        return self._dynamic(step, batch, scored, idx)
+            return Collected(batch, scored, idx, G, zero_spread(scored.scores, batch.group_ids, scored.valid), stats)
+        return self._dynamic(step, batch, scored, idx, G)
 
-    def _dynamic(self, step: int, batch: RolloutBatch, scored: Scored, idx: list[int]) -> Collected:
+    def _dynamic(self, step: int, batch: RolloutBatch, scored: Scored, idx: list[int], G: int) -> Collected:
+        """Dynamic sampling (docstring of :meth:`collect`); G: the group size of every rollout (on-policy)."""
         target = self.cfg.batch_prompts // self.world
         kept: list[tuple[RolloutBatch, Scored, int, int]] = []  # (batch, scored, prompt idx, group id) with a spread
         flat: list[tuple[RolloutBatch, Scored, int, int]] = []  # the same without
@@ -123,7 +124,7 @@ class Collector:
                 break
             attempt += 1
             refills += 1
-            batch, scored, idx = self.rollout_and_score(step, attempt)
+            batch, scored, idx, _ = self.rollout_and_score(step, attempt)
         chosen = (kept + flat)[:target]
         parts, scored_parts, prompt_idx, flags = [], [], [], []
         for n, (b, sc, p, g) in enumerate(chosen):
@@ -135,5 +136,5 @@ class Collector:
         joined = concat_rollouts(parts)
         stats = {"batch/dropped_groups": float(dropped), "batch/refill_rollouts": float(refills),
                  "batch/zero_spread_kept": float(max(0, target - len(kept)))}
-        return Collected(joined, Scored.cat(scored_parts, joined.response_mask.shape[1]), prompt_idx,
+        return Collected(joined, Scored.cat(scored_parts, joined.response_mask.shape[1]), prompt_idx, G,
                          torch.cat(flags), stats)

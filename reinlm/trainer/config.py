@@ -31,7 +31,7 @@ from typing import Any, Literal
 from reinlm.algorithms import get_algorithm
 from reinlm.algorithms.base import Needs, available_algorithms
 from reinlm.algorithms.config import AlgorithmConfig, DistillConfig, KLConfig, PPOConfig
-from reinlm.config.fields import flat_fields, is_config_class
+from reinlm.config.fields import flat_fields
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, check_device, opt
 from reinlm.critic.config import CriticConfig
@@ -86,37 +86,19 @@ def check_algorithm_name(name: str, value: str) -> None:
 _C = typing.TypeVar("_C")
 
 
-_OWNERS: dict[str, dict[str, str]] = {}
-
-
-def _nested_owner(cls: type[Any]) -> dict[str, str]:
-    """``{flat name: nested field}`` of the leaf fields that live in a nested config of ``cls`` (one level)."""
-    key = f"{cls.__module__}.{cls.__qualname__}"
-    if key not in _OWNERS:
-        _OWNERS[key] = _find_nested_owner(cls)
-    return _OWNERS[key]
-
-
-def _find_nested_owner(cls: type[Any]) -> dict[str, str]:
-    hints = typing.get_type_hints(cls)
-    out: dict[str, str] = {}
-    for f in dataclasses.fields(cls):
-        if is_config_class(hints[f.name]):
-            for name in flat_fields(hints[f.name]):
-                out[name] = f.name
-    return out
-
-
 def _accept_flat_names(cls: type[_C]) -> type[_C]:
-    """Wrap the dataclass ``__init__`` of ``cls`` so that flat names of nested fields are routed into them."""
+    """Wrap the dataclass ``__init__`` of ``cls`` so that flat names of nested fields are routed into them; the
+    routing, ``{flat name: the nested field holding it}``, is kept as ``cls.__nested_owners__``."""
     init = cls.__init__
     hints = typing.get_type_hints(cls)
+    owners = {ff.name: ff.path[0] for ff in flat_fields(cls).values() if len(ff.path) > 1}
+    setattr(cls, "__nested_owners__", owners)
 
     @functools.wraps(init)
     def __init__(self: _C, *args: Any, **kwargs: Any) -> None:
         routed: dict[str, dict[str, Any]] = {}
-        for name in [k for k in kwargs if k in _nested_owner(cls)]:
-            routed.setdefault(_nested_owner(cls)[name], {})[name] = kwargs.pop(name)
+        for name in [k for k in kwargs if k in owners]:
+            routed.setdefault(owners[name], {})[name] = kwargs.pop(name)
         for owner, values in routed.items():
             given = kwargs.get(owner)
             if isinstance(given, dict):
@@ -268,6 +250,7 @@ class TrainConfig(Config):
     # TRL's names for these settings (the one table: reinlm/trainer/trl_names.py)
     __aliases__ = trl_names.trl_aliases()
     __unsupported__ = TRL_UNSUPPORTED
+    __nested_owners__: typing.ClassVar[dict[str, str]] = {}  # flat name -> nested field (set by _accept_flat_names)
 
     @classmethod
     def translate_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -380,9 +363,10 @@ class TrainConfig(Config):
                 if value != neutral:
                     raise ConfigError(f"{name}: got {value!r}, a token-space option; it cannot be "
                                       f"used with --space latent (leave it at {neutral!r}).")
+
     def __setattr__(self, name: str, value: Any) -> None:
         # ``cfg.kl_coef = x`` would only add an attribute beside ``cfg.kl.kl_coef``, silently ignored: refused
-        owner = _nested_owner(type(self)).get(name)
+        owner = type(self).__nested_owners__.get(name)
         if owner is not None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}; the setting is "
                                  f"{owner}.{name}")

@@ -206,7 +206,7 @@ class Trainer:
         times = StepTimes(t0, t_reward, t_prep, t_update, self.collector.timing["generate"])
         metrics = step_metrics(self.reduce, batch=batch, scored=scored, flat=got.flat, valid=valid, mask=mask,
                                kl=kl, truncated=truncated, beta=beta,
-                               group_size=got.group_size or cfg.samples_per_prompt,
+                               group_size=got.group_size,
                                update=stats, mismatch=mismatch, batch_stats=got.stats,
                                lr=float(self.scheduler.get_last_lr()[0]), times=times)
         self.kl_ctl.update(metrics["kl/mean"], cfg.batch_size)
@@ -241,8 +241,7 @@ class Trainer:
         baseline_scores = None
         if self.needs.greedy_baseline:
             baseline_scores, greedy_valid = greedy_baseline(self.policy, self.score, self.shape_scores, batch,
-                                                            self.train_prompts, got.prompt_idx,
-                                                            got.group_size or cfg.samples_per_prompt)
+                                                            self.train_prompts, got.prompt_idx, got.group_size)
             valid = valid & greedy_valid
         inputs = AdvantageInputs(scores=scores, valid=valid, mask=mask, group_ids=batch.group_ids.to(self.device),
                                  kl=kl, beta=beta if cfg.kl.kl_in == "reward" else 0.0, dense=got.scored.dense,
