@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 
 import pytest
 
@@ -140,3 +141,15 @@ def test_algo_names_come_from_the_registry():
         del ALGORITHMS["grpo_copy"]
     with pytest.raises(ConfigError, match=r"algo: got 'grpo_copy'; allowed: .*grpo.* \(did you mean 'grpo'\?\)"):
         TrainConfig(algo="grpo_copy")
+
+
+def test_settings_that_do_not_go_with_an_environment_are_refused():
+    env = {"environment": "builtin:persuade"}
+    assert TrainConfig(**env).env.environment == "builtin:persuade"
+    for kw, words in (({"algo": "remax"}, "algo: remax's greedy-rollout baseline is not defined for episodes"),
+                      ({"dynamic_sampling": True}, "dynamic_sampling: not wired for episodes yet"),
+                      ({"generation_backend": "vllm"}, "generation_backend: got 'vllm' with --environment"),
+                      ({"turn_credit": "gae"}, "turn_credit: gae needs PPO's value head; got --algo grpo")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            TrainConfig(**env, **kw)
+    assert TrainConfig(**env, algo="ppo", turn_credit="gae").env.turn_credit == "gae"

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from reinlm.algorithms import get_algorithm
 from reinlm.algorithms.base import Needs, available_algorithms
 from reinlm.algorithms.config import AlgorithmConfig, DistillConfig, KLConfig, PPOConfig
+from reinlm.algorithms.turn_credit import check_turn_credit
 from reinlm.config.fields import flat_fields
 from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, check_device, opt
@@ -306,9 +307,7 @@ class TrainConfig(Config):
         if self.sharding == "fsdp":
             self._check_fsdp(needs.values)
         if self.env.environment or self.env.tools:  # episodes: the settings that go with them
-            from reinlm.trainer.episodes import check_env_settings
-
-            check_env_settings(self)
+            self._check_environment(needs.values)
 
 
     def _resolve_auto_and_deprecated(self) -> None:
@@ -388,6 +387,20 @@ class TrainConfig(Config):
             if bad:
                 raise ConfigError(f"sharding: fsdp with {name} {value!r} is not supported yet; allowed with fsdp: "
                                   f"{name} {allowed}.", field="sharding")
+
+    def _check_environment(self, needs_values: bool) -> None:
+        """Settings that do not go with ``--environment`` (ConfigError naming them)."""
+        if self.rollout.generation_backend != "reinlm":
+            raise ConfigError(f"generation_backend: got {self.rollout.generation_backend!r} with --environment; "
+                              "episodes decode through reinlm's engine (--generation-backend reinlm).",
+                              field="generation_backend")
+        if self.algo == "remax":
+            raise ConfigError("algo: remax's greedy-rollout baseline is not defined for episodes; use grpo, rloo, "
+                              "reinforce, reinforce_pp or ppo with --environment.", field="algo")
+        if self.batches.dynamic_sampling:
+            raise ConfigError("dynamic_sampling: not wired for episodes yet; leave it off with --environment.",
+                              field="dynamic_sampling")
+        check_turn_credit(self.env.turn_credit, needs_values, self.algo)
 
     def _check_distill(self) -> None:
         """Checks across fields of on-policy distillation (ConfigError naming the setting and what is allowed)."""

@@ -19,13 +19,12 @@ import random
 
 import torch
 
-from reinlm.algorithms import get_algorithm
-from reinlm.algorithms.turn_credit import check_turn_credit, credit_targets
+from reinlm.algorithms.turn_credit import credit_targets
 from reinlm.data.prompts import PromptSet
 from reinlm.envs.protocol import call_reset
 from reinlm.envs.spec import EnvSpec, resolve_environment
 from reinlm.envs.trl import ToolEnv
-from reinlm.errors import ConfigError, ReinlmError
+from reinlm.errors import ReinlmError
 from reinlm.latent.turns import frozen_latent_opponent, latent_turn_stepper
 from reinlm.rollout.multiturn import (EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics, episodes_to_batch,
                                       run_episodes)
@@ -33,27 +32,12 @@ from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import generate_rollouts, pad_token_id
 from reinlm.trainer.latent_episodes import latent_episode_batch
 
-__all__ = ["EpisodeRunner", "synthetic_rows", "check_env_settings"]
+__all__ = ["EpisodeRunner", "synthetic_rows"]  # the settings check: TrainConfig._check_environment
 
 
 def synthetic_rows(n: int) -> PromptSet:
     """The rows of a run without a dataset: ``n`` empty prompts (each episode is reset from its seed)."""
     return PromptSet([""] * n, {}, source=f"environment seeds ({n})")
-
-
-def check_env_settings(cfg) -> None:
-    """Settings that do not go with ``--environment`` (ConfigError naming them)."""
-    if cfg.rollout.generation_backend != "reinlm":
-        raise ConfigError(f"generation_backend: got {cfg.rollout.generation_backend!r} with --environment; "
-                          "episodes decode through reinlm's engine (--generation-backend reinlm).",
-                          field="generation_backend")
-    if cfg.algo == "remax":
-        raise ConfigError("algo: remax's greedy-rollout baseline is not defined for episodes; use grpo, rloo, "
-                          "reinforce, reinforce_pp or ppo with --environment.", field="algo")
-    if cfg.batches.dynamic_sampling:
-        raise ConfigError("dynamic_sampling: not wired for episodes yet; leave it off with --environment.",
-                          field="dynamic_sampling")
-    check_turn_credit(cfg.env.turn_credit, get_algorithm(cfg.algo).needs.values, cfg.algo)
 
 
 def _user_env(env):
