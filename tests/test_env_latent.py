@@ -91,13 +91,13 @@ def test_latent_episodes_fold_what_was_sampled_and_observations_get_zero_gradien
 
 
 def test_latent_episode_run_resumes_to_the_same_policy_and_freezes_the_rest(tiny_latent_dir, tmp_path):
-    straight = Trainer(_cfg(tiny_latent_dir, tmp_path / "a", steps=4))
+    straight = Trainer(_cfg(tiny_latent_dir, tmp_path / "a", save_every=1))
     backbone = {k: v.clone() for k, v in straight.policy.lam.backbone.state_dict().items()}
     a = straight.train()
     for k, v in straight.policy.lam.backbone.state_dict().items():
         assert torch.equal(backbone[k], v), k
-    Trainer(_cfg(tiny_latent_dir, tmp_path / "b")).train()
-    b = Trainer(_cfg(tiny_latent_dir, tmp_path / "b", steps=4)).train(resume=True)
+    Trainer(_cfg(tiny_latent_dir, tmp_path / "b", steps=1, save_every=1)).train()
+    b = Trainer(_cfg(tiny_latent_dir, tmp_path / "b", save_every=1)).train(resume=True)
     ha, hb = _heads(a / "final"), _heads(b / "final")
     for k in ha:
         assert torch.equal(ha[k], hb[k]), k
