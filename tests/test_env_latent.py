@@ -129,3 +129,23 @@ def test_two_player_game_in_latent_space_against_the_frozen_latent_policy(tiny_l
     assert t["valid"] and "Tic Tac Toe" in t["observations"][0]
     assert trainer.policy.lam.policy is trainer.policy.trained
     assert all(torch.equal(trainer.policy.ref_policy.state_dict()[k], v) for k, v in ref.items())
+
+
+def test_bwarea_policy_plays_episodes_and_the_fold_recomputes_its_log_probs(smol_tokenizer, tmp_path):
+    """The BWArea family (its policy reads token ids): episodes play through its own stepper, and the fold's
+    log-probs (the policy on the whole transcript's ids) are the ones recorded turn by turn."""
+    from test_latent_bwarea import bwarea_config, bwarea_state, write_checkpoint
+
+    src = write_checkpoint(tmp_path / "src", bwarea_state(len(smol_tokenizer)), bwarea_config(len(smol_tokenizer)),
+                           "safetensors-sharded", smol_tokenizer)
+    assert main(["latent", "import-bwarea", str(src), str(tmp_path / "lat")]) == 0
+    trainer = Trainer(_cfg(tmp_path / "lat", tmp_path / "run", steps=1, max_new_tokens=8, turn_tokens=4))
+    assert type(trainer.policy.lam).__name__ == "BWAreaModel"
+    batch = trainer.episodes.rollout(trainer.train_prompts, [0, 1], 2, [11, 12])
+    model = batch.response_mask.bool()
+    assert model.sum() > 8 and ((batch.response_attn == 1) & ~model).sum() > 8
+    rec = torch.zeros_like(batch.logprobs)
+    for b, ep in enumerate(batch.episodes):
+        rec[b, : len(ep.ids) - ep.prompt_len] = torch.tensor(ep.logprobs[ep.prompt_len:])
+    assert torch.allclose(batch.logprobs[model], rec[model], atol=1e-4)
+    assert (trainer.train() / "final" / "config.json").is_file()
