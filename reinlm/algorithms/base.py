@@ -200,7 +200,7 @@ class Algorithm:
             if coef:  # Mnih et al. 2016: L - c H, the mean per-token entropy
                 loss = loss - coef * token_mean_share(mb.entropy, bonus_mask, norm)
         if mb.teacher_dist is not None:  # --teacher beside the reward: + distill_coef x the distillation loss
-            share, d_stats = distill_share(mb, norm, self.distill)
+            share, d_stats = distill_share(mb.dist, mb.teacher_dist, mb.mask, norm, self.distill)
             loss = loss + self.distill.distill_coef * share
             stats.update(d_stats)
         return loss, stats

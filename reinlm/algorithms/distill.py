@@ -25,15 +25,11 @@ loss tokens of the whole optimiser step on every process: ``loss_type`` dapo's).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from reinlm.algorithms.base import LossInputs
-    from reinlm.algorithms.config import DistillConfig
-    from reinlm.algorithms.losses import LossNorm
+from reinlm.algorithms.config import DistillConfig
+from reinlm.algorithms.losses import LossNorm, aggregate, masked_mean
 
 
 def _restrict_to_teacher_top_k(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -74,19 +70,19 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mas
     return (d * m).sum() / max(denom, 1.0)
 
 
-def distill_share(mb: "LossInputs", norm: "LossNorm", cfg: "DistillConfig") -> tuple[torch.Tensor, dict[str, float]]:
+def distill_share(dist: torch.Tensor | None, teacher_dist: torch.Tensor | None, mask: torch.Tensor, norm: LossNorm,
+                  cfg: DistillConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """One micro-batch's share of the step's distillation loss (unweighted) and its statistics.
 
-    ``mb.dist`` (b, R, V): the student's log-distributions at the sampling temperature, with gradients;
-    ``mb.teacher_dist`` (b, R, V): the teacher's on the same tokens. Both are already temperature-scaled, so the
-    divergence is taken at temperature 1 here. Returns (scalar, {"loss/distill": share, "distill/divergence":
-    the mean per-token divergence of this micro-batch}).
+    ``dist`` (b, R, V): the student's log-distributions at the sampling temperature, with gradients;
+    ``teacher_dist`` (b, R, V): the teacher's on the same tokens; ``mask`` (b, R): the loss tokens (a micro-batch's
+    ``LossInputs`` fields). Both distributions are already temperature-scaled, so the divergence is taken at
+    temperature 1 here. Returns (scalar, {"loss/distill": share, "distill/divergence": the mean per-token
+    divergence of this micro-batch}).
     """
-    from reinlm.algorithms.losses import aggregate, masked_mean
-
-    if mb.dist is None or mb.teacher_dist is None:
+    if dist is None or teacher_dist is None:
         raise ValueError("distillation needs the student's and the teacher's log-distributions (dist, teacher_dist)")
-    d = per_token_divergence(mb.dist, mb.teacher_dist, cfg.distill_beta, 1.0, cfg.distill_top_k)  # (b, R)
-    share = aggregate(d, mb.mask, "dapo", norm)
+    d = per_token_divergence(dist, teacher_dist, cfg.distill_beta, 1.0, cfg.distill_top_k)  # (b, R)
+    share = aggregate(d, mask, "dapo", norm)
     return share, {"loss/distill": float(share.detach()),
-                   "distill/divergence": float(masked_mean(d.detach(), mb.mask))}
+                   "distill/divergence": float(masked_mean(d.detach(), mask))}

@@ -30,7 +30,7 @@ class Distill(Algorithm):
         return Targets(torch.zeros_like(batch.mask, dtype=torch.float32))
 
     def loss(self, mb: LossInputs, norm: LossNorm) -> tuple[torch.Tensor, dict[str, float]]:
-        share, stats = distill_share(mb, norm, self.distill)
+        share, stats = distill_share(mb.dist, mb.teacher_dist, mb.mask, norm, self.distill)
         loss = self.distill.distill_coef * share
         if mb.kl is not None and mb.kl_coef > 0:
             kl_term = aggregate(mb.kl, mb.mask, "dapo", norm)
