@@ -48,6 +48,27 @@ def test_eval_json_is_seeded(capsys, tiny_dir):
     assert c["samples"][0]["turns"] != a["samples"][0]["turns"]
 
 
+def test_eval_a_latent_model_plays_its_own_generation(capsys, tiny_latent_dir):
+    import torch
+
+    from reinlm.envs.spec import resolve_environment
+    from reinlm.latent.model import LatentActionModel
+    from reinlm.rollout.multiturn import TurnFormat
+
+    assert main(["env", "eval", "builtin:guess", "--latent", str(tiny_latent_dir), "--episodes", "2", "--max-turns",
+                 "2", "--turn-tokens", "6", "--greedy", "--json"]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert a["space"] == "latent" and a["model"] == str(tiny_latent_dir) and a["episodes"] == 2
+    # its first turn is the latent model's greedy generation (policy actions, world-model tokens) from the first
+    # observation
+    lam = LatentActionModel.from_pretrained(tiny_latent_dir)
+    ids = torch.tensor([TurnFormat(lam.tokenizer).first(resolve_environment("builtin:guess").make({}).reset(seed=0))])
+    lam.set_action_sampling(greedy=True)
+    out = lam.generate(ids, torch.ones_like(ids), max_new_tokens=6, return_dict=True)
+    want = lam.tokenizer.decode(out.response_ids[0][out.response_mask[0].bool()], skip_special_tokens=True)
+    assert a["samples"][0]["turns"][0] == want
+
+
 @pytest.mark.parametrize("argv, word", [
     (["env", "eval", "builtin:chess"], "builtin:chess"),
     (["env", "play", "textarena:NoSuchGame-v0"], "NoSuchGame-v0"),

@@ -3,7 +3,8 @@
 - ``list``: the built-ins and the adapters, with whether each adapter's package is installed.
 - ``play SPEC``: you are the model: each line you type is a turn; the observations are printed as the model
   reads them (the fastest way to see what the model sees). Reads stdin, so it can be scripted.
-- ``eval SPEC --model M --episodes N``: mean return, turns and invalid-move rate over N seeded episodes,
+- ``eval SPEC --model M --episodes N`` (or ``--latent DIR``: a latent model): mean return, turns and invalid-move
+  rate over N seeded episodes,
   with a progress bar (``--json``: JSON only on stdout).
 """
 
@@ -38,6 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="mean return, turns and invalid-move rate of a model over N episodes")
     ev.add_argument("spec", help="environment SPEC")
     ev.add_argument("--model", default="smollm2-135m", help="model: alias, local dir, run dir/final, HF id")
+    ev.add_argument("--latent", default=None, metavar="DIR", help="a latent model directory instead of --model: its "
+                    "policy picks each turn's actions (sampled at --temperature, or greedy), its world model writes")
     ev.add_argument("--seed", type=int, default=0, help="first episode seed (default 0)")
     ev.add_argument("--episodes", type=int, default=16, help="episodes, seeds --seed .. --seed + N - 1 (default 16)")
     ev.add_argument("--max-turns", type=int, default=4, help="model turns per episode (default 4)")
@@ -108,19 +111,31 @@ def _eval(args) -> int:
         _positive(name, getattr(args, name))
     _positive("env_timeout", args.env_timeout, allow_zero=True)
     spec = resolve_environment(args.spec, opponent=args.opponent)  # bad input fails before the model loads
-    model, tok = load_causal_lm(args.model, device="cpu")
+    play: dict = {}
+    if args.latent:
+        from reinlm.latent.model import LatentActionModel
+        from reinlm.latent.turns import latent_turn_stepper
+
+        model = LatentActionModel.from_pretrained(args.latent, device="cpu")
+        tok, context = model.tokenizer, model.context_length
+        play = dict(make_stepper=latent_turn_stepper(model, args.temperature, greedy=args.greedy),
+                    eos=model.eos_token_ids())
+    else:
+        model, tok = load_causal_lm(args.model, device="cpu")
+        context = getattr(model.config, "max_position_embeddings", None)
     model.eval()
     limits = EpisodeLimits(max_turns=args.max_turns, turn_tokens=min(args.turn_tokens, args.max_new_tokens),
                            max_completion_length=args.max_new_tokens, env_timeout=args.env_timeout or None,
-                           context=getattr(model.config, "max_position_embeddings", None))
+                           context=context)
     sampling = SamplingConfig(temperature=args.temperature, greedy=args.greedy)
     bar = step_bar(args.episodes, f"env eval {args.spec}", unit="episode")
     try:
         episodes, metrics = evaluate_environment(model, tok, spec, args.episodes, args.seed, limits, sampling,
-                                                 on_batch=bar.update)
+                                                 on_batch=bar.update, **play)
     finally:
         bar.close()
-    out = {"environment": args.spec, "model": args.model, "episodes": len(episodes), "seed": args.seed,
+    out = {"environment": args.spec, "model": args.latent or args.model, "space": "latent" if args.latent else "token",
+           "episodes": len(episodes), "seed": args.seed,
            "mean_return": metrics["env/return"], "mean_turns": metrics["env/turns"],
            "invalid_move_rate": metrics["env/invalid_move_frac"], "invalid_episode_frac": metrics["env/invalid_frac"],
            "timeout_frac": metrics["env/timeout_frac"], "model_tokens": metrics["env/model_tokens"]}

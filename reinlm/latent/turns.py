@@ -16,12 +16,13 @@ from reinlm.rollout.sampling import Chooser
 __all__ = ["latent_turn_stepper", "frozen_latent_opponent"]
 
 
-def latent_turn_stepper(lam: Any, temperature: float) -> Callable[[], Any]:
+def latent_turn_stepper(lam: Any, temperature: float, greedy: bool = False) -> Callable[[], Any]:
     """``fn() -> stepper``: a fresh stepper of the latent model ``lam`` for one turn (actions sampled at
-    ``temperature``, no top-k / top-p; tokens greedy from the world model)."""
+    ``temperature``, no top-k / top-p, or the policy's most likely ones with ``greedy``; tokens greedy from the
+    world model)."""
     def make() -> Any:
-        return lam.make_stepper(Chooser("sample", float(temperature), 0, 1.0),
-                                 Chooser("greedy", record_logprob=False))
+        act = Chooser("greedy") if greedy else Chooser("sample", float(temperature), 0, 1.0)
+        return lam.make_stepper(act, Chooser("greedy", record_logprob=False))
 
     return make
 

@@ -369,15 +369,18 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
 
 def evaluate_environment(model, tokenizer, spec, episodes: int, seed: int, limits: EpisodeLimits,
                          sampling: SamplingConfig, batch_size: int = 16,
-                         on_batch: Callable[[int], None] | None = None) -> tuple[list[Episode], dict[str, float]]:
+                         on_batch: Callable[[int], None] | None = None, make_stepper: Callable[[], Any] | None = None,
+                         eos: list[int] | None = None) -> tuple[list[Episode], dict[str, float]]:
     """Play ``episodes`` episodes of ``spec`` (an :class:`~reinlm.envs.spec.EnvSpec`), one per seed
-    ``seed, seed + 1, ...``, ``batch_size`` at a time -> (episodes, :func:`episode_metrics`)."""
+    ``seed, seed + 1, ...``, ``batch_size`` at a time -> (episodes, :func:`episode_metrics`); ``make_stepper`` /
+    ``eos`` as :func:`run_episodes` (a latent model's stepper)."""
     out: list[Episode] = []
     for start in range(0, episodes, batch_size):
         seeds = list(range(seed + start, seed + min(episodes, start + batch_size)))
         envs = [spec.make({}) for _ in seeds]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
-        out += run_episodes(model, tokenizer, envs, [{} for _ in seeds], seeds, 1, sampling, limits, gens)
+        out += run_episodes(model, tokenizer, envs, [{} for _ in seeds], seeds, 1, sampling, limits, gens,
+                            make_stepper=make_stepper, eos=eos)
         if on_batch is not None:
             on_batch(len(seeds))
     return out, episode_metrics(out)
