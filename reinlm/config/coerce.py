@@ -170,54 +170,77 @@ def _check_type_and_range(name: str, value: Any, tp: Any, meta: typing.Mapping[s
         raise _bad(name, value, tp, meta, optional)
     origin = get_origin(tp)
     if origin is Literal or meta.get("choices"):
-        allowed = tuple(meta.get("choices") or get_args(tp))
-        kinds = {type(a) for a in allowed}
-        if isinstance(value, str) and not isinstance(value, bool) and str not in kinds and kinds <= {int, float}:
-            try:
-                value = _coerce_scalar(name, value, kinds.pop(), meta, optional)
-            except ConfigError:
-                pass
-        if value in allowed and not (isinstance(value, bool) and bool not in kinds):
-            return value
-        near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
-        raise _bad(name, value, tp, meta, optional, f" (did you mean {near[0]!r}?)" if near else "")
+        return _check_choice_value(name, value, tp, meta, optional)
     if origin in (list, tuple):
-        inner = (get_args(tp) or (str,))[0]
-        if isinstance(value, str):
-            items = [x.strip() for x in value.split(",") if x.strip() != ""]
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            raise _bad(name, value, tp, meta, optional)
-        inner_meta = {k: v for k, v in meta.items() if k in ("lo", "hi", "lo_open", "hi_open", "finite")}
-        try:
-            out = [_check_type_and_range(name, x, inner, inner_meta, False) for x in items]
-        except ConfigError:
-            raise _bad(name, value, tp, meta, optional) from None
-        return tuple(out) if origin is tuple else out
+        return _check_sequence(name, value, tp, meta, optional)
     if origin is dict or tp is dict:
-        if isinstance(value, str):  # a command-line flag: a JSON object
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise ConfigError(f"{name}: got {value!r}, which is not JSON; allowed: a JSON object, e.g. "
-                                  "'{\"key\": true}'.", field=name) from None
-        if isinstance(value, dict):
-            return value
-        raise _bad(name, value, tp, meta, optional)
+        return _check_mapping(name, value, tp, meta, optional)
     if isinstance(value, (list, tuple, dict)) and not (tp is str and meta.get("sep") and not isinstance(value, dict)):
         if tp in (bool, int, float, str, Path):
             raise _bad(name, value, tp, meta, optional)
     value = _coerce_scalar(name, value, tp, meta, optional)
     if tp in (int, float):
-        if tp is float and meta.get("finite", True) and not math.isfinite(value):
-            raise _bad(name, value, tp, meta, optional)
-        lo, hi = meta.get("lo"), meta.get("hi")
-        if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
-            raise _bad(name, value, tp, meta, optional)
-        if hi is not None and (value >= hi if meta.get("hi_open") else value > hi):
-            raise _bad(name, value, tp, meta, optional)
+        _check_range(name, value, tp, meta, optional)
     return value
+
+
+def _check_choice_value(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any], optional: bool) -> Any:
+    """A ``Literal`` / ``choices`` field: the value (a numeric string read as the choices' number type) if it is
+    one of them, else a ConfigError with the closest choice."""
+    allowed = tuple(meta.get("choices") or get_args(tp))
+    kinds = {type(a) for a in allowed}
+    if isinstance(value, str) and not isinstance(value, bool) and str not in kinds and kinds <= {int, float}:
+        try:
+            value = _coerce_scalar(name, value, kinds.pop(), meta, optional)
+        except ConfigError:
+            pass
+    if value in allowed and not (isinstance(value, bool) and bool not in kinds):
+        return value
+    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    raise _bad(name, value, tp, meta, optional, f" (did you mean {near[0]!r}?)" if near else "")
+
+
+def _check_sequence(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any], optional: bool) -> Any:
+    """A list / tuple field (a comma-separated string too): each item checked as the item type, with the field's
+    range."""
+    origin = get_origin(tp)
+    inner = (get_args(tp) or (str,))[0]
+    if isinstance(value, str):
+        items = [x.strip() for x in value.split(",") if x.strip() != ""]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise _bad(name, value, tp, meta, optional)
+    inner_meta = {k: v for k, v in meta.items() if k in ("lo", "hi", "lo_open", "hi_open", "finite")}
+    try:
+        out = [_check_type_and_range(name, x, inner, inner_meta, False) for x in items]
+    except ConfigError:
+        raise _bad(name, value, tp, meta, optional) from None
+    return tuple(out) if origin is tuple else out
+
+
+def _check_mapping(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any], optional: bool) -> Any:
+    """A dict field (a JSON object string from a flag too)."""
+    if isinstance(value, str):  # a command-line flag: a JSON object
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{name}: got {value!r}, which is not JSON; allowed: a JSON object, e.g. "
+                              "'{\"key\": true}'.", field=name) from None
+    if isinstance(value, dict):
+        return value
+    raise _bad(name, value, tp, meta, optional)
+
+
+def _check_range(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any], optional: bool) -> None:
+    """A number: finite (unless ``finite=False``) and within ``lo``/``hi`` (open or closed)."""
+    if tp is float and meta.get("finite", True) and not math.isfinite(value):
+        raise _bad(name, value, tp, meta, optional)
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        raise _bad(name, value, tp, meta, optional)
+    if hi is not None and (value >= hi if meta.get("hi_open") else value > hi):
+        raise _bad(name, value, tp, meta, optional)
 
 
 def check_choice(field: str, value: Any, allowed: typing.Collection[Any]) -> None:
