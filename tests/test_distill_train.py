@@ -81,12 +81,14 @@ def test_distill_moves_the_student_toward_the_teacher(dirs, tmp_path):
     # forward KL (beta 0): its gradient p_S - p_T reaches the teacher's favoured tokens even where the near-uniform
     # student gives them almost no mass (the reverse KL's p_S-weighted gradient barely does in 8 steps)
     before = held_out_divergence(student, teacher, beta=0.0)
-    assert main(_args(student, teacher, tmp_path / "run", "--distill-beta", "0")) == 0
+    args = _args(student, teacher, tmp_path / "run", "--distill-beta", "0")
+    args[args.index("--steps") + 1], args[args.index("--lr") + 1] = "4", "2e-2"  # 8 steps at 1e-2: 2.04 -> 0.29
+    assert main(args) == 0
     after = held_out_divergence(tmp_path / "run" / "final", teacher, beta=0.0)
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["step"] for r in rows] == list(range(1, 5))
     assert all(r["loss/distill"] > 0 and "reward/mean" in r for r in rows)  # rewards logged, not trained on
-    # the held-out KL(teacher || student) falls: measured 2.04 -> 0.29 nats per token
+    # the held-out KL(teacher || student) falls: measured 2.04 -> 0.61 nats per token
     assert after < 0.5 * before, (before, after)
     cfg = (tmp_path / "run" / "config.yaml").read_text()
     assert f"teacher: {teacher}" in cfg and "distill_beta: 0.0" in cfg
@@ -109,6 +111,7 @@ def test_lmbda_mixes_dataset_steps(dirs, tmp_path, smol_tokenizer):
     data.write_text("".join(json.dumps({"prompt": p, "completion": " a calm answer."}) + "\n" for p in HELD_OUT))
     args = _args(student, teacher, tmp_path / "run", "--lmbda", "0.5")
     args[args.index("builtin:neutral")] = str(data)
+    args[args.index("--steps") + 1] = "3"  # seed 0: on-policy, on-policy, dataset
     assert main(args) == 0
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     on = [r["distill/on_policy"] for r in rows]
