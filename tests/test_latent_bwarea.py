@@ -510,14 +510,12 @@ def test_a_bwarea_run_resumes_to_the_same_policy(ckpt, tmp_path, what):
 
 
 def test_backbone_commands_refuse_a_bwarea_directory_naming_what_runs(ckpt, tmp_path, capsys):
-    """Fine-tuning and the latent benches compute on a frozen backbone's states:
+    """The latent benches compare with a frozen backbone's token space:
     on a BWArea directory each exits 2 naming itself and what runs on BWArea, before writing anything."""
     d = str(ckpt[1])
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"text": f"hello there, document {i}"}) + "\n" for i in range(8)))
-    cases = [(["latent", "finetune", "--latent", d, "--data", str(docs), "--out", str(tmp_path / "o")],
-              "reinlm latent finetune"),
-             (["bench", "latent-vs-token", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench latent-vs-token"),
+    cases = [(["bench", "latent-vs-token", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench latent-vs-token"),
              (["bench", "reward-hacking", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench reward-hacking")]
     for argv, command in cases:
         assert main(argv) == 2, argv
@@ -617,6 +615,62 @@ def test_search_nodes_follow_bwareas_world_model_and_the_td_rule(ckpt, model):
             assert td[-1] >= thr - 1e-5 or d1 - d0 == cfg.max_segment, td
         lengths.append(d1 - d0)
     assert len(nodes) >= 6 and len(set(lengths)) >= 2  # the TD rule cut nodes at different lengths
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning
+
+def test_finetune_stage1_loss_is_bwareas_two_stream_training_forward(ckpt, model):
+    """Fine-tuning's stage-1 loss on BWArea: the next-token cross-entropy of BWArea's training forward, the history
+    merged with the IDM's actions and step t's own state with the given action a_t (the reference's use_cache=False
+    semantics), for fta-p's sampled actions and fta-i's IDM actions."""
+    from reinlm.latent.finetune import lm_loss
+
+    sd, ids = ckpt[0], ids_batch()
+    mask = torch.ones_like(ids)
+    hist = ref_idm_actions(sd, ids)
+    g = torch.Generator().manual_seed(5)
+    for actions in (torch.randint(0, K, (2, ids.shape[1] - 1), generator=g), hist[:, :-1]):
+        with torch.no_grad():
+            got = lm_loss(model, model.head_input(ids, mask), ids, mask, actions)
+        logits = ref_world_logits(sd, ids, hist, current=torch.cat([actions, hist[:, -1:]], 1))[:, :-1]
+        want = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        assert abs(got.item() - want.item()) < 1e-5
+
+
+def test_finetune_runs_on_a_bwarea_directory(ckpt, tmp_path, capsys):
+    """``reinlm latent finetune`` (fta-p) on a BWArea directory: stage 1 trains the world model (its stack and the
+    code book's unpress), stage 2 re-clones the policy; the IDM and the code book's entries are bit-identical in
+    the output, which loads as a BWArea model; the task NLL and BC accuracy improve. ``--train backbone``
+    (BWArea has none) is refused before anything is written."""
+    from safetensors.torch import load_file
+
+    from reinlm.latent.model import LatentActionModel
+
+    docs = tmp_path / "docs.jsonl"
+    texts = [f"The old lighthouse on the hill was painted white and red {i}." for i in range(10)]
+    texts += [f"Every morning the baker on the corner sold {i} loaves of bread." for i in range(10)]
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    d, out = str(ckpt[1]), tmp_path / "fta"
+    argv = ["latent", "finetune", "--latent", d, "--data", str(docs), "--mode", "fta-p", "--epochs", "2",
+            "--bc-epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--max-len", "16", "--eval-train-docs", "6",
+            "--progress", "false",
+            "--out", str(out)]
+    assert main(argv + ["--train", "backbone"]) == 2
+    assert "allowed: world_model (BWArea has no frozen backbone" in err_text(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]
+    assert main(argv + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # --json: the JSON alone on stdout
+    before, after = load_file(str(ckpt[1] / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {k for k in before if k.startswith(("world.", "codebook.unpress.", "policy."))}
+    assert result["trained"] == ["world", "codebook.unpress", "policy"]
+    assert result["steps"] == {"stage1": 5, "stage2": 5}  # ceil(2 epochs x 18 training documents / 8)
+    b, a = result["before"]["train"], result["after"]["train"]
+    assert a["nll_world_model_idm"] < b["nll_world_model_idm"] - 1.0 and a["nll_world_model_policy"] < b["nll_world_model_policy"] - 1.0
+    assert a["bc_top1_accuracy"] > b["bc_top1_accuracy"] + 0.2
+    m = LatentActionModel.from_pretrained(out)
+    assert type(m).__name__ == "BWAreaModel" and m.tokenizer is not None
 
 
 # ---------------------------------------------------------------------------------------------- QD table

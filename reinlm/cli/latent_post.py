@@ -59,7 +59,7 @@ def run_post(args: argparse.Namespace) -> int:
             print_json(result, indent=2)
         else:
             print(format_result(result))
-        print(f"latent model: {out}   (try: reinlm generate --latent {out} --prompt \"...\")")
+            print(f"latent model: {out}   (try: reinlm generate --latent {out} --prompt \"...\")")
         return 0
 
     cfg = build_config(QTrainConfig, args, load_yaml(args.config))

@@ -284,6 +284,28 @@ class BWAreaModel(SeedAPI, nn.Module):
             per_action.append(pol[..., a] + logp)
         return torch.logsumexp(torch.stack(per_action), 0)
 
+    world_model_parts = ("world", "codebook.unpress")  # what fine-tuning's stage 1 trains (parameter prefixes)
+
+    def world_model_parameters(self) -> list[nn.Parameter]:
+        """What fine-tuning's stage 1 trains as BWArea's world model: the world stack (embeddings, layers, the
+        dynamics merge, norms, LM head) and the code book's ``unpress`` (c(a) = unpress(e_a)). The code book's
+        entries e_k stay: the IDM quantises against them, and the IDM is never trained."""
+        return list(self.world.parameters()) + list(self.codebook.unpress.parameters())
+
+    def step_world_logits(self, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None,
+                          actions: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T-1, V) float32 of steps 0..T-2, step t under ``actions[:, t]`` ((B, T-1) long):
+        BWArea's training forward (:meth:`world_states` with ``current_actions``): the history merged with the
+        IDM's actions, position t's own state with ``actions[:, t]``. Gradients flow into the world model."""
+        with torch.no_grad():
+            hist = self.idm_logits(ids, mask).argmax(-1)  # (B, T)
+        return self.world_logits(ids, mask, hist, torch.cat([actions, hist[:, -1:]], 1))[:, :-1]
+
+    def lm_nll_sum(self, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor) -> float:
+        """Summed NLL of the next token of every ``valid`` step ((B, T-1) bool) under this model as a language model
+        (:meth:`frozen_lm_logprobs` with its own policy: K passes of the world model's upper half)."""
+        return float(-self.frozen_lm_logprobs(ids, mask, ids.shape[1] - 1, self.policy)[valid].sum())
+
     def lm_stepper(self, token_chooser) -> "BWAreaStepper":
         """The decode engine's stepper of this model as a plain language model, drawing tokens with
         ``token_chooser`` (the QD table's ``token_sampling`` row): BWArea has no backbone LM, so each token comes
@@ -301,9 +323,9 @@ class BWAreaModel(SeedAPI, nn.Module):
                 f"LM head or heads-only world model); a BWArea model has none (its parts own their embeddings and "
                 f"its action enters between the world model's layers). On a BWArea directory reinlm runs: "
                 f"`reinlm generate --latent DIR`, `reinlm explore --latent DIR`, `reinlm train --space latent "
-                f"--latent DIR`, `reinlm latent train-q`, `reinlm search`, `reinlm latent qd` and the model cards' "
-                f"code (reinlm.latent.compat); `latent finetune` and the latent benches need a frozen-backbone "
-                f"directory.")
+                f"--latent DIR`, `reinlm latent train-q`, `reinlm search`, `reinlm latent qd`, `reinlm latent "
+                f"finetune` and the model cards' code (reinlm.latent.compat); the latent benches need a "
+                f"frozen-backbone directory.")
         return super().__getattr__(name)
 
     # ------------------------------------------------------------------ parts

@@ -23,8 +23,14 @@ both           both of the above                               carries its own b
 Stage 2 trains only the policy. With ``world_model`` the backbone's states never change, so they are
 computed once and kept in memory. Loss of stage 1 (per task token, full vocabulary):
 ``-log p_WM(x_{t+1} | h_t, a_t)``; stage 2: ``-log pi(a*_t | x_<=t)`` with ``a*_t`` the IDM's argmax on the
-current states. Legend: B = documents per batch, L = document length (tokens), H = hidden size,
-K = actions, V = vocabulary.
+current states.
+
+Both latent families fine-tune through the same steps (the family supplies ``head_input``,
+``world_model_parameters``, ``step_world_logits``, ``lm_nll_sum``). On BWArea (no frozen backbone: only
+``train=world_model``) stage 1 trains the world stack and the code book's ``unpress`` (the IDM and the code
+book's entries stay bit-identical) with BWArea's two-stream training forward: the history merged with the IDM's
+actions, step t's own state with the mode's action a_t. Legend: B = documents per batch, L = document length
+(tokens), H = hidden size, K = actions, V = vocabulary.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.latent.backbone import backbone_forward
 from reinlm.latent.heldout import SUMS, batch_sums
-from reinlm.latent.model import CONFIG_FILE, HEADS_FILE, LatentActionModel, require_backbone_family
+from reinlm.latent.bwarea import BWAreaModel
+from reinlm.latent.model import LatentActionModel, latent_family
 from reinlm.latent.modules import sample_actions
 from reinlm.latent.stage import Progress, Stage
 from reinlm.schedules import lr_multiplier
@@ -169,9 +176,10 @@ def split_documents(n: int, held_out_fraction: float, seed: int) -> tuple[np.nda
 # ---------------------------------------------------------------------------------------------- pieces
 
 def hidden_states(lam, ids: torch.Tensor, mask: torch.Tensor, grad: bool) -> torch.Tensor:
-    """The backbone's final normalised states h (B, L, H) float32; with ``grad`` the graph is kept."""
+    """What the heads read (``head_input``: the backbone's states h (B, L, H) float32, or BWArea's token ids
+    (B, L)); with ``grad`` (a trained backbone) the backbone's graph is kept."""
     if not grad:
-        return lam.backbone_hidden(ids, mask)[0]
+        return lam.head_input(ids, mask)
     return backbone_forward(lam.backbone, ids, mask)[0].float()
 
 
@@ -188,9 +196,11 @@ def step_actions(lam, h: torch.Tensor, mask: torch.Tensor, mode: str, frozen_pol
 
 
 def lm_loss(lam, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL of the world model under ``actions`` (B, L-1): full vocabulary."""
+    """Mean next-token NLL of the world model under ``actions`` (B, L-1), full vocabulary: the family's
+    ``step_world_logits`` (over a frozen backbone: merged into each state; BWArea: its two-stream training
+    forward, the history merged with the IDM's actions)."""
     valid = (mask[:, :-1] * mask[:, 1:]).bool()  # (B, L-1)
-    logits = lam.world_model_logits_from_hidden(h[:, :-1], actions)  # (B, L-1, V)
+    logits = lam.step_world_logits(h, ids, mask, actions)  # (B, L-1, V)
     return F.cross_entropy(logits[valid], ids[:, 1:][valid])
 
 
@@ -205,9 +215,10 @@ def bc_loss(lam, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, flo
 
 @torch.no_grad()
 def evaluate_task(lam, data: TaskTokens, batch_size: int = 16, seed: int = 0, tau: float = 1.0) -> dict[str, float]:
-    """Task figures on ``data`` (full vocabulary, per token): backbone NLL, world-model NLL under the IDM's argmax
-    actions and under actions sampled from the policy (temperature ``tau``), BC top-1/top-5 accuracy of the
-    policy against the IDM's argmax, codes used."""
+    """Task figures on ``data`` (full vocabulary, per token): the frozen LM's NLL (``nll_backbone``: the
+    backbone; on BWArea the model marginalised over its policy, which fine-tuning changes), world-model NLL
+    under the IDM's argmax actions and under actions sampled from the policy (temperature ``tau``), BC
+    top-1/top-5 accuracy of the policy against the IDM's argmax, codes used."""
     g = torch.Generator().manual_seed(seed)
     s = dict.fromkeys(SUMS, 0.0)
     codes: set[int] = set()
@@ -241,27 +252,40 @@ def _run_stage(name: str, params: list[torch.nn.Parameter] | list[dict], n_docs:
                      Progress(name, total, 0, cfg.progress, bar=True, every=1), loss_key=loss_key, after=after)
 
 
+class _TaskStates:
+    """The training documents' head inputs, per batch of document indices: computed once with ``cache`` (they
+    cannot change: a frozen backbone, or BWArea's token ids), else on the fly (``grad``: the backbone's graph
+    kept)."""
+
+    def __init__(self, lam, train: TaskTokens, bs: int, cache: bool):
+        self.lam, self.train, self.dev = lam, train, lam.device
+        self.cached = None
+        if cache:
+            self.cached = torch.cat([hidden_states(lam, train.ids[i:i + bs].to(self.dev),
+                                                   train.mask[i:i + bs].to(self.dev), grad=False)
+                                     for i in range(0, len(train), bs)])  # (N, L, *)
+
+    def __call__(self, idx, grad: bool):
+        """-> (head inputs (b, L', *), ids (b, L'), mask (b, L')), cut to the batch's longest document L'."""
+        ids, mask = self.train.ids[idx].to(self.dev), self.train.mask[idx].to(self.dev)
+        L = int(mask.sum(-1).max())
+        ids, mask = ids[:, :L], mask[:, :L]
+        if self.cached is not None:
+            return self.cached[idx][:, :L], ids, mask
+        return hidden_states(self.lam, ids, mask, grad=grad), ids, mask
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 
 def finetune(cfg: FinetuneConfig, lam=None) -> Path:
     """Fine-tune ``cfg.latent`` on ``cfg.data`` (stage 1 per ``cfg.mode`` / ``cfg.train``, then re-clone the policy)
     and write a latent model directory to ``cfg.out``; returns it. ``lam``: an already loaded model to use."""
-    if lam is None:
-        require_backbone_family(cfg.latent, "reinlm latent finetune")
-    docs = read_documents(cfg.data, cfg.text_column)
-    held_docs = read_documents(cfg.held_out_data, cfg.text_column) if cfg.held_out_data else None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    lam = lam or LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
-    if lam.tokenizer is None:
-        raise ReinlmError(f"latent: the backbone of {cfg.latent!r} has no tokenizer.")
-    data = tokenize_documents(lam.tokenizer, docs, cfg.max_len)
-    if held_docs is not None:
-        train, held = data, tokenize_documents(lam.tokenizer, held_docs, cfg.max_len)
-    else:
-        train_idx, held_idx = split_documents(len(data), cfg.held_out_fraction, cfg.seed)
-        train, held = data.rows(train_idx), data.rows(held_idx)
+    bwarea = isinstance(lam, BWAreaModel) if lam is not None else latent_family(cfg.latent) == "bwarea"
+    if bwarea and cfg.trains_backbone:
+        raise ReinlmError(f"train: got {cfg.train!r} for a BWArea model; allowed: world_model (BWArea has no frozen "
+                          f"backbone: its world model owns its embeddings and layers, and world_model trains them "
+                          f"all).")
+    lam, train, held = _load_task(cfg, lam)
     out = Path(cfg.out)
     work = out.with_name(f".{out.name}.work")
     work.mkdir(parents=True, exist_ok=True)
@@ -273,85 +297,104 @@ def finetune(cfg: FinetuneConfig, lam=None) -> Path:
     before = {"held_out": evaluate_task(lam, held, seed=cfg.seed), "train": evaluate_task(lam, train_eval, seed=cfg.seed)}
     log.info("before: held-out NLL(WM, IDM actions) %.3f, BC top-1 %.3f",
              before["held_out"]["nll_world_model_idm"], before["held_out"]["bc_top1_accuracy"])
-
-    frozen_policy = lam.frozen_policy_copy() if cfg.mode == "fta-p" else None
-    gen = torch.Generator(device=lam.device).manual_seed(cfg.seed)
-    dev = lam.device
-    # ---- stage 1: the language model under the mode's actions
-    lam.requires_grad_(False)
-    groups = []
-    if cfg.trains_world_model:
-        lam.world_model.requires_grad_(True)
-        groups.append({"params": list(lam.world_model.parameters()), "lr": cfg.lr})
-    if cfg.trains_backbone:
-        lam.backbone.requires_grad_(True)
-        groups.append({"params": list(lam.backbone.parameters()), "lr": cfg.backbone_lr})
-    cached_h = None
-    if not cfg.trains_backbone:  # the states never change: compute them once
-        cached_h = torch.cat([hidden_states(lam, train.ids[i:i + cfg.batch_size].to(dev),
-                                            train.mask[i:i + cfg.batch_size].to(dev), grad=False)
-                              for i in range(0, len(train), cfg.batch_size)])  # (N, L, H)
-
-    def states(idx, grad: bool):
-        ids, mask = train.ids[idx].to(dev), train.mask[idx].to(dev)
-        if cached_h is not None:
-            h = cached_h[idx]
-            L = int(mask.sum(-1).max())
-            return h[:, :L], ids[:, :L], mask[:, :L]
-        L = int(mask.sum(-1).max())
-        ids, mask = ids[:, :L], mask[:, :L]
-        return hidden_states(lam, ids, mask, grad=grad), ids, mask
-
-    def stage1_step(idx):
-        h, ids, mask = states(idx, grad=cfg.trains_backbone)
-        a = step_actions(lam, h, mask, cfg.mode, frozen_policy, cfg.policy_tau, gen)
-        loss = lm_loss(lam, h, ids, mask, a)
-        return loss, {"loss/lm": loss.item()}, int(mask.sum())
-
-    s1 = _run_stage("stage 1: language model", groups, len(train), cfg.epochs, cfg, stage1_step, metrics_path,
-                    cfg.lr, salt=1, loss_key="loss/lm")
-    lam.requires_grad_(False)
-    lam.eval()
-    # ---- stage 2: re-clone the policy to the IDM's actions on the (possibly new) states
-    lam.policy.requires_grad_(True)
-    lam.policy.train()
-    if cfg.trains_backbone:
-        cached_h = None
-
-    def stage2_step(idx):
-        h, _, mask = states(idx, grad=False)
-        loss, acc = bc_loss(lam, h, mask)
-        return loss, {"loss/bc": loss.item(), "bc/top1_batch": acc}, int(mask.sum())
-
-    s2 = _run_stage("stage 2: re-clone the policy", list(lam.policy.parameters()), len(train), cfg.bc_epochs, cfg,
-                    stage2_step, metrics_path, cfg.lr, salt=2, loss_key="loss/bc")
-    lam.policy.requires_grad_(False)
-    lam.eval()
+    states = _TaskStates(lam, train, cfg.batch_size, cache=not cfg.trains_backbone)
+    s1 = _stage1(lam, cfg, states, len(train), metrics_path)
+    if cfg.trains_backbone:  # stage 1 changed the states: stage 2 computes them on the fly (no gradient)
+        states = _TaskStates(lam, train, cfg.batch_size, cache=False)
+    s2 = _stage2(lam, cfg, states, len(train), metrics_path)
     after = {"held_out": evaluate_task(lam, held, seed=cfg.seed), "train": evaluate_task(lam, train_eval, seed=cfg.seed)}
     result = {
         "mode": cfg.mode, "train": cfg.train, "documents": {"train": len(train), "held_out": len(held)},
         "steps": {"stage1": s1, "stage2": s2}, "before": before, "after": after,
-        "trained": trained_parts(cfg), "seconds": round(time.time() - t0, 1),
+        "trained": trained_parts(cfg, lam), "seconds": round(time.time() - t0, 1),
     }
     save_finetuned(lam, cfg, out, result, metrics_path)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def trained_parts(cfg: FinetuneConfig) -> list[str]:
-    """Names of the parts the run trains (prefixes of ``LatentActionModel.named_parameters``)."""
+def _load_task(cfg: FinetuneConfig, lam=None) -> tuple:
+    """Read and tokenise the corpus (and the separate held-out corpus), load the model (unless given) and split
+    the documents: -> (model, train, held-out) as :class:`TaskTokens`."""
+    docs = read_documents(cfg.data, cfg.text_column)
+    held_docs = read_documents(cfg.held_out_data, cfg.text_column) if cfg.held_out_data else None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    lam = lam or LatentActionModel.from_pretrained(cfg.latent, device=cfg.device)
+    if lam.tokenizer is None:
+        raise ReinlmError(f"latent: the model {cfg.latent!r} has no tokenizer.")
+    data = tokenize_documents(lam.tokenizer, docs, cfg.max_len)
+    if held_docs is not None:
+        return lam, data, tokenize_documents(lam.tokenizer, held_docs, cfg.max_len)
+    train_idx, held_idx = split_documents(len(data), cfg.held_out_fraction, cfg.seed)
+    return lam, data.rows(train_idx), data.rows(held_idx)
+
+
+def _stage1(lam, cfg: FinetuneConfig, states: _TaskStates, n_docs: int, metrics_path: Path) -> int:
+    """Stage 1: the language model (the family's world model, and/or the backbone) under the mode's actions;
+    fta-p samples them from the policy, which stage 1 does not train (so it is the pre-fine-tuning policy).
+    Returns the optimisation steps."""
+    gen = torch.Generator(device=lam.device).manual_seed(cfg.seed)
+    lam.requires_grad_(False)
+    groups = []
+    if cfg.trains_world_model:
+        params = lam.world_model_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        groups.append({"params": params, "lr": cfg.lr})
+    if cfg.trains_backbone:
+        lam.backbone.requires_grad_(True)
+        groups.append({"params": list(lam.backbone.parameters()), "lr": cfg.backbone_lr})
+    frozen_policy = lam.policy if cfg.mode == "fta-p" else None
+
+    def step(idx):
+        h, ids, mask = states(idx, grad=cfg.trains_backbone)
+        a = step_actions(lam, h, mask, cfg.mode, frozen_policy, cfg.policy_tau, gen)
+        loss = lm_loss(lam, h, ids, mask, a)
+        return loss, {"loss/lm": loss.item()}, int(mask.sum())
+
+    steps = _run_stage("stage 1: language model", groups, n_docs, cfg.epochs, cfg, step, metrics_path, cfg.lr,
+                       salt=1, loss_key="loss/lm")
+    lam.requires_grad_(False)
+    lam.eval()
+    return steps
+
+
+def _stage2(lam, cfg: FinetuneConfig, states: _TaskStates, n_docs: int, metrics_path: Path) -> int:
+    """Stage 2: re-clone the policy to the IDM's argmax actions on the (possibly new) states; returns the steps."""
+    lam.policy.requires_grad_(True)
+    lam.policy.train()
+
+    def step(idx):
+        h, _, mask = states(idx, grad=False)
+        loss, acc = bc_loss(lam, h, mask)
+        return loss, {"loss/bc": loss.item(), "bc/top1_batch": acc}, int(mask.sum())
+
+    steps = _run_stage("stage 2: re-clone the policy", list(lam.policy.parameters()), n_docs, cfg.bc_epochs, cfg,
+                       step, metrics_path, cfg.lr, salt=2, loss_key="loss/bc")
+    lam.policy.requires_grad_(False)
+    lam.eval()
+    return steps
+
+
+def trained_parts(cfg: FinetuneConfig, lam=None) -> list[str]:
+    """Names of the parts the run trains (prefixes of the model's ``named_parameters``; the world model's are the
+    family's ``world_model_parts``)."""
+    world = list(getattr(lam, "world_model_parts", ("world_model",)))
     parts = []
     if cfg.epochs > 0:
-        parts += ["world_model"] if cfg.train == "world_model" else (["backbone"] if cfg.train == "backbone"
-                                                                      else ["world_model", "backbone"])
+        parts += world if cfg.train == "world_model" else (["backbone"] if cfg.train == "backbone"
+                                                            else world + ["backbone"])
     if cfg.bc_epochs > 0:
         parts.append("policy")
     return parts
 
 
 def save_finetuned(lam, cfg: FinetuneConfig, out: Path, result: dict, metrics_path: Path) -> None:
-    """Write the latent model directory atomically: config.json, heads.safetensors, finetune.json, metrics.jsonl,
-    finetune_config.json, and ``backbone/`` (model + tokenizer) when the backbone was trained."""
+    """Write the latent model directory atomically: the family's files (``save_pretrained``: config.json, the
+    weights, the tokenizer's files), finetune.json, metrics.jsonl, finetune_config.json, and ``backbone/``
+    (model + tokenizer) when the backbone was trained."""
     with atomic_dir(out) as tmp:
         if cfg.trains_backbone and cfg.epochs > 0:
             lam.backbone.save_pretrained(tmp / "backbone")
@@ -359,8 +402,8 @@ def save_finetuned(lam, cfg: FinetuneConfig, out: Path, result: dict, metrics_pa
             lam.config.backbone = "./backbone"  # resolved against the model directory when loaded
         heads = tmp / ".heads"
         lam.save_pretrained(heads)
-        for name in (CONFIG_FILE, HEADS_FILE):
-            (heads / name).replace(tmp / name)
+        for f in heads.iterdir():
+            f.replace(tmp / f.name)
         shutil.rmtree(heads, ignore_errors=True)
         write_json(tmp / "finetune.json", result)
         write_json(tmp / "finetune_config.json", config_to_dict(cfg))

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reinlm.errors import ReinlmError
@@ -81,7 +82,7 @@ def latent_family(model_dir: str | Path) -> str:
 
 def require_backbone_family(model_dir: str | Path, command: str) -> None:
     """Refuse (:class:`ReinlmError`, exit 2) a BWArea directory given to ``command``, a command whose computation
-    runs on a frozen backbone's hidden states (fine-tuning, the latent benches), naming what runs
+    compares with the frozen backbone's token space (the latent benches), naming what runs
     on BWArea; checked before any model loads or anything is written."""
     if latent_family(model_dir) == "bwarea":
         raise ReinlmError(
@@ -90,7 +91,7 @@ def require_backbone_family(model_dir: str | Path, command: str) -> None:
             f"latent import-cola`): BWArea has no backbone, its parts own their embeddings. On a BWArea directory "
             f"reinlm runs `reinlm generate --latent DIR`, `reinlm explore --latent DIR`, `reinlm train --space "
             f"latent --latent DIR` (--latent-train policy, head or lora), `reinlm latent train-q`, `reinlm search`, "
-            f"`reinlm latent qd` and the model cards' code (reinlm.latent.compat).")
+            f"`reinlm latent qd`, `reinlm latent finetune` and the model cards' code (reinlm.latent.compat).")
 
 
 class LatentActionModel(SeedAPI, nn.Module):
@@ -172,6 +173,24 @@ class LatentActionModel(SeedAPI, nn.Module):
         """Log-probs (B, R) of the last R tokens of ``input_ids`` (B, T) under the frozen language model this latent
         model starts from: the backbone itself, temperature 1 (``ref_policy`` is not needed)."""
         return token_logprobs(self.backbone, input_ids, attention_mask, R, 1.0).logp
+
+    world_model_parts = ("world_model",)  # what fine-tuning's stage 1 trains as the world model (parameter prefixes)
+
+    def world_model_parameters(self) -> list[nn.Parameter]:
+        """What fine-tuning's stage 1 trains as the world model: the code book and the merge blocks."""
+        return list(self.world_model.parameters())
+
+    def step_world_logits(self, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None,
+                          actions: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T-1, V) float32 of steps 0..T-2, step t under ``actions[:, t]`` ((B, T-1) long):
+        the world model merges each action into its own position's backbone state x_t (x = ``head_input``,
+        (B, T, H); ``ids`` / ``mask`` are not needed). Gradients flow into the world model."""
+        return self.world_model_logits_from_hidden(x[:, :-1], actions)
+
+    def lm_nll_sum(self, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor) -> float:
+        """Summed NLL of the next token of every ``valid`` step ((B, T-1) bool) under the frozen language model: the
+        backbone's LM head on its states x (B, T, H)."""
+        return F.cross_entropy(self.token_logits(x[:, :-1][valid]), ids[:, 1:][valid], reduction="sum").item()
 
     def lm_stepper(self, token_chooser):
         """The decode engine's stepper of the frozen language model this latent model starts from, drawing tokens
