@@ -405,7 +405,7 @@ def test_rl_trains_only_the_policy(ckpt, tmp_path):
     lp = LatentPolicy(cfg, torch.device("cpu"), latent_model=m)
     assert {id(p) for p in lp.trainable_parameters()} == {id(p) for p in m.rl_parameters()}
     batch = lp.rollout(["I like eating", "The sky is"], 2, seeds=[0, 1])
-    logp_all = lp._logp_all(lp.lam.policy, batch)  # (B, R, K) recomputed from the recorded token ids
+    logp_all = lp.action_logp_all(lp.lam.policy, batch)  # (B, R, K) recomputed from the recorded token ids
     assert torch.allclose(logp_all.detach(), batch.old_logp_all, atol=1e-5)
     reward = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None]
     logp = logp_all.gather(-1, batch.actions[..., None]).squeeze(-1)
