@@ -509,21 +509,33 @@ def test_a_bwarea_run_resumes_to_the_same_policy(ckpt, tmp_path, what):
         assert torch.allclose(saved, trainer.policy.lam.policy(ids), atol=1e-5, rtol=0)
 
 
-def test_backbone_commands_refuse_a_bwarea_directory_naming_what_runs(ckpt, tmp_path, capsys):
-    """The latent benches compare with a frozen backbone's token space:
-    on a BWArea directory each exits 2 naming itself and what runs on BWArea, before writing anything."""
+def test_the_latent_benches_run_their_latent_side_on_a_bwarea_directory(ckpt, tmp_path, capfd):
+    """The benches' token side trains the latent model's backbone, which BWArea does not have: with it (the default
+    sides) each bench exits 2 naming ``--sides latent`` before writing anything; with ``--sides latent`` they run on
+    BWArea (reward-hacking run here, end to end), and reward-hacking's per-step perplexity is the trainer's frozen-LM figure (the world model marginalised
+    over the starting policy), its before/after figures the held-out evaluation's."""
     d = str(ckpt[1])
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"text": f"hello there, document {i}"}) + "\n" for i in range(8)))
-    cases = [(["bench", "latent-vs-token", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench latent-vs-token"),
-             (["bench", "reward-hacking", "--latent", d, "--out", str(tmp_path / "o")], "reinlm bench reward-hacking")]
-    for argv, command in cases:
-        assert main(argv) == 2, argv
-        err = err_text(capsys)
-        assert f"is a BWArea model (`reinlm latent import-bwarea`); `{command}` runs on a latent model over a frozen " \
-               f"backbone" in err, (command, err)
-        assert "`reinlm train --space latent --latent DIR`" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]  # nothing written
+    for bench in ("latent-vs-token", "reward-hacking"):
+        assert main(["bench", bench, "--latent", d, "--out", str(tmp_path / "o")]) == 2
+        err = " ".join(capfd.readouterr().err.split())
+        assert f"is a BWArea model (`reinlm latent import-bwarea`); the token side of `reinlm bench {bench}` trains the " \
+               f"latent model's backbone" in err and "allowed: --sides latent" in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    small = ["--latent", d, "--sides", "latent", "--reward", SPACE_REWARD, "--steps", "2", "--batch-prompts", "1",
+             "--samples-per-prompt", "2", "--max-new-tokens", "4", "--json"]
+    from reinlm.bench.latent_vs_token import backbone_of  # latent-vs-token's latent side is `reinlm train` (above)
+
+    assert backbone_of(d, sides=["latent"]) == ""
+    assert main(["bench", "reward-hacking", *small, "--seeds", "3", "--eval-prompts", "1", "--eval-samples", "2",
+                 "--out", str(tmp_path / "rh")]) == 0
+    report = json.loads(capfd.readouterr().out)
+    (run,) = report["runs"]
+    rows = [json.loads(x) for x in (tmp_path / "rh" / "latent-seed3" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["perplexity"] for s in run["steps"]] == [r["response/perplexity_frozen"] for r in rows]
+    assert all(1 < s["perplexity"] < float("inf") for s in run["steps"])
+    ev = json.loads((tmp_path / "rh" / "latent-seed3" / "train_eval.json").read_text())
+    assert (run["ppl_before"], run["ppl_after"]) == (ev["before"]["perplexity_frozen"], ev["after"]["perplexity_frozen"])
+    assert set(report["summary"]) == {"latent"}
 
 
 # ---------------------------------------------------------------------------------------------- Q-model and search

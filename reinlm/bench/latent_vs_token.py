@@ -24,7 +24,7 @@ from reinlm.config.flags import add_dataclass_args
 from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.evaluation.plots import pyplot
-from reinlm.latent.model import require_backbone_family
+from reinlm.latent.model import latent_family
 from reinlm.trainer.config import TrainConfig, add_train_args
 from reinlm.utils.jsonio import read_jsonl
 from reinlm.utils.memory import peak_rss_mb
@@ -68,16 +68,23 @@ def _side_config(cfg: TrainConfig, side: str, out_root: Path, latent_lr: float |
     return TrainConfig(**values)
 
 
-def backbone_of(latent_dir: str | None, command: str = "reinlm bench latent-vs-token") -> str:
-    """The backbone id/path named in a latent model directory's config.json (a BWArea directory, which has
-    none, is refused naming ``command``)."""
+def backbone_of(latent_dir: str | None, command: str = "reinlm bench latent-vs-token",
+                sides: list[str] | tuple[str, ...] = ("latent", "token")) -> str:
+    """The backbone id/path named in a latent model directory's config.json: the model of the token side. Without
+    a token side in ``sides`` only the directory is checked (returns ""). A BWArea directory has no backbone:
+    with a token side it is refused naming ``command`` and ``--sides latent``."""
     if not latent_dir:
         raise ReinlmError("latent: the benchmark needs --latent DIR, a model from `reinlm latent pretrain`.")
-    require_backbone_family(latent_dir, command)
     path = Path(latent_dir) / "config.json"
     if not path.is_file():
         raise ReinlmError(f"latent: {latent_dir!r} has no config.json; pass a directory written by "
                           "`reinlm latent pretrain --out DIR`.")
+    if "token" not in sides:
+        return ""
+    if latent_family(latent_dir) == "bwarea":
+        raise ReinlmError(f"latent: {latent_dir!r} is a BWArea model (`reinlm latent import-bwarea`); the token side "
+                          f"of `{command}` trains the latent model's backbone, which BWArea does not have (its parts "
+                          f"own their embeddings); allowed: --sides latent (the latent side alone).")
     return json.loads(path.read_text())["backbone"]
 
 
@@ -88,7 +95,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     cfg = build_config(TrainConfig, args, base)
     out_root = Path(cfg.out or f"runs/bench-latent-vs-token-seed{cfg.seed}")
     sides = bench.sides
-    backbone_of(cfg.latent)  # fail fast on a bad latent directory
+    backbone_of(cfg.latent, sides=sides)  # fail fast on a bad latent directory (or a token side without backbone)
     flat = config_to_dict(cfg)  # the flat names, as the flags spell them
     report: dict[str, Any] = {"settings": {k: flat[k] for k in (
         "algo", "reward", "prompts", "steps", "batch_prompts", "samples_per_prompt", "max_new_tokens", "lr",

@@ -32,6 +32,7 @@ from reinlm.config.schema import Config, opt
 from reinlm.errors import ReinlmError
 from reinlm.evaluation.lm import completion_logprobs
 from reinlm.evaluation.plots import pyplot
+from reinlm.latent.model import latent_family
 from reinlm.trainer.config import TrainConfig, add_train_args
 from reinlm.utils.jsonio import read_jsonl
 
@@ -79,7 +80,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if cfg.kl.kl_coef != 0 or cfg.kl.kl_target is not None:
         raise ReinlmError(f"kl_coef: got {cfg.kl.kl_coef} (kl_target {cfg.kl.kl_target}); the stress test runs "
                           "without a KL penalty: leave --kl-coef and --kl-target unset.")
-    backbone = backbone_of(cfg.latent, "reinlm bench reward-hacking")
+    backbone = backbone_of(cfg.latent, "reinlm bench reward-hacking", stress.sides)  # "" without a token side
+    bwarea = latent_family(cfg.latent or "") == "bwarea"
     out_root = Path(cfg.out or "runs/bench-reward-hacking")
     runs = []
     for seed in stress.seeds:
@@ -89,6 +91,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                           save_every=max(cfg.steps, 1) + 1, overwrite=True)
             if side == "latent":
                 values["lr"] = stress.latent_lr
+                if bwarea:  # no backbone to score the samples afterwards: the trainer logs their frozen-LM perplexity
+                    values["log_frozen_perplexity"] = True
             else:
                 values["model"] = backbone
             side_cfg = TrainConfig(**values)

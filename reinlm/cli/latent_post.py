@@ -20,7 +20,7 @@ from reinlm.config.flags import add_dataclass_args
 from reinlm.config.yamlfile import load_yaml
 from reinlm.errors import ReinlmError
 from reinlm.latent.finetune import FinetuneConfig, finetune
-from reinlm.latent.model import LatentActionModel, require_backbone_family
+from reinlm.latent.model import LatentActionModel
 from reinlm.latent.qmodel import (QTrainConfig, rollouts_from_rows, sample_rollouts, score_rollouts,
                                   train_on_rollouts)
 from reinlm.rewards import parse_reward_spec

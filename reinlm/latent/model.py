@@ -80,20 +80,6 @@ def latent_family(model_dir: str | Path) -> str:
     return "bwarea" if isinstance(raw, dict) and raw.get("model_type") == "reinlm-latent-bwarea" else "backbone"
 
 
-def require_backbone_family(model_dir: str | Path, command: str) -> None:
-    """Refuse (:class:`ReinlmError`, exit 2) a BWArea directory given to ``command``, a command whose computation
-    compares with the frozen backbone's token space (the latent benches), naming what runs
-    on BWArea; checked before any model loads or anything is written."""
-    if latent_family(model_dir) == "bwarea":
-        raise ReinlmError(
-            f"latent: {str(model_dir)!r} is a BWArea model (`reinlm latent import-bwarea`); `{command}` runs on a "
-            f"latent model over a frozen backbone (pretrained by `reinlm latent pretrain` or imported by `reinlm "
-            f"latent import-cola`): BWArea has no backbone, its parts own their embeddings. On a BWArea directory "
-            f"reinlm runs `reinlm generate --latent DIR`, `reinlm explore --latent DIR`, `reinlm train --space "
-            f"latent --latent DIR` (--latent-train policy, head or lora), `reinlm latent train-q`, `reinlm search`, "
-            f"`reinlm latent qd`, `reinlm latent finetune` and the model cards' code (reinlm.latent.compat).")
-
-
 class LatentActionModel(SeedAPI, nn.Module):
     """Heads over a frozen backbone. Only ``idm``, ``policy`` and ``world_model`` hold trainable weights."""
 
