@@ -447,8 +447,42 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
     """Run (or resume) the whole pipeline; returns ``cfg.out`` holding the model and ``summary.json``.
 
     Raises :class:`Interrupted` when ``stop_after_steps`` stops it early (a checkpoint is written)."""
-    from reinlm.hub import load_causal_lm
+    ctx, out = _start(cfg)
+    t0 = time.time()
+    dtype, backbone, tok = _load_backbone(ctx)
+    H = int((getattr(backbone.config, "text_config", None) or backbone.config).hidden_size)
+    mode = _data_mode(cfg, H)
+    data = _cache_data(ctx, backbone, tok, out) if mode == "on" else _stream_data(ctx, backbone, tok, out)
+    data_seconds = round(time.time() - t0, 1)
+    if ctx.is_main:
+        _save_held_out(out / "held_out.npz", data.held_out_sequences)
+    latent = _heads_config(cfg, latent)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LatentActionModel(latent, backbone, tok)
+    reduce = Reducer(ctx.accelerator)
+    model, s1 = _stage1(ctx, model, data, reduce, out / "stage1", backbone, tok)
+    s2 = _stage2(ctx, model, data, reduce, out / "stage2", out)
+    summary = {
+        "backbone": cfg.backbone, "backbone_dtype": dtype, "autocast": ctx.autocast, "corpus": cfg.corpus, "num_actions": latent.num_actions,
+        "processes": ctx.world, **data.facts,
+        "codes_used": s1["codes_used"], "code_perplexity": s1["code_perplexity"],
+        "nll_backbone": s1["nll_backbone"], "nll_world_model_idm": s1["nll_world_model_idm"],
+        "bc_top1_accuracy": s2["bc_top1_accuracy"], "bc_top5_accuracy": s2["bc_top5_accuracy"],
+        "nll_world_model_policy": s2["nll_world_model_policy"], "eval_tokens": s1["eval_tokens"],
+        "seconds": {"data": data_seconds, "stage1": s1["seconds"], "stage2": s2["seconds"]},
+    }
+    if ctx.is_main:
+        write_json(out / "summary.json", summary)
+        for stage in (out / "stage1", out / "stage2"):  # finished stages need no checkpoint
+            shutil.rmtree(stage / "checkpoint", ignore_errors=True)
+    ctx.barrier()
+    return out
 
+
+def _start(cfg: PretrainConfig) -> tuple[_Context, Path]:
+    """Threads, the accelerator and this process's context (the batch must split over the processes), the seed,
+    the output directory and its ``pretrain_config.json``."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     acc = _accelerator(cfg)
@@ -463,16 +497,27 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
         write_json(out / "pretrain_config.json", config_to_dict(cfg))
-    t0 = time.time()
-    dtype = _resolve_dtype(cfg, ctx.device)
+    return ctx, out
 
+
+def _load_backbone(ctx: _Context) -> tuple[str, object, object]:
+    """The frozen backbone in the resolved dtype (packed bfloat16 linears on a CPU that has them), the autocast
+    decision; -> (dtype, backbone, tokenizer)."""
+    from reinlm.hub import load_causal_lm
+
+    cfg = ctx.cfg
+    dtype = _resolve_dtype(cfg, ctx.device)
     ctx.autocast = cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and native_bfloat16(ctx.device))
     backbone, tok = load_causal_lm(cfg.backbone, device=str(ctx.device), dtype=dtype)
     if dtype == "bfloat16" and ctx.device.type == "cpu":
         if packing_supported():  # oneDNN-packed bfloat16 linears: bit-identical, faster (rollout/fast.py)
             pack_linears(backbone)
-    H = int((getattr(backbone.config, "text_config", None) or backbone.config).hidden_size)
+    return dtype, backbone, tok
 
+
+def _data_mode(cfg: PretrainConfig, H: int) -> str:
+    """``--hidden-cache`` resolved: ``on`` (a disk cache) or ``off`` (streamed); ``auto`` caches when the corpus's
+    float16 states (its tokens, or ~4 bytes of text per token, x 1.1 x H x 2 bytes) fit in ``--cache-max-gb``."""
     spec = parse_corpus_spec(cfg.corpus)
     mode = cfg.hidden_cache
     if mode == "auto":
@@ -482,22 +527,24 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
             n = size // 4  # about 4 bytes of text a token
         mode = "on" if n is not None and n * 1.1 * H * 2 <= cfg.cache_max_gb * 1e9 else "off"
-    data = _cache_data(ctx, backbone, tok, out) if mode == "on" else _stream_data(ctx, backbone, tok, out)
-    data_seconds = round(time.time() - t0, 1)
-    if ctx.is_main:
-        _save_held_out(out / "held_out.npz", data.held_out_sequences)
+    return mode
 
+
+def _heads_config(cfg: PretrainConfig, latent: LatentConfig | None) -> LatentConfig:
+    """The heads' config on this backbone (float32 heads only: AdamW on bfloat16 weights loses small updates)."""
     latent = latent or LatentConfig()
     latent.backbone = cfg.backbone
     if latent.heads_dtype != "float32":
         raise ReinlmError(f"heads_dtype: got {latent.heads_dtype!r} for pretraining; allowed: float32 (AdamW on "
                           f"bfloat16 weights loses small updates; bfloat16 heads are for loading large models).")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = LatentActionModel(latent, backbone, tok)
-    reduce = Reducer(acc)
+    return latent
 
-    s1_dir = out / "stage1"
+
+def _stage1(ctx: _Context, model: LatentActionModel, data: _Data, reduce: Reducer, s1_dir: Path, backbone,
+            tok) -> tuple[LatentActionModel, dict]:
+    """Stage 1 (IDM + world model) unless ``s1_dir/result.json`` says it finished (then its model is loaded);
+    -> (the model, the stage's result: held-out figures and seconds)."""
+    cfg = ctx.cfg
     if (s1_dir / "result.json").is_file():
         log.info("stage 1: found %s, skipping", s1_dir / "result.json")
         model = LatentActionModel.from_pretrained(s1_dir / "model", backbone=(backbone, tok))
@@ -530,9 +577,13 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
             model.save_pretrained(s1_dir / "model")
             write_json(s1_dir / "result.json", res)
         ctx.barrier()
-    s1 = json.loads((s1_dir / "result.json").read_text())
+    return model, json.loads((s1_dir / "result.json").read_text())
 
-    s2_dir = out / "stage2"
+
+def _stage2(ctx: _Context, model: LatentActionModel, data: _Data, reduce: Reducer, s2_dir: Path, out: Path) -> dict:
+    """Stage 2 (behaviour cloning) unless it finished and the model files are in ``out``; writes them there;
+    -> the stage's result."""
+    cfg = ctx.cfg
     if (s2_dir / "result.json").is_file() and (out / "heads.safetensors").is_file():
         log.info("stage 2: found %s, skipping", s2_dir / "result.json")
     else:
@@ -550,23 +601,7 @@ def pretrain(cfg: PretrainConfig, latent: LatentConfig | None = None) -> Path:
             _save_model_files(model, out)
             write_json(s2_dir / "result.json", res)
         ctx.barrier()
-    s2 = json.loads((s2_dir / "result.json").read_text())
-
-    summary = {
-        "backbone": cfg.backbone, "backbone_dtype": dtype, "autocast": ctx.autocast, "corpus": cfg.corpus, "num_actions": latent.num_actions,
-        "processes": ctx.world, **data.facts,
-        "codes_used": s1["codes_used"], "code_perplexity": s1["code_perplexity"],
-        "nll_backbone": s1["nll_backbone"], "nll_world_model_idm": s1["nll_world_model_idm"],
-        "bc_top1_accuracy": s2["bc_top1_accuracy"], "bc_top5_accuracy": s2["bc_top5_accuracy"],
-        "nll_world_model_policy": s2["nll_world_model_policy"], "eval_tokens": s1["eval_tokens"],
-        "seconds": {"data": data_seconds, "stage1": s1["seconds"], "stage2": s2["seconds"]},
-    }
-    if ctx.is_main:
-        write_json(out / "summary.json", summary)
-        for stage in (s1_dir, s2_dir):  # finished stages need no checkpoint
-            shutil.rmtree(stage / "checkpoint", ignore_errors=True)
-    ctx.barrier()
-    return out
+    return json.loads((s2_dir / "result.json").read_text())
 
 
 def _save_held_out(path: Path, seqs: list[np.ndarray]) -> None:
