@@ -419,6 +419,29 @@ def test_rl_trains_only_the_policy(ckpt, tmp_path):
     assert len(moved) >= len(pol_before) // 2
 
 
+def test_head_mode_reference_shares_the_frozen_trunk(ckpt, tmp_path):
+    """``--latent-train head``: the KL reference shares the policy's frozen trunk (no copy of the 1.1 B-parameter
+    stack at 2.7B) and holds its own frozen copy of the output layer, so after the head moves the reference still
+    computes the starting policy."""
+    from reinlm.latent.model import LatentActionModel
+    from reinlm.trainer.config import TrainConfig
+    from reinlm.trainer.latent_policy import LatentPolicy
+
+    m = LatentActionModel.from_pretrained(ckpt[1])
+    cfg = TrainConfig(space="latent", latent=str(ckpt[1]), reward="length", prompts="builtin:neutral", steps=1,
+                      latent_train="head", out=str(tmp_path / "rl"), device="cpu", progress=False, log="none")
+    lp = LatentPolicy(cfg, torch.device("cpu"), latent_model=m)
+    ref, pol = lp.ref_policy, m.policy
+    assert ref.blocks is pol.blocks and ref.inp is pol.inp and ref.norm is pol.norm and ref.out is not pol.out
+    assert {id(p) for p in ref.parameters()} - {id(p) for p in pol.parameters()} == {id(ref.out.weight)}
+    ids = ids_batch()
+    with torch.no_grad():
+        start = pol(ids)
+        pol.out.weight.add_(0.1)  # what training the head does
+        assert torch.equal(ref(ids), start) and not torch.allclose(pol(ids), start)
+    assert pol.out.weight.requires_grad and not ref.out.weight.requires_grad
+
+
 # ---------------------------------------------------------------------------------------------- reinlm train
 
 SPACE_REWARD = f"{Path(__file__).parent / 'assets' / 'toy_rewards.py'}:space_share"

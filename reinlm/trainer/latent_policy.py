@@ -60,6 +60,20 @@ def add_policy_lora(policy: torch.nn.Module, rank: int, alpha: int) -> None:
                             policy)
 
 
+def reference_policy(policy: torch.nn.Module, what: str) -> torch.nn.Module:
+    """The frozen starting policy, the reference of the exact KL (and the frozen-LM and frozen-opponent figures).
+    ``what`` = ``--latent-train``: with ``head`` only the output layer trains, so the reference shares the policy's
+    frozen trunk (embeddings or input layer, blocks, norm: the same modules, not copied) and holds a frozen copy of
+    the output layer alone (at BWArea 2.7B: 131 k parameters instead of a 1.1 B-parameter copy); else a frozen deep
+    copy of the whole policy (made before LoRA adapters are added, so it stays the plain starting policy)."""
+    if what != "head":
+        return copy.deepcopy(policy).eval().requires_grad_(False)
+    ref = copy.copy(policy)  # a second view of the same stack: its own module table
+    ref._modules = dict(policy._modules)
+    ref._modules["out"] = copy.deepcopy(policy.out).eval().requires_grad_(False)
+    return ref
+
+
 def merged_lora_copy(policy: torch.nn.Module) -> torch.nn.Module:
     """A copy of a LoRA'd policy with every adapter merged into its linear layer (W + (alpha / r) B A) and the
     plain layers back in place: the state dict of the policy without adapters (what a latent directory holds)."""
@@ -99,7 +113,7 @@ class LatentPolicy:
         self.tokenizer = self.lam.tokenizer
         if self.tokenizer is None:
             raise ReinlmError(f"latent: the backbone of {cfg.latent!r} has no tokenizer; it cannot score text.")
-        self.ref_policy = copy.deepcopy(self.lam.policy).eval().requires_grad_(False)
+        self.ref_policy = reference_policy(self.lam.policy, cfg.latent_train)
         if cfg.latent_train == "lora":  # adapters after the reference copy: it stays the plain starting policy
             add_policy_lora(self.lam.policy, cfg.lora_r, cfg.lora_alpha)
         self.value_head = None
