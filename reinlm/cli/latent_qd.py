@@ -30,10 +30,10 @@ def run_qd(cfg: QDConfig, model: LatentActionModel | None = None, encoder=None) 
     from reinlm.hub import load_sentence_encoder  # not at the top: `reinlm --help` would load the hub
 
     latent_dir = Path(cfg.latent)
-    if not cfg.prefixes:
-        check_held_out(latent_dir)  # before any model loads
     seed_everything(cfg.seed)
-    model = model or LatentActionModel.from_pretrained(latent_dir, device=cfg.device)
+    model = model or LatentActionModel.from_pretrained(latent_dir, device=cfg.device)  # a damaged directory: named
+    if not cfg.prefixes:
+        check_held_out(latent_dir)
     model.set_action_sampling(greedy=False, tau=cfg.action_tau, top_k=0, top_p=1.0)
     tok = model.tokenizer
     if cfg.prefixes:
