@@ -44,10 +44,12 @@ def test_trainer_form_matches_trainer_lr_lambda():
         lr_multiplier(10, 0, "step")
 
 
-def test_trls_warmup_ratio_counts_optimiser_steps(tiny_lm, tmp_path):
-    """warmup_ratio as in TRL: warm-up over ceil(ratio x all optimiser steps), the schedule stepped per optimiser
-    step. 2 rollout steps x 2 epochs x 2 minibatches = 8 optimiser steps; warm-up ceil(8 x 0.25) = 2, then the
-    linear decay over the 6 after it: multipliers (s + 1) / 2 for s < 2, then 1 - (s - 2) / 6."""
+@pytest.mark.parametrize("warmup", [{"warmup_ratio": 0.25}, {"warmup_steps": 2}])
+def test_trls_warmup_counts_optimiser_steps(tiny_lm, tmp_path, warmup):
+    """warmup_ratio and warmup_steps as in TRL: the warm-up (ceil(ratio x all optimiser steps), or warmup_steps) and
+    the decay count optimiser steps, the schedule stepped per optimiser step. 2 rollout steps x 2 epochs x 2
+    minibatches = 8 optimiser steps; warm-up ceil(8 x 0.25) = 2 (or 2), then the linear decay over the 6 after it:
+    multipliers (s + 1) / 2 for s < 2, then 1 - (s - 2) / 6."""
     from reinlm.trainer.config import TrainConfig
     from reinlm.trainer.loop import Trainer
 
@@ -55,7 +57,7 @@ def test_trls_warmup_ratio_counts_optimiser_steps(tiny_lm, tmp_path):
     reward = f"{Path(__file__).parent / 'assets' / 'toy_rewards.py'}:space_share"
     cfg = TrainConfig(model="tiny", reward=reward, prompts="builtin:neutral", steps=2, batch_prompts=2,
                       samples_per_prompt=2, minibatch_size=2, update_epochs=2, max_new_tokens=4, lr=1e-3,
-                      warmup_ratio=0.25, lr_schedule="linear", seed=0, device="cpu", progress=False,
+                      **warmup, lr_schedule="linear", seed=0, device="cpu", progress=False,
                       eval_prompts=0, log="none", out=str(tmp_path / "run"))
     tr = Trainer(cfg, model=copy.deepcopy(model), tokenizer=tok)
     seen: list[float] = []  # the learning rate each optimiser step uses

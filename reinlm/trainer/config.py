@@ -186,7 +186,8 @@ class TrainConfig(Config):
     adam_beta2: float = opt(0.999, "AdamW beta2, the decay of the second-moment estimate (TRL's adam_beta2)", lo=0,
                             hi=1, hi_open=True)
     adam_epsilon: float = opt(1e-8, "AdamW epsilon added to the denominator (TRL's adam_epsilon)", lo=0, lo_open=True)
-    warmup_steps: int = opt(0, "linear learning-rate warm-up steps", lo=0)
+    warmup_steps: int = opt(0, "linear learning-rate warm-up, in optimiser steps (TRL's warmup_steps; one per "
+                               "rollout step unless --update-epochs or --minibatch-size give more)", lo=0)
     warmup_ratio: float | None = opt(None, "warm-up over ceil(this share x all optimiser steps) (TRL's "
                                      "warmup_ratio); the schedule then counts optimiser steps, as TRL's does",
                                      lo=0, hi=1)

@@ -131,7 +131,7 @@ class Trainer:
         self.collector = Collector(cfg, self.policy, self.score, self.train_prompts, self.train_texts, self.rank,
                                    self.world, self.device, self.episodes, dataset_steps)
         self.reduce = Reducer(self.accelerator, self.world, self.device)
-        (self.sharded, self.sharded_module, self.optimizer, self.scheduler, self.lr_per_optimizer_step,
+        (self.sharded, self.sharded_module, self.optimizer, self.scheduler,
          self.kl_ctl) = build_optimisation(cfg, self.policy, self.world, self.accelerator)
         self.monitor = DegenerationMonitor(degeneration or DegenerationConfig())
         self.start_step = 0
@@ -272,8 +272,6 @@ class Trainer:
             order = torch.randperm(B, generator=gen) if (epoch > 0 or mb < B) else torch.arange(B)
             for start in range(0, B, mb):
                 self._optimizer_step(up, order[start:start + mb], stats)
-        if not self.lr_per_optimizer_step:  # --warmup-steps: the schedule counts rollout steps
-            self.scheduler.step()
         return stats.means(), up.seen_old
 
     def _optimizer_step(self, up: UpdateBatch, idx: torch.Tensor, stats: UpdateStats) -> None:
@@ -290,8 +288,7 @@ class Trainer:
         check_grad_norm(gn, up.step + 1)  # before the step: a NaN never reaches the weights
         stats.add("grad/norm", float(gn), len(idx))
         self.optimizer.step()
-        if self.lr_per_optimizer_step:  # --warmup-ratio (TRL's): the schedule counts optimiser steps
-            self.scheduler.step()
+        self.scheduler.step()  # the schedule counts optimiser steps, as TRL's does
         self.policy.after_optimizer_step()
         self.algorithm.end_optimizer_step(self.reduce.sum)
         stats.opt_steps += 1

@@ -33,12 +33,12 @@ def lr_lambda(cfg: TrainConfig, per_step: int = 1) -> Callable[[int], float]:
     """Multiplier of the base learning rate: linear warm-up, then the decay schedule
     (:func:`reinlm.schedules.lr_multiplier`, warm-up before the decay).
 
-    It counts rollout steps (``--warmup-steps``, the scheduler stepped once per rollout step), or, with
-    ``--warmup-ratio`` (TRL's), optimiser steps, ``per_step`` of them per rollout step
-    (:func:`optimizer_steps_per_step`): T = steps x per_step, warm-up ceil(T x warmup_ratio) (transformers'
-    ``get_warmup_steps``), the scheduler stepped after every optimiser step.
+    It counts optimiser steps, as TRL's does, ``per_step`` of them per rollout step
+    (:func:`optimizer_steps_per_step`; the scheduler is stepped after every optimiser step): T = steps x
+    per_step; the warm-up is ``--warmup-steps`` optimiser steps, or ceil(T x warmup_ratio) with
+    ``--warmup-ratio`` (transformers' ``get_warmup_steps``). With one optimiser step per rollout step (the
+    default) optimiser and rollout steps are the same.
     """
-    if cfg.warmup_ratio is None:
-        return lr_multiplier(cfg.steps, cfg.warmup_steps, cfg.lr_schedule, warmup_inside=False)
     total = cfg.steps * per_step
-    return lr_multiplier(total, math.ceil(total * cfg.warmup_ratio), cfg.lr_schedule, warmup_inside=False)
+    warmup = math.ceil(total * cfg.warmup_ratio) if cfg.warmup_ratio is not None else cfg.warmup_steps
+    return lr_multiplier(total, warmup, cfg.lr_schedule, warmup_inside=False)

@@ -155,13 +155,12 @@ class Optimisation(NamedTuple):
     sharded_module: Any  # the FSDP-wrapped module (None: not sharded)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    lr_per_optimizer_step: bool  # --warmup-ratio (TRL's): the scheduler steps per optimiser step, not rollout step
     kl_ctl: AdaptiveKLController | ConstantKLController
 
 
 def build_optimisation(cfg: TrainConfig, policy: Policy, world: int, accelerator: Any) -> Optimisation:
-    """AdamW over the policy's trainable parameters, the learning-rate schedule (per rollout step, or per optimiser
-    step with ``--warmup-ratio``: trainer/optim.py), DDP or FSDP (which shards the model first: the optimiser then
+    """AdamW over the policy's trainable parameters, the learning-rate schedule (stepped per optimiser step:
+    trainer/optim.py), DDP or FSDP (which shards the model first: the optimiser then
     holds only this process's shards), the KL controller."""
     sharded = cfg.sharding == "fsdp" and world > 1
     sharded_module = policy.shard() if sharded else None
@@ -169,12 +168,10 @@ def build_optimisation(cfg: TrainConfig, policy: Policy, world: int, accelerator
     if not params:
         raise ReinlmError("the policy has no trainable parameters.")
     optimizer = make_adamw(params, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon)
-    per_optimizer_step = cfg.warmup_ratio is not None
-    per_step = optimizer_steps_per_step(cfg, world) if per_optimizer_step else 1
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, per_step))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, optimizer_steps_per_step(cfg, world)))
     if world > 1 and not sharded:
         policy.wrap_for_ddp(accelerator)
     kl = cfg.kl
     kl_ctl = (AdaptiveKLController(kl.kl_coef, kl.kl_target, kl.kl_horizon) if kl.kl_target is not None
               else ConstantKLController(kl.kl_coef))
-    return Optimisation(sharded, sharded_module, optimizer, scheduler, per_optimizer_step, kl_ctl)
+    return Optimisation(sharded, sharded_module, optimizer, scheduler, kl_ctl)

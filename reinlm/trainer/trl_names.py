@@ -51,8 +51,7 @@ TRL_SAME: dict[str, str] = {
     "adam_epsilon": "AdamW epsilon (1e-8 in both)",
     "disable_dropout": "every torch.nn.Dropout of the trained model to p = 0 (TRL's rule); false in both",
     "max_grad_norm": "gradient-norm clip (0: off)",
-    "warmup_steps": "linear warm-up; TRL counts optimiser steps, reinlm rollout steps (the same when "
-                    "num_iterations is 1 and per_device_train_batch_size covers the whole rollout batch); a "
+    "warmup_steps": "linear warm-up in optimiser steps, as in TRL (the schedule counts optimiser steps); a "
                     "float in (0, 1) is warmup_ratio, as in transformers 5",
     "warmup_ratio": "warm-up over ceil(warmup_ratio x all optimiser steps), the schedule (warm-up and decay) "
                     "stepped per optimiser step, as in TRL (transformers 4; transformers 5 writes it as a float "
