@@ -9,14 +9,17 @@ the per-token policy loss (not the normaliser, not the KL term), as in TRL 1.16'
       keep_i = [A_i >= 0] or [ 1/|y_i| sum_t (log pi_sampler(x_it) - log pi(x_it)) <= delta ]
 
 - **High-entropy tokens** (Wang et al. 2025, "Beyond the 80/20 Rule"): keep the tokens whose entropy is at or
-  above the (1 - rho) quantile of the micro-batch's loss-token entropies (rho = ``top_entropy_quantile``).
-  TRL takes the quantile over every process's micro-batch; reinlm over this process's micro-batch (the same with
-  one process).
+  above the (1 - rho) quantile of the micro-batch's loss-token entropies (rho = ``top_entropy_quantile``), the
+  quantile taken over every process's micro-batch, as TRL takes it (its ``get_high_entropy_mask`` gathers them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from reinlm.utils.distributed import gather_values
 
 
 @torch.no_grad()
@@ -30,9 +33,11 @@ def off_policy_mask(adv: torch.Tensor, logp: torch.Tensor, sampler_logp: torch.T
 
 
 @torch.no_grad()
-def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
-    """(B, R) bool: loss tokens whose entropy is >= the ``1 - quantile`` quantile of the loss tokens' entropies."""
-    values = entropy[mask.bool()].float()
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float,
+                      gather: Callable[[torch.Tensor], torch.Tensor] = gather_values) -> torch.Tensor:
+    """(B, R) bool: loss tokens whose entropy is >= the ``1 - quantile`` quantile of the loss tokens' entropies of
+    every process (``gather``: this process's values (n,) -> all processes' values, a collective)."""
+    values = gather(entropy[mask.bool()].float())
     if values.numel() == 0:
         return torch.zeros_like(entropy, dtype=torch.bool)
     threshold = torch.quantile(values, 1.0 - quantile)

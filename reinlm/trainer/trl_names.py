@@ -71,7 +71,7 @@ TRL_SAME: dict[str, str] = {
     "use_bias_correction_kl": "the KL loss term times the importance ratio (with kl_in: loss); TRL's default is "
                               "true, reinlm's false",
     "top_entropy_quantile": "only the top share of tokens by entropy enters the policy loss and the entropy bonus "
-                            "(quantile over this process's micro-batch; TRL's over every process's)",
+                            "(the quantile over every process's micro-batch, as TRL's)",
     "use_adaptive_entropy": "Skywork-OR1's adaptive entropy coefficient, updated after every optimiser step",
     "entropy_target": "adaptive entropy control's target entropy (nats)",
     "entropy_coef_min": "adaptive entropy control's lower bound",

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+import torch
 import torch.distributed as dist
 
 
@@ -56,3 +57,22 @@ def exit_distributed_process(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+def gather_values(values: torch.Tensor) -> torch.Tensor:
+    """Every process's 1-D ``values`` concatenated in rank order (lengths may differ between processes); ``values``
+    itself when no process group is running. Every process must call it (a collective)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    world = dist.get_world_size()
+    if world == 1:
+        return values
+    n = torch.tensor([values.numel()], device=values.device)
+    counts = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)
+    longest = int(max(int(c) for c in counts))
+    padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+    padded[: values.numel()] = values
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(c)] for p, c in zip(parts, counts)])
