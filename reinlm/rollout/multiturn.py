@@ -27,7 +27,7 @@ on every real token, so the teacher-forced forward attends to the observations a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -36,6 +36,9 @@ from reinlm.rollout.decode import LMStepper, decode
 from reinlm.rollout.sampling import Chooser, SamplingConfig
 from reinlm.rollout.turn_cache import KeptCaches, TurnStepper, kept_cache_supported
 from reinlm.rollout.token import RolloutBatch, eos_ids, left_pad, pad_token_id
+
+if TYPE_CHECKING:
+    from reinlm.envs.spec import EnvSpec
 
 __all__ = ["Episode", "EpisodeBatch", "EpisodeLimits", "TurnFormat", "run_episodes", "start_episodes", "play_turns", "episodes_to_batch",
            "episode_metrics"]
@@ -78,7 +81,7 @@ class Episode:
     def observation_tokens(self) -> int:
         return len(self.ids) - self.prompt_len - self.model_tokens
 
-    def transcript(self) -> dict:
+    def transcript(self) -> dict[str, Any]:
         """A JSON-able record for samples.jsonl: each turn's text and reward, the observations, which tokens trained."""
         return {"observations": self.observations, "turns": self.texts, "turn_rewards": self.rewards,
                 "return": self.ret, "valid": self.valid, "fault": self.fault, "model_tokens": self.model_tokens,
@@ -93,11 +96,13 @@ class EpisodeBatch(RolloutBatch):
     response_attn: torch.Tensor | None = None  # (B, R) 1 on every real transcript token after the prompt
     turn_ids: torch.Tensor | None = None  # (B, R) k + 1 on the model tokens of turn k, 0 elsewhere
     turn_rewards: torch.Tensor | None = None  # (B, K) per-turn rewards (0 past the last turn)
-    episodes: list = field(default_factory=list)  # len B, the Episode records
+    episodes: list[Episode] = field(default_factory=list)  # len B, the Episode records
 
     @property
     def attention_mask(self) -> torch.Tensor:
         """Prompt + every real transcript token (observations included): (B, P + R)."""
+        if self.response_attn is None:
+            raise ValueError("EpisodeBatch.response_attn is not set (episodes_to_batch sets it)")
         return torch.cat([self.prompt_mask, self.response_attn], dim=1)
 
 
@@ -122,7 +127,7 @@ class TurnFormat:
     its turn is not repeated.
     """
 
-    def __init__(self, tokenizer, chat: bool | None = None):
+    def __init__(self, tokenizer: Any, chat: bool | None = None) -> None:
         self.tokenizer = tokenizer
         self.chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
         self.eos_text = tokenizer.eos_token or ""
@@ -134,7 +139,7 @@ class TurnFormat:
             self.pre, self.post = after.split("\x00O")  # e.g. "<|im_end|>\n<|im_start|>user\n", "<|im_end|>\n..."
 
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def first(self, text: str) -> list[int]:
         """Ids of the first observation (the prompt)."""
@@ -161,7 +166,7 @@ def _fault(ep: Episode, e: EnvFault) -> None:
     ep.timed_out = isinstance(e, EnvTimeout)
 
 
-def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list[int], samples_per_row: int,
+def run_episodes(model: Any, tokenizer: Any, envs: list[Any], rows: list[dict[str, Any]], env_seeds: list[int], samples_per_row: int,
                  sampling: SamplingConfig, limits: EpisodeLimits, generators: list[torch.Generator] | None = None,
                  fmt: TurnFormat | None = None, on_turn: Callable[[int, int], None] | None = None,
                  reprefill: bool = False, make_stepper: Callable[[], Any] | None = None,
@@ -198,7 +203,7 @@ def run_episodes(model, tokenizer, envs: list, rows: list[dict], env_seeds: list
     return episodes
 
 
-def start_episodes(fmt: TurnFormat, envs: list, rows: list[dict], env_seeds: list[int], samples_per_row: int,
+def start_episodes(fmt: TurnFormat, envs: list[Any], rows: list[dict[str, Any]], env_seeds: list[int], samples_per_row: int,
                    timeout: float | None) -> list[Episode]:
     """Reset ``envs[i * G + j]`` on row ``i`` with seed ``env_seeds[i]`` -> B :class:`Episode` records holding the
     first observation (a reset that raises, hangs or returns something other than text makes its episode invalid)."""
@@ -225,7 +230,7 @@ def start_episodes(fmt: TurnFormat, envs: list, rows: list[dict], env_seeds: lis
     return episodes
 
 
-def play_turns(model, tokenizer, episodes: list[Episode], sampling: SamplingConfig, limits: EpisodeLimits,
+def play_turns(model: Any, tokenizer: Any, episodes: list[Episode], sampling: SamplingConfig, limits: EpisodeLimits,
                generators: list[torch.Generator] | None = None, fmt: TurnFormat | None = None,
                on_turn: Callable[[int, int], None] | None = None, reprefill: bool = False,
                make_stepper: Callable[[], Any] | None = None, eos: list[int] | None = None,
@@ -265,7 +270,7 @@ def play_turns(model, tokenizer, episodes: list[Episode], sampling: SamplingConf
         for r, i in enumerate(live):
             ep = episodes[i]
             budget = limits.max_completion_length - ep.model_tokens
-            n = int(min(lengths[r], budget))
+            n = min(int(lengths[r]), budget)
             new = tokens[r, :n].tolist()
             start = len(ep.ids)
             ep.ids += new
@@ -314,8 +319,8 @@ def _unheld(caches: KeptCaches, e: int, ids: list[int]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------- folding
-def episodes_to_batch(episodes: list[Episode], tokenizer, samples_per_row: int, temperature: float,
-                      pad_id: int, device="cpu") -> EpisodeBatch:
+def episodes_to_batch(episodes: list[Episode], tokenizer: Any, samples_per_row: int, temperature: float,
+                      pad_id: int, device: str | torch.device = "cpu") -> EpisodeBatch:
     """B episodes -> an :class:`EpisodeBatch` (module docstring); ``group_ids`` = row index (i // G)."""
     B = len(episodes)
     prompt_ids, prompt_mask = left_pad([ep.ids[: ep.prompt_len] for ep in episodes], pad_id)  # (B, P)
@@ -367,7 +372,7 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     }
 
 
-def evaluate_environment(model, tokenizer, spec, episodes: int, seed: int, limits: EpisodeLimits,
+def evaluate_environment(model: Any, tokenizer: Any, spec: EnvSpec, episodes: int, seed: int, limits: EpisodeLimits,
                          sampling: SamplingConfig, batch_size: int = 16,
                          on_batch: Callable[[int], None] | None = None, make_stepper: Callable[[], Any] | None = None,
                          eos: list[int] | None = None) -> tuple[list[Episode], dict[str, float]]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import copy
 import random
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from reinlm.algorithms.base import AdvantageInputs, Algorithm, Targets
 from reinlm.algorithms.turn_credit import credit_targets
 from reinlm.data.prompts import PromptSet
 from reinlm.envs.protocol import call_reset
@@ -26,11 +28,15 @@ from reinlm.envs.spec import EnvSpec, resolve_environment
 from reinlm.envs.trl import ToolEnv
 from reinlm.errors import ReinlmError
 from reinlm.latent.turns import frozen_latent_opponent, latent_turn_stepper
-from reinlm.rollout.multiturn import (EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics, episodes_to_batch,
-                                      run_episodes)
+from reinlm.rollout.multiturn import (Episode, EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics,
+                                      episodes_to_batch, run_episodes)
 from reinlm.rollout.sampling import SamplingConfig
 from reinlm.rollout.token import generate_rollouts, pad_token_id
 from reinlm.trainer.latent_episodes import latent_episode_batch
+
+if TYPE_CHECKING:
+    from reinlm.rewards.combine import RewardSet
+    from reinlm.trainer.config import TrainConfig
 
 __all__ = ["EpisodeRunner", "synthetic_rows"]  # the settings check: TrainConfig._check_environment
 
@@ -40,7 +46,7 @@ def synthetic_rows(n: int) -> PromptSet:
     return PromptSet([""] * n, {}, source=f"environment seeds ({n})")
 
 
-def _user_env(env):
+def _user_env(env: Any) -> Any:
     """The instance a reward function should see: the user's environment inside a TRL tool wrapper."""
     inner = getattr(env, "env", None) if isinstance(env, ToolEnv) else None
     return inner if inner is not None else env
@@ -56,10 +62,14 @@ class EpisodeRunner:
         reward_set: reward functions added to the return (called with ``environments=``), or None.
     """
 
-    def __init__(self, cfg, policy, spec: EnvSpec | None = None, reward_set=None):
+    def __init__(self, cfg: TrainConfig, policy: Any, spec: EnvSpec | None = None,
+                 reward_set: RewardSet | None = None) -> None:
         self.cfg = cfg
         self.policy = policy
-        self.spec = spec or resolve_environment(cfg.env.environment, tools=cfg.env.tools, opponent=cfg.env.opponent,
+        if spec is None and not cfg.env.environment:
+            raise ReinlmError("environment: no --environment SPEC given and no environment spec passed.")
+        self.spec = spec or resolve_environment(str(cfg.env.environment), tools=cfg.env.tools,
+                                                opponent=cfg.env.opponent,
                                                 max_tool_calling_iterations=cfg.env.max_tool_calling_iterations)
         self.reward_set = reward_set
         self.fmt = TurnFormat(policy.tokenizer)
@@ -85,14 +95,14 @@ class EpisodeRunner:
                               f"({first!r:.60}); an observation must be text (str) or None.")
 
     @staticmethod
-    def row(rows: PromptSet, i: int) -> dict:
+    def row(rows: PromptSet, i: int) -> dict[str, Any]:
         """Row ``i`` as ``reset`` gets it: its prompt (when there is one) and every column."""
         out = {k: v[i] for k, v in rows.columns.items()}
         if rows.prompts[i] != "":
             out["prompt"] = rows.prompts[i]
         return out
 
-    def _make(self, row: dict):
+    def _make(self, row: dict[str, Any]) -> Any:
         env = self.spec.make(row)
         if isinstance(env, ToolEnv):  # the policy's tokenizer parses tool calls in its own format when it has one
             env.tokenizer = self.policy.tokenizer
@@ -120,13 +130,13 @@ class EpisodeRunner:
         batch = episodes_to_batch(episodes, tok, G, cfg.sampling.temperature, pad, device=self.policy.device)
         return batch if cfg.space == "token" else latent_episode_batch(self.policy, batch)
 
-    def _play(self, envs: list, rows: list[dict], seeds: list[int], G: int, sampling: SamplingConfig,
-              gens: list[torch.Generator]) -> list:
+    def _play(self, envs: list[Any], rows: list[dict[str, Any]], seeds: list[int], G: int, sampling: SamplingConfig,
+              gens: list[torch.Generator]) -> list[Episode]:
         """The episodes, played by the token policy's rollout model, or in latent space by the latent model's
         policy and world model (:mod:`reinlm.trainer.latent_episodes`); the sampling model in eval mode."""
         if self.cfg.space == "token":
             sampler = trained = self.policy.rollout_engine.rollout_model
-            extra: dict = {}
+            extra: dict[str, Any] = {}
         else:  # the latent model samples; its policy is the one part that is ever in train mode
             sampler, trained = self.policy.lam, self.policy.policy
             extra = dict(make_stepper=latent_turn_stepper(sampler, sampling.temperature),
@@ -139,8 +149,9 @@ class EpisodeRunner:
         finally:
             trained.train(was_training)
 
-    def score(self, batch: EpisodeBatch, raw_prompts: list, columns: dict[str, list], **reward_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float],
-                                        dict[str, list]]:
+    def score(self, batch: EpisodeBatch, raw_prompts: list[Any], columns: dict[str, list[Any]],
+              **reward_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float],
+                                             dict[str, list[Any]]]:
         """-> scores (B,) (returns + reward functions), valid (B,), components, metrics, per-sample columns
         (``transcript``: each episode's turns, rewards and trained tokens, written to samples.jsonl)."""
         eps = batch.episodes
@@ -164,9 +175,11 @@ class EpisodeRunner:
         metrics = episode_metrics(eps)
         return scores * valid, valid, components, metrics, {"transcript": [ep.transcript() for ep in eps]}
 
-    def targets(self, algorithm, inputs, batch: EpisodeBatch):
+    def targets(self, algorithm: Algorithm, inputs: AdvantageInputs, batch: EpisodeBatch) -> Targets:
         """The update's targets under ``--turn-credit`` (:mod:`reinlm.algorithms.turn_credit`)."""
         cfg = self.cfg
+        if batch.turn_ids is None or batch.turn_rewards is None:
+            raise ValueError("targets: the episode batch has no turn_ids / turn_rewards (episodes_to_batch sets them)")
         return credit_targets(algorithm, inputs, batch.turn_ids, batch.turn_rewards.to(inputs.mask.device),
                               cfg.env.turn_credit, cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.whiten_advantages)
 
@@ -179,7 +192,7 @@ class FrozenOpponent:
     name or path: that causal LM, with its own tokenizer and chat format, in ``--frozen-dtype``.
     """
 
-    def __init__(self, policy, fmt: TurnFormat, cfg, spec: str = "frozen"):
+    def __init__(self, policy: Any, fmt: TurnFormat, cfg: TrainConfig, spec: str = "frozen") -> None:
         self.latent = None
         self.tok, self.fmt = policy.tokenizer, fmt
         if spec != "frozen":
