@@ -16,7 +16,7 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -38,6 +38,13 @@ class LatentRolloutBatch(RolloutBatch):
     hidden: torch.Tensor | None = None  # (B, T, H) backbone states of every fed position
     hidden_mask: torch.Tensor | None = None  # (B, T)
     old_logp_all: torch.Tensor | None = None  # (B, R, K) sampling distribution over actions
+
+
+def _req(t: torch.Tensor | None, what: str) -> torch.Tensor:
+    """A latent batch's (or a score's) field that the rollout always fills; a ValueError naming it when absent."""
+    if t is None:
+        raise ValueError(f"latent policy: the batch has no {what} (a batch made by LatentPolicy.rollout has it)")
+    return t
 
 
 def as_latent(batch: RolloutBatch) -> LatentRolloutBatch:
@@ -70,7 +77,7 @@ def reference_policy(policy: torch.nn.Module, what: str) -> torch.nn.Module:
         return copy.deepcopy(policy).eval().requires_grad_(False)
     ref = copy.copy(policy)  # a second view of the same stack: its own module table
     ref._modules = dict(policy._modules)
-    ref._modules["out"] = copy.deepcopy(policy.out).eval().requires_grad_(False)
+    ref._modules["out"] = copy.deepcopy(policy.get_submodule("out")).eval().requires_grad_(False)
     return ref
 
 
@@ -95,10 +102,13 @@ class LatentPolicy:
 
     rollout_logprobs_exact = True  # the rollout's action log-probs come from the training forward itself
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, latent_model=None, with_value_head: bool = False):
+    def __init__(self, cfg: TrainConfig, device: torch.device, latent_model: Any = None,
+                 with_value_head: bool = False) -> None:
         self.cfg = cfg
         self.device = device
-        self.lam = latent_model or LatentActionModel.from_pretrained(cfg.latent, device=str(device),
+        if latent_model is None and not cfg.latent:
+            raise ConfigError("latent: --space latent needs --latent DIR, a latent-action model directory.")
+        self.lam = latent_model or LatentActionModel.from_pretrained(str(cfg.latent), device=str(device),
                                                                          dtype=cfg.frozen_dtype_name,
                                                                          num_actions=cfg.num_actions)
         self.lam.requires_grad_(False)
@@ -118,15 +128,15 @@ class LatentPolicy:
             add_policy_lora(self.lam.policy, cfg.lora_r, cfg.lora_alpha)
         self.value_head = None
         if with_value_head:
-            self.value_head = ValueHead(self.lam.config.d_model).to(device)
+            self.value_head = ValueHead(cast(int, self.lam.config.d_model)).to(device)  # the preset filled it
         self.num_actions = self.lam.config.num_actions
 
     @staticmethod
-    def trained_module(lam, what: str) -> torch.nn.Module:
+    def trained_module(lam: Any, what: str) -> torch.nn.Module:
         """The part of the policy RL trains (``--latent-train``): ``policy`` = all of it, ``head`` = its output
         layer (``policy.out``, BWArea's ``transformer_policy_layer``); ``lora``: the policy, of which only the
         adapters are trainable (:func:`add_policy_lora`)."""
-        return lam.policy.out if what == "head" else lam.policy
+        return cast(torch.nn.Module, lam.policy.out if what == "head" else lam.policy)
 
     @property
     def context_length(self) -> int:
@@ -143,7 +153,8 @@ class LatentPolicy:
         return self.lam.policy
 
     # --- generation ---
-    def _generate(self, prompts: list[str], samples_per_prompt: int, seeds: list[int], greedy: bool = False):
+    def _generate(self, prompts: list[str], samples_per_prompt: int, seeds: list[int],
+                  greedy: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor, list[str]]:
         tok = self.tokenizer
         G = samples_per_prompt
         rows = [p for p in prompts for _ in range(G)]
@@ -163,7 +174,8 @@ class LatentPolicy:
         return out, ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0), rows  # (B, P)
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int], greedy: bool = False):
+    def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int],
+                greedy: bool = False) -> LatentRolloutBatch:
         """Sample G action sequences per prompt through policy + world model -> LatentRolloutBatch.
 
         ``seeds``: one per prompt; a prompt's G samples come from its own generator, so they do not depend on
@@ -202,12 +214,12 @@ class LatentPolicy:
         if asked, with gradients."""
         batch = as_latent(batch)
         logp_all = self.action_logp_all(self.lam.policy, batch)  # (B, R, K)
-        logp = logp_all.gather(-1, batch.actions[..., None]).squeeze(-1)
+        logp = logp_all.gather(-1, _req(batch.actions, "actions")[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         values = None
         if need_values and self.value_head is not None:
             P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
-            feats = self.lam.policy.features(batch.hidden, batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, D)
+            feats = self.lam.policy.features(_req(batch.hidden, "hidden"), batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, D)
             values = self.value_head(feats)
         return PolicyScores(logp, entropy, values, logp_all)
 
@@ -219,7 +231,7 @@ class LatentPolicy:
         """
         batch = as_latent(batch)
         logp_all = self.action_logp_all(self.ref_policy, batch)
-        return PolicyScores(logp_all.gather(-1, batch.actions[..., None]).squeeze(-1), dist=logp_all)
+        return PolicyScores(logp_all.gather(-1, _req(batch.actions, "actions")[..., None]).squeeze(-1), dist=logp_all)
 
     def reference_perplexity(self, batch: RolloutBatch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
         """None: the reference is a policy over actions, not a language model (see :meth:`frozen_logprobs`)."""
@@ -229,7 +241,7 @@ class LatentPolicy:
     def eval_kl(self, batch: RolloutBatch) -> torch.Tensor:
         """Summed exact KL of each sample's action distributions to the BC policy, (B,)."""
         batch = as_latent(batch)
-        kl = categorical_kl(batch.old_logp_all, self.action_logp_all(self.ref_policy, batch))
+        kl = categorical_kl(_req(batch.old_logp_all, "old_logp_all"), self.action_logp_all(self.ref_policy, batch))
         return (kl * batch.response_mask).sum(-1)
 
     @torch.no_grad()
@@ -247,12 +259,12 @@ class LatentPolicy:
         batch = as_latent(batch)
         if ref is None:
             return None
-        return categorical_kl(batch.old_logp_all, ref.dist)
+        return categorical_kl(_req(batch.old_logp_all, "old_logp_all"), _req(ref.dist, "reference distribution"))
 
     def kl_loss(self, batch: RolloutBatch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
         """Exact per-step KL(pi_theta || pi_BC), (B, R), differentiable in the policy."""
         batch = as_latent(batch)
-        return categorical_kl(scores.dist, ref.dist)
+        return categorical_kl(_req(scores.dist, "policy distribution"), _req(ref.dist, "reference distribution"))
 
     @torch.no_grad()
     def action_stats(self, batch: RolloutBatch) -> dict[str, float]:
@@ -266,17 +278,17 @@ class LatentPolicy:
         """
         batch = as_latent(batch)
         mask = batch.response_mask.bool()  # (B, R)
-        taken = batch.actions[mask]  # (n,)
+        taken = _req(batch.actions, "actions")[mask]  # (n,)
         if taken.numel() == 0:
             return {}
         freq = torch.bincount(taken, minlength=self.num_actions).float()
         p = freq / freq.sum()
         ent = float(-(p[p > 0] * p[p > 0].log()).sum())
-        top = batch.old_logp_all.exp().amax(-1)[mask]  # (n,)
+        top = _req(batch.old_logp_all, "old_logp_all").exp().amax(-1)[mask]  # (n,)
         return {"latent/distinct_actions": int((freq > 0).sum()), "latent/action_perplexity": math.exp(ent),
                 "latent/max_action_prob": float(top.mean())}
 
-    def token_spans(self, batch) -> list[list[tuple[int, int]]]:
+    def token_spans(self, batch: RolloutBatch) -> list[list[tuple[int, int]]]:
         return token_char_spans(self.tokenizer, batch.response_ids, batch.response_mask)
 
     # --- parameters and persistence ---
@@ -286,7 +298,7 @@ class LatentPolicy:
             params += list(self.value_head.parameters())
         return params
 
-    def backward(self, accelerator, loss: torch.Tensor) -> None:
+    def backward(self, accelerator: Any, loss: torch.Tensor) -> None:
         accelerator.backward(loss)
 
     def after_optimizer_step(self) -> None:
@@ -297,7 +309,7 @@ class LatentPolicy:
         has no dtype error to report."""
         return {}
 
-    def wrap_for_ddp(self, accelerator) -> None:
+    def wrap_for_ddp(self, accelerator: Any) -> None:
         self.lam.policy = accelerator.prepare_model(self.lam.policy)
         if self.value_head is not None:
             self.value_head = accelerator.prepare_model(self.value_head)
@@ -310,7 +322,7 @@ class LatentPolicy:
     def gather_state(self) -> None:
         """Nothing is sharded in latent space."""
 
-    def _unwrap(self):
+    def _unwrap(self) -> torch.nn.Module:
         pol = self.lam.policy
         return getattr(pol, "module", pol)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
-from reinlm.algorithms.kl import kl_estimate
+from reinlm.algorithms.kl import KLKind, kl_estimate
 from reinlm.algorithms.ppo import ValueHead
 from reinlm.hub import load_causal_lm, resolve_model_dir
 from reinlm.rollout.engine import TokenRolloutEngine
@@ -30,8 +31,8 @@ class TokenPolicy:
     (``with_value_head``: algorithms whose ``needs.values``) a value head."""
 
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, model=None, tokenizer=None,
-                 with_value_head: bool = False):
+    def __init__(self, cfg: TrainConfig, device: torch.device, model: Any = None, tokenizer: Any = None,
+                 with_value_head: bool = False) -> None:
         self.cfg = cfg
         self.device = device
         if model is None:
@@ -61,7 +62,7 @@ class TokenPolicy:
         self._at_start = True  # the trained weights still equal the reference's (no optimiser step, no resume)
         self._optimizer_steps = 0  # counted for --sync-ref-model (saved with the mixed reference in checkpoints)
         self.sharded = False  # --sharding fsdp across several processes: see shard()
-        self._gathered: dict | None = None  # the whole state gathered for the next save (FSDP, main process)
+        self._gathered: dict[str, torch.Tensor] | None = None  # the whole state gathered for the next save (FSDP, main process)
         self._step_metrics: dict[str, float] = {}
         self.value_model = None
         self.value_head = None
@@ -71,7 +72,7 @@ class TokenPolicy:
                 self.value_model = copy.deepcopy(model).train().requires_grad_(True)
             self.value_head = ValueHead(hidden).to(device)
 
-    def _frozen_copy(self, model):
+    def _frozen_copy(self, model: Any) -> Any:
         """A frozen deep copy of the starting model in ``--frozen-dtype`` (the reference, the evaluation copy).
 
         Its forward runs the training forward's numerics (:meth:`train_autocast`), so at the start its log-probs
@@ -90,7 +91,8 @@ class TokenPolicy:
     def context_length(self) -> int:
         """The model's maximum sequence length in tokens."""
         conf = self._unwrapped.config
-        return int(getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", 2048))
+        n = getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", None) or 2048
+        return int(n)
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -98,10 +100,11 @@ class TokenPolicy:
         return eos_ids(self._unwrapped, self.tokenizer)
 
     @property
-    def _unwrapped(self):
+    def _unwrapped(self) -> Any:
         return getattr(self.model, "module", self.model)
 
-    def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int], greedy: bool = False):
+    def rollout(self, prompts: list[str], samples_per_prompt: int, seeds: list[int],
+                greedy: bool = False) -> RolloutBatch:
         """Sample ``samples_per_prompt`` completions per prompt -> RolloutBatch (``greedy``: most likely tokens).
 
         ``seeds`` holds one seed per prompt: each prompt's group is drawn from its own generator, so the
@@ -122,7 +125,7 @@ class TokenPolicy:
         whole copy of the weights, exact when it is in the training dtype."""
         return self.rollout_engine.same_numerics and self.cfg.train_precision == "same"
 
-    def train_autocast(self):
+    def train_autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Context of the training forward: ``torch.autocast`` to bfloat16 with ``--train-precision
         bf16-autocast`` (float32 weights, gradients and optimiser state), else nothing."""
         if self.cfg.train_precision == "bf16-autocast":
@@ -130,11 +133,11 @@ class TokenPolicy:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def frozen_logprobs(self, batch, temperature: float = 1.0) -> torch.Tensor:
+    def frozen_logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
         """Log-probs (B, R) of the response tokens under the frozen starting model."""
         return self._frozen_forward(self.frozen_lm, batch, temperature)
 
-    def _frozen_forward(self, frozen, batch, temperature: float) -> torch.Tensor:
+    def _frozen_forward(self, frozen: Any, batch: RolloutBatch, temperature: float) -> torch.Tensor:
         """Log-probs (B, R) of the response under ``frozen`` (LoRA: the model with its adapters off), in the
         training forward's numerics (:meth:`train_autocast`): one function for the policy and its reference."""
         R = batch.response_ids.shape[1]
@@ -145,7 +148,7 @@ class TokenPolicy:
             return token_logprobs(frozen, batch.input_ids, batch.attention_mask, R, temperature).logp
 
     @torch.no_grad()
-    def eval_kl(self, batch) -> torch.Tensor:
+    def eval_kl(self, batch: RolloutBatch) -> torch.Tensor:
         """Summed k1 KL of each sample to the starting model at the sampling temperature, (B,).
 
         The policy's side is the training model's own log-probs: the sampler's when they are exact, else
@@ -156,19 +159,19 @@ class TokenPolicy:
         logp = batch.logprobs if self.rollout_logprobs_exact else self.score(batch).logp
         return (kl_estimate(logp, ref, "k1") * batch.response_mask).sum(-1)
 
-    def rollout_kl(self, batch, ref: PolicyScores | None, estimator: str,
+    def rollout_kl(self, batch: RolloutBatch, ref: PolicyScores | None, estimator: str,
                    old: torch.Tensor | None = None) -> torch.Tensor | None:
         """Per-token KL estimate (B, R) of the sampled tokens between the policy that sampled (``old``, the
         trainer's log-probs, default the sampler's ``batch.logprobs``) and the reference; None when KL is off."""
         if ref is None:
             return None
-        return kl_estimate(batch.logprobs if old is None else old, ref.logp, estimator)
+        return kl_estimate(batch.logprobs if old is None else old, ref.logp, cast(KLKind, estimator))
 
-    def kl_loss(self, batch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
+    def kl_loss(self, batch: RolloutBatch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
         """Per-token k3 estimate of KL(pi_theta || pi_ref), (B, R), differentiable in the policy."""
         return kl_estimate(scores.logp, ref.logp, "k3")
 
-    def reference_perplexity(self, batch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
+    def reference_perplexity(self, batch: RolloutBatch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
         """Perplexity of the sampled tokens (``mask``) under the frozen reference: free from its log-probs when
         they are at temperature 1 (a degeneration signal); None otherwise."""
         if ref is None or self.cfg.sampling.temperature != 1.0:
@@ -180,11 +183,11 @@ class TokenPolicy:
         """No action statistics in token space (the actions are the tokens)."""
         return {}
 
-    def token_spans(self, batch) -> list[list[tuple[int, int]]]:
+    def token_spans(self, batch: RolloutBatch) -> list[list[tuple[int, int]]]:
         """Character (start, end) of each response token in its completion string."""
         return token_char_spans(self.tokenizer, batch.response_ids, batch.response_mask)
 
-    def backward(self, accelerator, loss: torch.Tensor) -> None:
+    def backward(self, accelerator: Any, loss: torch.Tensor) -> None:
         accelerator.backward(loss)
 
     def after_optimizer_step(self) -> None:
@@ -212,7 +215,7 @@ class TokenPolicy:
         self.rollout_engine.keep_full_copy()
         shard_model(self.model)
         self.sharded = True
-        return self.model
+        return cast(torch.nn.Module, self.model)
 
     def gather_state(self) -> None:
         """Collective under FSDP (every process calls it): gather the whole trained state for the next
@@ -222,7 +225,7 @@ class TokenPolicy:
 
             self._gathered = full_model_state(self.model)
 
-    def _state_to_save(self) -> dict | None:
+    def _state_to_save(self) -> dict[str, torch.Tensor] | None:
         """The gathered whole state (FSDP) for ``save_pretrained(state_dict=...)``; None: the model's own."""
         if not self.sharded:
             return None
@@ -230,7 +233,7 @@ class TokenPolicy:
             raise RuntimeError("FSDP: call gather_state() on every process before saving")
         return self._gathered
 
-    def wrap_for_ddp(self, accelerator) -> None:
+    def wrap_for_ddp(self, accelerator: Any) -> None:
         """Wrap the trainable modules for data-parallel gradient averaging."""
         self.model = accelerator.prepare_model(self.model)
         if self.value_model is not None:
@@ -239,7 +242,7 @@ class TokenPolicy:
             self.value_head = accelerator.prepare_model(self.value_head)
 
     # --- scoring ---
-    def score(self, batch, need_values: bool = False, need_dist: bool = False) -> PolicyScores:
+    def score(self, batch: RolloutBatch, need_values: bool = False, need_dist: bool = False) -> PolicyScores:
         """Training forward: logp (B, R), entropy (B, R), values (B, R) if asked and the whole log-distributions
         (B, R, V) if ``need_dist`` (distillation), with gradients."""
         R = batch.response_ids.shape[1]
@@ -257,7 +260,7 @@ class TokenPolicy:
         return PolicyScores(logp, entropy, values, dist)
 
     @torch.no_grad()
-    def reference(self, batch) -> PolicyScores | None:
+    def reference(self, batch: RolloutBatch) -> PolicyScores | None:
         """Log-probs (B, R) of the response under the frozen reference, in the training forward's numerics;
         ``None`` when KL is off."""
         if self.ref_model is None and not self.uses_lora:
