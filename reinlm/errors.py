@@ -7,6 +7,9 @@ that paragraph and exits with status 2, without a traceback unless ``--debug`` i
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+T = TypeVar("T")
 
 class ReinlmError(Exception):
     """A problem with the user's input or environment, explained in one paragraph."""
@@ -21,6 +24,14 @@ class ConfigError(ReinlmError, ValueError):
     def __init__(self, message: str = "", *, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+def required(value: T | None, what: str) -> T:
+    """``value``; a :class:`ReinlmError` saying ``what`` is missing when it is None. The one check for an optional
+    value a caller needs set (a chooser's logits in its mode, the fields a rollout always records)."""
+    if value is None:
+        raise ReinlmError(f"{what} is needed here; got None.")
+    return value
 
 
 def bad_value(field: str, value, allowed: str) -> ConfigError:

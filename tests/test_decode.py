@@ -117,3 +117,17 @@ def test_prefill_hands_the_lm_head_one_contiguous_position(tiny_lm):
     finally:
         hook.remove()
     assert seen[0] == ((2, 1, model.config.hidden_size), True)  # the prefill: one position per row
+
+
+def test_a_chooser_without_what_its_mode_needs_names_it():
+    """One check (reinlm.errors.required) for every value a caller needs set: the chooser's logits, u, fixed."""
+    import pytest
+
+    from reinlm.errors import ReinlmError, required
+    from reinlm.rollout.sampling import Chooser
+
+    assert required(0, "zero") == 0  # a falsy value is a value
+    with pytest.raises(ReinlmError, match="chooser: fixed is needed here; got None"):
+        Chooser("fixed")(None, None)
+    with pytest.raises(ReinlmError, match="chooser: u is needed here; got None"):
+        Chooser("uniform")(None, None, num_categories=4)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from reinlm.envs.protocol import EnvFault, EnvTimeout, as_step_result, call_reset, guarded_call
+from reinlm.errors import required
 from reinlm.rollout.decode import LMStepper, decode
 from reinlm.rollout.sampling import Chooser, SamplingConfig
 from reinlm.rollout.turn_cache import KeptCaches, TurnStepper, kept_cache_supported
@@ -101,9 +102,7 @@ class EpisodeBatch(RolloutBatch):
     @property
     def attention_mask(self) -> torch.Tensor:
         """Prompt + every real transcript token (observations included): (B, P + R)."""
-        if self.response_attn is None:
-            raise ValueError("EpisodeBatch.response_attn is not set (episodes_to_batch sets it)")
-        return torch.cat([self.prompt_mask, self.response_attn], dim=1)
+        return torch.cat([self.prompt_mask, required(self.response_attn, "EpisodeBatch.response_attn")], dim=1)
 
 
 @dataclass

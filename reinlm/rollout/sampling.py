@@ -42,17 +42,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar, overload
+from typing import Literal, overload
 
 import torch
 
 from reinlm.config.schema import Config, opt
-from reinlm.errors import ConfigError, ReinlmError
+from reinlm.errors import ConfigError, ReinlmError, required
 
 __all__ = ["SamplingConfig", "draw_uniforms", "inverse_cdf_sample", "filter_logits", "apply_repetition_penalty",
            "choose", "Chooser"]
-
-T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -278,25 +276,19 @@ class Chooser:
                 if seen is not None and logits is not None and self.repetition_penalty != 1.0 else None)
         if self.mode == "greedy" and not self.record_logprob:
             # no softmax over the vocabulary (~9% of a latent step)
-            idx = (_given(logits, "logits") if draw is None else draw).argmax(-1)
+            idx = (required(logits, "chooser: logits") if draw is None else draw).argmax(-1)
             return idx, torch.zeros(idx.shape, device=idx.device)
         if self.mode in ("sample", "greedy"):
-            return choose(_given(logits, "logits"), u, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            return choose(required(logits, "chooser: logits"), u, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                           greedy=self.mode == "greedy", filtered_logprobs=self.filtered_logprobs, min_p=self.min_p,
                           draw_logits=draw)
         if self.mode == "uniform":
-            C = int(num_categories if num_categories is not None else _given(logits, "logits").shape[-1])
-            idx = (_given(u, "u") * C).long().clamp(max=C - 1)
+            C = int(num_categories if num_categories is not None else required(logits, "chooser: logits").shape[-1])
+            idx = (required(u, "chooser: u") * C).long().clamp(max=C - 1)
             return idx, torch.full(idx.shape, -float(torch.log(torch.tensor(float(C)))), device=idx.device)
         if self.mode == "fixed":
-            fixed = _given(self.fixed, "fixed")
+            fixed = required(self.fixed, "chooser: fixed")
             idx = fixed[rows] if rows is not None else fixed
             return idx, torch.zeros(idx.shape, device=idx.device)
         raise ReinlmError(f"chooser: got mode {self.mode!r}; allowed: sample, greedy, uniform, fixed.")
 
-
-def _given(value: T | None, what: str) -> T:
-    """``value``, or a ReinlmError naming ``what`` when the chooser's mode needs it and it is None."""
-    if value is None:
-        raise ReinlmError(f"chooser: {what} is needed in this mode; got None.")
-    return value

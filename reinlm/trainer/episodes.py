@@ -26,7 +26,7 @@ from reinlm.data.prompts import PromptSet
 from reinlm.envs.protocol import call_reset
 from reinlm.envs.spec import EnvSpec, resolve_environment
 from reinlm.envs.trl import ToolEnv
-from reinlm.errors import ReinlmError
+from reinlm.errors import ReinlmError, required
 from reinlm.latent.turns import frozen_latent_opponent, latent_turn_stepper
 from reinlm.rollout.multiturn import (Episode, EpisodeBatch, EpisodeLimits, TurnFormat, episode_metrics,
                                       episodes_to_batch, run_episodes)
@@ -178,9 +178,9 @@ class EpisodeRunner:
     def targets(self, algorithm: Algorithm, inputs: AdvantageInputs, batch: EpisodeBatch) -> Targets:
         """The update's targets under ``--turn-credit`` (:mod:`reinlm.algorithms.turn_credit`)."""
         cfg = self.cfg
-        if batch.turn_ids is None or batch.turn_rewards is None:
-            raise ValueError("targets: the episode batch has no turn_ids / turn_rewards (episodes_to_batch sets them)")
-        return credit_targets(algorithm, inputs, batch.turn_ids, batch.turn_rewards.to(inputs.mask.device),
+        turn_rewards = required(batch.turn_rewards, "EpisodeBatch.turn_rewards")
+        return credit_targets(algorithm, inputs, required(batch.turn_ids, "EpisodeBatch.turn_ids"),
+                              turn_rewards.to(inputs.mask.device),
                               cfg.env.turn_credit, cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.whiten_advantages)
 
 

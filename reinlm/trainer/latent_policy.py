@@ -22,7 +22,7 @@ import torch
 
 from reinlm.algorithms.kl import categorical_kl
 from reinlm.algorithms.ppo import ValueHead
-from reinlm.errors import ConfigError, ReinlmError
+from reinlm.errors import ConfigError, ReinlmError, required
 from reinlm.latent.model import LatentActionModel
 from reinlm.rollout.token import RolloutBatch, decode_completions, token_char_spans
 from reinlm.trainer.config import TrainConfig
@@ -38,13 +38,6 @@ class LatentRolloutBatch(RolloutBatch):
     hidden: torch.Tensor | None = None  # (B, T, H) backbone states of every fed position
     hidden_mask: torch.Tensor | None = None  # (B, T)
     old_logp_all: torch.Tensor | None = None  # (B, R, K) sampling distribution over actions
-
-
-def _req(t: torch.Tensor | None, what: str) -> torch.Tensor:
-    """A latent batch's (or a score's) field that the rollout always fills; a ValueError naming it when absent."""
-    if t is None:
-        raise ValueError(f"latent policy: the batch has no {what} (a batch made by LatentPolicy.rollout has it)")
-    return t
 
 
 def as_latent(batch: RolloutBatch) -> LatentRolloutBatch:
@@ -214,12 +207,12 @@ class LatentPolicy:
         if asked, with gradients."""
         batch = as_latent(batch)
         logp_all = self.action_logp_all(self.lam.policy, batch)  # (B, R, K)
-        logp = logp_all.gather(-1, _req(batch.actions, "actions")[..., None]).squeeze(-1)
+        logp = logp_all.gather(-1, required(batch.actions, "latent batch: actions")[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         values = None
         if need_values and self.value_head is not None:
             P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
-            feats = self.lam.policy.features(_req(batch.hidden, "hidden"), batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, D)
+            feats = self.lam.policy.features(required(batch.hidden, "latent batch: hidden"), batch.hidden_mask)[:, P - 1:P - 1 + R]  # (B, R, D)
             values = self.value_head(feats)
         return PolicyScores(logp, entropy, values, logp_all)
 
@@ -231,7 +224,7 @@ class LatentPolicy:
         """
         batch = as_latent(batch)
         logp_all = self.action_logp_all(self.ref_policy, batch)
-        return PolicyScores(logp_all.gather(-1, _req(batch.actions, "actions")[..., None]).squeeze(-1), dist=logp_all)
+        return PolicyScores(logp_all.gather(-1, required(batch.actions, "latent batch: actions")[..., None]).squeeze(-1), dist=logp_all)
 
     def reference_perplexity(self, batch: RolloutBatch, ref: PolicyScores | None, mask: torch.Tensor) -> float | None:
         """None: the reference is a policy over actions, not a language model (see :meth:`frozen_logprobs`)."""
@@ -241,7 +234,7 @@ class LatentPolicy:
     def eval_kl(self, batch: RolloutBatch) -> torch.Tensor:
         """Summed exact KL of each sample's action distributions to the BC policy, (B,)."""
         batch = as_latent(batch)
-        kl = categorical_kl(_req(batch.old_logp_all, "old_logp_all"), self.action_logp_all(self.ref_policy, batch))
+        kl = categorical_kl(required(batch.old_logp_all, "latent batch: old_logp_all"), self.action_logp_all(self.ref_policy, batch))
         return (kl * batch.response_mask).sum(-1)
 
     @torch.no_grad()
@@ -259,12 +252,12 @@ class LatentPolicy:
         batch = as_latent(batch)
         if ref is None:
             return None
-        return categorical_kl(_req(batch.old_logp_all, "old_logp_all"), _req(ref.dist, "reference distribution"))
+        return categorical_kl(required(batch.old_logp_all, "latent batch: old_logp_all"), required(ref.dist, "latent batch: reference distribution"))
 
     def kl_loss(self, batch: RolloutBatch, scores: PolicyScores, ref: PolicyScores) -> torch.Tensor:
         """Exact per-step KL(pi_theta || pi_BC), (B, R), differentiable in the policy."""
         batch = as_latent(batch)
-        return categorical_kl(_req(scores.dist, "policy distribution"), _req(ref.dist, "reference distribution"))
+        return categorical_kl(required(scores.dist, "latent batch: policy distribution"), required(ref.dist, "latent batch: reference distribution"))
 
     @torch.no_grad()
     def action_stats(self, batch: RolloutBatch) -> dict[str, float]:
@@ -278,13 +271,13 @@ class LatentPolicy:
         """
         batch = as_latent(batch)
         mask = batch.response_mask.bool()  # (B, R)
-        taken = _req(batch.actions, "actions")[mask]  # (n,)
+        taken = required(batch.actions, "latent batch: actions")[mask]  # (n,)
         if taken.numel() == 0:
             return {}
         freq = torch.bincount(taken, minlength=self.num_actions).float()
         p = freq / freq.sum()
         ent = float(-(p[p > 0] * p[p > 0].log()).sum())
-        top = _req(batch.old_logp_all, "old_logp_all").exp().amax(-1)[mask]  # (n,)
+        top = required(batch.old_logp_all, "latent batch: old_logp_all").exp().amax(-1)[mask]  # (n,)
         return {"latent/distinct_actions": int((freq > 0).sum()), "latent/action_perplexity": math.exp(ent),
                 "latent/max_action_prob": float(top.mean())}
 
